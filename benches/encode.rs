@@ -1,0 +1,63 @@
+//! Encoder throughput (texts/s) on `../shared/bench/texts.jsonl`, short and long texts, per
+//! profile. Criterion needs repeated samples, so each sample embeds a fixed slice of the file
+//! (`MRL_BENCH_SHORT` / `MRL_BENCH_LONG` texts, default 256 / 64); `mrl bench encode` runs the
+//! whole file in the peer script's format for side-by-side ratios.
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mrl::{EmbedOptions, Embedder, Fetcher, DEFAULT_MODEL};
+
+fn texts(kind: &str, limit: usize) -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = std::env::var_os("MRL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("..").join("shared"));
+    let path = shared.join("bench").join("texts.jsonl");
+    let body = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    body.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("texts.jsonl is JSONL"))
+        .filter(|v| v["kind"] == kind)
+        .map(|v| v["text"].as_str().unwrap_or_default().to_string())
+        .take(limit)
+        .collect()
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn encode(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = Fetcher::new(root.join("models"))
+        .ensure(&DEFAULT_MODEL)
+        .expect("fetching the default model");
+    let embedder = Embedder::load(dir).expect("loading the model");
+    let profiles: Vec<String> = std::env::var("MRL_BENCH_PROFILES")
+        .unwrap_or_else(|_| "full;layers=3".into())
+        .split(';')
+        .map(String::from)
+        .collect();
+    for (kind, n) in [
+        ("short", env_usize("MRL_BENCH_SHORT", 256)),
+        ("long", env_usize("MRL_BENCH_LONG", 64)),
+    ] {
+        let batch = texts(kind, n);
+        let mut group = c.benchmark_group(format!("encode/{kind}"));
+        group.throughput(Throughput::Elements(batch.len() as u64));
+        group.sample_size(10);
+        for profile in &profiles {
+            let opts = EmbedOptions::default().profile(profile.clone());
+            group.bench_with_input(BenchmarkId::from_parameter(profile), &batch, |b, t| {
+                b.iter(|| embedder.embed(t, &opts).expect("embedding"))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, encode);
+criterion_main!(benches);

@@ -1,0 +1,164 @@
+//! The public face of the encoder: load a model folder once, then embed texts at any profile
+//! and any nested size.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::config::{self, BertConfig};
+use crate::error::{EncoderError, Result};
+use crate::head;
+use crate::model::{BertModel, Weights};
+use crate::pooling::mean_pool;
+use crate::profile::Profile;
+use crate::tokenize::{plan_batches, PaddedBatch, TextTokenizer};
+
+/// Texts per forward pass unless the caller asks otherwise: sentence-transformers' default.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+/// How to embed: output size, sub-encoder, normalisation, batch size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedOptions {
+    /// Output size; `None` is the profile's full width.
+    pub dim: Option<usize>,
+    /// A profile name or spec (see [`Profile::parse`]); `None` is the full encoder.
+    pub profile: Option<String>,
+    pub normalize: bool,
+    pub batch_size: usize,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        Self {
+            dim: None,
+            profile: None,
+            normalize: true,
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+impl EmbedOptions {
+    pub fn dim(mut self, dim: usize) -> Self {
+        self.dim = Some(dim);
+        self
+    }
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+    pub fn normalize(mut self, normalize: bool) -> Self {
+        self.normalize = normalize;
+        self
+    }
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+/// A loaded model: tokenizer, weights and config. Cheap to share behind an `Arc`; every
+/// profile runs off the same tensors.
+pub struct Embedder {
+    dir: PathBuf,
+    config: BertConfig,
+    tokenizer: TextTokenizer,
+    model: BertModel,
+}
+
+impl Embedder {
+    /// Loads a sentence-transformers folder (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`, optionally `sentence_bert_config.json` and `1_Pooling/`).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_path = dir.join("config.json");
+        let config: BertConfig = config::read_json(&config_path)?;
+        config.validate(&config_path)?;
+        config::check_pooling(dir)?;
+        let max_len = config::max_seq_length(dir, &config)?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), max_len)?;
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
+            return Err(EncoderError::io(
+                &weights_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let device = Device::Cpu;
+        let tensors = candle_core::safetensors::load(&weights_path, &device)?;
+        let model = BertModel::load(&Weights::new(tensors), &config, &device)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            model,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The width of the full model's output, the largest `dim` there is.
+    pub fn max_dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Resolves a profile name or spec; `None` is the full encoder.
+    pub fn profile(&self, spec: Option<&str>) -> Result<Profile> {
+        match spec {
+            None => Ok(Profile::full(&self.config)),
+            Some(s) => Profile::parse(s, &self.config),
+        }
+    }
+
+    /// Embeds `texts`, returning one vector per text in input order.
+    pub fn embed<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        opts: &EmbedOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        // Options are checked before any work so a bad request costs nothing.
+        let profile = self.profile(opts.profile.as_deref())?;
+        let dim = opts.dim.unwrap_or(profile.hidden);
+        head::check_dim(dim, profile.hidden)?;
+        let tokens = self.tokenizer.encode(texts)?;
+        let pooled = self.embed_tokens(&tokens, &profile, opts.batch_size)?;
+        pooled
+            .iter()
+            .map(|v| head::nest(v, dim, opts.normalize))
+            .collect()
+    }
+
+    /// Runs `profile` on already tokenized texts and returns the raw mean-pooled vectors
+    /// (full width of the profile, unnormalised), in input order: every nested size is a
+    /// prefix of these, so one pass serves them all.
+    pub fn embed_tokens(
+        &self,
+        tokens: &[Vec<u32>],
+        profile: &Profile,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
+        let mut out = vec![Vec::new(); tokens.len()];
+        for indices in plan_batches(&lengths, batch_size) {
+            let rows: Vec<&[u32]> = indices.iter().map(|&i| tokens[i].as_slice()).collect();
+            let batch = PaddedBatch::new(&rows);
+            let hidden = self
+                .model
+                .forward(&batch.ids, &batch.mask, batch.batch, profile)?;
+            for (v, &i) in mean_pool(&hidden, &batch.mask)?.into_iter().zip(&indices) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}

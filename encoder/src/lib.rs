@@ -1,0 +1,20 @@
+//! mrl-encoder: a BERT-family encoder on candle that loads sentence-transformers checkpoints
+//! and runs any elastic profile (a depth/width sub-network) at any nested output size.
+//!
+//! The pipeline: tokenize → encoder(profile) → mean pool → prefix(dim) → L2-normalise.
+
+pub mod config;
+pub mod embedder;
+pub mod error;
+pub mod fetch;
+pub mod head;
+pub mod model;
+pub mod pooling;
+pub mod profile;
+pub mod tokenize;
+
+pub use config::BertConfig;
+pub use embedder::{EmbedOptions, Embedder, DEFAULT_BATCH_SIZE};
+pub use error::{EncoderError, Result};
+pub use fetch::{Fetcher, ModelSpec, DEFAULT_MODEL};
+pub use profile::Profile;

@@ -1,0 +1,1 @@
+//! The mrl REST service and vector stores; grows in the service issue.

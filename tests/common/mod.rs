@@ -1,0 +1,79 @@
+//! Helpers shared by the end-to-end tests: the real model (fetched once into the repo's
+//! `models/`) and the paths of `../shared`.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use mrl::{Embedder, Fetcher, DEFAULT_MODEL};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$MRL_SHARED_DIR`, else the `shared/` folder beside the checkout.
+pub fn shared() -> PathBuf {
+    std::env::var_os("MRL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("..").join("shared"))
+}
+
+pub fn model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        Fetcher::new(root().join("models"))
+            .ensure(&DEFAULT_MODEL)
+            .expect("fetching the default model")
+    })
+    .clone()
+}
+
+pub fn embedder() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| Embedder::load(model_dir()).expect("loading the default model"))
+}
+
+pub struct Reference {
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    pub embedding: Vec<f32>,
+    pub unnormalized: Vec<f32>,
+}
+
+pub fn references() -> Vec<Reference> {
+    let path = shared()
+        .join("fixtures")
+        .join("all-minilm-l6-v2.reference.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let floats = |k: &str| -> Vec<f32> {
+                v[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            };
+            Reference {
+                text: v["text"].as_str().unwrap().to_string(),
+                input_ids: v["input_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect(),
+                embedding: floats("embedding"),
+                unnormalized: floats("embedding_unnormalized"),
+            }
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

@@ -1,0 +1,192 @@
+//! The encoder against sentence-transformers' own outputs for the same model, and its
+//! behaviour on batching, nested sizes, profiles and hostile input.
+
+mod common;
+
+use common::{cosine, embedder, references};
+use mrl::{EmbedOptions, EncoderError};
+
+#[test]
+fn token_ids_match_the_reference_exactly() {
+    let refs = references();
+    assert_eq!(refs.len(), 32);
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let ids = embedder().tokenizer().encode(&texts).unwrap();
+    for (r, got) in refs.iter().zip(&ids) {
+        assert_eq!(got, &r.input_ids, "token ids of {:?}", r.text);
+    }
+    assert!(
+        refs.iter().any(|r| r.input_ids.len() == 256),
+        "the fixtures hold a text truncated at 256 tokens"
+    );
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn embeddings_match_the_reference() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let e = embedder();
+    let normed = e.embed(&texts, &EmbedOptions::default()).unwrap();
+    let raw = e
+        .embed(&texts, &EmbedOptions::default().normalize(false))
+        .unwrap();
+    for ((r, n), u) in refs.iter().zip(&normed).zip(&raw) {
+        assert_eq!(n.len(), 384);
+        let c = cosine(n, &r.embedding);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", r.text);
+        let worst = max_abs_diff(n, &r.embedding);
+        assert!(worst <= 1e-4, "max abs diff {worst} for {:?}", r.text);
+        // The model's own pipeline (modules.json) ends in a Normalize module, so what
+        // sentence-transformers wrote as `embedding_unnormalized` is unit-length too: our raw
+        // mean-pooled vector must match it once normalised, and be the same direction.
+        let ref_norm: f32 = r.unnormalized.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((ref_norm - 1.0).abs() < 1e-4, "fixture norm {ref_norm}");
+        let mut u_normed = u.clone();
+        mrl_encoder::head::l2_normalize(&mut u_normed);
+        let worst = max_abs_diff(&u_normed, &r.unnormalized);
+        assert!(worst <= 1e-4, "raw: max abs diff {worst} for {:?}", r.text);
+        let raw_norm: f32 = u.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            raw_norm > 1.5,
+            "the raw vector is not normalised (norm {raw_norm})"
+        );
+        let norm: f32 = n.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn batch_equals_single_and_keeps_input_order() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let e = embedder();
+    let single: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| e.embed(&[*t], &EmbedOptions::default()).unwrap().remove(0))
+        .collect();
+    for batch in [1, 7, 32] {
+        let got = e
+            .embed(&texts, &EmbedOptions::default().batch_size(batch))
+            .unwrap();
+        assert_eq!(got.len(), texts.len());
+        for (i, (g, s)) in got.iter().zip(&single).enumerate() {
+            let c = cosine(g, s);
+            assert!(c >= 0.99999, "batch {batch}, text {i}: cosine {c}");
+        }
+    }
+    // Reversed input must give reversed output: order comes from the input, not the sort.
+    let reversed: Vec<&str> = texts.iter().rev().copied().collect();
+    let got = e.embed(&reversed, &EmbedOptions::default()).unwrap();
+    for (g, s) in got.iter().zip(single.iter().rev()) {
+        assert!(cosine(g, s) >= 0.99999);
+    }
+}
+
+#[test]
+fn nested_dims_are_renormalised_prefixes() {
+    let e = embedder();
+    let text = ["Matryoshka embeddings nest smaller vectors inside larger ones."];
+    let full = e
+        .embed(&text, &EmbedOptions::default().normalize(false))
+        .unwrap();
+    for dim in [1, 64, 128, 256, 384] {
+        let v = e.embed(&text, &EmbedOptions::default().dim(dim)).unwrap();
+        assert_eq!(v[0].len(), dim);
+        let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "dim {dim}: norm {norm}");
+        assert!(cosine(&v[0], &full[0][..dim]) > 0.999999, "dim {dim}");
+    }
+}
+
+#[test]
+fn bad_dims_and_profiles_are_typed_errors_naming_the_value() {
+    let e = embedder();
+    for dim in [0, 385, 100_000] {
+        match e.embed(&["x"], &EmbedOptions::default().dim(dim)) {
+            Err(EncoderError::InvalidDim { dim: d, max: 384 }) => assert_eq!(d, dim),
+            other => panic!("dim {dim}: {other:?}"),
+        }
+    }
+    let err = e
+        .embed(&["x"], &EmbedOptions::default().profile("turbo"))
+        .unwrap_err();
+    assert!(
+        matches!(err, EncoderError::UnknownProfile { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("turbo") && err.to_string().contains("1..=6"));
+    let err = e
+        .embed(&["x"], &EmbedOptions::default().profile("layers=9"))
+        .unwrap_err();
+    assert!(err.to_string().contains("1..=6"), "{err}");
+    // A profile narrower than the dim asked for is caught too.
+    let err = e
+        .embed(
+            &["x"],
+            &EmbedOptions::default().profile("hidden=128").dim(256),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("1..=128"), "{err}");
+}
+
+#[test]
+fn hostile_inputs_do_not_panic() {
+    let e = embedder();
+    let none: [&str; 0] = [];
+    assert!(e.embed(&none, &EmbedOptions::default()).unwrap().is_empty());
+    let huge = "lorem ipsum dolor sit amet ".repeat(4_000);
+    assert!(huge.len() > 100_000);
+    let weird = "\u{0}\u{FFFD}\u{202E}🚀".repeat(100);
+    let out = e
+        .embed(
+            &["", huge.as_str(), weird.as_str()],
+            &EmbedOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    for v in &out {
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+    let ids = e.tokenizer().encode(&[huge.as_str()]).unwrap();
+    assert_eq!(
+        ids[0].len(),
+        256,
+        "long input is truncated at max_seq_length"
+    );
+}
+
+#[test]
+fn a_first_layers_profile_runs_and_differs_from_full() {
+    let e = embedder();
+    let text = ["Elastic encoders keep several sub-networks in one checkpoint."];
+    let full = e.embed(&text, &EmbedOptions::default()).unwrap();
+    let half = e
+        .embed(&text, &EmbedOptions::default().profile("layers=3"))
+        .unwrap();
+    let narrow = e
+        .embed(
+            &text,
+            &EmbedOptions::default().profile("layers=2,heads=6,ffn=512,hidden=192"),
+        )
+        .unwrap();
+    assert_eq!(half[0].len(), 384);
+    assert_eq!(narrow[0].len(), 192);
+    let c = cosine(&full[0], &half[0]);
+    assert!(
+        c < 0.999,
+        "a 3-layer encoder is not the 6-layer one (cos {c})"
+    );
+    assert!(narrow[0].iter().all(|x| x.is_finite()));
+    // "full" by name is the same as no profile.
+    let named = e
+        .embed(&text, &EmbedOptions::default().profile("full"))
+        .unwrap();
+    assert!(cosine(&named[0], &full[0]) > 0.999999);
+}
