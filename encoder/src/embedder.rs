@@ -3,15 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
 use crate::config::{self, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::head;
 use crate::model::{BertModel, Weights};
-use crate::pooling::mean_pool;
 use crate::profile::Profile;
-use crate::tokenize::{plan_batches, PaddedBatch, TextTokenizer};
+use crate::tokenize::{plan_batches, TextTokenizer};
 
 /// Texts per forward pass unless the caller asks otherwise: sentence-transformers' default.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
@@ -84,9 +81,8 @@ impl Embedder {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
-        let device = Device::Cpu;
-        let tensors = candle_core::safetensors::load(&weights_path, &device)?;
-        let model = BertModel::load(&Weights::new(tensors), &config, &device)?;
+        let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
+        let model = BertModel::load(&Weights::new(tensors), &config)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -151,11 +147,12 @@ impl Embedder {
         let mut out = vec![Vec::new(); tokens.len()];
         for indices in plan_batches(&lengths, batch_size) {
             let rows: Vec<&[u32]> = indices.iter().map(|&i| tokens[i].as_slice()).collect();
-            let batch = PaddedBatch::new(&rows);
-            let hidden = self
+            for (v, &i) in self
                 .model
-                .forward(&batch.ids, &batch.mask, batch.batch, profile)?;
-            for (v, &i) in mean_pool(&hidden, &batch.mask)?.into_iter().zip(&indices) {
+                .forward(&rows, profile)?
+                .into_iter()
+                .zip(&indices)
+            {
                 out[i] = v;
             }
         }

@@ -8,6 +8,7 @@ pub mod embedder;
 pub mod error;
 pub mod fetch;
 pub mod head;
+pub mod kernels;
 pub mod model;
 pub mod pooling;
 pub mod profile;

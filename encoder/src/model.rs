@@ -1,14 +1,23 @@
 //! The BERT encoder: embeddings, self-attention, FFN, layer and encoder, one struct per HF
-//! submodule, each with `load` and `forward`. A [`Profile`] picks the layers to run and slices
-//! every width (heads, FFN neurons, hidden channels) as a prefix view of the parent's tensors:
-//! one set of weights in memory serves every sub-encoder.
+//! submodule, each with `load` and `forward`.
+//!
+//! Sequences run packed, without padding: a batch is the concatenation of its texts' tokens,
+//! the dense layers see one `(tokens × width)` matrix and attention runs per sequence. A
+//! [`Profile`] picks the layers to run and slices every width (heads, FFN neurons, hidden
+//! channels) as a strided prefix view of the parent's weights, so one copy of the weights
+//! serves every sub-encoder. Activation buffers are pooled and reused between batches.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 
 use crate::config::BertConfig;
 use crate::error::{EncoderError, Result};
+use crate::kernels::{self, MatRef};
 use crate::profile::Profile;
 
 /// Named tensors of a checkpoint, with the optional `bert.` prefix some exports carry.
@@ -27,28 +36,31 @@ impl Weights {
         Self { tensors, prefix }
     }
 
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// The tensor as row-major f32, after checking its shape.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = format!("{}{name}", self.prefix);
-        let t = self.tensors.get(&key).ok_or_else(|| {
-            EncoderError::Tensor(candle_core::Error::Msg(format!(
-                "missing tensor {key} in model.safetensors"
-            )))
-        })?;
+        let bad = |msg: String| EncoderError::Tensor(candle_core::Error::Msg(msg));
+        let t = self
+            .tensors
+            .get(&key)
+            .ok_or_else(|| bad(format!("missing tensor {key} in model.safetensors")))?;
         if t.dims() != shape {
-            return Err(EncoderError::Tensor(candle_core::Error::Msg(format!(
+            return Err(bad(format!(
                 "tensor {key} has shape {:?}, expected {shape:?}",
                 t.dims()
-            ))));
+            )));
         }
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 
-/// A dense layer whose output rows and input columns can be cut to a prefix at call time.
+/// A dense layer, `y = x·Wᵀ + b`, whose output rows and input columns can be cut to a prefix
+/// at call time.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
 }
 
 impl Linear {
@@ -56,24 +68,33 @@ impl Linear {
         Ok(Self {
             weight: w.get(&format!("{name}.weight"), &[outputs, inputs])?,
             bias: w.get(&format!("{name}.bias"), &[outputs])?,
+            inputs,
         })
     }
 
-    /// `x` is `(n, k)` with `k` ≤ the layer's inputs; only the first `outputs` rows are used.
-    /// The strided view goes straight to gemm, so no sliced copy of the weight is made.
-    fn forward(&self, x: &Tensor, outputs: usize) -> Result<Tensor> {
-        let inputs = x.dim(1)?;
-        let w = self.weight.narrow(0, 0, outputs)?.narrow(1, 0, inputs)?;
-        let b = self.bias.narrow(0, 0, outputs)?;
-        Ok(x.matmul(&w.t()?)?.broadcast_add(&b)?)
+    /// Writes `x · W[..outputs, ..x.cols]ᵀ + b[..outputs]` into `dst` (row stride `dst_rs`).
+    fn forward_into(
+        &self,
+        dst: &mut [f32],
+        dst_rs: usize,
+        x: MatRef<'_>,
+        rows: usize,
+        cols: usize,
+        outputs: usize,
+    ) {
+        for row in dst.chunks_mut(dst_rs).take(rows) {
+            row[..outputs].copy_from_slice(&self.bias[..outputs]);
+        }
+        let w = MatRef::rows(&self.weight, outputs, cols, self.inputs).t();
+        kernels::matmul(dst, dst_rs, x, w, 1.0, true, rayon::current_num_threads());
     }
 }
 
-/// LayerNorm over the first `hidden` channels: a narrower model normalises what it keeps.
+/// LayerNorm whose affine parameters are cut to the hidden width in use.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
     eps: f32,
 }
 
@@ -86,24 +107,24 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = x.dim(D::Minus1)?;
-        Ok(candle_nn::ops::layer_norm(
-            &x.contiguous()?,
-            &self.weight.narrow(0, 0, h)?,
-            &self.bias.narrow(0, 0, h)?,
-            self.eps,
-        )?)
+    /// `x = LayerNorm(x + residual)` over rows of `hidden`, in parallel blocks of rows.
+    fn add_forward(&self, x: &mut [f32], residual: &[f32], hidden: usize) {
+        let (w, b) = (&self.weight[..hidden], &self.bias[..hidden]);
+        let block = hidden * 32;
+        x.par_chunks_mut(block)
+            .zip(residual.par_chunks(block))
+            .for_each(|(x, r)| kernels::add_layer_norm(x, r, w, b, self.eps));
     }
 }
 
 /// Word + position + token-type embeddings, then LayerNorm.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
     norm: LayerNorm,
+    width: usize,
 }
 
 impl Embeddings {
@@ -120,20 +141,37 @@ impl Embeddings {
                 &[cfg.type_vocab_size, h],
             )?,
             norm: LayerNorm::load(w, "embeddings.LayerNorm", h, cfg.layer_norm_eps)?,
+            width: h,
         })
     }
 
-    /// `ids` is `(batch, seq)` u32; returns `(batch * seq, hidden)`. Every text is a single
-    /// segment, so token type 0 is added throughout.
-    fn forward(&self, ids: &Tensor, hidden: usize) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let words = self.word.index_select(&ids.flatten_all()?, 0)?;
-        let words = words.narrow(1, 0, hidden)?.reshape((b, t, hidden))?;
-        let pos = self.position.narrow(0, 0, t)?.narrow(1, 0, hidden)?;
-        let tt = self.token_type.narrow(0, 0, 1)?.narrow(1, 0, hidden)?;
-        let x = words.broadcast_add(&pos.broadcast_add(&tt)?)?;
-        self.norm.forward(&x.reshape((b * t, hidden))?)
+    /// Fills `x` (`tokens × hidden`) for packed sequences. Every text is a single segment, so
+    /// token type 0 is added throughout.
+    fn forward(&self, x: &mut [f32], seqs: &[&[u32]], hidden: usize) {
+        let w = self.width;
+        let mut rows = x.chunks_exact_mut(hidden);
+        for ids in seqs {
+            for (pos, &id) in ids.iter().enumerate() {
+                let Some(row) = rows.next() else { return };
+                let word = &self.word[id as usize * w..][..hidden];
+                let position = &self.position[pos * w..][..hidden];
+                let tt = &self.token_type[..hidden];
+                for (((o, a), b), c) in row.iter_mut().zip(word).zip(position).zip(tt) {
+                    *o = a + b + c;
+                }
+            }
+        }
+        let (wt, b) = (&self.norm.weight[..hidden], &self.norm.bias[..hidden]);
+        x.par_chunks_mut(hidden * 32).for_each(|x| {
+            let zeros = vec![0f32; x.len()];
+            kernels::add_layer_norm(x, &zeros, wt, b, self.norm.eps)
+        });
     }
+}
+
+thread_local! {
+    /// Attention scores of one (sequence, head), reused by each pool thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Multi-head self-attention and its output projection with residual and LayerNorm
@@ -166,25 +204,54 @@ impl Attention {
         })
     }
 
-    /// `x` is `(batch * seq, hidden)`; `bias` is the additive key mask `(batch, 1, 1, seq)`.
-    fn forward(&self, x: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, _, _, t) = bias.dims4()?;
-        let hidden = x.dim(1)?;
-        let width = heads * self.head_dim;
-        let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(self.query.forward(x, width)?)?;
-        let k = split(self.key.forward(x, width)?)?;
-        let v = split(self.value.forward(x, width)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, width))?;
-        let out = self.output.forward(&ctx, hidden)?;
-        self.norm.forward(&(out + x)?)
+    fn forward(&self, ws: &mut Workspace, spans: &[Range<usize>], heads: usize, hidden: usize) {
+        let tokens = ws.tokens;
+        let d = self.head_dim;
+        let a = heads * d;
+        let stride = 3 * a;
+        ws.qkv.resize(tokens * stride, 0.0);
+        let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
+        for (i, proj) in [&self.query, &self.key, &self.value]
+            .into_iter()
+            .enumerate()
+        {
+            proj.forward_into(&mut ws.qkv[i * a..], stride, x, tokens, hidden, a);
+        }
+        ws.ctx.resize(tokens * a, 0.0);
+        let mut per_seq = Vec::with_capacity(spans.len());
+        let mut rest = ws.ctx.as_mut_slice();
+        for span in spans {
+            let (head, tail) = rest.split_at_mut(span.len() * a);
+            per_seq.push((span.clone(), head));
+            rest = tail;
+        }
+        let qkv = &ws.qkv;
+        let scale = 1.0 / (d as f32).sqrt();
+        per_seq.into_par_iter().for_each(|(span, ctx)| {
+            let t = span.len();
+            if t == 0 {
+                return;
+            }
+            let rows = &qkv[span.start * stride..span.end * stride];
+            SCORES.with_borrow_mut(|scores| {
+                scores.resize(t * t, 0.0);
+                for h in 0..heads {
+                    let q = MatRef::rows(&rows[h * d..], t, d, stride);
+                    let k = MatRef::rows(&rows[a + h * d..], t, d, stride);
+                    let v = MatRef::rows(&rows[2 * a + h * d..], t, d, stride);
+                    kernels::matmul(scores, t, q, k.t(), scale, false, 1);
+                    kernels::softmax_rows(scores, t);
+                    let p = MatRef::rows(scores, t, t, t);
+                    kernels::matmul(&mut ctx[h * d..], a, p, v, 1.0, false, 1);
+                }
+            });
+        });
+        ws.tmp.resize(tokens * hidden, 0.0);
+        let ctx = MatRef::rows(&ws.ctx, tokens, a, a);
+        self.output
+            .forward_into(&mut ws.tmp, hidden, ctx, tokens, a, hidden);
+        self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
+        std::mem::swap(&mut ws.x, &mut ws.tmp);
     }
 }
 
@@ -206,11 +273,19 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor, ffn: usize) -> Result<Tensor> {
-        let hidden = x.dim(1)?;
-        let inner = self.up.forward(x, ffn)?.gelu_erf()?;
-        let out = self.down.forward(&inner, hidden)?;
-        self.norm.forward(&(out + x)?)
+    fn forward(&self, ws: &mut Workspace, ffn: usize, hidden: usize) {
+        let tokens = ws.tokens;
+        ws.inner.resize(tokens * ffn, 0.0);
+        let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
+        self.up
+            .forward_into(&mut ws.inner, ffn, x, tokens, hidden, ffn);
+        ws.inner.par_chunks_mut(ffn * 16).for_each(kernels::gelu);
+        ws.tmp.resize(tokens * hidden, 0.0);
+        let inner = MatRef::rows(&ws.inner, tokens, ffn, ffn);
+        self.down
+            .forward_into(&mut ws.tmp, hidden, inner, tokens, ffn, hidden);
+        self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
+        std::mem::swap(&mut ws.x, &mut ws.tmp);
     }
 }
 
@@ -230,59 +305,89 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, bias: &Tensor, profile: &Profile) -> Result<Tensor> {
-        let x = self.attention.forward(x, bias, profile.heads)?;
-        self.ffn.forward(&x, profile.ffn)
+    fn forward(&self, ws: &mut Workspace, spans: &[Range<usize>], profile: &Profile) {
+        self.attention
+            .forward(ws, spans, profile.heads, profile.hidden);
+        self.ffn.forward(ws, profile.ffn, profile.hidden);
     }
 }
 
+/// Activation buffers of one forward pass, kept between batches so that large intermediates
+/// are not freshly mapped (and page-faulted) every time.
+#[derive(Default)]
+struct Workspace {
+    tokens: usize,
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    tmp: Vec<f32>,
+    inner: Vec<f32>,
+}
+
 /// The whole encoder: embeddings and every layer of the parent.
-#[derive(Debug, Clone)]
 pub struct BertModel {
+    config: BertConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    device: Device,
+    workspaces: Mutex<Vec<Workspace>>,
 }
 
 impl BertModel {
-    pub(crate) fn load(w: &Weights, cfg: &BertConfig, device: &Device) -> Result<Self> {
+    pub(crate) fn load(w: &Weights, cfg: &BertConfig) -> Result<Self> {
         Ok(Self {
+            config: cfg.clone(),
             embeddings: Embeddings::load(w, cfg)?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(w, i, cfg))
                 .collect::<Result<_>>()?,
-            device: device.clone(),
+            workspaces: Mutex::new(Vec::new()),
         })
     }
 
-    /// Runs `profile` on a padded batch: `ids` and `mask` are row-major `(batch, seq)`.
-    /// Returns the last hidden state `(batch, seq, profile.hidden)`.
-    pub fn forward(
-        &self,
-        ids: &[u32],
-        mask: &[u32],
-        batch: usize,
-        profile: &Profile,
-    ) -> Result<Tensor> {
-        let seq = ids.len() / batch.max(1);
-        let ids = Tensor::from_slice(ids, (batch, seq), &self.device)?;
-        // Padded keys get a large negative bias: exp() of it underflows to exactly 0.
-        let bias: Vec<f32> = mask
-            .iter()
-            .map(|&m| if m == 0 { -1e30 } else { 0.0 })
-            .collect();
-        let bias = Tensor::from_vec(bias, (batch, 1, 1, seq), &self.device)?;
-        let mut x = self.embeddings.forward(&ids, profile.hidden)?;
-        for &l in &profile.layers {
-            let layer = self
-                .layers
-                .get(l)
-                .ok_or_else(|| EncoderError::InvalidProfile {
-                    spec: profile.to_string(),
-                    reason: format!("layer {l} is out of range 0..{}", self.layers.len()),
-                })?;
-            x = layer.forward(&x, &bias, profile)?;
+    /// Runs `profile` on a batch of token sequences and returns each one's mean-pooled last
+    /// hidden state (`profile.hidden` wide, unnormalised), in input order.
+    pub fn forward(&self, seqs: &[&[u32]], profile: &Profile) -> Result<Vec<Vec<f32>>> {
+        profile.validate(&self.config, &profile.to_string())?;
+        let cfg = &self.config;
+        for ids in seqs {
+            if ids.len() > cfg.max_position_embeddings {
+                return Err(EncoderError::Tokenizer(format!(
+                    "a sequence of {} tokens exceeds the model's {} positions",
+                    ids.len(),
+                    cfg.max_position_embeddings
+                )));
+            }
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+                return Err(EncoderError::Tokenizer(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    cfg.vocab_size
+                )));
+            }
         }
-        Ok(x.reshape((batch, seq, profile.hidden))?)
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut start = 0;
+        for ids in seqs {
+            spans.push(start..start + ids.len());
+            start += ids.len();
+        }
+        let hidden = profile.hidden;
+        let mut ws = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        ws.tokens = start;
+        ws.x.resize(start * hidden, 0.0);
+        self.embeddings.forward(&mut ws.x, seqs, hidden);
+        for &l in &profile.layers {
+            self.layers[l].forward(&mut ws, &spans, profile);
+        }
+        let pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
+        self.workspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ws);
+        Ok(pooled)
     }
 }

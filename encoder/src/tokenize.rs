@@ -1,5 +1,5 @@
 //! Tokenization and batching: text → token ids (HF tokenizers, truncated at the model's
-//! `max_seq_length`) → length-sorted batches padded to their longest member.
+//! `max_seq_length`) → length-sorted batches.
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// The padding and truncation stored in `tokenizer.json` are replaced: this model ships
     /// fixed padding to 128, whereas sentence-transformers truncates at `max_len` and pads per
-    /// batch (done here in [`PaddedBatch`]).
+    /// batch; the encoder packs batches without any padding at all.
     pub fn load(path: &Path, max_len: usize) -> Result<Self> {
         let mut inner = Tokenizer::from_file(path)
             .map_err(|e| EncoderError::Tokenizer(format!("{}: {e}", path.display())))?;
@@ -51,41 +51,13 @@ impl TextTokenizer {
     }
 }
 
-/// Groups texts into batches of at most `max_batch`, longest first, so each batch pads to a
-/// similar length. Returns the input indices of each batch.
+/// Groups texts into batches of at most `max_batch`, longest first, so sequences of a batch have
+/// similar lengths and attention work spreads evenly. Returns the input indices of each batch.
 pub fn plan_batches(lengths: &[usize], max_batch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     // Stable: equal lengths keep input order, which keeps runs reproducible.
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     order.chunks(max_batch.max(1)).map(|c| c.to_vec()).collect()
-}
-
-/// A batch padded to its longest member: row-major ids and attention mask.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PaddedBatch {
-    pub ids: Vec<u32>,
-    pub mask: Vec<u32>,
-    pub batch: usize,
-    pub seq: usize,
-}
-
-impl PaddedBatch {
-    /// Pads with id 0 (BERT's `[PAD]`); the mask marks real tokens.
-    pub fn new(rows: &[&[u32]]) -> Self {
-        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; rows.len() * seq];
-        let mut mask = vec![0u32; rows.len() * seq];
-        for (b, row) in rows.iter().enumerate() {
-            ids[b * seq..b * seq + row.len()].copy_from_slice(row);
-            mask[b * seq..b * seq + row.len()].fill(1);
-        }
-        Self {
-            ids,
-            mask,
-            batch: rows.len(),
-            seq,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,13 +69,5 @@ mod tests {
         let plan = plan_batches(&[3, 9, 1, 9, 5], 2);
         assert_eq!(plan, vec![vec![1, 3], vec![4, 0], vec![2]]);
         assert!(plan_batches(&[], 4).is_empty());
-    }
-
-    #[test]
-    fn padding_fills_to_the_longest_row() {
-        let b = PaddedBatch::new(&[&[101, 7, 102], &[101, 102]]);
-        assert_eq!((b.batch, b.seq), (2, 3));
-        assert_eq!(b.ids, vec![101, 7, 102, 101, 102, 0]);
-        assert_eq!(b.mask, vec![1, 1, 1, 1, 1, 0]);
     }
 }

@@ -1,0 +1,332 @@
+//! CPU kernels of the inference path: strided matrix multiply (the `gemm` crate), and fused,
+//! vectorisable GELU, softmax and residual + LayerNorm.
+//!
+//! The element-wise kernels are written branch-free so the compiler vectorises them; on x86-64
+//! they are compiled a second time with AVX2 + FMA and picked at run time, since a portable
+//! build only targets SSE2.
+
+/// A read-only strided matrix view over a slice: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Panics when the view would reach past `data`: callers build views from shapes they
+    /// own, so that is a bug, never bad input.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * rs + (cols - 1) * cs;
+            assert!(
+                last < data.len(),
+                "matrix view out of bounds: this is a bug"
+            );
+        }
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// Row-major `rows × cols` with row stride `rs`.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self::new(data, rows, cols, rs, 1)
+    }
+
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst = lhs · rhs · scale` (or `dst += …` with `accumulate`), `dst` row-major with row
+/// stride `dst_rs`. `threads > 1` splits the work over the rayon pool.
+pub fn matmul(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul inner dims differ: this is a bug");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len(),
+        "matmul destination too small: this is a bug"
+    );
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view was bounds-checked above or in MatRef::new, dst does not alias the
+    // inputs (it is a distinct &mut), and gemm only touches elements inside those shapes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Runs `$generic` compiled with AVX2 + FMA when the CPU has them.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $generic:ident) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the features `fast` is compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// exp(x) to about 2 ulp for x in [-87, 88], branch-free: x = n·ln2 + r, exp(r) by its
+/// degree-6 Taylor polynomial (|r| ≤ ln2/2), 2^n built in the exponent bits.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Adding 1.5·2^23 rounds to the nearest integer without a branch or a libm call.
+    let shifter = 12_582_912.0f32;
+    let n = (x * LOG2E + shifter) - shifter;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_generic(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+multiversion! {
+    /// Exact (erf) GELU in place, as HF's "gelu".
+    pub fn gelu(xs: &mut [f32]) => gelu_generic
+}
+
+/// Sum with 8 independent lanes, so the loop vectorises despite strict float ordering.
+#[inline(always)]
+fn sum8(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max8(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(*v);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+fn softmax_rows_generic(xs: &mut [f32], width: usize) {
+    for row in xs.chunks_exact_mut(width) {
+        let max = max8(row);
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inv = 1.0 / sum8(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+multiversion! {
+    /// Softmax of each `width`-long row in place.
+    pub fn softmax_rows(xs: &mut [f32], width: usize) => softmax_rows_generic
+}
+
+#[inline(always)]
+fn add_layer_norm_generic(x: &mut [f32], residual: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let h = weight.len();
+    for (row, res) in x.chunks_exact_mut(h).zip(residual.chunks_exact(h)) {
+        row.iter_mut().zip(res).for_each(|(a, r)| *a += r);
+        let mean = sum8(row) / h as f32;
+        row.iter_mut().for_each(|v| *v -= mean);
+        let mut sq = [0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for c in chunks {
+            for (a, v) in sq.iter_mut().zip(c) {
+                *a += v * v;
+            }
+        }
+        let var = (sq.iter().sum::<f32>() + tail) / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = *v * inv * w + b;
+        }
+    }
+}
+
+multiversion! {
+    /// `x = LayerNorm(x + residual)` row by row (rows of `weight.len()`).
+    pub fn add_layer_norm(x: &mut [f32], residual: &[f32], weight: &[f32], bias: &[f32], eps: f32) => add_layer_norm_generic
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0;
+            let e = exp(x) as f64;
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((e - want) / want).abs());
+            let x = i as f32 / 1000.0;
+            // erf reference from the libm-quality series in f64.
+            worst_erf = worst_erf.max((erf(x) as f64 - erf_ref(x as f64)).abs());
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+    }
+
+    fn erf_ref(x: f64) -> f64 {
+        // Maclaurin series; converges fast for |x| ≤ 3, and erf is ±1 to 1e-9 beyond.
+        if x.abs() > 4.0 {
+            return x.signum();
+        }
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_match_naive() {
+        let mut row: Vec<f32> = (0..19).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let naive: Vec<f32> = {
+            let m = row.iter().cloned().fold(f32::MIN, f32::max);
+            let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        softmax_rows(&mut row, 19);
+        for (a, b) in row.iter().zip(&naive) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let mut x: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let res = vec![1.0; 20];
+        let w = vec![2.0; 10];
+        let b = vec![0.5; 10];
+        add_layer_norm(&mut x, &res, &w, &b, 1e-12);
+        // Row 0 is 1..=10: mean 5.5, variance 8.25.
+        let want = (1.0 - 5.5) / 8.25f32.sqrt() * 2.0 + 0.5;
+        assert!((x[0] - want).abs() < 1e-5, "{} vs {want}", x[0]);
+        assert!((x[10] - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn matmul_handles_transposed_and_strided_views() {
+        // lhs 2×3, rhs given as a 4×3 row-major weight used transposed (3×4), first 2 rows.
+        let lhs = [1., 2., 3., 4., 5., 6.];
+        let w = [1., 0., 0., 0., 1., 0., 0., 0., 1., 1., 1., 1.];
+        let mut dst = vec![0f32; 2 * 2];
+        matmul(
+            &mut dst,
+            2,
+            MatRef::rows(&lhs, 2, 3, 3),
+            MatRef::rows(&w, 2, 3, 3).t(),
+            1.0,
+            false,
+            1,
+        );
+        assert_eq!(dst, vec![1., 2., 4., 5.]);
+        matmul(
+            &mut dst,
+            2,
+            MatRef::rows(&lhs, 2, 3, 3),
+            MatRef::rows(&w, 2, 3, 3).t(),
+            2.0,
+            true,
+            2,
+        );
+        assert_eq!(dst, vec![3., 6., 12., 15.]);
+    }
+}
