@@ -72,7 +72,19 @@ impl Linear {
         })
     }
 
-    /// Writes `x · W[..outputs, ..x.cols]ᵀ + b[..outputs]` into `dst` (row stride `dst_rs`).
+    /// Stacks layers that read the same input into one, so they run as one larger matmul.
+    fn stack(parts: &[Linear]) -> Self {
+        Self {
+            weight: parts
+                .iter()
+                .flat_map(|p| p.weight.iter().copied())
+                .collect(),
+            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
+            inputs: parts[0].inputs,
+        }
+    }
+
+    /// Writes `x · W[..outputs, ..cols]ᵀ + b[..outputs]` into `dst` (row stride `dst_rs`).
     fn forward_into(
         &self,
         dst: &mut [f32],
@@ -82,10 +94,30 @@ impl Linear {
         cols: usize,
         outputs: usize,
     ) {
+        self.forward_range_into(dst, dst_rs, x, rows, cols, 0..outputs);
+    }
+
+    /// As [`Linear::forward_into`] for the output rows `out` of the weight.
+    fn forward_range_into(
+        &self,
+        dst: &mut [f32],
+        dst_rs: usize,
+        x: MatRef<'_>,
+        rows: usize,
+        cols: usize,
+        out: Range<usize>,
+    ) {
+        let n = out.len();
         for row in dst.chunks_mut(dst_rs).take(rows) {
-            row[..outputs].copy_from_slice(&self.bias[..outputs]);
+            row[..n].copy_from_slice(&self.bias[out.clone()]);
         }
-        let w = MatRef::rows(&self.weight, outputs, cols, self.inputs).t();
+        let w = MatRef::rows(
+            &self.weight[out.start * self.inputs..],
+            n,
+            cols,
+            self.inputs,
+        )
+        .t();
         kernels::matmul(dst, dst_rs, x, w, 1.0, true, rayon::current_num_threads());
     }
 }
@@ -169,6 +201,9 @@ impl Embeddings {
     }
 }
 
+/// Rows per FFN block: 512 × 1536 floats (3 MiB) fit the shared cache with room to spare.
+const FFN_BLOCK_ROWS: usize = 512;
+
 thread_local! {
     /// Attention scores of one (sequence, head), reused by each pool thread.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -178,9 +213,8 @@ thread_local! {
 /// (HF `attention.self` + `attention.output`).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value stacked (`3·hidden × hidden`): the full width runs as one matmul.
+    qkv: Linear,
     output: Linear,
     norm: LayerNorm,
     head_dim: usize,
@@ -189,10 +223,9 @@ pub struct Attention {
 impl Attention {
     fn load(w: &Weights, p: &str, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let part = |name: &str| Linear::load(w, &format!("{p}.attention.self.{name}"), h, h);
         Ok(Self {
-            query: Linear::load(w, &format!("{p}.attention.self.query"), h, h)?,
-            key: Linear::load(w, &format!("{p}.attention.self.key"), h, h)?,
-            value: Linear::load(w, &format!("{p}.attention.self.value"), h, h)?,
+            qkv: Linear::stack(&[part("query")?, part("key")?, part("value")?]),
             output: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
             norm: LayerNorm::load(
                 w,
@@ -211,11 +244,16 @@ impl Attention {
         let stride = 3 * a;
         ws.qkv.resize(tokens * stride, 0.0);
         let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
-        for (i, proj) in [&self.query, &self.key, &self.value]
-            .into_iter()
-            .enumerate()
-        {
-            proj.forward_into(&mut ws.qkv[i * a..], stride, x, tokens, hidden, a);
+        let full = self.qkv.bias.len() / 3;
+        if a == full {
+            self.qkv
+                .forward_range_into(&mut ws.qkv, stride, x, tokens, hidden, 0..3 * a);
+        } else {
+            for i in 0..3 {
+                let out = i * full..i * full + a;
+                self.qkv
+                    .forward_range_into(&mut ws.qkv[i * a..], stride, x, tokens, hidden, out);
+            }
         }
         ws.ctx.resize(tokens * a, 0.0);
         let mut per_seq = Vec::with_capacity(spans.len());
@@ -273,17 +311,24 @@ impl FeedForward {
         })
     }
 
+    /// Runs in blocks of rows so the `tokens × ffn` intermediate of a block stays in cache
+    /// between the up projection, GELU and the down projection.
     fn forward(&self, ws: &mut Workspace, ffn: usize, hidden: usize) {
         let tokens = ws.tokens;
-        ws.inner.resize(tokens * ffn, 0.0);
-        let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
-        self.up
-            .forward_into(&mut ws.inner, ffn, x, tokens, hidden, ffn);
-        ws.inner.par_chunks_mut(ffn * 16).for_each(kernels::gelu);
+        let block = FFN_BLOCK_ROWS.min(tokens.max(1));
+        ws.inner.resize(block * ffn, 0.0);
         ws.tmp.resize(tokens * hidden, 0.0);
-        let inner = MatRef::rows(&ws.inner, tokens, ffn, ffn);
-        self.down
-            .forward_into(&mut ws.tmp, hidden, inner, tokens, ffn, hidden);
+        for start in (0..tokens).step_by(block) {
+            let rows = block.min(tokens - start);
+            let x = MatRef::rows(&ws.x[start * hidden..], rows, hidden, hidden);
+            let inner = &mut ws.inner[..rows * ffn];
+            self.up.forward_into(inner, ffn, x, rows, hidden, ffn);
+            inner.par_chunks_mut(ffn * 16).for_each(kernels::gelu);
+            let inner = MatRef::rows(inner, rows, ffn, ffn);
+            let out = &mut ws.tmp[start * hidden..(start + rows) * hidden];
+            self.down
+                .forward_into(out, hidden, inner, rows, ffn, hidden);
+        }
         self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
         std::mem::swap(&mut ws.x, &mut ws.tmp);
     }
