@@ -243,6 +243,67 @@ multiversion! {
     pub fn add_layer_norm(x: &mut [f32], residual: &[f32], weight: &[f32], bias: &[f32], eps: f32) => add_layer_norm_generic
 }
 
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One attention head of one sequence, written out directly: for the short sequences of most
+/// requests, a gemm call per (sequence, head) costs more in set-up than in arithmetic.
+/// `q`, `k`, `v` start at the head's first column and step `stride` per token; the `t × d`
+/// result goes to `out` with row stride `out_stride`. `scores` holds at least `t × t`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_generic(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    t: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let scores = &mut scores[..t * t];
+    for (i, row) in scores.chunks_exact_mut(t).enumerate() {
+        let qi = &q[i * stride..][..d];
+        for (j, s) in row.iter_mut().enumerate() {
+            *s = dot8(qi, &k[j * stride..][..d]) * scale;
+        }
+    }
+    softmax_rows_generic(scores, t);
+    for (i, p) in scores.chunks_exact(t).enumerate() {
+        let o = &mut out[i * out_stride..][..d];
+        o.fill(0.0);
+        for (j, &pj) in p.iter().enumerate() {
+            for (a, b) in o.iter_mut().zip(&v[j * stride..][..d]) {
+                *a += pj * b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax(q·kᵀ·scale)·v for one head of one sequence (see `attend_generic`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, t: usize, d: usize, scale: f32, scores: &mut [f32], out: &mut [f32], out_stride: usize) => attend_generic
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +361,46 @@ mod tests {
         let want = (1.0 - 5.5) / 8.25f32.sqrt() * 2.0 + 0.5;
         assert!((x[0] - want).abs() < 1e-5, "{} vs {want}", x[0]);
         assert!((x[10] - want).abs() < 1e-5);
+    }
+
+    #[test]
+    fn direct_attention_matches_the_matmul_path() {
+        let (t, d, heads) = (5, 4, 2);
+        let stride = 3 * heads * d;
+        let qkv: Vec<f32> = (0..t * stride)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let a = heads * d;
+        for h in 0..heads {
+            let (q, k, v) = (&qkv[h * d..], &qkv[a + h * d..], &qkv[2 * a + h * d..]);
+            let mut direct = vec![0f32; t * d];
+            let mut scores = vec![0f32; t * t];
+            attend(q, k, v, stride, t, d, 0.5, &mut scores, &mut direct, d);
+            let mut s2 = vec![0f32; t * t];
+            matmul(
+                &mut s2,
+                t,
+                MatRef::rows(q, t, d, stride),
+                MatRef::rows(k, t, d, stride).t(),
+                0.5,
+                false,
+                1,
+            );
+            softmax_rows(&mut s2, t);
+            let mut via_gemm = vec![0f32; t * d];
+            matmul(
+                &mut via_gemm,
+                d,
+                MatRef::rows(&s2, t, t, t),
+                MatRef::rows(v, t, d, stride),
+                1.0,
+                false,
+                1,
+            );
+            for (x, y) in direct.iter().zip(&via_gemm) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
     }
 
     #[test]

@@ -204,6 +204,9 @@ impl Embeddings {
 /// Rows per FFN block: 512 × 1536 floats (3 MiB) fit the shared cache with room to spare.
 const FFN_BLOCK_ROWS: usize = 512;
 
+/// Sequences up to this length run attention without gemm (see `kernels::attend`).
+const DIRECT_ATTENTION_MAX_LEN: usize = 64;
+
 thread_local! {
     /// Attention scores of one (sequence, head), reused by each pool thread.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -274,9 +277,15 @@ impl Attention {
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(t * t, 0.0);
                 for h in 0..heads {
-                    let q = MatRef::rows(&rows[h * d..], t, d, stride);
-                    let k = MatRef::rows(&rows[a + h * d..], t, d, stride);
-                    let v = MatRef::rows(&rows[2 * a + h * d..], t, d, stride);
+                    let (q, k, v) = (&rows[h * d..], &rows[a + h * d..], &rows[2 * a + h * d..]);
+                    if t <= DIRECT_ATTENTION_MAX_LEN {
+                        let out = &mut ctx[h * d..];
+                        kernels::attend(q, k, v, stride, t, d, scale, scores, out, a);
+                        continue;
+                    }
+                    let q = MatRef::rows(q, t, d, stride);
+                    let k = MatRef::rows(k, t, d, stride);
+                    let v = MatRef::rows(v, t, d, stride);
                     kernels::matmul(scores, t, q, k.t(), scale, false, 1);
                     kernels::softmax_rows(scores, t);
                     let p = MatRef::rows(scores, t, t, t);
