@@ -40,6 +40,11 @@ impl<'a> MatRef<'a> {
         Self::new(data, rows, cols, rs, 1)
     }
 
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
     pub fn t(self) -> Self {
         Self {
             rows: self.cols,

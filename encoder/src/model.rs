@@ -84,29 +84,10 @@ impl Linear {
         }
     }
 
-    /// Writes `x · W[..outputs, ..cols]ᵀ + b[..outputs]` into `dst` (row stride `dst_rs`).
-    fn forward_into(
-        &self,
-        dst: &mut [f32],
-        dst_rs: usize,
-        x: MatRef<'_>,
-        rows: usize,
-        cols: usize,
-        outputs: usize,
-    ) {
-        self.forward_range_into(dst, dst_rs, x, rows, cols, 0..outputs);
-    }
-
-    /// As [`Linear::forward_into`] for the output rows `out` of the weight.
-    fn forward_range_into(
-        &self,
-        dst: &mut [f32],
-        dst_rs: usize,
-        x: MatRef<'_>,
-        rows: usize,
-        cols: usize,
-        out: Range<usize>,
-    ) {
+    /// Writes `x · W[out, ..x.cols]ᵀ + b[out]` into `dst` (row stride `dst_rs`): the output
+    /// rows `out` of the weight, its first `x.cols` inputs.
+    fn forward_into(&self, dst: &mut [f32], dst_rs: usize, x: MatRef<'_>, out: Range<usize>) {
+        let (rows, cols) = x.shape();
         let n = out.len();
         for row in dst.chunks_mut(dst_rs).take(rows) {
             row[..n].copy_from_slice(&self.bias[out.clone()]);
@@ -177,27 +158,30 @@ impl Embeddings {
         })
     }
 
-    /// Fills `x` (`tokens × hidden`) for packed sequences. Every text is a single segment, so
-    /// token type 0 is added throughout.
-    fn forward(&self, x: &mut [f32], seqs: &[&[u32]], hidden: usize) {
+    /// Fills `ws.x` (`tokens × hidden`) for packed sequences. Every text is a single segment,
+    /// so token type 0 is added throughout. Word vectors go to `x` and position + type to
+    /// `tmp`, so the sum is the residual add of the shared add + LayerNorm step.
+    fn forward(&self, ws: &mut Workspace, seqs: &[&[u32]], hidden: usize) {
         let w = self.width;
-        let mut rows = x.chunks_exact_mut(hidden);
+        ws.x.resize(ws.tokens * hidden, 0.0);
+        ws.tmp.resize(ws.tokens * hidden, 0.0);
+        let mut rows =
+            ws.x.chunks_exact_mut(hidden)
+                .zip(ws.tmp.chunks_exact_mut(hidden));
+        let tt = &self.token_type[..hidden];
         for ids in seqs {
             for (pos, &id) in ids.iter().enumerate() {
-                let Some(row) = rows.next() else { return };
-                let word = &self.word[id as usize * w..][..hidden];
+                let Some((word_row, rest_row)) = rows.next() else {
+                    return;
+                };
+                word_row.copy_from_slice(&self.word[id as usize * w..][..hidden]);
                 let position = &self.position[pos * w..][..hidden];
-                let tt = &self.token_type[..hidden];
-                for (((o, a), b), c) in row.iter_mut().zip(word).zip(position).zip(tt) {
-                    *o = a + b + c;
+                for ((o, p), t) in rest_row.iter_mut().zip(position).zip(tt) {
+                    *o = p + t;
                 }
             }
         }
-        let (wt, b) = (&self.norm.weight[..hidden], &self.norm.bias[..hidden]);
-        x.par_chunks_mut(hidden * 32).for_each(|x| {
-            let zeros = vec![0f32; x.len()];
-            kernels::add_layer_norm(x, &zeros, wt, b, self.norm.eps)
-        });
+        self.norm.add_forward(&mut ws.x, &ws.tmp, hidden);
     }
 }
 
@@ -249,13 +233,11 @@ impl Attention {
         let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
         let full = self.qkv.bias.len() / 3;
         if a == full {
-            self.qkv
-                .forward_range_into(&mut ws.qkv, stride, x, tokens, hidden, 0..3 * a);
+            self.qkv.forward_into(&mut ws.qkv, stride, x, 0..3 * a);
         } else {
             for i in 0..3 {
                 let out = i * full..i * full + a;
-                self.qkv
-                    .forward_range_into(&mut ws.qkv[i * a..], stride, x, tokens, hidden, out);
+                self.qkv.forward_into(&mut ws.qkv[i * a..], stride, x, out);
             }
         }
         ws.ctx.resize(tokens * a, 0.0);
@@ -296,7 +278,7 @@ impl Attention {
         ws.tmp.resize(tokens * hidden, 0.0);
         let ctx = MatRef::rows(&ws.ctx, tokens, a, a);
         self.output
-            .forward_into(&mut ws.tmp, hidden, ctx, tokens, a, hidden);
+            .forward_into(&mut ws.tmp, hidden, ctx, 0..hidden);
         self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
         std::mem::swap(&mut ws.x, &mut ws.tmp);
     }
@@ -331,12 +313,11 @@ impl FeedForward {
             let rows = block.min(tokens - start);
             let x = MatRef::rows(&ws.x[start * hidden..], rows, hidden, hidden);
             let inner = &mut ws.inner[..rows * ffn];
-            self.up.forward_into(inner, ffn, x, rows, hidden, ffn);
+            self.up.forward_into(inner, ffn, x, 0..ffn);
             inner.par_chunks_mut(ffn * 16).for_each(kernels::gelu);
             let inner = MatRef::rows(inner, rows, ffn, ffn);
             let out = &mut ws.tmp[start * hidden..(start + rows) * hidden];
-            self.down
-                .forward_into(out, hidden, inner, rows, ffn, hidden);
+            self.down.forward_into(out, hidden, inner, 0..hidden);
         }
         self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
         std::mem::swap(&mut ws.x, &mut ws.tmp);
@@ -432,8 +413,7 @@ impl BertModel {
             .pop()
             .unwrap_or_default();
         ws.tokens = start;
-        ws.x.resize(start * hidden, 0.0);
-        self.embeddings.forward(&mut ws.x, seqs, hidden);
+        self.embeddings.forward(&mut ws, seqs, hidden);
         for &l in &profile.layers {
             self.layers[l].forward(&mut ws, &spans, profile);
         }
