@@ -2,6 +2,10 @@
 //! profile. Criterion needs repeated samples, so each sample embeds a fixed slice of the file
 //! (`MRL_BENCH_SHORT` / `MRL_BENCH_LONG` texts, default 256 / 64); `mrl bench encode` runs the
 //! whole file in the peer script's format for side-by-side ratios.
+//!
+//! `MRL_MODEL` picks the checkpoint (default: the base model) and `MRL_BENCH_PROFILES` the
+//! profiles, separated by ';' (default `all`: every profile of the checkpoint's manifest, or
+//! `full;layers=3` for a plain checkpoint).
 
 use std::path::PathBuf;
 
@@ -32,15 +36,19 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn encode(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = Fetcher::new(root.join("models"))
-        .ensure(&DEFAULT_MODEL)
-        .expect("fetching the default model");
+    let dir = match std::env::var_os("MRL_MODEL") {
+        Some(d) => PathBuf::from(d),
+        None => Fetcher::new(root.join("models"))
+            .ensure(&DEFAULT_MODEL)
+            .expect("fetching the default model"),
+    };
     let embedder = Embedder::load(dir).expect("loading the model");
-    let profiles: Vec<String> = std::env::var("MRL_BENCH_PROFILES")
-        .unwrap_or_else(|_| "full;layers=3".into())
-        .split(';')
-        .map(String::from)
-        .collect();
+    let spec = std::env::var("MRL_BENCH_PROFILES").unwrap_or_else(|_| "all".into());
+    let profiles: Vec<String> = match spec.as_str() {
+        "all" if embedder.manifest().is_some() => embedder.profile_names(),
+        "all" => vec!["full".into(), "layers=3".into()],
+        s => s.split(';').map(String::from).collect(),
+    };
     for (kind, n) in [
         ("short", env_usize("MRL_BENCH_SHORT", 256)),
         ("long", env_usize("MRL_BENCH_LONG", 64)),

@@ -1,4 +1,5 @@
-//! The `mrl` command line: model fetch, embedding, and the encoder throughput benchmark.
+//! The `mrl` command line: model fetch, embedding, calibration of an elastic checkpoint, and
+//! the throughput and retrieval benchmarks.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -6,7 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use mrl::{EmbedOptions, Embedder, Fetcher, DEFAULT_MODEL};
+use mrl_trainer::data::BeirDataset;
+use mrl_trainer::CalibrateOptions;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -30,7 +34,11 @@ enum Command {
     /// Embed texts given as arguments, or one per stdin line (plain text, a JSON string, or a
     /// JSON object with "text" and optional "id"); prints one JSON line per text.
     Embed(EmbedArgs),
-    /// Measure encoder throughput.
+    /// Rank heads, neurons, channels and layers of a checkpoint by importance on calibration
+    /// texts, permute its weights so sub-encoders are prefix slices, choose zero-shot profiles
+    /// for compute budgets, and write the elastic checkpoint (with mrl.json) to --out.
+    Calibrate(CalibrateArgs),
+    /// Measure encoder throughput or retrieval quality.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
@@ -76,11 +84,69 @@ struct EmbedArgs {
     texts: Vec<String>,
 }
 
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// JSONL texts (BEIR corpus or queries, {text} objects or JSON strings); repeat to mix
+    /// files, which are sampled evenly.
+    #[arg(long, required = true)]
+    texts: Vec<PathBuf>,
+    /// Folder to create for the elastic checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+    /// Calibration texts in all.
+    #[arg(long, default_value_t = 1024)]
+    limit: usize,
+    /// Tokens per calibration text.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Texts used for the depth ranking and the profile search.
+    #[arg(long, default_value_t = 256)]
+    search_texts: usize,
+    /// Compute budgets (fractions of the full FLOPs) that get a profile.
+    #[arg(long, value_delimiter = ',', default_value = "0.75,0.5,0.25")]
+    budgets: Vec<f64>,
+    /// Nested output sizes to list in the manifest.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,384")]
+    dims: Vec<usize>,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Texts/s on ../shared/bench/texts.jsonl, printed as RESULT lines in the format of
     /// ../shared/peers/bench_ort.py so the two can run side by side.
     Encode(BenchEncodeArgs),
+    /// NDCG@10, Recall@100 and MRR@10 on a BEIR split by exact search, per profile and nested
+    /// dim; corpus vectors are cached (and resumed) under --cache.
+    Retrieval(BenchRetrievalArgs),
+}
+
+#[derive(Args)]
+struct BenchRetrievalArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// A BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
+    #[arg(long, default_value = "../shared/data/scifact")]
+    dataset: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Profiles separated by ';': names, specs, or "all" for every profile of the model.
+    #[arg(long, default_value = "all")]
+    profiles: String,
+    /// Output sizes (default: the model's nested dims that fit each profile).
+    #[arg(long, value_delimiter = ',')]
+    dims: Vec<usize>,
+    /// Also run each profile's naive counterpart (its first k layers and first widths) on
+    /// this model, usually the original checkpoint.
+    #[arg(long)]
+    naive_model: Option<PathBuf>,
+    /// Embedding cache (default: $MRL_CACHE_DIR/embeddings, else ~/.cache/mrl/embeddings).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -117,9 +183,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Embed(args) => embed(args),
+        Command::Calibrate(args) => calibrate(args),
         Command::Bench {
             command: BenchCommand::Encode(args),
         } => bench_encode(args),
+        Command::Bench {
+            command: BenchCommand::Retrieval(args),
+        } => bench_retrieval(args),
     }
 }
 
@@ -227,7 +297,9 @@ fn bench_encode(args: BenchEncodeArgs) -> Result<()> {
         rows.push((kind, text));
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for profile in args.profiles.split(';').filter(|p| !p.is_empty()) {
+    let mut medians: Vec<(String, String, f64)> = Vec::new();
+    for profile in profile_list(&embedder, &args.profiles) {
+        let profile = profile.as_str();
         let opts = EmbedOptions::default()
             .profile(profile)
             .batch_size(args.batch);
@@ -255,6 +327,11 @@ fn bench_encode(args: BenchEncodeArgs) -> Result<()> {
             }
             let mut sorted = rates.clone();
             sorted.sort_by(f64::total_cmp);
+            medians.push((
+                profile.to_string(),
+                kind.to_string(),
+                sorted[sorted.len() / 2],
+            ));
             println!(
                 "RESULT engine=mrl profile={profile} kind={kind} n={} batch={} threads={threads} \
                  median_texts_per_s={:.1} runs={:?}",
@@ -267,6 +344,196 @@ fn bench_encode(args: BenchEncodeArgs) -> Result<()> {
                     .collect::<Vec<_>>()
             );
         }
+    }
+    // Speed-ups against the first profile measured, from this same run.
+    for (profile, kind, rate) in &medians {
+        if let Some((first, _, base)) = medians.iter().find(|(_, k, _)| k == kind) {
+            println!(
+                "RATIO profile={profile} kind={kind} vs={first} speedup={:.2}",
+                rate / base
+            );
+        }
+    }
+    if let Some(kib) = peak_rss_kib() {
+        println!("RESULT engine=mrl peak_rss_mib={:.1}", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// `all` means every profile the model knows; otherwise names or specs separated by ';'.
+fn profile_list(embedder: &Embedder, spec: &str) -> Vec<String> {
+    if spec.trim() == "all" {
+        return embedder.profile_names();
+    }
+    spec.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The process's peak resident set (VmHWM), where /proc has it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>16} [{bar:30}] {pos}/{len} {per_sec} eta {eta} ({elapsed})",
+        )
+        .expect("the progress template is valid; this is a bug")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+fn calibrate(args: CalibrateArgs) -> Result<()> {
+    let source = match &args.model.model {
+        Some(d) => d.clone(),
+        None => Fetcher::default().ensure(&DEFAULT_MODEL)?,
+    };
+    let opts = CalibrateOptions::new(args.texts)
+        .limit(args.limit)
+        .max_tokens(args.max_tokens)
+        .search_texts(args.search_texts)
+        .budgets(args.budgets)
+        .nested_dims(args.dims);
+    let start = Instant::now();
+    let manifest = mrl_trainer::calibrate(&source, &args.out, &opts, &bar)?;
+    eprintln!(
+        "wrote {} in {:.0}s",
+        args.out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    println!("| profile | layers | heads | ffn | hidden | params | relative FLOPs | fidelity |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for p in &manifest.profiles {
+        let layers: Vec<String> = p.profile.layers.iter().map(|l| l.to_string()).collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1}M | {:.3} | {} |",
+            p.name,
+            layers.join("+"),
+            p.profile.heads,
+            p.profile.ffn,
+            p.profile.hidden,
+            p.params as f64 / 1e6,
+            p.relative_flops,
+            p.fidelity.map_or("-".into(), |f| format!("{f:.4}"))
+        );
+    }
+    Ok(())
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("MRL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mrl")))
+        .unwrap_or_else(|| PathBuf::from(".mrl-cache"))
+        .join("embeddings")
+}
+
+fn bench_retrieval(args: BenchRetrievalArgs) -> Result<()> {
+    let embedder = load(&args.model)?;
+    let naive = args
+        .naive_model
+        .as_deref()
+        .map(|d| mrl::load_model(Some(d)).context("loading --naive-model"))
+        .transpose()?;
+    let data = BeirDataset::load(&args.dataset, &args.split)
+        .with_context(|| format!("loading {}", args.dataset.display()))?;
+    eprintln!(
+        "{}: {} documents, {} {} queries",
+        args.dataset.display(),
+        data.corpus.len(),
+        data.queries.len(),
+        args.split
+    );
+    let cache = args.cache.clone().unwrap_or_else(default_cache);
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    println!("| profile | relative FLOPs | dim | NDCG@10 | Recall@100 | MRR@10 | naive NDCG@10 |");
+    println!("|---|---|---|---|---|---|---|");
+    for name in profile_list(&embedder, &args.profiles) {
+        let profile = embedder.profile(Some(&name))?;
+        let dims: Vec<usize> = if args.dims.is_empty() {
+            let mut d: Vec<usize> = embedder
+                .nested_dims()
+                .into_iter()
+                .filter(|&d| d <= profile.hidden)
+                .collect();
+            if !d.contains(&profile.hidden) {
+                d.push(profile.hidden);
+            }
+            d
+        } else {
+            args.dims.clone()
+        };
+        let cost = profile.relative_cost(embedder.config(), mrl_encoder::config::COST_SEQ_LEN);
+        let ranked = mrl_trainer::eval::evaluate_retrieval(
+            &embedder,
+            &data,
+            &name,
+            &dims,
+            Some(&cache),
+            &bar(&name, 0),
+        )?;
+        let naive_rows = match &naive {
+            Some(n) => {
+                let spec = format!(
+                    "layers={},heads={},ffn={},hidden={}",
+                    profile.layers.len(),
+                    profile.heads,
+                    profile.ffn,
+                    profile.hidden
+                );
+                let rows = mrl_trainer::eval::evaluate_retrieval(
+                    n,
+                    &data,
+                    &spec,
+                    &dims,
+                    Some(&cache),
+                    &bar("naive", 0),
+                )?;
+                Some((spec, rows))
+            }
+            None => None,
+        };
+        for (i, row) in ranked.iter().enumerate() {
+            let m = &row.metrics;
+            let naive_m = naive_rows.as_ref().map(|(_, r)| r[i].metrics);
+            println!(
+                "| {} | {:.3} | {} | {:.4} | {:.4} | {:.4} | {} |",
+                name,
+                cost,
+                row.dim,
+                m.ndcg_at_10,
+                m.recall_at_100,
+                m.mrr_at_10,
+                naive_m.map_or("-".into(), |n| format!("{:.4}", n.ndcg_at_10))
+            );
+            rows.push(serde_json::json!({
+                "model": embedder.dir(),
+                "dataset": args.dataset,
+                "split": args.split,
+                "profile": name,
+                "profile_spec": profile.to_string(),
+                "relative_flops": cost,
+                "dim": row.dim,
+                "metrics": m,
+                "naive": naive_rows.as_ref().map(|(spec, r)| serde_json::json!({
+                    "profile_spec": spec,
+                    "metrics": r[i].metrics,
+                })),
+            }));
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

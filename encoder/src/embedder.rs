@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, BertConfig};
+use crate::config::{self, BertConfig, Manifest};
 use crate::error::{EncoderError, Result};
 use crate::head;
 use crate::model::{BertModel, Weights};
@@ -61,17 +61,20 @@ pub struct Embedder {
     config: BertConfig,
     tokenizer: TextTokenizer,
     model: BertModel,
+    manifest: Option<Manifest>,
 }
 
 impl Embedder {
     /// Loads a sentence-transformers folder (`config.json`, `tokenizer.json`,
-    /// `model.safetensors`, optionally `sentence_bert_config.json` and `1_Pooling/`).
+    /// `model.safetensors`, optionally `sentence_bert_config.json` and `1_Pooling/`), and the
+    /// elastic manifest `mrl.json` when the folder has one.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: BertConfig = config::read_json(&config_path)?;
         config.validate(&config_path)?;
         config::check_pooling(dir)?;
+        let manifest = Manifest::load(dir, &config)?;
         let max_len = config::max_seq_length(dir, &config)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), max_len)?;
         let weights_path = dir.join("model.safetensors");
@@ -88,7 +91,36 @@ impl Embedder {
             config,
             tokenizer,
             model,
+            manifest,
         })
+    }
+
+    /// The elastic manifest, for checkpoints that have one.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// The model, for callers that feed token ids directly (calibration, benchmarks).
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    /// Profile names this model knows: `full`, then the manifest's others.
+    pub fn profile_names(&self) -> Vec<String> {
+        let mut names = vec!["full".to_string()];
+        if let Some(m) = &self.manifest {
+            names.extend(m.profiles.iter().map(|p| p.name.clone()));
+        }
+        names.dedup();
+        names
+    }
+
+    /// Output sizes meant as prefixes: the manifest's, else the native width only.
+    pub fn nested_dims(&self) -> Vec<usize> {
+        match &self.manifest {
+            Some(m) if !m.nested_dims.is_empty() => m.nested_dims.clone(),
+            _ => vec![self.config.hidden_size],
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -108,12 +140,23 @@ impl Embedder {
         self.config.hidden_size
     }
 
-    /// Resolves a profile name or spec; `None` is the full encoder.
+    /// Resolves a profile name (`full` or one of the manifest's) or a spec; `None` is the
+    /// full encoder.
     pub fn profile(&self, spec: Option<&str>) -> Result<Profile> {
-        match spec {
-            None => Ok(Profile::full(&self.config)),
-            Some(s) => Profile::parse(s, &self.config),
+        let Some(s) = spec.map(str::trim) else {
+            return Ok(Profile::full(&self.config));
+        };
+        if let Some(p) = self.manifest.as_ref().and_then(|m| m.profile(s)) {
+            return Ok(p.profile.clone());
         }
+        if s != "full" && !s.contains('=') {
+            return Err(EncoderError::UnknownProfile {
+                name: s.to_string(),
+                known: self.profile_names(),
+                max_layers: self.config.num_hidden_layers,
+            });
+        }
+        Profile::parse(s, &self.config)
     }
 
     /// Embeds `texts`, returning one vector per text in input order.

@@ -14,8 +14,9 @@ pub mod pooling;
 pub mod profile;
 pub mod tokenize;
 
-pub use config::BertConfig;
+pub use config::{BertConfig, Manifest, NamedProfile, Ranking, MANIFEST_FILE};
 pub use embedder::{EmbedOptions, Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{EncoderError, Result};
 pub use fetch::{Fetcher, ModelSpec, DEFAULT_MODEL};
+pub use model::{BertModel, NoObserver, Observer};
 pub use profile::Profile;

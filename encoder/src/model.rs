@@ -20,6 +20,25 @@ use crate::error::{EncoderError, Result};
 use crate::kernels::{self, MatRef};
 use crate::profile::Profile;
 
+/// Receives intermediate activations of a forward pass. Calibration ranks heads, neurons and
+/// channels by these; inference passes [`NoObserver`]. Every method defaults to doing nothing.
+pub trait Observer {
+    /// A LayerNorm output (`tokens × hidden`): the residual stream after embeddings, after
+    /// each attention block and after each FFN block.
+    fn hidden(&mut self, _x: &[f32], _hidden: usize) {}
+    /// Layer `layer`'s attention context before the output projection
+    /// (`tokens × heads·head_dim`, head-major within a row).
+    fn heads(&mut self, _layer: usize, _ctx: &[f32], _heads: usize, _head_dim: usize) {}
+    /// Layer `layer`'s FFN intermediate activation after GELU, a block of rows at a time
+    /// (`rows × ffn`).
+    fn ffn(&mut self, _layer: usize, _inner: &[f32], _ffn: usize) {}
+}
+
+/// Observes nothing: the inference path.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// Named tensors of a checkpoint, with the optional `bert.` prefix some exports carry.
 pub(crate) struct Weights {
     tensors: HashMap<String, Tensor>,
@@ -161,7 +180,7 @@ impl Embeddings {
     /// Fills `ws.x` (`tokens × hidden`) for packed sequences. Every text is a single segment,
     /// so token type 0 is added throughout. Word vectors go to `x` and position + type to
     /// `tmp`, so the sum is the residual add of the shared add + LayerNorm step.
-    fn forward(&self, ws: &mut Workspace, seqs: &[&[u32]], hidden: usize) {
+    fn forward(&self, ws: &mut Workspace, seqs: &[&[u32]], hidden: usize, obs: &mut dyn Observer) {
         let w = self.width;
         ws.x.resize(ws.tokens * hidden, 0.0);
         ws.tmp.resize(ws.tokens * hidden, 0.0);
@@ -182,6 +201,7 @@ impl Embeddings {
             }
         }
         self.norm.add_forward(&mut ws.x, &ws.tmp, hidden);
+        obs.hidden(&ws.x, hidden);
     }
 }
 
@@ -224,7 +244,15 @@ impl Attention {
         })
     }
 
-    fn forward(&self, ws: &mut Workspace, spans: &[Range<usize>], heads: usize, hidden: usize) {
+    fn forward(
+        &self,
+        ws: &mut Workspace,
+        spans: &[Range<usize>],
+        layer: usize,
+        p: &Profile,
+        obs: &mut dyn Observer,
+    ) {
+        let (heads, hidden) = (p.heads, p.hidden);
         let tokens = ws.tokens;
         let d = self.head_dim;
         let a = heads * d;
@@ -275,12 +303,14 @@ impl Attention {
                 }
             });
         });
+        obs.heads(layer, &ws.ctx, heads, d);
         ws.tmp.resize(tokens * hidden, 0.0);
         let ctx = MatRef::rows(&ws.ctx, tokens, a, a);
         self.output
             .forward_into(&mut ws.tmp, hidden, ctx, 0..hidden);
         self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
         std::mem::swap(&mut ws.x, &mut ws.tmp);
+        obs.hidden(&ws.x, hidden);
     }
 }
 
@@ -304,7 +334,8 @@ impl FeedForward {
 
     /// Runs in blocks of rows so the `tokens × ffn` intermediate of a block stays in cache
     /// between the up projection, GELU and the down projection.
-    fn forward(&self, ws: &mut Workspace, ffn: usize, hidden: usize) {
+    fn forward(&self, ws: &mut Workspace, layer: usize, p: &Profile, obs: &mut dyn Observer) {
+        let (ffn, hidden) = (p.ffn, p.hidden);
         let tokens = ws.tokens;
         let block = FFN_BLOCK_ROWS.min(tokens.max(1));
         ws.inner.resize(block * ffn, 0.0);
@@ -315,12 +346,14 @@ impl FeedForward {
             let inner = &mut ws.inner[..rows * ffn];
             self.up.forward_into(inner, ffn, x, 0..ffn);
             inner.par_chunks_mut(ffn * 16).for_each(kernels::gelu);
+            obs.ffn(layer, inner, ffn);
             let inner = MatRef::rows(inner, rows, ffn, ffn);
             let out = &mut ws.tmp[start * hidden..(start + rows) * hidden];
             self.down.forward_into(out, hidden, inner, 0..hidden);
         }
         self.norm.add_forward(&mut ws.tmp, &ws.x, hidden);
         std::mem::swap(&mut ws.x, &mut ws.tmp);
+        obs.hidden(&ws.x, hidden);
     }
 }
 
@@ -340,10 +373,16 @@ impl Layer {
         })
     }
 
-    fn forward(&self, ws: &mut Workspace, spans: &[Range<usize>], profile: &Profile) {
-        self.attention
-            .forward(ws, spans, profile.heads, profile.hidden);
-        self.ffn.forward(ws, profile.ffn, profile.hidden);
+    fn forward(
+        &self,
+        ws: &mut Workspace,
+        spans: &[Range<usize>],
+        index: usize,
+        profile: &Profile,
+        obs: &mut dyn Observer,
+    ) {
+        self.attention.forward(ws, spans, index, profile, obs);
+        self.ffn.forward(ws, index, profile, obs);
     }
 }
 
@@ -379,9 +418,29 @@ impl BertModel {
         })
     }
 
+    /// A model from named tensors (HF BERT names, with or without the `bert.` prefix), as
+    /// `model.safetensors` holds them.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<Self> {
+        Self::load(&Weights::new(tensors), cfg)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
     /// Runs `profile` on a batch of token sequences and returns each one's mean-pooled last
     /// hidden state (`profile.hidden` wide, unnormalised), in input order.
     pub fn forward(&self, seqs: &[&[u32]], profile: &Profile) -> Result<Vec<Vec<f32>>> {
+        self.forward_observed(seqs, profile, &mut NoObserver)
+    }
+
+    /// [`forward`](Self::forward), showing `obs` the intermediate activations.
+    pub fn forward_observed(
+        &self,
+        seqs: &[&[u32]],
+        profile: &Profile,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Vec<f32>>> {
         profile.validate(&self.config, &profile.to_string())?;
         let cfg = &self.config;
         for ids in seqs {
@@ -413,9 +472,9 @@ impl BertModel {
             .pop()
             .unwrap_or_default();
         ws.tokens = start;
-        self.embeddings.forward(&mut ws, seqs, hidden);
+        self.embeddings.forward(&mut ws, seqs, hidden, obs);
         for &l in &profile.layers {
-            self.layers[l].forward(&mut ws, &spans, profile);
+            self.layers[l].forward(&mut ws, &spans, l, profile, obs);
         }
         let pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
         self.workspaces

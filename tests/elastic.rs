@@ -1,0 +1,134 @@
+//! The elastic checkpoint end to end on the real model: calibration writes a permuted
+//! checkpoint that computes the same function, whose manifest profiles load by name, run as
+//! slices and cost what they claim.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::{cosine, embedder, model_dir, references, shared};
+use mrl::{EmbedOptions, Embedder, EncoderError};
+use mrl_trainer::{calibrate, CalibrateOptions};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mrl-elastic-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small but real calibration: NFCorpus queries and passages, cut short to keep CI fast.
+fn options() -> CalibrateOptions {
+    let data = shared().join("data").join("nfcorpus");
+    CalibrateOptions::new(vec![data.join("corpus.jsonl"), data.join("queries.jsonl")])
+        .limit(64)
+        .max_tokens(48)
+        .search_texts(32)
+}
+
+fn elastic() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| {
+        let out = scratch("checkpoint").join("ranked");
+        calibrate(&model_dir(), &out, &options(), &|_, _| {
+            indicatif::ProgressBar::hidden()
+        })
+        .expect("calibrating the base model");
+        Embedder::load(&out).expect("loading the calibrated checkpoint")
+    })
+}
+
+#[test]
+fn the_permuted_full_model_computes_the_same_embeddings() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let e = elastic();
+    let order = &e.manifest().unwrap().ranking.as_ref().unwrap().hidden_order;
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..384).collect::<Vec<_>>(), "a permutation");
+    assert_ne!(order, &sorted, "calibration reordered the channels");
+    let ours = e.embed(&texts, &EmbedOptions::default()).unwrap();
+    let base = embedder().embed(&texts, &EmbedOptions::default()).unwrap();
+    for ((r, v), b) in refs.iter().zip(&ours).zip(&base) {
+        // Output channel i of the permuted model is original channel order[i].
+        let mut restored = vec![0f32; v.len()];
+        for (i, &o) in order.iter().enumerate() {
+            restored[o] = v[i];
+        }
+        let c = cosine(&restored, &r.embedding);
+        assert!(c >= 0.99999, "cosine {c} to the reference for {:?}", r.text);
+        assert!(cosine(&restored, b) >= 0.99999);
+        // Similarities between texts need no un-permuting at all.
+        assert!((cosine(v, &ours[0]) - cosine(b, &base[0])).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
+    let e = elastic();
+    let m = e.manifest().unwrap();
+    assert_eq!(m.nested_dims, vec![64, 128, 256, 384]);
+    let names = e.profile_names();
+    assert_eq!(names, ["full", "b75", "b50", "b25"]);
+    assert_eq!(m.budgets.len(), 4);
+    let cfg = e.config();
+    for choice in &m.budgets {
+        let p = m.profile(&choice.profile).unwrap();
+        let cost = p
+            .profile
+            .relative_cost(cfg, mrl_encoder::config::COST_SEQ_LEN);
+        assert!((cost - p.relative_flops).abs() < 1e-12);
+        assert!(cost <= choice.budget + 1e-9, "{} costs {cost}", p.name);
+        assert!(cost >= 0.5 * choice.budget, "{} costs {cost}", p.name);
+        assert!(p.params <= m.profiles[0].params);
+        let v = e
+            .embed(
+                &["a query about vitamin D"],
+                &EmbedOptions::default().profile(&p.name),
+            )
+            .unwrap();
+        assert_eq!(v[0].len(), p.profile.hidden);
+        let short = e
+            .embed(
+                &["a query"],
+                &EmbedOptions::default().profile(&p.name).dim(64),
+            )
+            .unwrap();
+        assert_eq!(short[0].len(), 64);
+    }
+    // Smaller budgets keep less of the full model's similarity structure.
+    let fid: Vec<f64> = m.profiles[1..]
+        .iter()
+        .map(|p| p.fidelity.unwrap())
+        .collect();
+    assert!(fid.windows(2).all(|w| w[0] >= w[1]), "{fid:?}");
+    assert!(fid.iter().all(|&f| f > 0.0 && f < 1.0), "{fid:?}");
+    let ranking = m.ranking.as_ref().unwrap();
+    assert_eq!(ranking.layer_drop_order.len(), 6);
+    assert_eq!(ranking.layer_drop_scores.len(), 5);
+}
+
+#[test]
+fn unknown_profile_names_list_the_known_ones() {
+    let err = elastic()
+        .embed(&["x"], &EmbedOptions::default().profile("b10"))
+        .unwrap_err();
+    assert!(matches!(err, EncoderError::UnknownProfile { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("b10") && msg.contains("b50") && msg.contains("full"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn calibration_refuses_to_overwrite_or_to_rank_twice() {
+    let out = scratch("refuse");
+    let none = |_: &str, _: u64| indicatif::ProgressBar::hidden();
+    let e = calibrate(&model_dir(), &out, &options(), &none).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let e = calibrate(elastic().dir(), &out.join("again"), &options(), &none).unwrap_err();
+    assert!(e.to_string().contains("mrl.json"), "{e}");
+}

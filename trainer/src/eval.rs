@@ -1,0 +1,342 @@
+//! Retrieval evaluation: NDCG@k, Recall@k and MRR@k as trec_eval computes them, exact
+//! (brute-force) search over nested prefixes, and corpus embedding with a resumable cache.
+//!
+//! Exact search is the reference every approximate index is judged against, which is why the
+//! evaluation uses it rather than a vector store.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use mrl_encoder::{head, Embedder, Profile};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::data::{BeirDataset, Qrels};
+use crate::error::{Result, TrainerError};
+
+/// Mean metrics over a query set.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Metrics {
+    pub ndcg_at_10: f64,
+    pub recall_at_100: f64,
+    pub mrr_at_10: f64,
+    pub queries: usize,
+}
+
+/// trec_eval's order: score descending, ties by document id descending.
+pub fn trec_sort(hits: &mut [(String, f32)]) {
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+}
+
+fn gain(rels: &HashMap<String, i32>, id: &str) -> f64 {
+    rels.get(id).copied().filter(|&g| g > 0).unwrap_or(0) as f64
+}
+
+/// NDCG@k with linear gain (trec_eval `ndcg_cut`); 0 when nothing is relevant.
+pub fn ndcg_at(ranked: &[&str], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    let discount = |i: usize| 1.0 / ((i + 2) as f64).log2();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, id)| gain(rels, id) * discount(i))
+        .sum();
+    let mut ideal: Vec<f64> = rels
+        .values()
+        .filter(|&&g| g > 0)
+        .map(|&g| g as f64)
+        .collect();
+    ideal.sort_by(|a, b| b.total_cmp(a));
+    let idcg: f64 = ideal
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, g)| g * discount(i))
+        .sum();
+    if idcg > 0.0 {
+        dcg / idcg
+    } else {
+        0.0
+    }
+}
+
+/// Share of the relevant documents (grade > 0) found in the top `k`; 0 when none is relevant.
+pub fn recall_at(ranked: &[&str], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    let relevant = rels.values().filter(|&&g| g > 0).count();
+    if relevant == 0 {
+        return 0.0;
+    }
+    let found = ranked
+        .iter()
+        .take(k)
+        .filter(|id| gain(rels, id) > 0.0)
+        .count();
+    found as f64 / relevant as f64
+}
+
+/// Reciprocal rank of the first relevant document in the top `k`, else 0.
+pub fn mrr_at(ranked: &[&str], rels: &HashMap<String, i32>, k: usize) -> f64 {
+    ranked
+        .iter()
+        .take(k)
+        .position(|id| gain(rels, id) > 0.0)
+        .map_or(0.0, |i| 1.0 / (i + 1) as f64)
+}
+
+/// Averages the metrics over every query of `qrels`; a query missing from `run` counts as 0.
+pub fn evaluate(run: &HashMap<String, Vec<(String, f32)>>, qrels: &Qrels) -> Metrics {
+    let n = qrels.len().max(1) as f64;
+    let mut m = Metrics {
+        ndcg_at_10: 0.0,
+        recall_at_100: 0.0,
+        mrr_at_10: 0.0,
+        queries: qrels.len(),
+    };
+    for (qid, rels) in qrels {
+        let Some(hits) = run.get(qid) else { continue };
+        let mut hits = hits.clone();
+        trec_sort(&mut hits);
+        let ranked: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+        m.ndcg_at_10 += ndcg_at(&ranked, rels, 10) / n;
+        m.recall_at_100 += recall_at(&ranked, rels, 100) / n;
+        m.mrr_at_10 += mrr_at(&ranked, rels, 10) / n;
+    }
+    m
+}
+
+/// The first `dim` values of each vector, L2-normalised, packed row-major.
+pub fn nested_matrix(vectors: &[Vec<f32>], dim: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(vectors.len() * dim);
+    for v in vectors {
+        out.extend(head::nest(v, dim, true)?);
+    }
+    Ok(out)
+}
+
+/// The `k` best documents of each query by dot product (cosine on normalised rows).
+pub fn exact_search(queries: &[f32], docs: &[f32], dim: usize, k: usize) -> Vec<Vec<(usize, f32)>> {
+    queries
+        .par_chunks_exact(dim)
+        .map(|q| {
+            let mut scored: Vec<(usize, f32)> = docs
+                .chunks_exact(dim)
+                .map(|d| d.iter().zip(q).map(|(a, b)| a * b).sum())
+                .enumerate()
+                .collect();
+            let k = k.min(scored.len());
+            if k > 0 && k < scored.len() {
+                scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+                scored.truncate(k);
+            }
+            scored
+        })
+        .collect()
+}
+
+/// Raw (unnormalised, full-width) vectors of `texts` under `profile`. With a cache folder,
+/// finished chunks are appended to a file keyed by model, profile and texts, so a killed run
+/// resumes where it stopped and a second run costs nothing.
+pub fn embed_cached(
+    embedder: &Embedder,
+    texts: &[String],
+    profile: &Profile,
+    cache: Option<&Path>,
+    progress: &ProgressBar,
+) -> Result<Vec<Vec<f32>>> {
+    const CHUNK: usize = 512;
+    let width = profile.hidden;
+    let tokenizer = embedder.tokenizer();
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    let mut file = None;
+    if let Some(dir) = cache {
+        std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+        let path = dir.join(format!("{}.f32", cache_key(embedder, texts, profile)?));
+        out = read_cached(&path, width, texts.len())?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainerError::io(&path, e))?;
+        // Drop a torn tail left by a crash mid-write.
+        f.set_len((out.len() * width * 4) as u64)
+            .map_err(|e| TrainerError::io(&path, e))?;
+        file = Some((f, path));
+    }
+    progress.set_length(texts.len() as u64);
+    progress.set_position(out.len() as u64);
+    while out.len() < texts.len() {
+        let chunk = &texts[out.len()..(out.len() + CHUNK).min(texts.len())];
+        let tokens = tokenizer.encode(chunk)?;
+        let vectors = embedder.embed_tokens(&tokens, profile, mrl_encoder::DEFAULT_BATCH_SIZE)?;
+        if let Some((f, path)) = file.as_mut() {
+            let bytes: Vec<u8> = vectors
+                .iter()
+                .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
+                .collect();
+            f.write_all(&bytes)
+                .map_err(|e| TrainerError::io(&*path, e))?;
+        }
+        progress.inc(vectors.len() as u64);
+        out.extend(vectors);
+    }
+    Ok(out)
+}
+
+fn read_cached(path: &Path, width: usize, max: usize) -> Result<Vec<Vec<f32>>> {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| TrainerError::io(path, e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(TrainerError::io(path, e)),
+    }
+    Ok(bytes
+        .chunks_exact(width * 4)
+        .take(max)
+        .map(|row| {
+            row.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect())
+}
+
+fn cache_key(embedder: &Embedder, texts: &[String], profile: &Profile) -> Result<String> {
+    let weights = embedder.dir().join("model.safetensors");
+    let mut h = Sha256::new();
+    h.update(mrl_encoder::fetch::sha256_file(&weights)?.as_bytes());
+    h.update(profile.to_string().as_bytes());
+    h.update(embedder.tokenizer().max_len().to_le_bytes());
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// One row of a retrieval evaluation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetrievalRow {
+    pub profile: String,
+    pub dim: usize,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+/// Embeds the corpus and the split's queries once under `profile` and scores every nested
+/// `dim` by exact search.
+pub fn evaluate_retrieval(
+    embedder: &Embedder,
+    data: &BeirDataset,
+    profile_name: &str,
+    dims: &[usize],
+    cache: Option<&PathBuf>,
+    progress: &ProgressBar,
+) -> Result<Vec<RetrievalRow>> {
+    let profile = embedder.profile(Some(profile_name))?;
+    for &d in dims {
+        head::check_dim(d, profile.hidden)?;
+    }
+    let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
+    let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();
+    let cache = cache.map(PathBuf::as_path);
+    let doc_vecs = embed_cached(embedder, &corpus, &profile, cache, progress)?;
+    let query_vecs = embed_cached(embedder, &queries, &profile, cache, progress)?;
+    let mut rows = Vec::new();
+    for &dim in dims {
+        let docs = nested_matrix(&doc_vecs, dim)?;
+        let qs = nested_matrix(&query_vecs, dim)?;
+        let hits = exact_search(&qs, &docs, dim, 100);
+        let run: HashMap<String, Vec<(String, f32)>> = data
+            .queries
+            .iter()
+            .zip(hits)
+            .map(|(q, h)| {
+                let h = h
+                    .into_iter()
+                    .map(|(i, s)| (data.corpus[i].id.clone(), s))
+                    .collect();
+                (q.id.clone(), h)
+            })
+            .collect();
+        rows.push(RetrievalRow {
+            profile: profile_name.to_string(),
+            dim,
+            metrics: evaluate(&run, &data.qrels),
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(pairs: &[(&str, i32)]) -> HashMap<String, i32> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn ndcg_matches_hand_computation() {
+        // Binary: relevant at ranks 1 and 3, two relevant in total.
+        let r = rels(&[("a", 1), ("c", 1)]);
+        let dcg = 1.0 + 1.0 / 4f64.log2();
+        let idcg = 1.0 + 1.0 / 3f64.log2();
+        assert!((ndcg_at(&["a", "b", "c"], &r, 10) - dcg / idcg).abs() < 1e-12);
+        // Graded, linear gain: ranking (1, 2) against ideal (2, 1).
+        let r = rels(&[("x", 1), ("y", 2)]);
+        let dcg = 1.0 + 2.0 / 3f64.log2();
+        let idcg = 2.0 + 1.0 / 3f64.log2();
+        assert!((ndcg_at(&["x", "y"], &r, 10) - dcg / idcg).abs() < 1e-12);
+        // Cut-off: a relevant document past k gains nothing.
+        assert_eq!(ndcg_at(&["b", "a"], &rels(&[("a", 1)]), 1), 0.0);
+        // Nothing relevant (grade 0 is not relevant).
+        assert_eq!(ndcg_at(&["a"], &rels(&[("a", 0)]), 10), 0.0);
+    }
+
+    #[test]
+    fn recall_and_mrr() {
+        let r = rels(&[("a", 1), ("c", 2), ("z", 1)]);
+        assert!((recall_at(&["a", "b", "c"], &r, 100) - 2.0 / 3.0).abs() < 1e-12);
+        assert!((recall_at(&["a", "b", "c"], &r, 1) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(mrr_at(&["b", "c", "a"], &r, 10), 0.5);
+        assert_eq!(mrr_at(&["b", "c"], &r, 1), 0.0);
+        assert_eq!(recall_at(&["a"], &rels(&[]), 100), 0.0);
+    }
+
+    #[test]
+    fn ties_break_by_descending_id_and_queries_average() {
+        let mut hits = vec![
+            ("a".to_string(), 0.5),
+            ("b".to_string(), 0.5),
+            ("c".into(), 0.9),
+        ];
+        trec_sort(&mut hits);
+        let ids: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
+        assert_eq!(ids, ["c", "b", "a"]);
+
+        let mut qrels = Qrels::new();
+        qrels.insert("q1".into(), rels(&[("a", 1)]));
+        qrels.insert("q2".into(), rels(&[("z", 1)]));
+        let mut run = HashMap::new();
+        run.insert("q1".to_string(), vec![("a".to_string(), 1.0)]);
+        // q2 has no hits at all: it still counts, as 0.
+        let m = evaluate(&run, &qrels);
+        assert_eq!(m.queries, 2);
+        assert!((m.ndcg_at_10 - 0.5).abs() < 1e-12);
+        assert!((m.mrr_at_10 - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn exact_search_finds_the_nearest() {
+        let docs = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+        let hits = exact_search(&[0.0, 1.0], &docs, 2, 2);
+        let mut ids: Vec<usize> = hits[0].iter().map(|h| h.0).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
+    }
+}
