@@ -42,6 +42,8 @@ fn every_command_has_help() {
         vec!["model", "--help"],
         vec!["model", "fetch", "--help"],
         vec!["bench", "encode", "--help"],
+        vec!["bench", "retrieval", "--help"],
+        vec!["calibrate", "--help"],
     ] {
         let out = mrl(&args, None);
         assert!(out.status.success(), "{args:?}");
@@ -102,6 +104,23 @@ fn errors_are_clear_and_nonzero() {
             "line 2 is not valid UTF-8",
         ),
         (vec!["embed"], Some(&b"{\"txt\": 1}\n"[..]), "\"text\""),
+        (vec!["calibrate", "--out", "/tmp/x"], None, "--texts"),
+        (
+            vec![
+                "calibrate",
+                "--texts",
+                "/nonexistent.jsonl",
+                "--out",
+                "/tmp/mrl-never",
+            ],
+            None,
+            "/nonexistent.jsonl",
+        ),
+        (
+            vec!["bench", "retrieval", "--dataset", "/nonexistent-beir"],
+            None,
+            "/nonexistent-beir",
+        ),
     ] {
         let out = mrl(&args, stdin);
         assert!(!out.status.success(), "{args:?} should fail");
@@ -110,4 +129,74 @@ fn errors_are_clear_and_nonzero() {
     }
     // Nothing to embed is not an error.
     assert!(lines(&mrl(&["embed"], Some(b""))).is_empty());
+}
+
+/// A hand-made BEIR folder where each query matches one document word for word, so exact
+/// search must rank it first.
+#[test]
+fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
+    let dir = std::env::temp_dir().join(format!("mrl-cli-beir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let topics = [
+        "The cat sat on the warm windowsill all afternoon.",
+        "Quarterly revenue grew by twelve percent in Europe.",
+        "Mitochondria produce most of the cell's chemical energy.",
+        "The orchestra rehearsed Beethoven's ninth symphony.",
+        "A new vaccine reduced influenza hospitalisations.",
+        "Glaciers in the Alps are retreating every summer.",
+    ];
+    let corpus: String = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{t}\"}}\n"))
+        .collect();
+    let queries: String = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{{\"_id\":\"q{i}\",\"text\":\"{t}\"}}\n"))
+        .collect();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\r\n");
+    for i in 0..topics.len() {
+        qrels.push_str(&format!("q{i}\td{i}\t1\r\n"));
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels").join("test.tsv"), qrels).unwrap();
+    let json = dir.join("rows.json");
+    let cache = dir.join("cache");
+    let args = [
+        "bench",
+        "retrieval",
+        "--dataset",
+        dir.to_str().unwrap(),
+        "--profiles",
+        "full;layers=2",
+        "--dims",
+        "64,384",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    for _ in 0..2 {
+        // The second run reads the cached vectors and must agree.
+        let out = mrl(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("| full | 1.000 | 384 | 1.0000 |"), "{table}");
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0]["dim"], 64);
+        assert_eq!(rows[1]["metrics"]["ndcg_at_10"], 1.0);
+        assert_eq!(rows[1]["metrics"]["queries"], 6);
+        assert_eq!(rows[3]["profile"], "layers=2");
+        // Corpus and queries, per profile.
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
+    }
 }

@@ -91,15 +91,22 @@ impl Linear {
         })
     }
 
-    /// Stacks layers that read the same input into one, so they run as one larger matmul.
-    fn stack(parts: &[Linear]) -> Self {
+    /// Interleaves layers that read the same input, `group` output rows at a time from each
+    /// in turn, so they run as one larger matmul and any prefix of groups is contiguous.
+    fn interleave(parts: &[Linear], group: usize) -> Self {
+        let mut weight = Vec::with_capacity(parts.iter().map(|p| p.weight.len()).sum());
+        let mut bias = Vec::with_capacity(parts.iter().map(|p| p.bias.len()).sum());
+        let inputs = parts[0].inputs;
+        for g in 0..parts[0].bias.len() / group {
+            for p in parts {
+                weight.extend_from_slice(&p.weight[g * group * inputs..(g + 1) * group * inputs]);
+                bias.extend_from_slice(&p.bias[g * group..(g + 1) * group]);
+            }
+        }
         Self {
-            weight: parts
-                .iter()
-                .flat_map(|p| p.weight.iter().copied())
-                .collect(),
-            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
-            inputs: parts[0].inputs,
+            weight,
+            bias,
+            inputs,
         }
     }
 
@@ -220,7 +227,8 @@ thread_local! {
 /// (HF `attention.self` + `attention.output`).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    /// Query, key and value stacked (`3·hidden × hidden`): the full width runs as one matmul.
+    /// Query, key and value interleaved per head (`[q₀ k₀ v₀ q₁ k₁ v₁ …]`, `3·hidden ×
+    /// hidden`): the projections of any prefix of heads are one contiguous block, one matmul.
     qkv: Linear,
     output: Linear,
     norm: LayerNorm,
@@ -232,7 +240,10 @@ impl Attention {
         let h = cfg.hidden_size;
         let part = |name: &str| Linear::load(w, &format!("{p}.attention.self.{name}"), h, h);
         Ok(Self {
-            qkv: Linear::stack(&[part("query")?, part("key")?, part("value")?]),
+            qkv: Linear::interleave(
+                &[part("query")?, part("key")?, part("value")?],
+                cfg.head_dim(),
+            ),
             output: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
             norm: LayerNorm::load(
                 w,
@@ -259,15 +270,7 @@ impl Attention {
         let stride = 3 * a;
         ws.qkv.resize(tokens * stride, 0.0);
         let x = MatRef::rows(&ws.x, tokens, hidden, hidden);
-        let full = self.qkv.bias.len() / 3;
-        if a == full {
-            self.qkv.forward_into(&mut ws.qkv, stride, x, 0..3 * a);
-        } else {
-            for i in 0..3 {
-                let out = i * full..i * full + a;
-                self.qkv.forward_into(&mut ws.qkv[i * a..], stride, x, out);
-            }
-        }
+        self.qkv.forward_into(&mut ws.qkv, stride, x, 0..stride);
         ws.ctx.resize(tokens * a, 0.0);
         let mut per_seq = Vec::with_capacity(spans.len());
         let mut rest = ws.ctx.as_mut_slice();
@@ -287,7 +290,8 @@ impl Attention {
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(t * t, 0.0);
                 for h in 0..heads {
-                    let (q, k, v) = (&rows[h * d..], &rows[a + h * d..], &rows[2 * a + h * d..]);
+                    let at = 3 * h * d;
+                    let (q, k, v) = (&rows[at..], &rows[at + d..], &rows[at + 2 * d..]);
                     if t <= DIRECT_ATTENTION_MAX_LEN {
                         let out = &mut ctx[h * d..];
                         kernels::attend(q, k, v, stride, t, d, scale, scores, out, a);
