@@ -38,6 +38,9 @@ enum Command {
     /// texts, permute its weights so sub-encoders are prefix slices, choose zero-shot profiles
     /// for compute budgets, and write the elastic checkpoint (with mrl.json) to --out.
     Calibrate(CalibrateArgs),
+    /// Serve the REST API (`/embed`, OpenAI-compatible `/v1/embeddings`, `/health`,
+    /// `/metrics`, `/openapi.json`) on 127.0.0.1:8080.
+    Serve(ServeArgs),
     /// Measure encoder throughput or retrieval quality.
     Bench {
         #[command(subcommand)]
@@ -112,6 +115,41 @@ struct CalibrateArgs {
     dims: Vec<usize>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[arg(long, env = "MRL_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (printed on start).
+    #[arg(long, env = "MRL_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Require "Authorization: Bearer KEY" on every route but /health.
+    #[arg(long, env = "MRL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Accept any prefix size, not only the checkpoint's nested dims.
+    #[arg(long, env = "MRL_ALLOW_ANY_DIM")]
+    allow_any_dim: bool,
+    /// Tokens per model batch.
+    #[arg(long, default_value_t = 16_384)]
+    max_batch_tokens: usize,
+    /// Requests waiting for the model before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    queue_capacity: usize,
+    /// Texts per request.
+    #[arg(long, default_value_t = 512)]
+    max_inputs: usize,
+    /// Bytes per request body.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Reject inputs longer than the model's token limit (413) instead of truncating them.
+    #[arg(long)]
+    reject_long_inputs: bool,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Texts/s on ../shared/bench/texts.jsonl, printed as RESULT lines in the format of
@@ -184,6 +222,7 @@ fn main() -> Result<()> {
         }
         Command::Embed(args) => embed(args),
         Command::Calibrate(args) => calibrate(args),
+        Command::Serve(args) => serve(args),
         Command::Bench {
             command: BenchCommand::Encode(args),
         } => bench_encode(args),
@@ -427,6 +466,28 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let embedder = load(&args.model)?;
+    let config = mrl_service::ServeConfig::new()
+        .host(args.host)
+        .port(args.port)
+        .api_key(args.api_key)
+        .allow_any_dim(args.allow_any_dim)
+        .max_batch_tokens(args.max_batch_tokens)
+        .queue_capacity(args.queue_capacity)
+        .max_inputs(args.max_inputs)
+        .max_body_bytes(args.max_body_bytes)
+        .truncate(!args.reject_long_inputs)
+        .workers(args.workers);
+    actix_web::rt::System::new().block_on(async move {
+        let running = mrl_service::start(embedder, config).context("starting the server")?;
+        // Tests and scripts read this line to learn the port.
+        println!("listening on http://{}", running.addr);
+        std::io::stdout().flush()?;
+        running.server.await.context("running the server")
+    })
 }
 
 fn default_cache() -> PathBuf {

@@ -51,6 +51,25 @@ impl TextTokenizer {
     }
 }
 
+impl TextTokenizer {
+    /// Token ids of each text and whether truncation at `max_len` cut it, for callers that
+    /// reject over-long inputs instead of silently truncating them.
+    pub fn encode_checked<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<(Vec<u32>, bool)>> {
+        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| (e.get_ids().to_vec(), !e.get_overflowing().is_empty()))
+            .collect())
+    }
+}
+
 /// Groups texts into batches of at most `max_batch`, longest first, so sequences of a batch have
 /// similar lengths and attention work spreads evenly. Returns the input indices of each batch.
 pub fn plan_batches(lengths: &[usize], max_batch: usize) -> Vec<Vec<usize>> {

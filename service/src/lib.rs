@@ -1,1 +1,14 @@
-//! The mrl REST service and vector stores; grows in the service issue.
+//! mrl-service: the REST service. A request is validated (`api`), tokenized on the blocking
+//! pool, queued to the one model thread (`batcher`), which batches queued requests by token
+//! budget and profile, and answered in the native or the OpenAI shape; `metrics` counts it all.
+
+pub mod api;
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod server;
+
+pub use config::ServeConfig;
+pub use error::ApiError;
+pub use server::{start, Running};

@@ -1,0 +1,88 @@
+//! Server settings: address, authentication, request limits and batching.
+
+/// Settings of `mrl serve`; `new()` gives the defaults, setters change them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    /// Bearer token required on every route but `/health`.
+    pub api_key: Option<String>,
+    /// Accept any prefix size, not only the checkpoint's nested dims.
+    pub allow_any_dim: bool,
+    /// Token budget of one model batch.
+    pub max_batch_tokens: usize,
+    /// Requests waiting for the model before new ones get 429.
+    pub queue_capacity: usize,
+    /// Texts per request.
+    pub max_inputs: usize,
+    /// Bytes per request body.
+    pub max_body_bytes: usize,
+    /// Inputs longer than the model's limit are truncated (true) or rejected with 413.
+    pub truncate: bool,
+    /// HTTP worker threads (the model has its own thread).
+    pub workers: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            allow_any_dim: false,
+            max_batch_tokens: 16_384,
+            queue_capacity: 64,
+            max_inputs: 512,
+            max_body_bytes: 4 << 20,
+            truncate: true,
+            workers: 2,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+    pub fn api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
+    }
+    pub fn allow_any_dim(mut self, allow: bool) -> Self {
+        self.allow_any_dim = allow;
+        self
+    }
+    pub fn max_batch_tokens(mut self, n: usize) -> Self {
+        self.max_batch_tokens = n;
+        self
+    }
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n;
+        self
+    }
+    pub fn max_inputs(mut self, n: usize) -> Self {
+        self.max_inputs = n;
+        self
+    }
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+    pub fn truncate(mut self, truncate: bool) -> Self {
+        self.truncate = truncate;
+        self
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+}

@@ -1,0 +1,99 @@
+//! The service's errors and their one mapping to HTTP: every failure answers
+//! `{"error": {"type", "message", "field"?}}` with the status chosen here and nowhere else.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use mrl_encoder::EncoderError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field is missing, has the wrong type or an unacceptable value.
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{message}")]
+    InputTooLong { field: String, message: String },
+    #[error("missing or invalid API key (send \"Authorization: Bearer <key>\")")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the model queue is full ({capacity} requests waiting); retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } => "invalid_request",
+            Self::MalformedJson(_) => "malformed_json",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::InputTooLong { .. } => "input_too_long",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::QueueFull { .. } => "overloaded",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn field_name(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { field, .. } | Self::InputTooLong { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// An encoder error raised by a request's options, attributed to the request's own field
+    /// names (`dim` vs `dimensions`).
+    pub fn from_encoder(e: EncoderError, dim_field: &str, profile_field: &str) -> Self {
+        match e {
+            EncoderError::InvalidDim { .. } => Self::field(dim_field, e.to_string()),
+            EncoderError::UnknownProfile { .. } | EncoderError::InvalidProfile { .. } => {
+                Self::field(profile_field, e.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } | Self::InputTooLong { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({"type": self.kind(), "message": self.to_string()});
+        if let Some(f) = self.field_name() {
+            body["field"] = json!(f);
+        }
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, Self::QueueFull { .. }) {
+            resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(self, Self::Unauthorized) {
+            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        resp.json(json!({ "error": body }))
+    }
+}
