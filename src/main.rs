@@ -119,6 +119,9 @@ struct CalibrateArgs {
 struct ServeArgs {
     #[command(flatten)]
     model: ModelArg,
+    /// Folder of the embedded Qdrant store's collections.
+    #[arg(long, env = "MRL_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
     #[arg(long, env = "MRL_HOST", default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (printed on start).
@@ -471,6 +474,7 @@ fn calibrate(args: CalibrateArgs) -> Result<()> {
 fn serve(args: ServeArgs) -> Result<()> {
     let embedder = load(&args.model)?;
     let config = mrl_service::ServeConfig::new()
+        .data_dir(args.data_dir)
         .host(args.host)
         .port(args.port)
         .api_key(args.api_key)

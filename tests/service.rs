@@ -16,6 +16,11 @@ use serde_json::{json, Value};
 /// Starts a server for `config` on a free port, in a thread of its own, and returns where it
 /// listens. It lives until the test process ends.
 fn spawn(config: ServeConfig) -> SocketAddr {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let data = std::env::temp_dir().join(format!("mrl-service-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let config = config.data_dir(data);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {

@@ -3,6 +3,8 @@
 /// Settings of `mrl serve`; `new()` gives the defaults, setters change them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
+    /// Where the embedded store keeps its collections.
+    pub data_dir: std::path::PathBuf,
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
@@ -27,6 +29,7 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
+            data_dir: "data".into(),
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
@@ -44,6 +47,10 @@ impl Default for ServeConfig {
 impl ServeConfig {
     pub fn new() -> Self {
         Self::default()
+    }
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
     }
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();

@@ -6,6 +6,8 @@ use actix_web::{HttpResponse, ResponseError};
 use mrl_encoder::EncoderError;
 use serde_json::json;
 
+use crate::store::StoreError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A field is missing, has the wrong type or an unacceptable value.
@@ -21,6 +23,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the model queue is full ({capacity} requests waiting); retry shortly")]
     QueueFull { capacity: usize },
     #[error("internal error: {0}")]
@@ -43,6 +47,7 @@ impl ApiError {
             Self::InputTooLong { .. } => "input_too_long",
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::QueueFull { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
@@ -68,6 +73,18 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
+            StoreError::Conflict { .. } => Self::Conflict(e.to_string()),
+            StoreError::BadName(_) => Self::field("name", e.to_string()),
+            StoreError::InvalidFilter(_) => Self::field("filter", e.to_string()),
+            StoreError::Storage(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -77,6 +94,7 @@ impl ResponseError for ApiError {
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

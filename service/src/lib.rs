@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 mod server;
+pub mod store;
 
 pub use config::ServeConfig;
 pub use error::ApiError;

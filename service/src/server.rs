@@ -11,11 +11,12 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use mrl_encoder::Embedder;
 
-use crate::api::{self, AppState};
+use crate::api::{self, collections, AppState};
 use crate::batcher::Batcher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::store::{EdgeStore, VectorStore};
 
 /// A bound server: await `server` to run it; `addr` is where it listens.
 pub struct Running {
@@ -38,11 +39,15 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
         .dir()
         .file_name()
         .map_or_else(|| "mrl".into(), |n| n.to_string_lossy().into_owned());
+    let store = EdgeStore::open(&config.data_dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", config.data_dir.display())))?;
+    let store: Arc<dyn VectorStore> = Arc::new(store);
     let (host, port, workers) = (config.host.clone(), config.port, config.workers);
     let state = web::Data::new(AppState {
         embedder,
         batcher,
         metrics,
+        store,
         config,
         model_name,
     });
@@ -55,6 +60,22 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
             .route("/openapi.json", web::get().to(api::openapi))
             .route("/embed", web::post().to(api::embed::embed))
             .route("/v1/embeddings", web::post().to(api::openai::embeddings))
+            .route("/collections", web::get().to(collections::list))
+            .route("/collections/{name}", web::put().to(collections::create))
+            .route("/collections/{name}", web::get().to(collections::info))
+            .route("/collections/{name}", web::delete().to(collections::delete))
+            .route(
+                "/collections/{name}/documents",
+                web::post().to(collections::add_documents),
+            )
+            .route(
+                "/collections/{name}/documents",
+                web::delete().to(collections::delete_documents),
+            )
+            .route(
+                "/collections/{name}/search",
+                web::post().to(collections::search),
+            )
             .default_service(web::to(api::not_found))
     })
     .workers(workers)

@@ -3,6 +3,7 @@
 //! Bodies are read as bytes under the size limit and parsed by hand rather than through a
 //! derived extractor, so every bad field is reported by its own name.
 
+pub mod collections;
 pub mod embed;
 pub mod openai;
 
@@ -16,12 +17,14 @@ use crate::batcher::Batcher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::store::VectorStore;
 
 /// What every handler shares.
 pub struct AppState {
     pub embedder: Arc<Embedder>,
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn VectorStore>,
     pub config: ServeConfig,
     /// The model's name in responses: its folder name.
     pub model_name: String,

@@ -1,0 +1,367 @@
+//! Collections: `PUT/GET/DELETE /collections/{name}`, `GET /collections`,
+//! `POST/DELETE /collections/{name}/documents` and `POST /collections/{name}/search`.
+//!
+//! A document is embedded once with the collection's profile; every stored size is a prefix of
+//! that one vector. Store calls run on the blocking pool.
+
+use std::collections::HashSet;
+
+use actix_web::{web, HttpResponse};
+use mrl_encoder::head;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{body, opt_str, opt_usize, parse_object, AppState};
+use crate::error::ApiError;
+use crate::store::{check_name, CollectionSpec, Distance, Funnel, StoredDocument, VectorQuery};
+
+/// Runs a store call off the async executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+fn usize_list(o: &Map<String, Value>, field: &str) -> Result<Vec<usize>, ApiError> {
+    let bad = || {
+        ApiError::field(
+            field,
+            format!("{field} must be a non-empty array of positive integers"),
+        )
+    };
+    let items = o.get(field).and_then(Value::as_array).ok_or_else(bad)?;
+    let mut out: Vec<usize> = items
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .filter(|&d| d > 0)
+                .map(|d| d as usize)
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    if out.is_empty() {
+        return Err(bad());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    check_name(&name)?;
+    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
+    let dims = usize_list(&o, "dims")?;
+    let profile_name = opt_str(&o, "profile")?.unwrap_or("full").to_string();
+    let profile = state.profile(Some(&profile_name), "profile")?;
+    for &d in &dims {
+        state.check_dim(d, &profile, "dims")?;
+    }
+    let distance = match opt_str(&o, "distance")?
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("cosine") => Distance::Cosine,
+        Some("dot") => Distance::Dot,
+        Some("euclid") => Distance::Euclid,
+        Some(other) => {
+            return Err(ApiError::field(
+                "distance",
+                format!("distance must be cosine, dot or euclid, got {other:?}"),
+            ))
+        }
+    };
+    let spec = CollectionSpec {
+        dims,
+        profile: profile_name,
+        model: state.model_name.clone(),
+        distance,
+    };
+    let store = state.store.clone();
+    let (n, s) = (name.clone(), spec.clone());
+    let created = blocking(move || store.create(&n, &s)).await?;
+    let body = json!({"name": name, "dims": spec.dims, "profile": spec.profile,
+                      "model": spec.model, "distance": spec.distance, "created": created});
+    Ok(if created {
+        HttpResponse::Created().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    })
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let all = blocking(move || store.list()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "collections": all })))
+}
+
+pub async fn info(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let info = blocking(move || store.info(&name)).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+pub async fn delete(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let n = name.into_inner();
+    let shown = n.clone();
+    blocking(move || store.delete(&n)).await?;
+    Ok(HttpResponse::Ok().json(json!({"name": shown, "deleted": true})))
+}
+
+pub async fn add_documents(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let store = state.store.clone();
+    let n = name.clone();
+    let info = blocking(move || store.info(&n)).await?;
+    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
+    let docs = o
+        .get("documents")
+        .and_then(Value::as_array)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::field("documents", "documents must be a non-empty array"))?;
+    if docs.len() > state.config.max_inputs {
+        return Err(ApiError::field(
+            "documents",
+            format!(
+                "{} documents; the limit is {} per request",
+                docs.len(),
+                state.config.max_inputs
+            ),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(docs.len());
+    let mut seen = HashSet::new();
+    for (i, d) in docs.iter().enumerate() {
+        let field = |k: &str| format!("documents[{i}].{k}");
+        let d = d.as_object().ok_or_else(|| {
+            ApiError::field(
+                &format!("documents[{i}]"),
+                "each document must be an object",
+            )
+        })?;
+        let text = match d.get("text") {
+            Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
+            _ => {
+                return Err(ApiError::field(
+                    &field("text"),
+                    format!("{} must be a non-empty string", field("text")),
+                ))
+            }
+        };
+        let id = match d.get("id") {
+            None | Some(Value::Null) => format!("{:x}", Sha256::digest(text.as_bytes())),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                return Err(ApiError::field(
+                    &field("id"),
+                    format!("{} must be a string or number", field("id")),
+                ))
+            }
+        };
+        let payload = match d.get("payload") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) if !p.keys().any(|k| k.starts_with('_')) => p.clone(),
+            Some(Value::Object(_)) => {
+                return Err(ApiError::field(
+                    &field("payload"),
+                    "payload keys starting with '_' are reserved",
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::field(
+                    &field("payload"),
+                    format!("{} must be an object", field("payload")),
+                ))
+            }
+        };
+        if !seen.insert(id.clone()) {
+            return Err(ApiError::field(
+                &field("id"),
+                format!("id {id:?} appears twice in this request"),
+            ));
+        }
+        parsed.push((id, text, payload));
+    }
+    let profile = state.profile(Some(&info.spec.profile), "profile")?;
+    let texts: Vec<String> = parsed.iter().map(|(_, t, _)| t.clone()).collect();
+    let (vectors, tokens) = state.run(texts, profile, "documents").await?;
+    let mut stored = Vec::with_capacity(parsed.len());
+    let ids: Vec<String> = parsed.iter().map(|(id, _, _)| id.clone()).collect();
+    for ((id, text, payload), v) in parsed.into_iter().zip(vectors) {
+        let vectors = info
+            .spec
+            .dims
+            .iter()
+            .map(|&d| head::nest(&v, d, true).map(|x| (d, x)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        stored.push(StoredDocument {
+            id,
+            text,
+            payload,
+            vectors,
+        });
+    }
+    let store = state.store.clone();
+    blocking(move || store.upsert(&name, stored)).await?;
+    Ok(HttpResponse::Ok().json(json!({"ids": ids, "usage": {"tokens": tokens}})))
+}
+
+pub async fn delete_documents(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
+    let ids = o
+        .get("ids")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ApiError::field("ids", "ids must be a non-empty array"))?
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            _ => Err(ApiError::field("ids", "ids must be strings or numbers")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = state.store.clone();
+    let n = ids.len();
+    blocking(move || store.delete_documents(&name, &ids)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
+}
+
+pub async fn search(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let store = state.store.clone();
+    let n = name.clone();
+    let info = blocking(move || store.info(&n)).await?;
+    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
+    let dims = &info.spec.dims;
+    let dim = opt_usize(&o, "dim")?
+        .unwrap_or(*dims.last().expect("collections have dims; this is a bug"));
+    if !dims.contains(&dim) {
+        return Err(ApiError::field(
+            "dim",
+            format!("dim {dim} is not stored in {name:?}; stored: {dims:?}"),
+        ));
+    }
+    let limit = opt_usize(&o, "limit")?.unwrap_or(10);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::field("limit", "limit must be in 1..=1000"));
+    }
+    let funnel = match o.get("funnel") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(f)) => {
+            let fdim = opt_usize(f, "dim")?
+                .ok_or_else(|| ApiError::field("funnel.dim", "funnel.dim is required"))?;
+            if !dims.contains(&fdim) || fdim >= dim {
+                return Err(ApiError::field(
+                    "funnel.dim",
+                    format!("funnel.dim must be a stored size below dim {dim}; stored: {dims:?}"),
+                ));
+            }
+            let candidates = opt_usize(f, "candidates")?.unwrap_or(limit * 10);
+            if candidates < limit {
+                return Err(ApiError::field(
+                    "funnel.candidates",
+                    "funnel.candidates must be at least limit",
+                ));
+            }
+            Some((fdim, candidates))
+        }
+        Some(_) => {
+            return Err(ApiError::field(
+                "funnel",
+                "funnel must be an object {dim, candidates}",
+            ))
+        }
+    };
+    // The full query vector: embedded text, or one given at `dim`.
+    let full: Vec<f32> = match (o.get("query"), o.get("vector")) {
+        (Some(Value::String(q)), None) if !q.trim().is_empty() => {
+            let profile_name = opt_str(&o, "profile")?
+                .unwrap_or(&info.spec.profile)
+                .to_string();
+            let profile = state.profile(Some(&profile_name), "profile")?;
+            if profile.hidden < dim {
+                return Err(ApiError::field(
+                    "profile",
+                    format!(
+                        "profile {profile_name:?} is {} wide, below dim {dim}",
+                        profile.hidden
+                    ),
+                ));
+            }
+            let (mut v, _) = state.run(vec![q.clone()], profile, "query").await?;
+            v.pop().unwrap_or_default()
+        }
+        (None, Some(Value::Array(items))) => {
+            let v: Vec<f32> = items
+                .iter()
+                .map(|x| x.as_f64().map(|f| f as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::field("vector", "vector must be an array of numbers"))?;
+            if v.len() != dim {
+                return Err(ApiError::field(
+                    "vector",
+                    format!("vector has {} values; dim is {dim}", v.len()),
+                ));
+            }
+            v
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field("query", "give query or vector, not both"))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::field("query", "query must be a non-empty string"))
+        }
+        _ => {
+            return Err(ApiError::field(
+                "query",
+                "query (text) or vector is required",
+            ))
+        }
+    };
+    let cut = |d: usize| head::nest(&full, d, true).map_err(|e| ApiError::Internal(e.to_string()));
+    let query = VectorQuery {
+        vector: cut(dim)?,
+        dim,
+        limit,
+        filter: o.get("filter").filter(|f| !f.is_null()).cloned(),
+        funnel: match funnel {
+            Some((fdim, candidates)) => Some(Funnel {
+                dim: fdim,
+                vector: cut(fdim)?,
+                candidates,
+            }),
+            None => None,
+        },
+    };
+    let store = state.store.clone();
+    let hits = blocking(move || store.search(&name, &query)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "hits": hits })))
+}

@@ -1,0 +1,321 @@
+//! The embedded store: one qdrant-edge shard per collection under `<data>/collections/<name>/`.
+//!
+//! qdrant-edge 0.7.2 does not replay its WAL on load (points not flushed before a crash are
+//! lost) and panics when `flush` runs while another thread holds the WAL. So every write, flush
+//! and optimize of a shard goes through one mutex, and a write is flushed before it returns:
+//! an acknowledged write is on disk. Reads do not take the mutex. Optimization (HNSW build)
+//! runs on a background thread after bulk writes; writes wait for it, reads do not.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use qdrant_edge::{
+    Distance as EdgeDistance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter,
+    NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
+    QueryRequest, ScoringQuery, UpdateOperation, VectorInternal, Vectors, WithPayloadInterface,
+    WithVector,
+};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{
+    check_name, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result, StoreError,
+    StoredDocument, VectorQuery, VectorStore,
+};
+
+const SPEC_FILE: &str = "collection.json";
+/// Payload keys the store owns: the caller's id and the text.
+const ID_KEY: &str = "_id";
+const TEXT_KEY: &str = "_text";
+/// Points written since the last optimize that trigger the next one.
+const OPTIMIZE_AFTER: usize = 1024;
+
+fn storage<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+struct Collection {
+    spec: CollectionSpec,
+    shard: Arc<EdgeShard>,
+    /// Held for every write, flush and optimize of `shard`.
+    writes: Arc<Mutex<usize>>,
+    optimizing: Arc<AtomicBool>,
+}
+
+/// Collections of qdrant-edge shards in a data folder.
+pub struct EdgeStore {
+    dir: PathBuf,
+    collections: RwLock<HashMap<String, Arc<Collection>>>,
+}
+
+impl EdgeStore {
+    /// Opens (or creates) the data folder and loads every collection in it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let root = dir.join("collections");
+        std::fs::create_dir_all(&root).map_err(storage)?;
+        let mut collections = HashMap::new();
+        for entry in std::fs::read_dir(&root).map_err(storage)? {
+            let path = entry.map_err(storage)?.path();
+            let spec_path = path.join(SPEC_FILE);
+            if !spec_path.exists() {
+                // A collection whose creation never finished: nothing was acknowledged in it.
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            let spec: CollectionSpec =
+                serde_json::from_slice(&std::fs::read(&spec_path).map_err(storage)?)
+                    .map_err(storage)?;
+            let shard = EdgeShard::load(&path.join("shard"), None).map_err(storage)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            collections.insert(name, Arc::new(Collection::new(spec, shard)));
+        }
+        Ok(Self {
+            dir: root,
+            collections: RwLock::new(collections),
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Collection>> {
+        self.collections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))
+    }
+}
+
+impl Collection {
+    fn new(spec: CollectionSpec, shard: EdgeShard) -> Self {
+        Self {
+            spec,
+            shard: Arc::new(shard),
+            writes: Arc::new(Mutex::new(0)),
+            optimizing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn count(&self) -> Result<usize> {
+        self.shard
+            .count(qdrant_edge::CountRequest {
+                filter: None,
+                exact: true,
+            })
+            .map_err(storage)
+    }
+
+    /// Applies `op` and flushes, under the write lock; starts an optimize after bulk writes.
+    fn write(&self, op: UpdateOperation, points: usize) -> Result<()> {
+        let mut since = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        self.shard.update(op).map_err(storage)?;
+        self.shard.flush();
+        *since += points;
+        if *since >= OPTIMIZE_AFTER && !self.optimizing.swap(true, Ordering::SeqCst) {
+            *since = 0;
+            let (shard, writes, flag) = (
+                self.shard.clone(),
+                self.writes.clone(),
+                self.optimizing.clone(),
+            );
+            std::thread::spawn(move || {
+                let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = shard.optimize() {
+                    tracing::warn!("optimize failed: {e}");
+                }
+                shard.flush();
+                flag.store(false, Ordering::SeqCst);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A stable point id for a caller's id: Qdrant wants integers or UUIDs.
+fn point_id(id: &str) -> PointId {
+    let hash = Sha256::digest(id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash[..16]);
+    PointId::Uuid(uuid::Uuid::from_bytes(bytes))
+}
+
+fn edge_distance(d: Distance) -> EdgeDistance {
+    match d {
+        Distance::Cosine => EdgeDistance::Cosine,
+        Distance::Dot => EdgeDistance::Dot,
+        Distance::Euclid => EdgeDistance::Euclid,
+    }
+}
+
+fn nearest(vector: &[f32], dim: usize) -> ScoringQuery {
+    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+        query: VectorInternal::Dense(vector.to_vec()),
+        using: Some(vector_name(dim)),
+    }))
+}
+
+impl VectorStore for EdgeStore {
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
+        check_name(name)?;
+        let mut map = self.collections.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = map.get(name) {
+            if existing.spec == *spec {
+                return Ok(false);
+            }
+            return Err(StoreError::Conflict {
+                name: name.to_string(),
+                existing: serde_json::to_string(&existing.spec).map_err(storage)?,
+            });
+        }
+        let path = self.dir.join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        let shard_dir = path.join("shard");
+        std::fs::create_dir_all(&shard_dir).map_err(storage)?;
+        let mut config = EdgeConfigBuilder::new().on_disk_payload(true);
+        for &d in &spec.dims {
+            config = config.vector(
+                vector_name(d),
+                EdgeVectorParamsBuilder::new(d, edge_distance(spec.distance)).build(),
+            );
+        }
+        let shard = EdgeShard::new(&shard_dir, config.build()).map_err(storage)?;
+        // Written last: a folder without it is an unfinished creation, removed on open.
+        let spec_json = serde_json::to_vec_pretty(spec).map_err(storage)?;
+        let tmp = path.join(format!("{SPEC_FILE}.tmp"));
+        std::fs::write(&tmp, spec_json).map_err(storage)?;
+        std::fs::rename(&tmp, path.join(SPEC_FILE)).map_err(storage)?;
+        map.insert(
+            name.to_string(),
+            Arc::new(Collection::new(spec.clone(), shard)),
+        );
+        Ok(true)
+    }
+
+    fn list(&self) -> Result<Vec<CollectionInfo>> {
+        let map = self.collections.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(map.len());
+        for (name, c) in map.iter() {
+            out.push(CollectionInfo {
+                name: name.clone(),
+                spec: c.spec.clone(),
+                count: c.count()?,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn info(&self, name: &str) -> Result<CollectionInfo> {
+        let c = self.get(name)?;
+        Ok(CollectionInfo {
+            name: name.to_string(),
+            spec: c.spec.clone(),
+            count: c.count()?,
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let removed = self
+            .collections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))?;
+        // Wait for a running optimize before the files go.
+        drop(removed.writes.lock().unwrap_or_else(|e| e.into_inner()));
+        let path = self.dir.join(name);
+        // The spec goes first, so a crash mid-delete leaves an unfinished folder, not a
+        // half-deleted collection.
+        std::fs::remove_file(path.join(SPEC_FILE)).map_err(storage)?;
+        drop(removed);
+        std::fs::remove_dir_all(&path).map_err(storage)
+    }
+
+    fn upsert(&self, name: &str, docs: Vec<StoredDocument>) -> Result<()> {
+        let c = self.get(name)?;
+        let n = docs.len();
+        let points = docs
+            .into_iter()
+            .map(|d| {
+                let mut payload = d.payload;
+                payload.insert(ID_KEY.into(), Value::String(d.id.clone()));
+                payload.insert(TEXT_KEY.into(), Value::String(d.text));
+                let vectors =
+                    Vectors::new_named(d.vectors.into_iter().map(|(dim, v)| (vector_name(dim), v)));
+                PointStruct::new(point_id(&d.id), vectors, Value::Object(payload)).into()
+            })
+            .collect::<Vec<_>>();
+        let op = UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+            PointInsertOperations::PointsList(points),
+        ));
+        c.write(op, n)
+    }
+
+    fn delete_documents(&self, name: &str, ids: &[String]) -> Result<()> {
+        let c = self.get(name)?;
+        let op = UpdateOperation::PointOperation(PointOperations::DeletePoints {
+            ids: ids.iter().map(|id| point_id(id)).collect(),
+        });
+        c.write(op, 0)
+    }
+
+    fn search(&self, name: &str, q: &VectorQuery) -> Result<Vec<Hit>> {
+        let c = self.get(name)?;
+        let filter: Option<Filter> = q
+            .filter
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::InvalidFilter(e.to_string()))?;
+        let prefetches = match &q.funnel {
+            Some(f) => vec![Prefetch {
+                prefetches: Vec::new(),
+                query: Some(nearest(&f.vector, f.dim)),
+                limit: f.candidates,
+                params: None,
+                filter: filter.clone(),
+                score_threshold: None,
+            }],
+            None => Vec::new(),
+        };
+        let request = QueryRequest {
+            prefetches,
+            query: Some(nearest(&q.vector, q.dim)),
+            filter,
+            score_threshold: None,
+            limit: q.limit,
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(false),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        let points = c.shard.query(request).map_err(storage)?;
+        Ok(points
+            .into_iter()
+            .map(|p| {
+                let mut payload: Map<String, Value> = p
+                    .payload
+                    .map(|pl| pl.0.into_iter().collect())
+                    .unwrap_or_default();
+                let id = match payload.remove(ID_KEY) {
+                    Some(Value::String(s)) => s,
+                    _ => format!("{:?}", p.id),
+                };
+                let text = match payload.remove(TEXT_KEY) {
+                    Some(Value::String(s)) => s,
+                    _ => String::new(),
+                };
+                Hit {
+                    id,
+                    score: p.score,
+                    text,
+                    payload,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,124 @@
+//! Vector stores behind one trait: a collection keeps, for every document, one named vector per
+//! stored size (`d64`, `d256`, …) plus its id, text and payload. `edge` is Qdrant's own engine
+//! in-process (the default).
+
+pub mod edge;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use edge::EdgeStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("collection {0:?} does not exist")]
+    NoSuchCollection(String),
+    #[error("collection {name:?} already exists with another definition: {existing}")]
+    Conflict { name: String, existing: String },
+    #[error("invalid collection name {0:?}: use 1 to 64 letters, digits, '-' or '_'")]
+    BadName(String),
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How vectors are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    Cosine,
+    Dot,
+    Euclid,
+}
+
+/// What a collection stores and how its documents were embedded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionSpec {
+    /// Stored sizes, ascending, each one named vector `d{dim}`.
+    pub dims: Vec<usize>,
+    /// The profile that embeds the documents.
+    pub profile: String,
+    pub model: String,
+    pub distance: Distance,
+}
+
+/// A collection's definition and size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: CollectionSpec,
+    pub count: usize,
+}
+
+/// One document to store: its vectors per stored size (already cut and normalised).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub id: String,
+    pub text: String,
+    pub payload: Map<String, Value>,
+    pub vectors: Vec<(usize, Vec<f32>)>,
+}
+
+/// A nearest-neighbour query at one stored size, optionally through a funnel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorQuery {
+    /// The query vector at `dim` (cut and normalised).
+    pub vector: Vec<f32>,
+    pub dim: usize,
+    pub limit: usize,
+    /// Qdrant's filter JSON.
+    pub filter: Option<Value>,
+    /// Prefetch `candidates` by the `(dim, vector)` prefix, then rescore them at `dim`.
+    pub funnel: Option<Funnel>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Funnel {
+    pub dim: usize,
+    pub vector: Vec<f32>,
+    pub candidates: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub text: String,
+    pub payload: Map<String, Value>,
+}
+
+/// The operations the service needs from a vector store.
+pub trait VectorStore: Send + Sync {
+    /// Creates the collection, or does nothing if it exists with the same spec.
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool>;
+    fn list(&self) -> Result<Vec<CollectionInfo>>;
+    fn info(&self, name: &str) -> Result<CollectionInfo>;
+    fn delete(&self, name: &str) -> Result<()>;
+    /// Stores documents (replacing those with the same ids); durable when it returns.
+    fn upsert(&self, name: &str, docs: Vec<StoredDocument>) -> Result<()>;
+    /// Deletes documents by id; durable when it returns.
+    fn delete_documents(&self, name: &str, ids: &[String]) -> Result<()>;
+    fn search(&self, name: &str, query: &VectorQuery) -> Result<Vec<Hit>>;
+}
+
+/// The named vector of a stored size.
+pub fn vector_name(dim: usize) -> String {
+    format!("d{dim}")
+}
+
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_string()))
+    }
+}

@@ -1,0 +1,355 @@
+//! Collections end to end: lifecycle, documents embedded once and stored at every size,
+//! search with filters and funnels, and durability across a clean restart and a kill -9 right
+//! after a write was acknowledged (the server runs as a separate `mrl serve` process).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::shared;
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// `mrl serve` on a free port over `data`, any dim allowed.
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mrl"))
+            .args(["serve", "--port", "0", "--allow-any-dim", "--data-dir"])
+            .arg(data)
+            .env("MRL_MODEL", common::model_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mrl serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, path, Some(body));
+        assert!(
+            status == 200 || status == 201,
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM: actix stops gracefully and the store closes.
+    fn stop(mut self) {
+        Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mrl-coll-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The first `n` SciFact documents (title + text) with their ids.
+fn scifact(n: usize) -> Vec<(String, String)> {
+    let path = shared().join("data").join("scifact").join("corpus.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let text = format!(
+                "{} {}",
+                v["title"].as_str().unwrap(),
+                v["text"].as_str().unwrap()
+            );
+            (
+                v["_id"].as_str().unwrap().to_string(),
+                text.trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn hit_ids(v: &Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn collection_lifecycle_documents_search_and_errors() {
+    let data = scratch("lifecycle");
+    let s = Server::start(&data);
+    let spec = json!({"dims": [64, 384]});
+    let (st, v) = s.call("PUT", "/collections/notes", Some(spec.clone()));
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["dims"], json!([64, 384]));
+    assert_eq!(
+        s.call("PUT", "/collections/notes", Some(spec)).0,
+        200,
+        "idempotent"
+    );
+    let (st, v) = s.call("PUT", "/collections/notes", Some(json!({"dims": [128]})));
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error"]["type"], "conflict");
+    let (st, v) = s.call(
+        "PUT",
+        "/collections/bad%20name",
+        Some(json!({"dims": [64]})),
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("name")),
+        "{v}"
+    );
+    let (st, v) = s.call("PUT", "/collections/x", Some(json!({"dims": [999]})));
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("dims")),
+        "{v}"
+    );
+
+    let docs = json!({"documents": [
+        {"id": "cat", "text": "The cat sleeps on the warm windowsill.", "payload": {"lang": "en", "n": 1}},
+        {"id": "bank", "text": "The central bank raised interest rates again.", "payload": {"lang": "en", "n": 2}},
+        {"id": "chat", "text": "Le chat dort sur le rebord de la fenêtre.", "payload": {"lang": "fr", "n": 3}},
+        {"text": "Glaciers are retreating in the Alps."}
+    ]});
+    let v = s.ok("POST", "/collections/notes/documents", docs.clone());
+    assert_eq!(v["ids"].as_array().unwrap().len(), 4);
+    // Same ids again: replaced, not duplicated (the text-hash id too).
+    s.ok("POST", "/collections/notes/documents", docs);
+    let info = s.ok("GET", "/collections/notes", Value::Null);
+    assert_eq!(info["count"], 4);
+    assert_eq!(info["profile"], "full");
+    assert_eq!(info["model"], "all-MiniLM-L6-v2");
+    let list = s.ok("GET", "/collections", Value::Null);
+    assert_eq!(list["collections"][0]["name"], "notes");
+
+    for dim in [64, 384] {
+        let v = s.ok(
+            "POST",
+            "/collections/notes/search",
+            json!({"query": "where is the cat sleeping?", "dim": dim, "limit": 2}),
+        );
+        assert_eq!(hit_ids(&v)[0], "cat", "dim {dim}: {v}");
+        assert_eq!(v["hits"][0]["payload"]["lang"], "en");
+        assert!(v["hits"][0]["text"].as_str().unwrap().contains("cat"));
+    }
+    let v = s.ok(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "where is the cat sleeping?", "filter": {"must": [{"key": "lang", "match": {"value": "fr"}}]}}),
+    );
+    assert_eq!(hit_ids(&v), ["chat"]);
+    let v = s.ok(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "interest rates", "dim": 384, "funnel": {"dim": 64, "candidates": 3}, "limit": 1}),
+    );
+    assert_eq!(hit_ids(&v), ["bank"]);
+
+    for (body, status, field) in [
+        (json!({"query": "x", "dim": 128}), 400, Some("dim")),
+        (json!({"query": "x", "limit": 0}), 400, Some("limit")),
+        (
+            json!({"query": "x", "dim": 64, "funnel": {"dim": 384}}),
+            400,
+            Some("funnel.dim"),
+        ),
+        (
+            json!({"vector": [0.1, 0.2], "dim": 64}),
+            400,
+            Some("vector"),
+        ),
+        (
+            json!({"query": "x", "filter": {"bogus": 1}}),
+            400,
+            Some("filter"),
+        ),
+        (json!({}), 400, Some("query")),
+    ] {
+        let (st, v) = s.call("POST", "/collections/notes/search", Some(body.clone()));
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (status, field),
+            "{body}: {v}"
+        );
+    }
+    let (st, v) = s.call(
+        "POST",
+        "/collections/nope/search",
+        Some(json!({"query": "x"})),
+    );
+    assert_eq!(
+        (st, v["error"]["type"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (st, v) = s.call(
+        "POST",
+        "/collections/notes/documents",
+        Some(json!({"documents": [{"text": ""}]})),
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("documents[0].text")),
+        "{v}"
+    );
+
+    s.ok(
+        "DELETE",
+        "/collections/notes/documents",
+        json!({"ids": ["cat", "bank"]}),
+    );
+    assert_eq!(s.ok("GET", "/collections/notes", Value::Null)["count"], 2);
+    s.ok("DELETE", "/collections/notes", Value::Null);
+    assert_eq!(s.call("GET", "/collections/notes", None).0, 404);
+    s.stop();
+}
+
+#[test]
+fn acknowledged_writes_survive_restart_and_kill_9() {
+    let data = scratch("durable");
+    let docs = scifact(40);
+    let s = Server::start(&data);
+    s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
+    for chunk in docs.chunks(20) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|(id, t)| json!({"id": id, "text": t}))
+            .collect();
+        s.ok(
+            "POST",
+            "/collections/sci/documents",
+            json!({"documents": batch}),
+        );
+    }
+    let query = json!({"query": "vitamin D and bone density", "limit": 5});
+    let before = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
+    s.stop();
+
+    let s = Server::start(&data);
+    assert_eq!(s.ok("GET", "/collections/sci", Value::Null)["count"], 40);
+    assert_eq!(
+        hit_ids(&s.ok("POST", "/collections/sci/search", query.clone())),
+        before
+    );
+    // One more acknowledged write, then kill -9 at once.
+    let extra: Vec<Value> = scifact(45)[40..]
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    s.ok(
+        "POST",
+        "/collections/sci/documents",
+        json!({"documents": extra}),
+    );
+    s.kill();
+
+    let s = Server::start(&data);
+    assert_eq!(s.ok("GET", "/collections/sci", Value::Null)["count"], 45);
+    let after = hit_ids(&s.ok("POST", "/collections/sci/search", query));
+    assert_eq!(after.len(), 5);
+    s.stop();
+}
+
+/// A funnel (prefetch 100 on 256 dims, rescore at 384) against exact search at 384 on a SciFact
+/// slice: the same top 10 for at least 99% of queries.
+#[test]
+fn funnel_search_matches_exact_search_on_scifact() {
+    let data = scratch("funnel");
+    let s = Server::start(&data);
+    s.ok("PUT", "/collections/sci", json!({"dims": [256, 384]}));
+    let docs = scifact(300);
+    for chunk in docs.chunks(100) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|(id, t)| json!({"id": id, "text": t}))
+            .collect();
+        s.ok(
+            "POST",
+            "/collections/sci/documents",
+            json!({"documents": batch}),
+        );
+    }
+    let queries: Vec<String> = std::fs::read_to_string(shared().join("data/scifact/queries.jsonl"))
+        .unwrap()
+        .lines()
+        .take(60)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut same = 0;
+    for q in &queries {
+        let exact = hit_ids(&s.ok(
+            "POST",
+            "/collections/sci/search",
+            json!({"query": q, "dim": 384, "limit": 10}),
+        ));
+        let funnel = hit_ids(&s.ok(
+            "POST",
+            "/collections/sci/search",
+            json!({"query": q, "dim": 384, "limit": 10, "funnel": {"dim": 256, "candidates": 100}}),
+        ));
+        assert_eq!(exact.len(), 10);
+        if exact != funnel {
+            eprintln!("DIFF\n{exact:?}\n{funnel:?}");
+        }
+        same += usize::from(exact == funnel);
+    }
+    let share = same as f64 / queries.len() as f64;
+    assert!(
+        share >= 0.99,
+        "funnel top-10 equals exact for {same} of {} queries",
+        queries.len()
+    );
+    s.stop();
+}
