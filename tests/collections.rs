@@ -191,6 +191,12 @@ fn collection_lifecycle_documents_search_and_errors() {
         json!({"query": "interest rates", "dim": 384, "funnel": {"dim": 64, "candidates": 3}, "limit": 1}),
     );
     assert_eq!(hit_ids(&v), ["bank"]);
+    let v = s.ok(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "interest rates", "exact": true, "limit": 1}),
+    );
+    assert_eq!(hit_ids(&v), ["bank"]);
 
     for (body, status, field) in [
         (json!({"query": "x", "dim": 128}), 400, Some("dim")),
@@ -211,6 +217,7 @@ fn collection_lifecycle_documents_search_and_errors() {
             Some("filter"),
         ),
         (json!({}), 400, Some("query")),
+        (json!({"query": "x", "exact": "yes"}), 400, Some("exact")),
     ] {
         let (st, v) = s.call("POST", "/collections/notes/search", Some(body.clone()));
         assert_eq!(
@@ -332,7 +339,7 @@ fn funnel_search_matches_exact_search_on_scifact() {
         let exact = hit_ids(&s.ok(
             "POST",
             "/collections/sci/search",
-            json!({"query": q, "dim": 384, "limit": 10}),
+            json!({"query": q, "dim": 384, "limit": 10, "exact": true}),
         ));
         let funnel = hit_ids(&s.ok(
             "POST",

@@ -346,6 +346,7 @@ pub async fn search(
             ))
         }
     };
+    let exact = super::opt_bool(&o, "exact")?.unwrap_or(false);
     let cut = |d: usize| head::nest(&full, d, true).map_err(|e| ApiError::Internal(e.to_string()));
     let query = VectorQuery {
         vector: cut(dim)?,
@@ -360,6 +361,7 @@ pub async fn search(
             }),
             None => None,
         },
+        exact,
     };
     let store = state.store.clone();
     let hits = blocking(move || store.search(&name, &query)).await?;

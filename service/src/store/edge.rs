@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use qdrant_edge::SearchParams;
 use qdrant_edge::{
     Distance as EdgeDistance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter,
     NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
@@ -297,12 +298,16 @@ impl VectorStore for EdgeStore {
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::InvalidFilter(e.to_string()))?;
+        let params = q.exact.then(|| SearchParams {
+            exact: true,
+            ..SearchParams::default()
+        });
         let prefetches = match &q.funnel {
             Some(f) => vec![Prefetch {
                 prefetches: Vec::new(),
                 query: Some(nearest(&f.vector, f.dim)),
                 limit: f.candidates,
-                params: None,
+                params,
                 filter: filter.clone(),
                 score_threshold: None,
             }],
@@ -315,7 +320,7 @@ impl VectorStore for EdgeStore {
             score_threshold: None,
             limit: q.limit,
             offset: 0,
-            params: None,
+            params,
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(true),
         };
@@ -402,6 +407,7 @@ mod tests {
                         limit: 5,
                         filter: None,
                         funnel: None,
+                        exact: false,
                     };
                     store.search("c", &q).unwrap();
                 }

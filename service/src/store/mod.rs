@@ -74,6 +74,8 @@ pub struct VectorQuery {
     pub filter: Option<Value>,
     /// Prefetch `candidates` by the `(dim, vector)` prefix, then rescore them at `dim`.
     pub funnel: Option<Funnel>,
+    /// Brute force instead of the HNSW index: the reference approximate search is judged by.
+    pub exact: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
