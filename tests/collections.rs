@@ -67,6 +67,19 @@ impl Server {
         v
     }
 
+    /// Stores `(id, text)` documents in the `sci` collection.
+    fn add(&self, docs: &[(String, String)]) {
+        let batch: Vec<Value> = docs
+            .iter()
+            .map(|(id, t)| json!({"id": id, "text": t}))
+            .collect();
+        self.ok(
+            "POST",
+            "/collections/sci/documents",
+            json!({ "documents": batch }),
+        );
+    }
+
     fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -265,15 +278,7 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
     let s = Server::start(&data);
     s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
     for chunk in docs.chunks(20) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|(id, t)| json!({"id": id, "text": t}))
-            .collect();
-        s.ok(
-            "POST",
-            "/collections/sci/documents",
-            json!({"documents": batch}),
-        );
+        s.add(chunk);
     }
     let query = json!({"query": "vitamin D and bone density", "limit": 5});
     let before = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
@@ -286,15 +291,7 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
         before
     );
     // One more acknowledged write, then kill -9 at once.
-    let extra: Vec<Value> = scifact(45)[40..]
-        .iter()
-        .map(|(id, t)| json!({"id": id, "text": t}))
-        .collect();
-    s.ok(
-        "POST",
-        "/collections/sci/documents",
-        json!({"documents": extra}),
-    );
+    s.add(&scifact(45)[40..]);
     s.kill();
 
     let s = Server::start(&data);
@@ -313,15 +310,7 @@ fn funnel_search_matches_exact_search_on_scifact() {
     s.ok("PUT", "/collections/sci", json!({"dims": [256, 384]}));
     let docs = scifact(300);
     for chunk in docs.chunks(100) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|(id, t)| json!({"id": id, "text": t}))
-            .collect();
-        s.ok(
-            "POST",
-            "/collections/sci/documents",
-            json!({"documents": batch}),
-        );
+        s.add(chunk);
     }
     let queries: Vec<String> = std::fs::read_to_string(shared().join("data/scifact/queries.jsonl"))
         .unwrap()

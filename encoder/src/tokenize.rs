@@ -39,19 +39,13 @@ impl TextTokenizer {
 
     /// Token ids (with special tokens) of each text, in input order.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
-        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, true)
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        Ok(encodings
+        Ok(self
+            .encode_checked(texts)?
             .into_iter()
-            .map(|e| e.get_ids().to_vec())
+            .map(|(ids, _)| ids)
             .collect())
     }
-}
 
-impl TextTokenizer {
     /// Token ids of each text and whether truncation at `max_len` cut it, for callers that
     /// reject over-long inputs instead of silently truncating them.
     pub fn encode_checked<S: AsRef<str> + Sync>(

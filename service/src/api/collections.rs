@@ -50,6 +50,15 @@ fn usize_list(o: &Map<String, Value>, field: &str) -> Result<Vec<usize>, ApiErro
     Ok(out)
 }
 
+async fn collection_info(
+    state: &AppState,
+    name: &str,
+) -> Result<crate::store::CollectionInfo, ApiError> {
+    let store = state.store.clone();
+    let n = name.to_string();
+    blocking(move || store.info(&n)).await
+}
+
 pub async fn create(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -128,9 +137,7 @@ pub async fn add_documents(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    let store = state.store.clone();
-    let n = name.clone();
-    let info = blocking(move || store.info(&n)).await?;
+    let info = collection_info(&state, &name).await?;
     let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
     let docs = o
         .get("documents")
@@ -256,9 +263,7 @@ pub async fn search(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    let store = state.store.clone();
-    let n = name.clone();
-    let info = blocking(move || store.info(&n)).await?;
+    let info = collection_info(&state, &name).await?;
     let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
     let dims = &info.spec.dims;
     let dim = opt_usize(&o, "dim")?
