@@ -8,7 +8,7 @@ use crate::error::{EncoderError, Result};
 use crate::head;
 use crate::model::{BertModel, Weights};
 use crate::profile::Profile;
-use crate::tokenize::{plan_batches, TextTokenizer};
+use crate::tokenize::TextTokenizer;
 
 /// Texts per forward pass unless the caller asks otherwise: sentence-transformers' default.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
@@ -109,9 +109,9 @@ impl Embedder {
     pub fn profile_names(&self) -> Vec<String> {
         let mut names = vec!["full".to_string()];
         if let Some(m) = &self.manifest {
-            names.extend(m.profiles.iter().map(|p| p.name.clone()));
+            let others = m.profiles.iter().filter(|p| p.name != "full");
+            names.extend(others.map(|p| p.name.clone()));
         }
-        names.dedup();
         names
     }
 
@@ -186,19 +186,6 @@ impl Embedder {
         profile: &Profile,
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let lengths: Vec<usize> = tokens.iter().map(|t| t.len()).collect();
-        let mut out = vec![Vec::new(); tokens.len()];
-        for indices in plan_batches(&lengths, batch_size) {
-            let rows: Vec<&[u32]> = indices.iter().map(|&i| tokens[i].as_slice()).collect();
-            for (v, &i) in self
-                .model
-                .forward(&rows, profile)?
-                .into_iter()
-                .zip(&indices)
-            {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        self.model.forward_all(tokens, profile, batch_size)
     }
 }

@@ -438,6 +438,25 @@ impl BertModel {
         self.forward_observed(seqs, profile, &mut NoObserver)
     }
 
+    /// Runs `profile` over any number of sequences in length-sorted batches of at most
+    /// `batch`, returning the pooled outputs in input order.
+    pub fn forward_all(
+        &self,
+        seqs: &[Vec<u32>],
+        profile: &Profile,
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let mut out = vec![Vec::new(); seqs.len()];
+        for indices in crate::tokenize::plan_batches(&lengths, batch) {
+            let rows: Vec<&[u32]> = indices.iter().map(|&i| seqs[i].as_slice()).collect();
+            for (v, &i) in self.forward(&rows, profile)?.into_iter().zip(&indices) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
     /// [`forward`](Self::forward), showing `obs` the intermediate activations.
     pub fn forward_observed(
         &self,

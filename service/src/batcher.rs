@@ -98,7 +98,7 @@ fn run(rx: Receiver<Job>, embedder: &Embedder, budget: usize, metrics: &Metrics)
             pending.push_back(job);
         }
         let profile = pending[0].profile.clone();
-        let mut batch = Vec::new();
+        let mut batch: Vec<Job> = Vec::new();
         let mut tokens = 0;
         let mut rest = VecDeque::with_capacity(pending.len());
         for job in pending.drain(..) {
@@ -115,14 +115,18 @@ fn run(rx: Receiver<Job>, embedder: &Embedder, budget: usize, metrics: &Metrics)
         metrics
             .queue_depth
             .fetch_sub(batch.len(), Ordering::Relaxed);
-        let seqs: Vec<Vec<u32>> = batch.iter().flat_map(|j| j.tokens.clone()).collect();
+        let counts: Vec<usize> = batch.iter().map(|j| j.tokens.len()).collect();
+        let seqs: Vec<Vec<u32>> = batch
+            .iter_mut()
+            .flat_map(|j| std::mem::take(&mut j.tokens))
+            .collect();
         metrics.batch_size.observe(seqs.len() as f64);
         metrics.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         match embedder.embed_tokens(&seqs, &profile, seqs.len().max(1)) {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter();
-                for job in batch {
-                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.tokens.len()).collect();
+                for (job, &n) in batch.into_iter().zip(&counts) {
+                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(n).collect();
                     // A client that went away no longer listens; nothing to do.
                     let _ = job.reply.send(Ok(mine));
                 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::data::sample_texts;
 use crate::error::{Result, TrainerError};
-use crate::importance::{depth_order, kept_layers, permute_tensors, pooled, ActivationStats};
+use crate::importance::{depth_order, kept_layers, permute_tensors, ActivationStats};
 
 /// What `mrl calibrate` does, with the defaults the manifest records.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,7 +259,7 @@ fn search_profiles(
     candidates: &[Profile],
     bar: &ProgressBar,
 ) -> Result<Vec<(f64, Profile, f64)>> {
-    let reference = pooled(model, seqs, &Profile::full(cfg), opts.batch_size)?;
+    let reference = model.forward_all(seqs, &Profile::full(cfg), opts.batch_size)?;
     let cost = |p: &Profile| p.relative_cost(cfg, COST_SEQ_LEN);
     let mut pools: Vec<(f64, Vec<&Profile>)> = Vec::new();
     for &b in &opts.budgets {
@@ -289,7 +289,8 @@ fn search_profiles(
     for (b, pool) in pools {
         for &p in &pool {
             if !scored.contains_key(p) {
-                let f = similarity_fidelity(&reference, &pooled(model, seqs, p, opts.batch_size)?);
+                let f =
+                    similarity_fidelity(&reference, &model.forward_all(seqs, p, opts.batch_size)?);
                 tracing::debug!(profile = %p, cost = cost(p), fidelity = f, "candidate");
                 scored.insert(p, f);
             }

@@ -135,14 +135,42 @@ pub fn exact_search(queries: &[f32], docs: &[f32], dim: usize, k: usize) -> Vec<
         .collect()
 }
 
-/// Raw (unnormalised, full-width) vectors of `texts` under `profile`. With a cache folder,
-/// finished chunks are appended to a file keyed by model, profile and texts, so a killed run
-/// resumes where it stopped and a second run costs nothing.
+/// A folder of embedded texts for one model, keyed by its weights' SHA-256 (hashed once).
+pub struct EmbeddingCache {
+    dir: PathBuf,
+    weights_sha256: String,
+}
+
+impl EmbeddingCache {
+    pub fn new(dir: &Path, embedder: &Embedder) -> Result<Self> {
+        let weights = embedder.dir().join("model.safetensors");
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            weights_sha256: mrl_encoder::fetch::sha256_file(&weights)?,
+        })
+    }
+
+    fn path(&self, embedder: &Embedder, texts: &[String], profile: &Profile) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(self.weights_sha256.as_bytes());
+        h.update(profile.to_string().as_bytes());
+        h.update(embedder.tokenizer().max_len().to_le_bytes());
+        for t in texts {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        self.dir.join(format!("{:x}.f32", h.finalize()))
+    }
+}
+
+/// Raw (unnormalised, full-width) vectors of `texts` under `profile`. With a cache, finished
+/// chunks are appended to a file keyed by model, profile and texts, so a killed run resumes
+/// where it stopped and a second run costs nothing.
 pub fn embed_cached(
     embedder: &Embedder,
     texts: &[String],
     profile: &Profile,
-    cache: Option<&Path>,
+    cache: Option<&EmbeddingCache>,
     progress: &ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
     const CHUNK: usize = 512;
@@ -150,9 +178,10 @@ pub fn embed_cached(
     let tokenizer = embedder.tokenizer();
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
     let mut file = None;
-    if let Some(dir) = cache {
+    if let Some(cache) = cache {
+        let dir = &cache.dir;
         std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-        let path = dir.join(format!("{}.f32", cache_key(embedder, texts, profile)?));
+        let path = cache.path(embedder, texts, profile);
         out = read_cached(&path, width, texts.len())?;
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -205,19 +234,6 @@ fn read_cached(path: &Path, width: usize, max: usize) -> Result<Vec<Vec<f32>>> {
         .collect())
 }
 
-fn cache_key(embedder: &Embedder, texts: &[String], profile: &Profile) -> Result<String> {
-    let weights = embedder.dir().join("model.safetensors");
-    let mut h = Sha256::new();
-    h.update(mrl_encoder::fetch::sha256_file(&weights)?.as_bytes());
-    h.update(profile.to_string().as_bytes());
-    h.update(embedder.tokenizer().max_len().to_le_bytes());
-    for t in texts {
-        h.update((t.len() as u64).to_le_bytes());
-        h.update(t.as_bytes());
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
-
 /// One row of a retrieval evaluation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RetrievalRow {
@@ -243,9 +259,11 @@ pub fn evaluate_retrieval(
     }
     let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
     let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();
-    let cache = cache.map(PathBuf::as_path);
-    let doc_vecs = embed_cached(embedder, &corpus, &profile, cache, progress)?;
-    let query_vecs = embed_cached(embedder, &queries, &profile, cache, progress)?;
+    let cache = cache
+        .map(|dir| EmbeddingCache::new(dir, embedder))
+        .transpose()?;
+    let doc_vecs = embed_cached(embedder, &corpus, &profile, cache.as_ref(), progress)?;
+    let query_vecs = embed_cached(embedder, &queries, &profile, cache.as_ref(), progress)?;
     let mut rows = Vec::new();
     for &dim in dims {
         let docs = nested_matrix(&doc_vecs, dim)?;

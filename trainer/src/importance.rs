@@ -126,24 +126,6 @@ impl WidthOrder {
     }
 }
 
-/// Mean-pooled outputs of `profile` for `seqs`, in input order, as one flat matrix.
-pub fn pooled(
-    model: &BertModel,
-    seqs: &[Vec<u32>],
-    profile: &Profile,
-    batch: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
-    let mut out = vec![Vec::new(); seqs.len()];
-    for idx in plan_batches(&lengths, batch) {
-        let rows: Vec<&[u32]> = idx.iter().map(|&i| seqs[i].as_slice()).collect();
-        for (v, &i) in model.forward(&rows, profile)?.into_iter().zip(&idx) {
-            out[i] = v;
-        }
-    }
-    Ok(out)
-}
-
 /// Σ(a − b)² / Σa² over all vectors.
 pub fn normalised_mse(reference: &[Vec<f32>], other: &[Vec<f32>]) -> f64 {
     let (mut err, mut norm) = (0.0f64, 0.0f64);
@@ -168,7 +150,7 @@ pub fn depth_order(
 ) -> Result<(Vec<usize>, Vec<f64>)> {
     let cfg = model.config();
     let full = Profile::full(cfg);
-    let reference = pooled(model, seqs, &full, batch)?;
+    let reference = model.forward_all(seqs, &full, batch)?;
     let mut kept: Vec<usize> = full.layers.clone();
     let (mut order, mut scores) = (Vec::new(), Vec::new());
     while kept.len() > 1 {
@@ -178,7 +160,7 @@ pub fn depth_order(
                 layers: kept.iter().copied().filter(|&l| l != j).collect(),
                 ..full.clone()
             };
-            let s = normalised_mse(&reference, &pooled(model, seqs, &profile, batch)?);
+            let s = normalised_mse(&reference, &model.forward_all(seqs, &profile, batch)?);
             progress.inc(1);
             if best.is_none_or(|(_, b)| s < b) {
                 best = Some((j, s));
@@ -429,8 +411,8 @@ pub(crate) mod tests {
         let permuted = BertModel::from_tensors(permuted, &cfg).unwrap();
         let seqs = tiny_seqs();
         let full = Profile::full(&cfg);
-        let a = pooled(&original, &seqs, &full, 5).unwrap();
-        let b = pooled(&permuted, &seqs, &full, 5).unwrap();
+        let a = original.forward_all(&seqs, &full, 5).unwrap();
+        let b = permuted.forward_all(&seqs, &full, 5).unwrap();
         for (a, b) in a.iter().zip(&b) {
             for (i, &o) in order.hidden.iter().enumerate() {
                 assert!(
@@ -573,8 +555,10 @@ mod slicing_tests {
         }
         let small = BertModel::from_tensors(small, &small_cfg).unwrap();
         let seqs = tiny_seqs();
-        let a = pooled(&parent, &seqs, &profile, 3).unwrap();
-        let b = pooled(&small, &seqs, &Profile::full(&small_cfg), 3).unwrap();
+        let a = parent.forward_all(&seqs, &profile, 3).unwrap();
+        let b = small
+            .forward_all(&seqs, &Profile::full(&small_cfg), 3)
+            .unwrap();
         for (a, b) in a.iter().zip(&b) {
             assert_eq!(a.len(), 8);
             for (x, y) in a.iter().zip(b) {
