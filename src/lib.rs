@@ -1,5 +1,6 @@
 //! mrl: elastic, Matryoshka-style text embeddings. This facade is what applications use:
-//! load a model (fetching the default one on first use) and embed at any profile and size.
+//! load a model (fetching the default one on first use) and embed at any profile and size,
+//! or keep documents in an [`Index`] (the embedded Qdrant store) and search them by text.
 //!
 //! ```no_run
 //! use mrl::{EmbedOptions, Embedder};
@@ -11,6 +12,13 @@
 //! ```
 
 use std::path::Path;
+
+mod index;
+
+pub use index::{Error, Index, IndexConfig, SearchOptions};
+pub use mrl_service::documents::Document;
+pub use mrl_service::indexer::IndexSummary;
+pub use mrl_service::store::Hit;
 
 pub use mrl_encoder::{
     fetch, BertConfig, EmbedOptions, Embedder, EncoderError, Fetcher, ModelSpec, Profile,

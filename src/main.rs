@@ -9,9 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mrl::{EmbedOptions, Embedder, Fetcher, DEFAULT_MODEL};
-use mrl_trainer::data::BeirDataset;
 use mrl_trainer::CalibrateOptions;
 use serde::Serialize;
+
+mod retrieval;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,10 @@ enum Command {
     /// Serve the REST API (`/embed`, OpenAI-compatible `/v1/embeddings`, `/health`,
     /// `/metrics`, `/openapi.json`) on 127.0.0.1:8080.
     Serve(ServeArgs),
+    /// Index a JSONL corpus (BEIR corpus.jsonl or {id, text, payload} lines) into a collection
+    /// of the embedded store: one forward pass per document, every stored size; resumable
+    /// after a crash (rerun the same command).
+    Index(IndexArgs),
     /// Measure encoder throughput or retrieval quality.
     Bench {
         #[command(subcommand)]
@@ -122,6 +127,8 @@ struct ServeArgs {
     /// Folder of the embedded Qdrant store's collections.
     #[arg(long, env = "MRL_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    qdrant: QdrantArgs,
     #[arg(long, env = "MRL_HOST", default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (printed on start).
@@ -158,36 +165,50 @@ enum BenchCommand {
     /// Texts/s on ../shared/bench/texts.jsonl, printed as RESULT lines in the format of
     /// ../shared/peers/bench_ort.py so the two can run side by side.
     Encode(BenchEncodeArgs),
-    /// NDCG@10, Recall@100 and MRR@10 on a BEIR split by exact search, per profile and nested
-    /// dim; corpus vectors are cached (and resumed) under --cache.
-    Retrieval(BenchRetrievalArgs),
+    /// NDCG@10, Recall@100 and MRR@10 on a BEIR split through the embedded Qdrant store, per
+    /// profile, nested dim and funnel, with query latency and indexing speed; writes JSON, a
+    /// Markdown table and an SVG plot.
+    Retrieval(retrieval::BenchRetrievalArgs),
 }
 
 #[derive(Args)]
-struct BenchRetrievalArgs {
+struct IndexArgs {
     #[command(flatten)]
     model: ModelArg,
-    /// A BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
-    #[arg(long, default_value = "../shared/data/scifact")]
-    dataset: PathBuf,
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Profiles separated by ';': names, specs, or "all" for every profile of the model.
-    #[arg(long, default_value = "all")]
-    profiles: String,
-    /// Output sizes (default: the model's nested dims that fit each profile).
+    /// Collection to fill (created if missing).
+    #[arg(long)]
+    collection: String,
+    /// The JSONL file to index.
+    #[arg(long)]
+    input: PathBuf,
+    /// Sizes to store, for a new collection (default: the model's nested dims).
     #[arg(long, value_delimiter = ',')]
     dims: Vec<usize>,
-    /// Also run each profile's naive counterpart (its first k layers and first widths) on
-    /// this model, usually the original checkpoint.
+    /// Profile that embeds the documents, for a new collection (default: full).
     #[arg(long)]
-    naive_model: Option<PathBuf>,
-    /// Embedding cache (default: $MRL_CACHE_DIR/embeddings, else ~/.cache/mrl/embeddings).
+    profile: Option<String>,
+    /// Documents per upsert and per progress record.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Stop at the first malformed line instead of reporting and skipping it.
     #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Write the rows as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    strict: bool,
+    /// Folder of the embedded store (the same as `mrl serve --data-dir`; do not index into a
+    /// folder a running server has open), and of the job's progress record.
+    #[arg(long, env = "MRL_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    qdrant: QdrantArgs,
+}
+
+#[derive(Args)]
+struct QdrantArgs {
+    /// A Qdrant server or cluster (gRPC address, e.g. http://localhost:6334) instead of the
+    /// embedded store.
+    #[arg(long, env = "MRL_QDRANT_URL")]
+    qdrant_url: Option<String>,
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    qdrant_api_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -211,7 +232,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,qdrant_edge=error".into()),
         )
         .init();
     match Cli::parse().command {
@@ -231,7 +253,8 @@ fn main() -> Result<()> {
         } => bench_encode(args),
         Command::Bench {
             command: BenchCommand::Retrieval(args),
-        } => bench_retrieval(args),
+        } => retrieval::run(args),
+        Command::Index(args) => index(args),
     }
 }
 
@@ -434,6 +457,58 @@ fn bar(label: &str, len: u64) -> ProgressBar {
     bar
 }
 
+fn index(args: IndexArgs) -> Result<()> {
+    let embedder = load(&args.model)?;
+    let store = mrl_service::store::open(
+        &args.data_dir,
+        args.qdrant.qdrant_url.as_deref(),
+        args.qdrant.qdrant_api_key,
+    )
+    .context("opening the store")?;
+    let opts = mrl_service::indexer::IndexOptions::new(args.data_dir.join("jobs"))
+        .dims((!args.dims.is_empty()).then_some(args.dims))
+        .profile(args.profile)
+        .batch(args.batch)
+        .strict(args.strict);
+    let progress = bar(&args.collection, 0);
+    let s = mrl_service::indexer::index_file(
+        &embedder,
+        store.as_ref(),
+        &args.collection,
+        &args.input,
+        &opts,
+        &progress,
+    )?;
+    progress.finish_and_clear();
+    eprintln!(
+        "{}: {} documents indexed ({} by this run{}), {} skipped, {} truncated at {} tokens; \
+         {:.1}s this run, {:.1} docs/s overall; the collection holds {}",
+        s.collection,
+        s.indexed,
+        s.indexed_now,
+        if s.resumed_at_line > 0 {
+            format!(", resumed at line {}", s.resumed_at_line + 1)
+        } else {
+            String::new()
+        },
+        s.skipped_count,
+        s.truncated,
+        embedder.tokenizer().max_len(),
+        s.seconds,
+        s.docs_per_s,
+        s.count
+    );
+    for skip in &s.skipped {
+        eprintln!("  skipped line {}: {}", skip.line, skip.reason);
+    }
+    if s.skipped_count > s.skipped.len() {
+        eprintln!("  … and {} more", s.skipped_count - s.skipped.len());
+    }
+    // One machine-readable line for scripts.
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(())
+}
+
 fn calibrate(args: CalibrateArgs) -> Result<()> {
     let source = match &args.model.model {
         Some(d) => d.clone(),
@@ -475,6 +550,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let embedder = load(&args.model)?;
     let config = mrl_service::ServeConfig::new()
         .data_dir(args.data_dir)
+        .qdrant(args.qdrant.qdrant_url, args.qdrant.qdrant_api_key)
         .host(args.host)
         .port(args.port)
         .api_key(args.api_key)
@@ -492,113 +568,4 @@ fn serve(args: ServeArgs) -> Result<()> {
         std::io::stdout().flush()?;
         running.server.await.context("running the server")
     })
-}
-
-fn default_cache() -> PathBuf {
-    std::env::var_os("MRL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mrl")))
-        .unwrap_or_else(|| PathBuf::from(".mrl-cache"))
-        .join("embeddings")
-}
-
-fn bench_retrieval(args: BenchRetrievalArgs) -> Result<()> {
-    let embedder = load(&args.model)?;
-    let naive = args
-        .naive_model
-        .as_deref()
-        .map(|d| mrl::load_model(Some(d)).context("loading --naive-model"))
-        .transpose()?;
-    let data = BeirDataset::load(&args.dataset, &args.split)
-        .with_context(|| format!("loading {}", args.dataset.display()))?;
-    eprintln!(
-        "{}: {} documents, {} {} queries",
-        args.dataset.display(),
-        data.corpus.len(),
-        data.queries.len(),
-        args.split
-    );
-    let cache = args.cache.clone().unwrap_or_else(default_cache);
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    println!("| profile | relative FLOPs | dim | NDCG@10 | Recall@100 | MRR@10 | naive NDCG@10 |");
-    println!("|---|---|---|---|---|---|---|");
-    for name in profile_list(&embedder, &args.profiles) {
-        let profile = embedder.profile(Some(&name))?;
-        let dims: Vec<usize> = if args.dims.is_empty() {
-            let mut d: Vec<usize> = embedder
-                .nested_dims()
-                .into_iter()
-                .filter(|&d| d <= profile.hidden)
-                .collect();
-            if !d.contains(&profile.hidden) {
-                d.push(profile.hidden);
-            }
-            d
-        } else {
-            args.dims.clone()
-        };
-        let cost = profile.relative_cost(embedder.config(), mrl_encoder::config::COST_SEQ_LEN);
-        let ranked = mrl_trainer::eval::evaluate_retrieval(
-            &embedder,
-            &data,
-            &name,
-            &dims,
-            Some(&cache),
-            &bar(&name, 0),
-        )?;
-        let naive_rows = match &naive {
-            Some(n) => {
-                let spec = format!(
-                    "layers={},heads={},ffn={},hidden={}",
-                    profile.layers.len(),
-                    profile.heads,
-                    profile.ffn,
-                    profile.hidden
-                );
-                let rows = mrl_trainer::eval::evaluate_retrieval(
-                    n,
-                    &data,
-                    &spec,
-                    &dims,
-                    Some(&cache),
-                    &bar("naive", 0),
-                )?;
-                Some((spec, rows))
-            }
-            None => None,
-        };
-        for (i, row) in ranked.iter().enumerate() {
-            let m = &row.metrics;
-            let naive_m = naive_rows.as_ref().map(|(_, r)| r[i].metrics);
-            println!(
-                "| {} | {:.3} | {} | {:.4} | {:.4} | {:.4} | {} |",
-                name,
-                cost,
-                row.dim,
-                m.ndcg_at_10,
-                m.recall_at_100,
-                m.mrr_at_10,
-                naive_m.map_or("-".into(), |n| format!("{:.4}", n.ndcg_at_10))
-            );
-            rows.push(serde_json::json!({
-                "model": embedder.dir(),
-                "dataset": args.dataset,
-                "split": args.split,
-                "profile": name,
-                "profile_spec": profile.to_string(),
-                "relative_flops": cost,
-                "dim": row.dim,
-                "metrics": m,
-                "naive": naive_rows.as_ref().map(|(spec, r)| serde_json::json!({
-                    "profile_spec": spec,
-                    "metrics": r[i].metrics,
-                })),
-            }));
-        }
-    }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&rows)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }

@@ -5,6 +5,9 @@
 pub struct ServeConfig {
     /// Where the embedded store keeps its collections.
     pub data_dir: std::path::PathBuf,
+    /// A Qdrant server's gRPC address; when set it replaces the embedded store.
+    pub qdrant_url: Option<String>,
+    pub qdrant_api_key: Option<String>,
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
@@ -30,6 +33,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             data_dir: "data".into(),
+            qdrant_url: None,
+            qdrant_api_key: None,
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
@@ -50,6 +55,11 @@ impl ServeConfig {
     }
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.data_dir = dir.into();
+        self
+    }
+    pub fn qdrant(mut self, url: Option<String>, api_key: Option<String>) -> Self {
+        self.qdrant_url = url.filter(|u| !u.is_empty());
+        self.qdrant_api_key = api_key.filter(|k| !k.is_empty());
         self
     }
     pub fn host(mut self, host: impl Into<String>) -> Self {

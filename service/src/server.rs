@@ -16,7 +16,6 @@ use crate::batcher::Batcher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::store::{EdgeStore, VectorStore};
 
 /// A bound server: await `server` to run it; `addr` is where it listens.
 pub struct Running {
@@ -39,9 +38,12 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
         .dir()
         .file_name()
         .map_or_else(|| "mrl".into(), |n| n.to_string_lossy().into_owned());
-    let store = EdgeStore::open(&config.data_dir)
-        .map_err(|e| std::io::Error::other(format!("{}: {e}", config.data_dir.display())))?;
-    let store: Arc<dyn VectorStore> = Arc::new(store);
+    let store = crate::store::open(
+        &config.data_dir,
+        config.qdrant_url.as_deref(),
+        config.qdrant_api_key.clone(),
+    )
+    .map_err(std::io::Error::other)?;
     let (host, port, workers) = (config.host.clone(), config.port, config.workers);
     let state = web::Data::new(AppState {
         embedder,

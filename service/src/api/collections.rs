@@ -7,13 +7,12 @@
 use std::collections::HashSet;
 
 use actix_web::{web, HttpResponse};
-use mrl_encoder::head;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::{body, opt_str, opt_usize, parse_object, AppState};
+use crate::documents::Document;
 use crate::error::ApiError;
-use crate::store::{check_name, CollectionSpec, Distance, Funnel, StoredDocument, VectorQuery};
+use crate::store::{check_name, CollectionSpec, Distance, VectorQuery};
 
 /// Runs a store call off the async executor.
 async fn blocking<T: Send + 'static>(
@@ -158,76 +157,33 @@ pub async fn add_documents(
     let mut seen = HashSet::new();
     for (i, d) in docs.iter().enumerate() {
         let field = |k: &str| format!("documents[{i}].{k}");
-        let d = d.as_object().ok_or_else(|| {
-            ApiError::field(
-                &format!("documents[{i}]"),
-                "each document must be an object",
-            )
+        let doc = Document::from_json(d).map_err(|e| {
+            let f = if e.field == "document" {
+                format!("documents[{i}]")
+            } else {
+                field(e.field)
+            };
+            ApiError::field(&f, format!("{f}: {}", e.message))
         })?;
-        let text = match d.get("text") {
-            Some(Value::String(t)) if !t.trim().is_empty() => t.clone(),
-            _ => {
-                return Err(ApiError::field(
-                    &field("text"),
-                    format!("{} must be a non-empty string", field("text")),
-                ))
-            }
-        };
-        let id = match d.get("id") {
-            None | Some(Value::Null) => format!("{:x}", Sha256::digest(text.as_bytes())),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(ApiError::field(
-                    &field("id"),
-                    format!("{} must be a string or number", field("id")),
-                ))
-            }
-        };
-        let payload = match d.get("payload") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) if !p.keys().any(|k| k.starts_with('_')) => p.clone(),
-            Some(Value::Object(_)) => {
-                return Err(ApiError::field(
-                    &field("payload"),
-                    "payload keys starting with '_' are reserved",
-                ))
-            }
-            Some(_) => {
-                return Err(ApiError::field(
-                    &field("payload"),
-                    format!("{} must be an object", field("payload")),
-                ))
-            }
-        };
+        let id = doc.id.clone();
         if !seen.insert(id.clone()) {
             return Err(ApiError::field(
                 &field("id"),
                 format!("id {id:?} appears twice in this request"),
             ));
         }
-        parsed.push((id, text, payload));
+        parsed.push(doc);
     }
     let profile = state.profile(Some(&info.spec.profile), "profile")?;
-    let texts: Vec<String> = parsed.iter().map(|(_, t, _)| t.clone()).collect();
+    let texts: Vec<String> = parsed.iter().map(|d| d.text.clone()).collect();
     let (vectors, tokens) = state.run(texts, profile, "documents").await?;
-    let mut stored = Vec::with_capacity(parsed.len());
-    let ids: Vec<String> = parsed.iter().map(|(id, _, _)| id.clone()).collect();
-    for ((id, text, payload), v) in parsed.into_iter().zip(vectors) {
-        let vectors = info
-            .spec
-            .dims
-            .iter()
-            .map(|&d| head::nest(&v, d, true).map(|x| (d, x)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        stored.push(StoredDocument {
-            id,
-            text,
-            payload,
-            vectors,
-        });
-    }
+    let ids: Vec<String> = parsed.iter().map(|d| d.id.clone()).collect();
+    let stored = parsed
+        .into_iter()
+        .zip(vectors)
+        .map(|(d, v)| d.into_stored(&v, &info.spec.dims))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let store = state.store.clone();
     blocking(move || store.upsert(&name, stored)).await?;
     Ok(HttpResponse::Ok().json(json!({"ids": ids, "usage": {"tokens": tokens}})))
@@ -352,22 +308,10 @@ pub async fn search(
         }
     };
     let exact = super::opt_bool(&o, "exact")?.unwrap_or(false);
-    let cut = |d: usize| head::nest(&full, d, true).map_err(|e| ApiError::Internal(e.to_string()));
-    let query = VectorQuery {
-        vector: cut(dim)?,
-        dim,
-        limit,
-        filter: o.get("filter").filter(|f| !f.is_null()).cloned(),
-        funnel: match funnel {
-            Some((fdim, candidates)) => Some(Funnel {
-                dim: fdim,
-                vector: cut(fdim)?,
-                candidates,
-            }),
-            None => None,
-        },
-        exact,
-    };
+    let mut query = VectorQuery::nested(&full, dim, limit, funnel)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    query.filter = o.get("filter").filter(|f| !f.is_null()).cloned();
+    query.exact = exact;
     let store = state.store.clone();
     let hits = blocking(move || store.search(&name, &query)).await?;
     Ok(HttpResponse::Ok().json(json!({ "hits": hits })))

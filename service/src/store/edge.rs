@@ -15,21 +15,17 @@ use qdrant_edge::SearchParams;
 use qdrant_edge::{
     Distance as EdgeDistance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter,
     NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, ScoringQuery, UpdateOperation, VectorInternal, Vectors, WithPayloadInterface,
-    WithVector,
+    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal, Vectors,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::{
-    check_name, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result, StoreError,
-    StoredDocument, VectorQuery, VectorStore,
+    check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
+    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
 };
 
 const SPEC_FILE: &str = "collection.json";
-/// Payload keys the store owns: the caller's id and the text.
-const ID_KEY: &str = "_id";
-const TEXT_KEY: &str = "_text";
 /// Points written since the last optimize that trigger the next one.
 const OPTIMIZE_AFTER: usize = 1024;
 
@@ -162,12 +158,8 @@ impl Collection {
     }
 }
 
-/// A stable point id for a caller's id: Qdrant wants integers or UUIDs.
 fn point_id(id: &str) -> PointId {
-    let hash = Sha256::digest(id.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hash[..16]);
-    PointId::Uuid(uuid::Uuid::from_bytes(bytes))
+    PointId::Uuid(point_uuid(id))
 }
 
 fn edge_distance(d: Distance) -> EdgeDistance {
@@ -349,6 +341,50 @@ impl VectorStore for EdgeStore {
             })
             .collect())
     }
+
+    fn optimize(&self, name: &str) -> Result<()> {
+        let c = self.get(name)?;
+        // A background optimize holds the same lock, so this waits for it first.
+        let mut since = c.writes.lock().unwrap_or_else(|e| e.into_inner());
+        c.shard.optimize().map_err(storage)?;
+        c.shard.flush();
+        *since = 0;
+        Ok(())
+    }
+
+    fn ids(&self, name: &str) -> Result<Vec<String>> {
+        const PAGE: usize = 1024;
+        let c = self.get(name)?;
+        let key = ID_KEY
+            .parse()
+            .map_err(|_| StoreError::Storage(format!("{ID_KEY} is not a JSON path")))?;
+        let fields = WithPayloadInterface::Fields(vec![key]);
+        let mut out = Vec::new();
+        let mut offset = None;
+        loop {
+            let (records, next) = c
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(PAGE),
+                    filter: None,
+                    with_payload: Some(fields.clone()),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(storage)?;
+            for r in records {
+                match r.payload.and_then(|mut p| p.0.remove(ID_KEY)) {
+                    Some(Value::String(id)) => out.push(id),
+                    _ => return Err(StoreError::Storage(format!("point {:?} has no id", r.id))),
+                }
+            }
+            match next {
+                Some(n) => offset = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -424,6 +460,11 @@ mod tests {
         drop(store);
         let store = EdgeStore::open(&dir).unwrap();
         assert_eq!(store.info("c").unwrap().count, 2998);
+        let mut ids = store.ids("c").unwrap();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2998);
+        assert!(!ids.contains(&"doc-0".to_string()) && ids.contains(&"doc-2".to_string()));
         assert!(matches!(
             store.info("missing"),
             Err(StoreError::NoSuchCollection(_))

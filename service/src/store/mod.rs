@@ -1,13 +1,45 @@
 //! Vector stores behind one trait: a collection keeps, for every document, one named vector per
 //! stored size (`d64`, `d256`, …) plus its id, text and payload. `edge` is Qdrant's own engine
-//! in-process (the default).
+//! in-process (the default); `remote` is a Qdrant server or cluster.
 
 pub mod edge;
+pub mod remote;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edge::EdgeStore;
+pub use remote::RemoteStore;
+
+/// The store a command asked for: the Qdrant server at `qdrant_url`, else the embedded
+/// store in `data_dir`.
+pub fn open(
+    data_dir: &std::path::Path,
+    qdrant_url: Option<&str>,
+    api_key: Option<String>,
+) -> Result<std::sync::Arc<dyn VectorStore>> {
+    Ok(match qdrant_url {
+        Some(url) => std::sync::Arc::new(RemoteStore::connect(url, api_key)?),
+        None => std::sync::Arc::new(
+            EdgeStore::open(data_dir)
+                .map_err(|e| StoreError::Storage(format!("{}: {e}", data_dir.display())))?,
+        ),
+    })
+}
+
+/// Payload keys the stores own: the caller's id and the text.
+pub(crate) const ID_KEY: &str = "_id";
+pub(crate) const TEXT_KEY: &str = "_text";
+
+/// A stable point id for a caller's id (Qdrant wants integers or UUIDs): the first 16 bytes
+/// of its SHA-256, the same in every store.
+pub(crate) fn point_uuid(id: &str) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash[..16]);
+    uuid::Uuid::from_bytes(bytes)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,6 +110,34 @@ pub struct VectorQuery {
     pub exact: bool,
 }
 
+impl VectorQuery {
+    /// A query cut from a full (raw, pooled) vector: its `dim` prefix, and with a funnel
+    /// `(dim, candidates)` its smaller prefix for the prefetch; each re-normalised.
+    pub fn nested(
+        full: &[f32],
+        dim: usize,
+        limit: usize,
+        funnel: Option<(usize, usize)>,
+    ) -> Result<Self, mrl_encoder::EncoderError> {
+        let cut = |d| mrl_encoder::head::nest(full, d, true);
+        Ok(Self {
+            vector: cut(dim)?,
+            dim,
+            limit,
+            filter: None,
+            funnel: match funnel {
+                Some((d, candidates)) => Some(Funnel {
+                    dim: d,
+                    vector: cut(d)?,
+                    candidates,
+                }),
+                None => None,
+            },
+            exact: false,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Funnel {
     pub dim: usize,
@@ -105,6 +165,11 @@ pub trait VectorStore: Send + Sync {
     /// Deletes documents by id; durable when it returns.
     fn delete_documents(&self, name: &str, ids: &[String]) -> Result<()>;
     fn search(&self, name: &str, query: &VectorQuery) -> Result<Vec<Hit>>;
+    /// Builds the collection's search indexes (HNSW) now and returns when they are done;
+    /// bulk loaders call it once at the end instead of leaving it to the background.
+    fn optimize(&self, name: &str) -> Result<()>;
+    /// Every document id in the collection, in no particular order.
+    fn ids(&self, name: &str) -> Result<Vec<String>>;
 }
 
 /// The named vector of a stored size.

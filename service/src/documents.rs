@@ -1,0 +1,176 @@
+//! Documents as callers send them — `{id?, text, payload?}` objects, or BEIR corpus lines
+//! `{_id, title, text, metadata}` — and their stored form: one vector per collection size,
+//! all cut from one forward pass.
+
+use mrl_encoder::{head, EncoderError};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::store::StoredDocument;
+
+/// A parsed document, not yet embedded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    pub payload: Map<String, Value>,
+}
+
+/// Why a document was refused; `field` is relative to the document (`text`, `id`, …).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct DocumentError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn refuse(field: &'static str, message: impl Into<String>) -> DocumentError {
+    DocumentError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The id of a document sent without one: the text's SHA-256, so re-sending the same text
+/// replaces it instead of adding a copy.
+pub fn default_id(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+impl Document {
+    pub fn new(id: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            text: text.into(),
+            payload: Map::new(),
+        }
+    }
+
+    /// A document whose id is its text's hash.
+    pub fn from_text(text: impl Into<String>) -> Self {
+        let text = text.into();
+        Self::new(default_id(&text), text)
+    }
+
+    pub fn payload(mut self, payload: Map<String, Value>) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// Parses one document object. BEIR's convention (the one its published numbers use) is
+    /// followed for corpus lines: the embedded text is `title + " " + text`, trimmed; the title
+    /// and a non-empty `metadata` object are kept in the payload.
+    pub fn from_json(value: &Value) -> Result<Self, DocumentError> {
+        let o = value
+            .as_object()
+            .ok_or_else(|| refuse("document", "a document must be a JSON object"))?;
+        let body = match o.get("text") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(_) => return Err(refuse("text", "text must be a string")),
+            None => return Err(refuse("text", "a document needs a string field \"text\"")),
+        };
+        let title = match o.get("title") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(t)) => t.as_str(),
+            Some(_) => return Err(refuse("title", "title must be a string")),
+        };
+        let text = format!("{title} {body}").trim().to_string();
+        if text.is_empty() {
+            return Err(refuse("text", "text must not be empty"));
+        }
+        let id = match o.get("id").or_else(|| o.get("_id")) {
+            None | Some(Value::Null) => default_id(&text),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => return Err(refuse("id", "id must be a non-empty string or a number")),
+        };
+        let mut payload = match o.get("payload") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) if !p.keys().any(|k| k.starts_with('_')) => p.clone(),
+            Some(Value::Object(_)) => {
+                return Err(refuse(
+                    "payload",
+                    "payload keys starting with '_' are reserved",
+                ))
+            }
+            Some(_) => return Err(refuse("payload", "payload must be an object")),
+        };
+        if !title.is_empty() && !payload.contains_key("title") {
+            payload.insert("title".into(), Value::String(title.to_string()));
+        }
+        if let Some(Value::Object(m)) = o.get("metadata") {
+            if !m.is_empty() && !payload.contains_key("metadata") {
+                payload.insert("metadata".into(), Value::Object(m.clone()));
+            }
+        }
+        Ok(Self { id, text, payload })
+    }
+
+    /// The stored form: for each of `dims`, the prefix of the raw pooled `vector`,
+    /// re-normalised.
+    pub fn into_stored(
+        self,
+        vector: &[f32],
+        dims: &[usize],
+    ) -> Result<StoredDocument, EncoderError> {
+        let vectors = dims
+            .iter()
+            .map(|&d| head::nest(vector, d, true).map(|v| (d, v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StoredDocument {
+            id: self.id,
+            text: self.text,
+            payload: self.payload,
+            vectors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn beir_lines_join_title_and_keep_it_in_the_payload() {
+        let d = Document::from_json(&json!({"_id": "7", "title": "T", "text": " body ",
+                                            "metadata": {}}))
+        .unwrap();
+        assert_eq!(d.id, "7");
+        assert_eq!(d.text, "T  body");
+        assert_eq!(
+            d.payload,
+            json!({"title": "T"}).as_object().unwrap().clone()
+        );
+    }
+
+    #[test]
+    fn ids_default_to_the_text_hash_and_numbers_become_strings() {
+        let a = Document::from_json(&json!({"text": "same"})).unwrap();
+        let b = Document::from_json(&json!({"text": "same", "payload": {"k": 1}})).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.id, default_id("same"));
+        assert_eq!(
+            Document::from_json(&json!({"id": 42, "text": "x"}))
+                .unwrap()
+                .id,
+            "42"
+        );
+    }
+
+    #[test]
+    fn malformed_documents_name_the_field() {
+        let field = |v: Value| Document::from_json(&v).unwrap_err().field;
+        assert_eq!(field(json!("text")), "document");
+        assert_eq!(field(json!({"title": "only a title", "text": 3})), "text");
+        assert_eq!(field(json!({"text": "  "})), "text");
+        assert_eq!(field(json!({"id": [1], "text": "x"})), "id");
+        assert_eq!(field(json!({"id": "", "text": "x"})), "id");
+        assert_eq!(field(json!({"text": "x", "payload": 1})), "payload");
+        assert_eq!(
+            field(json!({"text": "x", "payload": {"_id": 1}})),
+            "payload"
+        );
+        assert_eq!(field(json!({"text": "x", "title": 1})), "title");
+    }
+}

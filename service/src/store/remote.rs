@@ -1,0 +1,509 @@
+//! A Qdrant server or cluster over gRPC (`qdrant-client`), behind the same trait as the
+//! embedded store. The collection's spec rides in Qdrant's collection metadata, so any
+//! client of that server sees what the vectors are; point ids and payload keys are the
+//! embedded store's, so data moves between the two unchanged.
+//!
+//! The trait is synchronous (callers already run on blocking threads), so the store owns a
+//! small tokio runtime and blocks on each call. Every write waits for the server to apply
+//! it (`wait=true`): an acknowledged write is as durable as the server's WAL makes it.
+
+use std::collections::HashMap;
+
+use qdrant_client::qdrant::{
+    condition::ConditionOneOf, r#match::MatchValue, Condition, CountPointsBuilder,
+    CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter, PointId,
+    PointStruct, PointsIdsList, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range,
+    ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue,
+    VectorParamsBuilder, VectorsConfigBuilder,
+};
+use qdrant_client::{Payload, Qdrant};
+use serde_json::{Map, Value};
+
+use super::{
+    check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
+    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
+};
+
+/// The metadata key that marks a collection as mrl's and holds its spec.
+const SPEC_KEY: &str = "mrl_spec";
+
+fn remote<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Storage(format!("qdrant server: {e}"))
+}
+
+/// Collections on a Qdrant server.
+pub struct RemoteStore {
+    client: Qdrant,
+    /// `Some` until drop, which shuts it down without blocking (drop may run on an async
+    /// thread, where a blocking shutdown panics).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl RemoteStore {
+    /// Connects to `url` (gRPC, e.g. `http://localhost:6334`) and checks the server answers.
+    pub fn connect(url: &str, api_key: Option<String>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(remote)?;
+        let client = std::thread::scope(|s| {
+            s.spawn(|| {
+                // The client spawns its connection tasks on the current runtime.
+                let _guard = runtime.enter();
+                Qdrant::from_url(url)
+                    .api_key(api_key)
+                    .skip_compatibility_check()
+                    .build()
+            })
+            .join()
+            .expect("building the Qdrant client panicked; this is a bug")
+        })
+        .map_err(remote)?;
+        let store = Self {
+            client,
+            runtime: Some(runtime),
+        };
+        store
+            .block_on(store.client.health_check())
+            .map_err(|e| StoreError::Storage(format!("no Qdrant server answers at {url}: {e}")))?;
+        Ok(store)
+    }
+
+    /// Runs a client call to completion. It runs on a scoped thread because callers may sit
+    /// on an async executor's thread, where blocking on another runtime panics.
+    fn block_on<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        let rt = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives until drop; this is a bug");
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(f))
+                .join()
+                .expect("a Qdrant client call panicked; this is a bug")
+        })
+    }
+
+    fn spec_of(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        if !self
+            .block_on(self.client.collection_exists(name))
+            .map_err(remote)?
+        {
+            return Ok(None);
+        }
+        let info = self
+            .block_on(self.client.collection_info(name))
+            .map_err(remote)?;
+        let metadata = info
+            .result
+            .and_then(|r| r.config)
+            .map(|c| c.metadata)
+            .unwrap_or_default();
+        match metadata.get(SPEC_KEY).map(to_json) {
+            Some(Value::String(s)) => serde_json::from_str(&s).map(Some).map_err(remote),
+            // Someone else's collection: not one this store manages.
+            _ => Ok(None),
+        }
+    }
+
+    fn spec(&self, name: &str) -> Result<CollectionSpec> {
+        self.spec_of(name)?
+            .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))
+    }
+
+    fn count(&self, name: &str) -> Result<usize> {
+        let r = self
+            .block_on(self.client.count(CountPointsBuilder::new(name).exact(true)))
+            .map_err(remote)?;
+        Ok(r.result.map_or(0, |c| c.count as usize))
+    }
+}
+
+fn to_json(v: &QValue) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn distance(d: Distance) -> QDistance {
+    match d {
+        Distance::Cosine => QDistance::Cosine,
+        Distance::Dot => QDistance::Dot,
+        Distance::Euclid => QDistance::Euclid,
+    }
+}
+
+impl VectorStore for RemoteStore {
+    fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
+        check_name(name)?;
+        if let Some(existing) = self.spec_of(name)? {
+            if existing == *spec {
+                return Ok(false);
+            }
+            return Err(StoreError::Conflict {
+                name: name.to_string(),
+                existing: serde_json::to_string(&existing).map_err(remote)?,
+            });
+        }
+        if self
+            .block_on(self.client.collection_exists(name))
+            .map_err(remote)?
+        {
+            return Err(StoreError::Conflict {
+                name: name.to_string(),
+                existing: "a collection not made by mrl".into(),
+            });
+        }
+        let mut vectors = VectorsConfigBuilder::default();
+        for &d in &spec.dims {
+            vectors.add_named_vector_params(
+                vector_name(d),
+                VectorParamsBuilder::new(d as u64, distance(spec.distance)),
+            );
+        }
+        let metadata = HashMap::from([(
+            SPEC_KEY.to_string(),
+            Value::String(serde_json::to_string(spec).map_err(remote)?),
+        )]);
+        self.block_on(
+            self.client.create_collection(
+                CreateCollectionBuilder::new(name)
+                    .vectors_config(vectors)
+                    .on_disk_payload(true)
+                    .metadata(metadata),
+            ),
+        )
+        .map_err(remote)?;
+        Ok(true)
+    }
+
+    fn list(&self) -> Result<Vec<CollectionInfo>> {
+        let all = self
+            .block_on(self.client.list_collections())
+            .map_err(remote)?;
+        let mut out = Vec::new();
+        for c in all.collections {
+            if let Some(spec) = self.spec_of(&c.name)? {
+                let count = self.count(&c.name)?;
+                out.push(CollectionInfo {
+                    name: c.name,
+                    spec,
+                    count,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn info(&self, name: &str) -> Result<CollectionInfo> {
+        let spec = self.spec(name)?;
+        Ok(CollectionInfo {
+            name: name.to_string(),
+            spec,
+            count: self.count(name)?,
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        self.spec(name)?;
+        self.block_on(self.client.delete_collection(name))
+            .map_err(remote)?;
+        Ok(())
+    }
+
+    fn upsert(&self, name: &str, docs: Vec<StoredDocument>) -> Result<()> {
+        self.spec(name)?;
+        let points: Vec<PointStruct> = docs
+            .into_iter()
+            .map(|d| {
+                let mut payload = d.payload;
+                payload.insert(ID_KEY.into(), Value::String(d.id.clone()));
+                payload.insert(TEXT_KEY.into(), Value::String(d.text));
+                let vectors: HashMap<String, Vec<f32>> = d
+                    .vectors
+                    .into_iter()
+                    .map(|(dim, v)| (vector_name(dim), v))
+                    .collect();
+                PointStruct::new(
+                    PointId::from(point_uuid(&d.id).to_string()),
+                    vectors,
+                    Payload::from(payload),
+                )
+            })
+            .collect();
+        self.block_on(
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(name, points).wait(true)),
+        )
+        .map_err(remote)?;
+        Ok(())
+    }
+
+    fn delete_documents(&self, name: &str, ids: &[String]) -> Result<()> {
+        self.spec(name)?;
+        let ids: Vec<PointId> = ids
+            .iter()
+            .map(|id| PointId::from(point_uuid(id).to_string()))
+            .collect();
+        self.block_on(
+            self.client.delete_points(
+                DeletePointsBuilder::new(name)
+                    .points(PointsIdsList { ids })
+                    .wait(true),
+            ),
+        )
+        .map_err(remote)?;
+        Ok(())
+    }
+
+    fn search(&self, name: &str, q: &VectorQuery) -> Result<Vec<Hit>> {
+        self.spec(name)?;
+        let filter = q.filter.as_ref().map(filter_from_json).transpose()?;
+        let params = SearchParamsBuilder::default().exact(q.exact);
+        let mut request = QueryPointsBuilder::new(name)
+            .query(Query::new_nearest(q.vector.clone()))
+            .using(vector_name(q.dim))
+            .limit(q.limit as u64)
+            .with_payload(true)
+            .params(params.clone());
+        if let Some(f) = &q.funnel {
+            let mut prefetch = PrefetchQueryBuilder::default()
+                .query(Query::new_nearest(f.vector.clone()))
+                .using(vector_name(f.dim))
+                .limit(f.candidates as u64)
+                .params(params);
+            if let Some(filter) = &filter {
+                prefetch = prefetch.filter(filter.clone());
+            }
+            request = request.add_prefetch(prefetch);
+        }
+        if let Some(filter) = filter {
+            request = request.filter(filter);
+        }
+        let response = self.block_on(self.client.query(request)).map_err(remote)?;
+        Ok(response
+            .result
+            .into_iter()
+            .map(|p| {
+                let mut payload: Map<String, Value> = p
+                    .payload
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_json(v)))
+                    .collect();
+                let id = match payload.remove(ID_KEY) {
+                    Some(Value::String(s)) => s,
+                    _ => format!("{:?}", p.id),
+                };
+                let text = match payload.remove(TEXT_KEY) {
+                    Some(Value::String(s)) => s,
+                    _ => String::new(),
+                };
+                Hit {
+                    id,
+                    score: p.score,
+                    text,
+                    payload,
+                }
+            })
+            .collect())
+    }
+
+    fn optimize(&self, name: &str) -> Result<()> {
+        // The server runs its own optimizers; there is nothing to start from here.
+        self.spec(name).map(|_| ())
+    }
+
+    fn ids(&self, name: &str) -> Result<Vec<String>> {
+        self.spec(name)?;
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(name)
+                .limit(1024)
+                .with_payload(true);
+            if let Some(o) = offset.take() {
+                request = request.offset(o);
+            }
+            let page = self.block_on(self.client.scroll(request)).map_err(remote)?;
+            for p in page.result {
+                match p.payload.get(ID_KEY).map(to_json) {
+                    Some(Value::String(id)) => out.push(id),
+                    _ => return Err(remote(format!("point {:?} has no id", p.id))),
+                }
+            }
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Qdrant's REST filter JSON (what the embedded store takes) in its gRPC form: `must`,
+/// `should`, `must_not` (nested freely), and conditions `match` (`value`, `any`, `except`,
+/// `text`), `range`, `is_empty`, `is_null`.
+pub fn filter_from_json(v: &Value) -> Result<Filter> {
+    let bad = |m: String| StoreError::InvalidFilter(m);
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("a filter must be an object".into()))?;
+    let mut filter = Filter::default();
+    for (key, value) in o {
+        let conditions = match value {
+            Value::Array(items) => items
+                .iter()
+                .map(condition_from_json)
+                .collect::<Result<_>>()?,
+            Value::Object(_) => vec![condition_from_json(value)?],
+            _ => return Err(bad(format!("{key} must be a condition or a list of them"))),
+        };
+        match key.as_str() {
+            "must" => filter.must = conditions,
+            "should" => filter.should = conditions,
+            "must_not" => filter.must_not = conditions,
+            other => return Err(bad(format!("unsupported filter clause {other:?}"))),
+        }
+    }
+    Ok(filter)
+}
+
+fn condition_from_json(v: &Value) -> Result<Condition> {
+    let bad = |m: String| StoreError::InvalidFilter(m);
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("a condition must be an object".into()))?;
+    if ["must", "should", "must_not"]
+        .iter()
+        .any(|k| o.contains_key(*k))
+    {
+        return Ok(Condition {
+            condition_one_of: Some(ConditionOneOf::Filter(filter_from_json(v)?)),
+        });
+    }
+    let field = |k: &str| -> Result<String> {
+        o.get(k)
+            .and_then(|x| x.get("key").or(Some(x)))
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| bad(format!("{k} needs a key")))
+    };
+    if o.contains_key("is_empty") {
+        return Ok(Condition::is_empty(field("is_empty")?));
+    }
+    if o.contains_key("is_null") {
+        return Ok(Condition::is_null(field("is_null")?));
+    }
+    let key = o
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("a field condition needs \"key\": {v}")))?;
+    if let Some(m) = o.get("match") {
+        let strings = |x: &Value| -> Option<Vec<String>> {
+            x.as_array()?
+                .iter()
+                .map(|s| s.as_str().map(String::from))
+                .collect()
+        };
+        let ints =
+            |x: &Value| -> Option<Vec<i64>> { x.as_array()?.iter().map(Value::as_i64).collect() };
+        let value = if let Some(x) = m.get("value") {
+            match x {
+                Value::String(s) => MatchValue::Keyword(s.clone()),
+                Value::Bool(b) => MatchValue::Boolean(*b),
+                Value::Number(n) if n.is_i64() => MatchValue::Integer(n.as_i64().unwrap_or(0)),
+                _ => {
+                    return Err(bad(format!(
+                        "match.value must be a string, integer or bool: {x}"
+                    )))
+                }
+            }
+        } else if let Some(x) = m.get("any") {
+            match (strings(x), ints(x)) {
+                (Some(s), _) => MatchValue::Keywords(s.into()),
+                (_, Some(i)) => MatchValue::Integers(i.into()),
+                _ => return Err(bad("match.any must list strings or integers".into())),
+            }
+        } else if let Some(x) = m.get("except") {
+            match (strings(x), ints(x)) {
+                (Some(s), _) => MatchValue::ExceptKeywords(s.into()),
+                (_, Some(i)) => MatchValue::ExceptIntegers(i.into()),
+                _ => return Err(bad("match.except must list strings or integers".into())),
+            }
+        } else if let Some(Value::String(t)) = m.get("text") {
+            MatchValue::Text(t.clone())
+        } else {
+            return Err(bad(format!("unsupported match {m}")));
+        };
+        return Ok(Condition::matches(key, value));
+    }
+    if let Some(r) = o.get("range") {
+        let num = |k: &str| r.get(k).and_then(Value::as_f64);
+        return Ok(Condition::range(
+            key,
+            Range {
+                lt: num("lt"),
+                gt: num("gt"),
+                gte: num("gte"),
+                lte: num("lte"),
+            },
+        ));
+    }
+    Err(bad(format!("unsupported condition {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rest_filters_convert_to_grpc() {
+        let f = filter_from_json(&json!({
+            "must": [{"key": "lang", "match": {"value": "en"}},
+                     {"key": "year", "range": {"gte": 2020}}],
+            "must_not": {"key": "tag", "match": {"any": ["draft", "spam"]}},
+            "should": [{"should": [{"is_empty": {"key": "x"}}]}]
+        }))
+        .unwrap();
+        assert_eq!(f.must.len(), 2);
+        assert_eq!(f.must[0], Condition::matches("lang", "en".to_string()));
+        assert_eq!(
+            f.must[1],
+            Condition::range(
+                "year",
+                Range {
+                    gte: Some(2020.0),
+                    ..Range::default()
+                }
+            )
+        );
+        assert_eq!(
+            f.must_not[0],
+            Condition::matches("tag", vec!["draft".to_string(), "spam".to_string()])
+        );
+        assert!(matches!(
+            f.should[0].condition_one_of,
+            Some(ConditionOneOf::Filter(_))
+        ));
+        for bad in [
+            json!([]),
+            json!({"must": 1}),
+            json!({"maybe": []}),
+            json!({"must": [{"key": "a", "geo": {}}]}),
+            json!({"must": [{"match": {"value": 1}}]}),
+        ] {
+            assert!(filter_from_json(&bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! One suite for every store behind `VectorStore`: the embedded qdrant-edge store always, and
+//! a Qdrant server when `QDRANT_URL` (its gRPC address, e.g. http://localhost:6334) is set.
+
+use std::collections::HashSet;
+
+use mrl_service::store::{
+    CollectionSpec, Distance, EdgeStore, RemoteStore, StoreError, StoredDocument, VectorQuery,
+    VectorStore,
+};
+use serde_json::{json, Map, Value};
+
+/// A unit vector pointing mostly along axis `i % 8`, so the nearest document is known.
+fn vector(i: usize, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim)
+        .map(|j| ((i * 7 + j * 3) % 11) as f32 * 0.01)
+        .collect();
+    v[i % 8] += 1.0;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn doc(i: usize) -> StoredDocument {
+    let payload: Map<String, Value> = json!({"group": if i % 2 == 0 { "even" } else { "odd" },
+                                             "n": i})
+    .as_object()
+    .unwrap()
+    .clone();
+    StoredDocument {
+        id: format!("doc-{i}"),
+        text: format!("text {i}"),
+        payload,
+        vectors: vec![(8, vector(i, 8)[..8].to_vec()), (16, vector(i, 16))],
+    }
+}
+
+fn spec() -> CollectionSpec {
+    CollectionSpec {
+        dims: vec![8, 16],
+        profile: "full".into(),
+        model: "test-model".into(),
+        distance: Distance::Cosine,
+    }
+}
+
+fn query(i: usize, dim: usize, limit: usize) -> VectorQuery {
+    VectorQuery::nested(&vector(i, 16), dim, limit, None).unwrap()
+}
+
+/// The behaviour the service relies on, whatever the store.
+fn exercise(store: &dyn VectorStore, name: &str) {
+    let _ = store.delete(name);
+    assert!(matches!(
+        store.info(name),
+        Err(StoreError::NoSuchCollection(_))
+    ));
+    assert!(store.create(name, &spec()).unwrap());
+    assert!(!store.create(name, &spec()).unwrap(), "same spec: no-op");
+    let other = CollectionSpec {
+        dims: vec![8],
+        ..spec()
+    };
+    assert!(matches!(
+        store.create(name, &other),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.create("bad name", &spec()),
+        Err(StoreError::BadName(_))
+    ));
+
+    store.upsert(name, (0..40).map(doc).collect()).unwrap();
+    // Upserting the same ids again replaces, never duplicates.
+    store.upsert(name, (0..10).map(doc).collect()).unwrap();
+    let info = store.info(name).unwrap();
+    assert_eq!((info.count, info.spec), (40, spec()));
+    assert!(store.list().unwrap().iter().any(|c| c.name == name));
+
+    let hits = store.search(name, &query(3, 16, 5)).unwrap();
+    assert_eq!(hits.len(), 5);
+    assert_eq!(hits[0].id, "doc-3");
+    assert_eq!(hits[0].text, "text 3");
+    assert_eq!(hits[0].payload["group"], "odd");
+    assert!(
+        !hits[0].payload.contains_key("_id"),
+        "the store's own keys stay inside"
+    );
+    for h in hits.windows(2) {
+        assert!(h[0].score >= h[1].score);
+    }
+    // A funnel and an exact search agree with the direct search on the top hit.
+    let funnel = VectorQuery::nested(&vector(3, 16), 16, 5, Some((8, 20))).unwrap();
+    assert_eq!(store.search(name, &funnel).unwrap()[0].id, "doc-3");
+    let mut exact = query(3, 16, 5);
+    exact.exact = true;
+    assert_eq!(store.search(name, &exact).unwrap()[0].id, "doc-3");
+
+    let mut filtered = query(3, 8, 40);
+    filtered.filter = Some(
+        json!({"must": [{"key": "group", "match": {"value": "even"}}],
+                                  "must_not": [{"key": "n", "range": {"gte": 30}}]}),
+    );
+    let hits = store.search(name, &filtered).unwrap();
+    assert_eq!(hits.len(), 15);
+    assert!(hits.iter().all(|h| h.payload["group"] == "even"));
+    let mut bad = query(3, 8, 5);
+    bad.filter = Some(json!({"must": 1}));
+    assert!(store.search(name, &bad).is_err());
+
+    store
+        .delete_documents(name, &["doc-0".into(), "doc-1".into(), "absent".into()])
+        .unwrap();
+    let ids: HashSet<String> = store.ids(name).unwrap().into_iter().collect();
+    assert_eq!(ids.len(), 38);
+    assert!(!ids.contains("doc-0") && ids.contains("doc-39"));
+    store.optimize(name).unwrap();
+    assert_eq!(store.info(name).unwrap().count, 38);
+
+    store.delete(name).unwrap();
+    assert!(matches!(
+        store.delete(name),
+        Err(StoreError::NoSuchCollection(_))
+    ));
+    assert!(matches!(
+        store.search(name, &query(0, 8, 1)),
+        Err(StoreError::NoSuchCollection(_))
+    ));
+}
+
+#[test]
+fn embedded_store() {
+    let dir = std::env::temp_dir().join(format!("mrl-store-suite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let store = EdgeStore::open(&dir).unwrap();
+        exercise(&store, "suite");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn remote_store_when_qdrant_url_is_set() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        eprintln!("skipped: set QDRANT_URL (gRPC, e.g. http://localhost:6334) to run the store suite against a Qdrant server");
+        return;
+    };
+    let store = RemoteStore::connect(&url, std::env::var("QDRANT_API_KEY").ok())
+        .unwrap_or_else(|e| panic!("QDRANT_URL={url}: {e}"));
+    exercise(&store, &format!("mrl-suite-{}", std::process::id()));
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    // Port 9 (discard) on loopback: nothing listens there.
+    let err = RemoteStore::connect("http://127.0.0.1:9", None)
+        .err()
+        .expect("no server answers on port 9");
+    assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+}

@@ -1,0 +1,604 @@
+//! `mrl bench retrieval`: indexes a BEIR corpus into the embedded Qdrant store once per
+//! (model, profile), runs every query of a split at every stored size (and through funnels),
+//! and reports NDCG@10 / Recall@100 / MRR@10 with query latency and indexing speed as JSON,
+//! a Markdown table and an SVG plot.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mrl::Embedder;
+use mrl_service::indexer::{self, IndexOptions};
+use mrl_service::store::{EdgeStore, VectorQuery, VectorStore};
+use mrl_trainer::data::BeirDataset;
+use mrl_trainer::eval::{evaluate, Metrics};
+use serde::Serialize;
+
+use crate::{bar, profile_list, ModelArg};
+
+#[derive(Args)]
+pub struct BenchRetrievalArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// A BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
+    #[arg(long, default_value = "../shared/data/scifact")]
+    dataset: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Profiles separated by ';': names, specs, or "all" for every profile of the model.
+    #[arg(long, default_value = "all")]
+    profiles: String,
+    /// Output sizes (default: the model's nested dims that fit each profile).
+    #[arg(long, value_delimiter = ',')]
+    dims: Vec<usize>,
+    /// Also search through a funnel: prefetch K candidates at DIM, rescore at each larger
+    /// size. Repeatable.
+    #[arg(long, value_name = "DIM:K")]
+    funnel: Vec<String>,
+    /// A model evaluated alongside with its full profile, truncated to the same sizes (the
+    /// dashed line of the plot); usually the original checkpoint.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Also run each profile's naive counterpart (its first k layers and first widths) on
+    /// this model, usually the original checkpoint.
+    #[arg(long)]
+    naive_model: Option<PathBuf>,
+    /// Brute-force search instead of Qdrant's HNSW index.
+    #[arg(long)]
+    exact: bool,
+    /// Where the benchmark's collections live (default: $MRL_CACHE_DIR/bench-index, else
+    /// ~/.cache/mrl/bench-index); an index built before is reused.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Folder that receives retrieval.json, retrieval.md and retrieval.svg.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+/// One row of the report: a (model, profile, dim[, funnel]) evaluation.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    /// `profile`, `baseline` or `naive`.
+    kind: &'static str,
+    model: String,
+    dataset: String,
+    split: String,
+    profile: String,
+    profile_spec: String,
+    relative_flops: f64,
+    dim: usize,
+    /// `DIM:K` when the search went through a funnel.
+    funnel: Option<String>,
+    search: &'static str,
+    #[serde(flatten)]
+    metrics: Metrics,
+    search_p50_ms: f64,
+    search_p99_ms: f64,
+    /// Embedding one query alone (batch of one), per profile.
+    embed_p50_ms: f64,
+    embed_p99_ms: f64,
+    index_docs_per_s: f64,
+    index_reused: bool,
+}
+
+/// What to evaluate: a model under a profile, at some sizes.
+struct Run<'a> {
+    kind: &'static str,
+    embedder: &'a Embedder,
+    profile: String,
+    dims: Vec<usize>,
+}
+
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("MRL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mrl")))
+        .unwrap_or_else(|| PathBuf::from(".mrl-cache"))
+}
+
+fn parse_funnels(specs: &[String]) -> Result<Vec<(usize, usize)>> {
+    specs
+        .iter()
+        .map(|s| {
+            let (d, k) = s
+                .split_once(':')
+                .with_context(|| format!("--funnel {s:?}: expected DIM:K, e.g. 64:100"))?;
+            let d: usize = d
+                .trim()
+                .parse()
+                .with_context(|| format!("--funnel {s:?}"))?;
+            let k: usize = k
+                .trim()
+                .parse()
+                .with_context(|| format!("--funnel {s:?}"))?;
+            if d == 0 || k == 0 {
+                bail!("--funnel {s:?}: DIM and K must be positive");
+            }
+            Ok((d, k))
+        })
+        .collect()
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ms[i.min(sorted_ms.len() - 1)]
+}
+
+fn p50_p99(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+}
+
+fn model_name(e: &Embedder) -> String {
+    e.dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| e.dir().display().to_string())
+}
+
+/// A collection name that changes whenever what it holds would: weights, profile, sizes,
+/// token limit, corpus file.
+fn collection_name(
+    weights_sha: &str,
+    profile: &mrl::Profile,
+    dims: &[usize],
+    max_len: usize,
+    corpus: &Path,
+    dataset: &str,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(weights_sha.as_bytes());
+    h.update(profile.to_string().as_bytes());
+    h.update(format!("{dims:?} {max_len}").as_bytes());
+    h.update(corpus.to_string_lossy().as_bytes());
+    let tag: String = dataset
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    format!("{tag}-{:.16x}", h.finalize())
+        .chars()
+        .take(64)
+        .collect()
+}
+
+pub fn run(args: BenchRetrievalArgs) -> Result<()> {
+    let embedder = crate::load(&args.model)?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|d| mrl::load_model(Some(d)).context("loading --baseline"))
+        .transpose()?;
+    let naive = args
+        .naive_model
+        .as_deref()
+        .map(|d| mrl::load_model(Some(d)).context("loading --naive-model"))
+        .transpose()?;
+    let funnels = parse_funnels(&args.funnel)?;
+    let data = BeirDataset::load(&args.dataset, &args.split)
+        .with_context(|| format!("loading {}", args.dataset.display()))?;
+    let corpus_path = std::fs::canonicalize(args.dataset.join("corpus.jsonl"))?;
+    let dataset_name = std::fs::canonicalize(&args.dataset)?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    eprintln!(
+        "{}: {} documents, {} {} queries",
+        args.dataset.display(),
+        data.corpus.len(),
+        data.queries.len(),
+        args.split
+    );
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir().join("bench-index"));
+    let store = EdgeStore::open(&data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+
+    let mut runs: Vec<Run> = Vec::new();
+    let mut all_dims: Vec<usize> = Vec::new();
+    for name in profile_list(&embedder, &args.profiles) {
+        let profile = embedder.profile(Some(&name))?;
+        let dims: Vec<usize> = if args.dims.is_empty() {
+            let mut d: Vec<usize> = embedder
+                .nested_dims()
+                .into_iter()
+                .filter(|&d| d <= profile.hidden)
+                .collect();
+            if !d.contains(&profile.hidden) {
+                d.push(profile.hidden);
+            }
+            d
+        } else {
+            args.dims.clone()
+        };
+        all_dims.extend(&dims);
+        let naive_spec = format!(
+            "layers={},heads={},ffn={},hidden={}",
+            profile.layers.len(),
+            profile.heads,
+            profile.ffn,
+            profile.hidden
+        );
+        runs.push(Run {
+            kind: "profile",
+            embedder: &embedder,
+            profile: name,
+            dims: dims.clone(),
+        });
+        if let Some(n) = &naive {
+            runs.push(Run {
+                kind: "naive",
+                embedder: n,
+                profile: naive_spec,
+                dims,
+            });
+        }
+    }
+    all_dims.sort_unstable();
+    all_dims.dedup();
+    if let Some(b) = &baseline {
+        let dims = all_dims
+            .iter()
+            .copied()
+            .filter(|&d| d <= b.max_dim())
+            .collect();
+        runs.push(Run {
+            kind: "baseline",
+            embedder: b,
+            profile: "full".into(),
+            dims,
+        });
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut shas: HashMap<PathBuf, String> = HashMap::new();
+    for run in &runs {
+        rows.extend(evaluate_run(
+            run,
+            &data,
+            &store,
+            &data_dir,
+            (&corpus_path, &dataset_name),
+            &funnels,
+            args.exact,
+            &mut shas,
+        )?);
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let json = args.out.join("retrieval.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&rows)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let table = markdown(&rows);
+    std::fs::write(args.out.join("retrieval.md"), &table)?;
+    std::fs::write(
+        args.out.join("retrieval.svg"),
+        plot(&rows, &format!("{dataset_name} {}", args.split)),
+    )?;
+    print!("{table}");
+    eprintln!("wrote {}/retrieval.{{json,md,svg}}", args.out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_run(
+    run: &Run,
+    data: &BeirDataset,
+    store: &EdgeStore,
+    data_dir: &Path,
+    (corpus_path, dataset_name): (&Path, &str),
+    funnels: &[(usize, usize)],
+    exact: bool,
+    shas: &mut HashMap<PathBuf, String>,
+) -> Result<Vec<Row>> {
+    let e = run.embedder;
+    let profile = e.profile(Some(&run.profile))?;
+    // The collection stores the evaluated sizes and every funnel's prefetch size.
+    let mut stored: Vec<usize> = run.dims.clone();
+    stored.extend(funnels.iter().map(|f| f.0).filter(|&d| d <= profile.hidden));
+    stored.sort_unstable();
+    stored.dedup();
+    let sha = match shas.get(e.dir()) {
+        Some(s) => s.clone(),
+        None => {
+            let s = mrl_encoder::fetch::sha256_file(&e.dir().join("model.safetensors"))?;
+            shas.insert(e.dir().to_path_buf(), s.clone());
+            s
+        }
+    };
+    let name = collection_name(
+        &sha,
+        &profile,
+        &stored,
+        e.tokenizer().max_len(),
+        corpus_path,
+        dataset_name,
+    );
+    let label = format!("{} {}", model_name(e), run.profile);
+    let opts = IndexOptions::new(data_dir.join("jobs"))
+        .dims(Some(stored.clone()))
+        .profile(Some(run.profile.clone()));
+    let summary = indexer::index_file(e, store, &name, corpus_path, &opts, &bar(&label, 0))
+        .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
+    if summary.count != data.corpus.len() {
+        bail!(
+            "collection {name} holds {} documents, the corpus {}; delete {} to rebuild",
+            summary.count,
+            data.corpus.len(),
+            data_dir.display()
+        );
+    }
+    let reused = summary.indexed_now == 0;
+    eprintln!(
+        "{label}: {} documents {} ({:.1} docs/s)",
+        summary.count,
+        if reused { "reused" } else { "indexed" },
+        summary.docs_per_s
+    );
+
+    // Queries are embedded one at a time, as a search service sees them.
+    let mut vectors = Vec::with_capacity(data.queries.len());
+    let mut embed_ms = Vec::with_capacity(data.queries.len());
+    for q in &data.queries {
+        let t = Instant::now();
+        let tokens = e.tokenizer().encode(&[q.text.as_str()])?;
+        let mut v = e.embed_tokens(&tokens, &profile, 1)?;
+        embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
+    }
+    let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
+
+    let mut plan: Vec<(usize, Option<(usize, usize)>)> =
+        run.dims.iter().map(|&d| (d, None)).collect();
+    for &(fd, k) in funnels {
+        for &d in run.dims.iter().filter(|&&d| d > fd && fd <= profile.hidden) {
+            plan.push((d, Some((fd, k))));
+        }
+    }
+    let cost = profile.relative_cost(e.config(), mrl_encoder::config::COST_SEQ_LEN);
+    let mut rows = Vec::new();
+    for (dim, funnel) in plan {
+        let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
+        let mut search_ms = Vec::with_capacity(vectors.len());
+        for (q, v) in data.queries.iter().zip(&vectors) {
+            let mut query = VectorQuery::nested(v, dim, 100, funnel)?;
+            query.exact = exact;
+            let t = Instant::now();
+            let hits = store.search(&name, &query)?;
+            search_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            results.insert(
+                q.id.clone(),
+                hits.into_iter().map(|h| (h.id, h.score)).collect(),
+            );
+        }
+        let (search_p50_ms, search_p99_ms) = p50_p99(search_ms);
+        rows.push(Row {
+            kind: run.kind,
+            model: model_name(e),
+            dataset: dataset_name.to_string(),
+            split: data.split.clone(),
+            profile: run.profile.clone(),
+            profile_spec: profile.to_string(),
+            relative_flops: cost,
+            dim,
+            funnel: funnel.map(|(d, k)| format!("{d}:{k}")),
+            search: if exact { "exact" } else { "hnsw" },
+            metrics: evaluate(&results, &data.qrels),
+            search_p50_ms,
+            search_p99_ms,
+            embed_p50_ms,
+            embed_p99_ms,
+            index_docs_per_s: summary.docs_per_s,
+            index_reused: reused,
+        });
+    }
+    Ok(rows)
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "| model | profile | rel. FLOPs | dim | funnel | NDCG@10 | Recall@100 | MRR@10 | \
+         search p50 / p99 ms | embed p50 / p99 ms | index docs/s |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {}{} | {} | {:.3} | {} | {} | {:.4} | {:.4} | {:.4} | {:.2} / {:.2} | {:.1} / {:.1} | {:.1} |",
+            r.model,
+            match r.kind {
+                "profile" => "",
+                "baseline" => " (baseline)",
+                _ => " (naive)",
+            },
+            r.profile,
+            r.relative_flops,
+            r.dim,
+            r.funnel.as_deref().unwrap_or("-"),
+            r.metrics.ndcg_at_10,
+            r.metrics.recall_at_100,
+            r.metrics.mrr_at_10,
+            r.search_p50_ms,
+            r.search_p99_ms,
+            r.embed_p50_ms,
+            r.embed_p99_ms,
+            r.index_docs_per_s,
+        );
+    }
+    s
+}
+
+/// NDCG@10 against dim (log scale), one line per profile, the baseline dashed; direct
+/// searches only (funnels and naive cuts are in the table).
+fn plot(rows: &[Row], title: &str) -> String {
+    const COLORS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    let (w, h) = (800.0, 440.0);
+    let (left, right, top, bottom) = (70.0, 250.0, 40.0, 50.0);
+    let mut series: Vec<(String, bool, Vec<(usize, f64)>)> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.funnel.is_none() && r.kind != "naive")
+    {
+        let label = if r.kind == "baseline" {
+            format!("baseline: {}", r.model)
+        } else {
+            r.profile.clone()
+        };
+        match series.iter_mut().find(|s| s.0 == label) {
+            Some(s) => s.2.push((r.dim, r.metrics.ndcg_at_10)),
+            None => series.push((
+                label,
+                r.kind == "baseline",
+                vec![(r.dim, r.metrics.ndcg_at_10)],
+            )),
+        }
+    }
+    let dims: Vec<usize> = {
+        let mut d: Vec<usize> = series
+            .iter()
+            .flat_map(|s| s.2.iter().map(|p| p.0))
+            .collect();
+        d.sort_unstable();
+        d.dedup();
+        d
+    };
+    let (dmin, dmax) = (
+        *dims.first().unwrap_or(&1) as f64,
+        *dims.last().unwrap_or(&2) as f64,
+    );
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let ymax = ((ymax * 10.0).ceil() / 10.0).max(0.1);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let x = |d: f64| {
+        if dmax > dmin {
+            left + (d.ln() - dmin.ln()) / (dmax.ln() - dmin.ln()) * pw
+        } else {
+            left + pw / 2.0
+        }
+    };
+    let y = |v: f64| top + ph - v / ymax * ph;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">NDCG@10 vs dim — {}</text>\n",
+        left + pw / 2.0,
+        escape(title)
+    );
+    // Grid and axes.
+    // Ticks every 0.1: NDCG lives in [0, 1].
+    let ticks = (ymax * 10.0).round() as usize;
+    for i in 0..=ticks {
+        let v = i as f64 / 10.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            y(v),
+            left + pw,
+            left - 6.0,
+            y(v) + 4.0
+        );
+    }
+    for &d in &dims {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/>\
+             <text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{d}</text>",
+            x(d as f64),
+            top + ph,
+            top + ph + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">dim (log scale)</text>\n\
+         <text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">NDCG@10</text>",
+        left + pw / 2.0,
+        h - 12.0,
+        top + ph / 2.0
+    );
+    for (i, (label, dashed, points)) in series.iter().enumerate() {
+        let color = if *dashed {
+            "#555"
+        } else {
+            COLORS[i % COLORS.len()]
+        };
+        let dash = if *dashed {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        let mut pts = points.clone();
+        pts.sort_by_key(|p| p.0);
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(d, v)| format!("{:.1},{:.1}", x(d as f64), y(v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash}/>",
+            path.join(" ")
+        );
+        for &(d, v) in &pts {
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                x(d as f64),
+                y(v)
+            );
+        }
+        let ly = top + 10.0 + 20.0 * i as f64;
+        let lx = left + pw + 14.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{color}\" \
+             stroke-width=\"2\"{dash}/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0,
+            escape(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_funnel_specs() {
+        let (p50, p99) = p50_p99((1..=100).map(f64::from).collect());
+        assert_eq!((p50, p99), (51.0, 99.0));
+        assert_eq!(p50_p99(vec![]), (0.0, 0.0));
+        assert_eq!(parse_funnels(&["64:100".into()]).unwrap(), [(64, 100)]);
+        assert!(parse_funnels(&["64".into()]).is_err());
+        assert!(parse_funnels(&["0:10".into()]).is_err());
+    }
+}

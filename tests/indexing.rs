@@ -1,0 +1,249 @@
+//! The batch indexing job (`mrl index`) and the library's `Index`: a kill -9 mid-run and a
+//! rerun end with exactly the corpus's documents, malformed lines are reported by number
+//! (or stop the job with --strict), and the library indexes and searches without a server.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mrl::{Document, Index, SearchOptions};
+use mrl_service::store::{EdgeStore, VectorStore};
+use serde_json::{json, Value};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mrl-indexing-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The first `n` SciFact documents as BEIR lines, shortened so the test stays quick.
+fn scifact_lines(n: usize) -> Vec<String> {
+    let path = common::shared().join("data/scifact/corpus.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path:?}: {e}"))
+        .lines()
+        .take(n)
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let text: String = v["text"].as_str().unwrap().chars().take(300).collect();
+            v["text"] = Value::String(text);
+            v.to_string()
+        })
+        .collect()
+}
+
+/// Writes the corpus with malformed lines at known places; returns the valid ids and the
+/// (1-based) numbers of the malformed lines.
+fn corpus_with_bad_lines(path: &Path, n: usize) -> (HashSet<String>, Vec<usize>) {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut ids = HashSet::new();
+    let mut bad = Vec::new();
+    for (i, line) in scifact_lines(n).into_iter().enumerate() {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        ids.insert(v["_id"].as_str().unwrap().to_string());
+        out.push(line.into_bytes());
+        match i {
+            5 => out.push(b"{\"_id\": \"broken\", \"text\": ".to_vec()),
+            70 => out.push(b"{\"_id\": \"no-text\", \"title\": \"t\"}".to_vec()),
+            150 => out.push(b"\xff\xfe not utf-8".to_vec()),
+            200 => out.push(Vec::new()), // a blank line is no document and no error
+            _ => continue,
+        }
+        if i != 200 {
+            bad.push(out.len());
+        }
+    }
+    let mut bytes = out.join(&b'\n');
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).unwrap();
+    (ids, bad)
+}
+
+fn index_cmd(data: &Path, input: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mrl"));
+    cmd.args(["index", "--collection", "docs", "--input"])
+        .arg(input)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env("MRL_MODEL", common::model_dir())
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn summary(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "mrl index failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
+}
+
+fn stored_ids(data: &Path) -> Vec<String> {
+    EdgeStore::open(data).unwrap().ids("docs").unwrap()
+}
+
+#[test]
+fn a_killed_job_resumes_to_exactly_the_corpus_with_bad_lines_reported() {
+    let dir = scratch("resume");
+    let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
+    let (ids, bad) = corpus_with_bad_lines(&input, 600);
+
+    let mut child = index_cmd(&data, &input, &["--batch", "16", "--dims", "64,384"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill once a few chunks are durable but well before the end.
+    let record = data.join("jobs").join("docs.index.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let killed_at = loop {
+        assert!(Instant::now() < deadline, "the job made no progress");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the job finished ({status}) before it could be killed");
+        }
+        let indexed = std::fs::read(&record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["indexed"].as_u64())
+            .unwrap_or(0);
+        if indexed >= 64 {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            break indexed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!((killed_at as usize) < ids.len());
+
+    let s = summary(
+        &index_cmd(&data, &input, &["--batch", "16"])
+            .output()
+            .unwrap(),
+    );
+    assert!(s["resumed_at_line"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["indexed"], ids.len(), "{s}");
+    assert_eq!(s["count"], ids.len(), "{s}");
+    assert_eq!(s["spec"]["dims"], json!([64, 384]));
+    let skipped: Vec<u64> = s["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(skipped, bad.iter().map(|&l| l as u64).collect::<Vec<_>>());
+    assert_eq!(s["skipped_count"], bad.len());
+    let reasons = s["skipped"].to_string();
+    for needle in ["malformed JSON", "\\\"text\\\"", "UTF-8"] {
+        assert!(reasons.contains(needle), "{needle}: {reasons}");
+    }
+
+    // No duplicates and nothing missing: the stored ids are exactly the corpus's.
+    let stored = stored_ids(&data);
+    assert_eq!(stored.len(), ids.len());
+    assert_eq!(stored.into_iter().collect::<HashSet<_>>(), ids);
+
+    // A finished job reruns as a no-op.
+    let again = summary(&index_cmd(&data, &input, &[]).output().unwrap());
+    assert_eq!(again["indexed_now"], 0);
+    assert_eq!(again["count"], ids.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn strict_stops_at_the_first_malformed_line_and_bad_options_fail_early() {
+    let dir = scratch("strict");
+    let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
+    let (_, bad) = corpus_with_bad_lines(&input, 20);
+    let out = index_cmd(&data, &input, &["--strict"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("line {}", bad[0])), "{err}");
+    assert!(err.contains("malformed JSON"), "{err}");
+
+    for (args, needle) in [
+        (vec!["--dims", "999"], "999"),
+        (vec!["--profile", "nope"], "nope"),
+    ] {
+        let out = index_cmd(&dir.join("other"), &input, &args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = index_cmd(&data, &dir.join("missing.jsonl"), &[])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_library_index_adds_searches_funnels_and_reopens() {
+    let dir = scratch("library");
+    let embedder = Arc::new(mrl::Embedder::load(common::model_dir()).unwrap());
+    let docs = [
+        (
+            "sun",
+            "Vitamin D is made in the skin when sunlight hits it.",
+        ),
+        ("db", "Qdrant stores vectors together with a JSON payload."),
+        ("cook", "Simmer the tomato sauce for twenty minutes."),
+    ];
+    {
+        let index = Index::open(&dir, "notes", embedder.clone()).unwrap();
+        assert_eq!(index.spec().dims, [384]);
+        let n = index
+            .add_documents(docs.iter().map(|(id, t)| Document::new(*id, *t)))
+            .unwrap();
+        assert_eq!(n, 3);
+        let hits = index
+            .search("how does sunlight give us vitamins", 384, 2)
+            .unwrap();
+        assert_eq!(hits[0].id, "sun");
+        assert_eq!(hits[0].text, docs[0].1);
+        assert!(index.search("x", 64, 2).is_err(), "64 is not stored");
+        assert!(index.search("  ", 384, 2).is_err());
+    }
+    // Two sizes, a funnel, a payload filter, and the data survive a reopen.
+    let index = mrl::IndexConfig::new(&dir, "nested")
+        .dims(vec![64, 384])
+        .open(embedder.clone())
+        .unwrap();
+    let tagged = docs.iter().enumerate().map(|(i, (id, t))| {
+        let payload = json!({"even": i % 2 == 0}).as_object().unwrap().clone();
+        Document::new(*id, *t).payload(payload)
+    });
+    index.add_documents(tagged).unwrap();
+    drop(index);
+    let index = Index::open(&dir, "nested", embedder).unwrap();
+    assert_eq!(index.count().unwrap(), 3);
+    let opts = SearchOptions::new(384, 1).funnel(64, 3);
+    assert_eq!(
+        index.search_with("vector database", &opts).unwrap()[0].id,
+        "db"
+    );
+    let opts = SearchOptions::new(384, 3)
+        .filter(json!({"must": [{"key": "even", "match": {"value": true}}]}));
+    let ids: HashSet<String> = index
+        .search_with("anything", &opts)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(ids, HashSet::from(["sun".to_string(), "cook".to_string()]));
+    index.delete(&["sun".to_string()]).unwrap();
+    assert_eq!(index.count().unwrap(), 2);
+    // Closed before its folder goes: closing flushes the shards.
+    drop(index);
+    let _ = std::fs::remove_dir_all(&dir);
+}
