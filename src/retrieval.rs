@@ -447,7 +447,9 @@ fn plot(rows: &[Row], title: &str) -> String {
     ];
     let (w, h) = (800.0, 440.0);
     let (left, right, top, bottom) = (70.0, 250.0, 40.0, 50.0);
-    let mut series: Vec<(String, bool, Vec<(usize, f64)>)> = Vec::new();
+    /// One line of the plot: label, dashed (the baseline), (dim, NDCG@10) points.
+    type Series = (String, bool, Vec<(usize, f64)>);
+    let mut series: Vec<Series> = Vec::new();
     for r in rows
         .iter()
         .filter(|r| r.funnel.is_none() && r.kind != "naive")

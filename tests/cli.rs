@@ -44,6 +44,8 @@ fn every_command_has_help() {
         vec!["bench", "encode", "--help"],
         vec!["bench", "retrieval", "--help"],
         vec!["calibrate", "--help"],
+        vec!["index", "--help"],
+        vec!["serve", "--help"],
     ] {
         let out = mrl(&args, None);
         assert!(out.status.success(), "{args:?}");
@@ -163,8 +165,9 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
     std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
     std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
     std::fs::write(dir.join("qrels").join("test.tsv"), qrels).unwrap();
-    let json = dir.join("rows.json");
-    let cache = dir.join("cache");
+    let out_dir = dir.join("out");
+    let json = out_dir.join("retrieval.json");
+    let index = dir.join("index");
     let args = [
         "bench",
         "retrieval",
@@ -174,13 +177,15 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
         "full;layers=2",
         "--dims",
         "64,384",
-        "--cache",
-        cache.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
+        "--funnel",
+        "64:6",
+        "--data-dir",
+        index.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
     ];
     for _ in 0..2 {
-        // The second run reads the cached vectors and must agree.
+        // The second run reuses the Qdrant indexes and must agree.
         let out = mrl(&args, None);
         assert!(
             out.status.success(),
@@ -188,15 +193,33 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
             String::from_utf8_lossy(&out.stderr)
         );
         let table = String::from_utf8_lossy(&out.stdout);
-        assert!(table.contains("| full | 1.000 | 384 | 1.0000 |"), "{table}");
+        assert!(
+            table.contains("| full | 1.000 | 384 | - | 1.0000 |"),
+            "{table}"
+        );
         let rows: Vec<serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!(rows.len(), 4);
+        // Per profile: 64, 384 and the 64 → 384 funnel.
+        assert_eq!(rows.len(), 6);
         assert_eq!(rows[0]["dim"], 64);
-        assert_eq!(rows[1]["metrics"]["ndcg_at_10"], 1.0);
-        assert_eq!(rows[1]["metrics"]["queries"], 6);
-        assert_eq!(rows[3]["profile"], "layers=2");
-        // One file per (profile, texts): here queries and documents are the same texts.
-        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+        assert_eq!(rows[1]["ndcg_at_10"], 1.0);
+        assert_eq!(rows[1]["queries"], 6);
+        assert_eq!(rows[1]["search"], "hnsw");
+        assert_eq!(rows[2]["funnel"], "64:6");
+        assert_eq!(rows[5]["profile"], "layers=2");
+        assert!(
+            rows[1]["search_p99_ms"].as_f64().unwrap()
+                >= rows[1]["search_p50_ms"].as_f64().unwrap()
+        );
+        let svg = std::fs::read_to_string(out_dir.join("retrieval.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("layers=2"), "{svg}");
+        assert!(std::fs::read_to_string(out_dir.join("retrieval.md"))
+            .unwrap()
+            .contains("| 64:6 |"));
     }
+    // One collection per (model, profile): both runs used the same two.
+    let collections = std::fs::read_dir(index.join("collections"))
+        .unwrap()
+        .count();
+    assert_eq!(collections, 2);
 }
