@@ -64,7 +64,7 @@ fn main() -> Result<()> {
             q["_id"].as_str().unwrap_or_default(),
             q["text"].as_str().unwrap_or_default(),
         );
-        println!("\nQ{id}: {text}");
+        println!("\nquery {id}: {text}");
         for (label, opts) in [
             (format!("{full} dims"), SearchOptions::new(full, 3)),
             ("64 dims".to_string(), SearchOptions::new(64, 3)),
