@@ -117,32 +117,15 @@ impl IndexConfig {
             Some((url, key)) => store::open(&self.data_dir, Some(&url), key)?,
             None => store::open(&self.data_dir, None, None)?,
         };
-        let spec = match store.info(&self.name) {
-            Ok(info) if self.dims.is_none() && self.profile.is_none() => info.spec,
-            Ok(_) | Err(StoreError::NoSuchCollection(_)) => {
-                let profile = self.profile.unwrap_or_else(|| "full".into());
-                let width = embedder.profile(Some(&profile))?.hidden;
-                let mut dims = self.dims.unwrap_or_else(|| {
-                    let d = embedder.nested_dims().into_iter();
-                    d.filter(|&d| d <= width).collect()
-                });
-                dims.sort_unstable();
-                dims.dedup();
-                for &d in &dims {
-                    mrl_encoder::head::check_dim(d, width)?;
-                }
-                let spec = CollectionSpec {
-                    dims,
-                    profile,
-                    model: model_name(&embedder),
-                    distance: mrl_service::store::Distance::Cosine,
-                };
-                // An existing collection with another spec is refused here, not overwritten.
-                store.create(&self.name, &spec)?;
-                spec
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let spec = indexer::resolve_spec(
+            &embedder,
+            store.as_ref(),
+            &self.name,
+            self.dims.as_deref(),
+            self.profile.as_deref(),
+        )?;
+        // An existing collection with another spec is refused here, not overwritten.
+        store.create(&self.name, &spec)?;
         let profile = embedder.profile(Some(&spec.profile))?;
         Ok(Index {
             embedder,
@@ -153,14 +136,6 @@ impl IndexConfig {
             profile,
         })
     }
-}
-
-fn model_name(embedder: &Embedder) -> String {
-    embedder
-        .dir()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into())
 }
 
 /// A searchable collection of documents embedded by one model and profile.

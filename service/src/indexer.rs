@@ -206,13 +206,15 @@ fn count_lines(path: &Path) -> Result<u64, IndexError> {
     Ok(n + u64::from(last != b'\n'))
 }
 
-/// The collection's spec for this job: the existing one, checked against what was asked, or
-/// a new one from the options and the model.
-fn resolve_spec(
+/// The spec a collection filled by `embedder` should have: what was asked (`dims`, `profile`),
+/// else the existing collection's, else the model's nested dims that fit the `full` profile.
+/// A collection of another model is refused; creating with the result refuses other specs.
+pub fn resolve_spec(
     embedder: &Embedder,
     store: &dyn VectorStore,
     collection: &str,
-    opts: &IndexOptions,
+    dims: Option<&[usize]>,
+    profile: Option<&str>,
 ) -> Result<CollectionSpec, IndexError> {
     let model = embedder
         .dir()
@@ -224,15 +226,14 @@ fn resolve_spec(
         Err(StoreError::NoSuchCollection(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let profile_name = opts
-        .profile
-        .clone()
+    let profile_name = profile
+        .map(String::from)
         .or_else(|| existing.as_ref().map(|s| s.profile.clone()))
         .unwrap_or_else(|| "full".into());
     let profile = embedder.profile(Some(&profile_name))?;
-    let dims = match (&opts.dims, &existing) {
+    let dims = match (dims, &existing) {
         (Some(d), _) => {
-            let mut d = d.clone();
+            let mut d = d.to_vec();
             d.sort_unstable();
             d.dedup();
             d
@@ -285,7 +286,13 @@ pub fn index_file(
     }
     let input_len = std::fs::metadata(input).map_err(io(input))?.len();
     let input_abs = std::fs::canonicalize(input).map_err(io(input))?;
-    let spec = resolve_spec(embedder, store, collection, opts)?;
+    let spec = resolve_spec(
+        embedder,
+        store,
+        collection,
+        opts.dims.as_deref(),
+        opts.profile.as_deref(),
+    )?;
     let created = store.create(collection, &spec)?;
     std::fs::create_dir_all(&opts.state_dir).map_err(io(&opts.state_dir))?;
     let record_path = opts.state_dir.join(format!("{collection}.index.json"));

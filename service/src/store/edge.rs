@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::{
     check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
+    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
 };
 
 const SPEC_FILE: &str = "collection.json";
@@ -259,10 +259,8 @@ impl VectorStore for EdgeStore {
         let n = docs.len();
         let points = docs
             .into_iter()
-            .map(|d| {
-                let mut payload = d.payload;
-                payload.insert(ID_KEY.into(), Value::String(d.id.clone()));
-                payload.insert(TEXT_KEY.into(), Value::String(d.text));
+            .map(|mut d| {
+                let payload = d.full_payload();
                 let vectors =
                     Vectors::new_named(d.vectors.into_iter().map(|(dim, v)| (vector_name(dim), v)));
                 PointStruct::new(point_id(&d.id), vectors, Value::Object(payload)).into()
@@ -320,24 +318,11 @@ impl VectorStore for EdgeStore {
         Ok(points
             .into_iter()
             .map(|p| {
-                let mut payload: Map<String, Value> = p
+                let payload: Map<String, Value> = p
                     .payload
                     .map(|pl| pl.0.into_iter().collect())
                     .unwrap_or_default();
-                let id = match payload.remove(ID_KEY) {
-                    Some(Value::String(s)) => s,
-                    _ => format!("{:?}", p.id),
-                };
-                let text = match payload.remove(TEXT_KEY) {
-                    Some(Value::String(s)) => s,
-                    _ => String::new(),
-                };
-                Hit {
-                    id,
-                    score: p.score,
-                    text,
-                    payload,
-                }
+                Hit::from_payload(payload, p.score, p.id)
             })
             .collect())
     }

@@ -27,6 +27,43 @@ pub fn open(
     })
 }
 
+impl StoredDocument {
+    /// The point's payload: the caller's payload plus the id and text under the store's keys.
+    pub(crate) fn full_payload(&mut self) -> Map<String, Value> {
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.insert(ID_KEY.into(), Value::String(self.id.clone()));
+        payload.insert(
+            TEXT_KEY.into(),
+            Value::String(std::mem::take(&mut self.text)),
+        );
+        payload
+    }
+}
+
+impl Hit {
+    /// A hit from a point's full payload; `point` names it if the id key is missing.
+    pub(crate) fn from_payload(
+        mut payload: Map<String, Value>,
+        score: f32,
+        point: impl std::fmt::Debug,
+    ) -> Self {
+        let id = match payload.remove(ID_KEY) {
+            Some(Value::String(s)) => s,
+            _ => format!("{point:?}"),
+        };
+        let text = match payload.remove(TEXT_KEY) {
+            Some(Value::String(s)) => s,
+            _ => String::new(),
+        };
+        Self {
+            id,
+            score,
+            text,
+            payload,
+        }
+    }
+}
+
 /// Payload keys the stores own: the caller's id and the text.
 pub(crate) const ID_KEY: &str = "_id";
 pub(crate) const TEXT_KEY: &str = "_text";

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use super::{
     check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
+    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
 };
 
 /// The metadata key that marks a collection as mrl's and holds its spec.
@@ -226,10 +226,8 @@ impl VectorStore for RemoteStore {
         self.spec(name)?;
         let points: Vec<PointStruct> = docs
             .into_iter()
-            .map(|d| {
-                let mut payload = d.payload;
-                payload.insert(ID_KEY.into(), Value::String(d.id.clone()));
-                payload.insert(TEXT_KEY.into(), Value::String(d.text));
+            .map(|mut d| {
+                let payload = d.full_payload();
                 let vectors: HashMap<String, Vec<f32>> = d
                     .vectors
                     .into_iter()
@@ -296,25 +294,12 @@ impl VectorStore for RemoteStore {
             .result
             .into_iter()
             .map(|p| {
-                let mut payload: Map<String, Value> = p
+                let payload: Map<String, Value> = p
                     .payload
                     .iter()
                     .map(|(k, v)| (k.clone(), to_json(v)))
                     .collect();
-                let id = match payload.remove(ID_KEY) {
-                    Some(Value::String(s)) => s,
-                    _ => format!("{:?}", p.id),
-                };
-                let text = match payload.remove(TEXT_KEY) {
-                    Some(Value::String(s)) => s,
-                    _ => String::new(),
-                };
-                Hit {
-                    id,
-                    score: p.score,
-                    text,
-                    payload,
-                }
+                Hit::from_payload(payload, p.score, p.id)
             })
             .collect())
     }
