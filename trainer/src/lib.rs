@@ -2,13 +2,18 @@
 //!
 //! The pipeline: calibration texts → activation statistics and layer-skip errors
 //! (`importance`) → a function-preserving permutation → zero-shot profiles per compute budget
-//! (`calibrate`) → retrieval metrics (`eval`). Elastic training grows here in the trainer issue.
+//! (`calibrate`) → retrieval metrics (`eval`). Elastic training's parts so far: differentiable
+//! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`) and the
+//! budget curriculum (`curriculum`); the training loop is still to come.
 
 pub mod calibrate;
+pub mod curriculum;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod importance;
+pub mod loss;
+pub mod router;
 
 pub use calibrate::{calibrate, CalibrateOptions};
 pub use error::{Result, TrainerError};
