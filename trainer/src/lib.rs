@@ -3,8 +3,9 @@
 //! The pipeline: calibration texts → activation statistics and layer-skip errors
 //! (`importance`) → a function-preserving permutation → zero-shot profiles per compute budget
 //! (`calibrate`) → retrieval metrics (`eval`). Elastic training's parts so far: differentiable
-//! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`) and the
-//! budget curriculum (`curriculum`); the training loop is still to come.
+//! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`), the
+//! budget curriculum (`curriculum`) and the trainable, gated encoder (`student`); the training
+//! loop is still to come.
 
 pub mod calibrate;
 pub mod curriculum;
@@ -14,6 +15,7 @@ pub mod eval;
 pub mod importance;
 pub mod loss;
 pub mod router;
+pub mod student;
 
 pub use calibrate::{calibrate, CalibrateOptions};
 pub use error::{Result, TrainerError};

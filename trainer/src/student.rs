@@ -1,0 +1,341 @@
+//! The trainable encoder: BERT written only with ops that have a backward pass (candle-nn's
+//! fused layer norm and softmax have none, so a model built on them gets no gradients), over
+//! padded batches, with elastic gates: a gate per layer (skip = identity) and masks over the
+//! importance-ranked heads and FFN neurons, so a router's straight-through choices reach the
+//! task loss. Inference keeps the fused, packed encoder in mrl-encoder.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
+use mrl_encoder::BertConfig;
+
+use crate::loss::softmax;
+
+/// Layer norm over the last axis from basic ops.
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// Elastic gates for one forward pass; `None` leaves an axis whole.
+#[derive(Default, Clone)]
+pub struct Gates {
+    /// Per layer, a scalar in [0, 1]: 0 skips the layer (its output is its input).
+    pub layers: Option<Vec<Tensor>>,
+    /// [heads]: multiplies each head's attention context.
+    pub heads: Option<Tensor>,
+    /// [intermediate]: multiplies each FFN neuron's activation.
+    pub ffn: Option<Tensor>,
+}
+
+/// A prefix mask of `len` with the first `keep` entries 1.
+pub fn prefix_mask(keep: usize, len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..len).map(|i| if i < keep { 1.0 } else { 0.0 }).collect();
+    Tensor::from_vec(v, len, device)?.to_dtype(dtype)
+}
+
+/// Σ_k onehot[k] · prefix_mask(sizes[k]): the straight-through one-hot over allowed sizes
+/// turned into a mask whose gradient reaches the router.
+pub fn soft_prefix_mask(one_hot: &Tensor, sizes: &[usize], len: usize) -> Result<Tensor> {
+    let masks = sizes
+        .iter()
+        .map(|&k| prefix_mask(k, len, one_hot.dtype(), one_hot.device()))
+        .collect::<Result<Vec<_>>>()?;
+    let stacked = Tensor::stack(&masks, 0)?; // [K, len]
+    one_hot.unsqueeze(0)?.matmul(&stacked)?.squeeze(0)
+}
+
+pub struct StudentBert {
+    config: BertConfig,
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl StudentBert {
+    /// Builds the model in `varmap` from a checkpoint's tensors (HF BERT names), each one a
+    /// trainable variable of `dtype`.
+    pub fn from_tensors(
+        tensors: &HashMap<String, Tensor>,
+        cfg: &BertConfig,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .expect("the var map lock is poisoned; this is a bug");
+            for (name, t) in tensors {
+                let name = name.strip_prefix("bert.").unwrap_or(name);
+                data.insert(
+                    name.to_string(),
+                    Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?,
+                );
+            }
+        }
+        Self::load(VarBuilder::from_varmap(varmap, dtype, device), cfg)
+    }
+
+    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let e = vb.pp("embeddings");
+        let eps = cfg.layer_norm_eps;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let p = vb.pp(format!("encoder.layer.{l}"));
+                Ok(Layer {
+                    query: candle_nn::linear(h, h, p.pp("attention.self.query"))?,
+                    key: candle_nn::linear(h, h, p.pp("attention.self.key"))?,
+                    value: candle_nn::linear(h, h, p.pp("attention.self.value"))?,
+                    attn_out: candle_nn::linear(h, h, p.pp("attention.output.dense"))?,
+                    attn_norm: LayerNorm::load(p.pp("attention.output.LayerNorm"), h, eps)?,
+                    inter: candle_nn::linear(h, cfg.intermediate_size, p.pp("intermediate.dense"))?,
+                    out: candle_nn::linear(cfg.intermediate_size, h, p.pp("output.dense"))?,
+                    out_norm: LayerNorm::load(p.pp("output.LayerNorm"), h, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: cfg.clone(),
+            word: candle_nn::embedding(cfg.vocab_size, h, e.pp("word_embeddings"))?,
+            position: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                h,
+                e.pp("position_embeddings"),
+            )?,
+            token_type: candle_nn::embedding(
+                cfg.type_vocab_size,
+                h,
+                e.pp("token_type_embeddings"),
+            )?,
+            emb_norm: LayerNorm::load(e.pp("LayerNorm"), h, eps)?,
+            layers,
+        })
+    }
+
+    /// Right-pads token id lists into `[B, T]` ids and a `[B, T]` mask of `dtype`.
+    pub fn pad(seqs: &[Vec<u32>], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; seqs.len() * t];
+        let mut mask = vec![0f32; seqs.len() * t];
+        for (i, s) in seqs.iter().enumerate() {
+            ids[i * t..i * t + s.len()].copy_from_slice(s);
+            mask[i * t..i * t + s.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1.0);
+        }
+        Ok((
+            Tensor::from_vec(ids, (seqs.len(), t), device)?,
+            Tensor::from_vec(mask, (seqs.len(), t), device)?.to_dtype(dtype)?,
+        ))
+    }
+
+    /// Mean-pooled embeddings `[B, hidden]` of padded `ids` under `gates`.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, gates: &Gates) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t) = ids.dims2()?;
+        let (nh, h) = (cfg.num_attention_heads, cfg.hidden_size);
+        let dh = h / nh;
+        let positions = Tensor::arange(0u32, t as u32, ids.device())?.unsqueeze(0)?;
+        let mut x = self
+            .word
+            .forward(ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .broadcast_add(&self.token_type.forward(&ids.zeros_like()?)?)?;
+        x = self.emb_norm.forward(&x)?;
+        // Padding keys get a large negative score; built once per batch.
+        let bias = ((mask.ones_like()? - mask)? * -1e4)?.reshape((b, 1, 1, t))?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let split = |y: Tensor| -> Result<Tensor> {
+                y.reshape((b, t, nh, dh))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(layer.query.forward(&x)?)?;
+            let k = split(layer.key.forward(&x)?)?;
+            let v = split(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?.broadcast_add(&bias)?;
+            let mut ctx = softmax(&scores)?.matmul(&v)?; // [B, nh, T, dh]
+            if let Some(m) = &gates.heads {
+                ctx = ctx.broadcast_mul(&m.reshape((1, nh, 1, 1))?)?;
+            }
+            let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, t, h))?;
+            let a = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let mut f = layer.inter.forward(&a)?.gelu_erf()?;
+            if let Some(m) = &gates.ffn {
+                f = f.broadcast_mul(m)?;
+            }
+            let y = layer.out_norm.forward(&(layer.out.forward(&f)? + &a)?)?;
+            x = match gates.layers.as_ref().map(|g| &g[l]) {
+                // g = 1 keeps the layer, g = 0 makes it the identity.
+                Some(g) => (&x + (y - &x)?.broadcast_mul(g)?)?,
+                None => y,
+            };
+        }
+        let m = mask.unsqueeze(2)?;
+        let summed = x.broadcast_mul(&m)?.sum(1)?;
+        summed.broadcast_div(&m.sum(1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
+    use mrl_encoder::model::BertModel;
+    use mrl_encoder::Profile;
+
+    /// Ungated, the training forward computes what the inference encoder computes.
+    #[test]
+    fn matches_the_inference_encoder() {
+        let cfg = tiny_config();
+        let tensors = tiny_tensors(&cfg, 5);
+        let reference = BertModel::from_tensors(tensors.clone(), &cfg).unwrap();
+        let varmap = VarMap::new();
+        let student =
+            StudentBert::from_tensors(&tensors, &cfg, &varmap, DType::F32, &Device::Cpu).unwrap();
+        let seqs = tiny_seqs();
+        let (ids, mask) = StudentBert::pad(&seqs, DType::F32, &Device::Cpu).unwrap();
+        let got = student
+            .forward(&ids, &mask, &Gates::default())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let want = reference.forward(&rows, &Profile::full(&cfg)).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Gates at 0/1 compute the profile the inference encoder runs by slicing.
+    #[test]
+    fn hard_gates_equal_the_sliced_profile() {
+        let cfg = tiny_config();
+        let tensors = tiny_tensors(&cfg, 6);
+        let reference = BertModel::from_tensors(tensors.clone(), &cfg).unwrap();
+        let varmap = VarMap::new();
+        let dev = Device::Cpu;
+        let student = StudentBert::from_tensors(&tensors, &cfg, &varmap, DType::F32, &dev).unwrap();
+        let seqs = tiny_seqs();
+        let (ids, mask) = StudentBert::pad(&seqs, DType::F32, &dev).unwrap();
+        let gate = |on: bool| Tensor::new(if on { 1f32 } else { 0.0 }, &dev).unwrap();
+        let gates = Gates {
+            layers: Some(vec![gate(true), gate(false), gate(true), gate(true)]),
+            heads: Some(prefix_mask(2, 4, DType::F32, &dev).unwrap()),
+            ffn: Some(prefix_mask(16, 32, DType::F32, &dev).unwrap()),
+        };
+        let got = student
+            .forward(&ids, &mask, &gates)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let profile = Profile {
+            layers: vec![0, 2, 3],
+            heads: 2,
+            ffn: 16,
+            hidden: cfg.hidden_size,
+        };
+        let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let want = reference.forward(&rows, &profile).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Every trainable variable gets a non-zero gradient from an InfoNCE loss through the
+    /// gated forward, and so do the router logits behind a straight-through mask.
+    #[test]
+    fn every_variable_receives_a_gradient() {
+        let cfg = tiny_config();
+        let tensors = tiny_tensors(&cfg, 7);
+        let varmap = VarMap::new();
+        let dev = Device::Cpu;
+        let student = StudentBert::from_tensors(&tensors, &cfg, &varmap, DType::F32, &dev).unwrap();
+        let logits = Var::from_vec(vec![0.1f32, 0.3, -0.2], 3, &dev).unwrap();
+        let mut rng = crate::router::Rng::new(1);
+        let (_, st) =
+            crate::router::gumbel_softmax_st(logits.as_tensor(), 1.0, 1.0, &mut rng).unwrap();
+        let gates = Gates {
+            ffn: Some(soft_prefix_mask(&st, &[8, 16, 32], 32).unwrap()),
+            ..Gates::default()
+        };
+        let seqs = tiny_seqs();
+        let (q, d) = seqs.split_at(6);
+        let (qi, qm) = StudentBert::pad(q, DType::F32, &dev).unwrap();
+        let (di, dm) = StudentBert::pad(d, DType::F32, &dev).unwrap();
+        let qe = student.forward(&qi, &qm, &gates).unwrap();
+        let de = student.forward(&di, &dm, &gates).unwrap();
+        let loss = crate::loss::info_nce(&qe, &de, 0.05).unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = varmap.data().lock().unwrap();
+        // The position rows past the longest sequence and the unused token type are never
+        // looked up, so those tensors are checked for any non-zero entry.
+        assert_eq!(vars.len(), tensors.len());
+        for (name, var) in vars.iter() {
+            let g = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name} has no gradient"));
+            let norm = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "{name}: zero gradient");
+        }
+        let g = grads
+            .get(&logits)
+            .expect("the router logits get a gradient");
+        let norm = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0);
+    }
+}
