@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod importance;
 pub mod loss;
+pub mod optim;
 pub mod router;
 pub mod student;
 
