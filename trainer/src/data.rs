@@ -152,6 +152,152 @@ pub fn sample_texts(paths: &[PathBuf], limit: usize) -> Result<Vec<String>> {
     Ok(out.into_values().take(limit).collect())
 }
 
+/// A training example: a query, its positive, and optionally a hard negative.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub query: String,
+    pub positive: String,
+    pub negative: Option<String>,
+}
+
+/// (query, relevant document) pairs of a BEIR split: one per qrels line with grade > 0.
+/// Refuses SciFact's public test split, which is for evaluation only.
+pub fn beir_pairs(dir: &Path, split: &str) -> Result<Vec<Pair>> {
+    if split == "test" && dir.file_name().is_some_and(|n| n == "scifact") {
+        return Err(TrainerError::Invalid(
+            "SciFact's test split is the public benchmark: train on train, tune on dev".into(),
+        ));
+    }
+    let qrels = read_qrels(&dir.join("qrels").join(format!("{split}.tsv")))?;
+    let corpus: HashMap<String, String> = read_texts(&dir.join("corpus.jsonl"))?
+        .into_iter()
+        .map(|d| (d.id, d.text))
+        .collect();
+    let queries: HashMap<String, String> = read_texts(&dir.join("queries.jsonl"))?
+        .into_iter()
+        .map(|d| (d.id, d.text))
+        .collect();
+    // Sorted, so the pair list (and a seeded shuffle of it) is the same on every run.
+    let mut judged: Vec<(&String, &HashMap<String, i32>)> = qrels.iter().collect();
+    judged.sort_by(|a, b| a.0.cmp(b.0));
+    let mut pairs = Vec::new();
+    for (qid, rels) in judged {
+        let Some(query) = queries.get(qid) else {
+            continue;
+        };
+        let mut docs: Vec<(&String, &i32)> = rels.iter().filter(|(_, &g)| g > 0).collect();
+        docs.sort();
+        for (did, _) in docs {
+            if let Some(doc) = corpus.get(did) {
+                pairs.push(Pair {
+                    query: query.clone(),
+                    positive: doc.clone(),
+                    negative: None,
+                });
+            }
+        }
+    }
+    Ok(pairs)
+}
+
+/// STS-B pairs scored at least `min_score` (0–5) as positives. Lines split on TAB (the file
+/// is not quoted CSV); the score is column 5, the sentences columns 6 and 7.
+pub fn sts_pairs(path: &Path, min_score: f64) -> Result<Vec<Pair>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let cols: Vec<&str> = line.trim_end_matches('\r').split('\t').collect();
+        if cols.len() < 7 {
+            return Err(TrainerError::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: format!(
+                    "expected at least 7 tab-separated columns, got {}",
+                    cols.len()
+                ),
+            });
+        }
+        let score: f64 = cols[4].trim().parse().map_err(|_| TrainerError::Data {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: format!("score {:?} is not a number", cols[4]),
+        })?;
+        if score >= min_score {
+            pairs.push(Pair {
+                query: cols[5].to_string(),
+                positive: cols[6].to_string(),
+                negative: None,
+            });
+        }
+    }
+    Ok(pairs)
+}
+
+/// JSONL `{query, positive[, negative]}` pairs.
+pub fn jsonl_pairs(path: &Path) -> Result<Vec<Pair>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| TrainerError::Data {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("malformed JSON ({e})")))?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+        let (Some(query), Some(positive)) = (field("query"), field("positive")) else {
+            return Err(bad(
+                "a pair needs string fields \"query\" and \"positive\"".into()
+            ));
+        };
+        pairs.push(Pair {
+            query,
+            positive,
+            negative: field("negative"),
+        });
+    }
+    Ok(pairs)
+}
+
+/// A seeded Fisher–Yates shuffle, then batches of `size` whose texts have similar lengths:
+/// chunks of `size * 8` pairs are sorted by query length before being cut, which bounds
+/// padding while keeping the batch order random. Pairs in one batch never share a positive,
+/// since an in-batch duplicate would be a false negative.
+pub fn length_aware_batches(pairs: &[Pair], size: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = crate::router::Rng::new(seed);
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let size = size.max(1);
+    let mut batches = Vec::new();
+    for chunk in order.chunks(size * 8) {
+        let mut chunk = chunk.to_vec();
+        chunk.sort_by_key(|&i| pairs[i].query.len());
+        // Each pair joins the first open batch without its positive.
+        let mut open: Vec<Vec<usize>> = Vec::new();
+        for i in chunk {
+            let slot = open
+                .iter()
+                .position(|b| !b.iter().any(|&j| pairs[j].positive == pairs[i].positive));
+            match slot {
+                Some(k) => open[k].push(i),
+                None => open.push(vec![i]),
+            }
+            if let Some(k) = open.iter().position(|b| b.len() == size) {
+                batches.push(open.remove(k));
+            }
+        }
+        batches.extend(open);
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +345,94 @@ mod tests {
         let b = write("bb.jsonl", "\"b1\"\n\"b2\"\n");
         let s = sample_texts(&[a, b], 4).unwrap();
         assert_eq!(s, vec!["a1", "b1", "a3", "b2"]);
+    }
+}
+
+#[cfg(test)]
+mod pair_tests {
+    use super::*;
+
+    fn pair(q: &str, p: &str) -> Pair {
+        Pair {
+            query: q.into(),
+            positive: p.into(),
+            negative: None,
+        }
+    }
+
+    #[test]
+    fn batches_cover_every_pair_once_without_shared_positives() {
+        let pairs: Vec<Pair> = (0..50)
+            .map(|i| pair(&"q".repeat(1 + i % 13), &format!("doc {}", i % 7)))
+            .collect();
+        let batches = length_aware_batches(&pairs, 4, 3);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        for b in &batches {
+            assert!(b.len() <= 4);
+            let mut pos: Vec<&str> = b.iter().map(|&i| pairs[i].positive.as_str()).collect();
+            pos.sort();
+            pos.dedup();
+            assert_eq!(pos.len(), b.len(), "shared positive in {b:?}");
+        }
+        assert_eq!(batches, length_aware_batches(&pairs, 4, 3), "seeded");
+        assert_ne!(batches, length_aware_batches(&pairs, 4, 4));
+    }
+
+    #[test]
+    fn training_pairs_from_sts_beir_and_jsonl() {
+        let dir = std::env::temp_dir().join(format!("mrl-pairs-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("qrels")).unwrap();
+        let sts = dir.join("sts.csv");
+        std::fs::write(
+            &sts,
+            "g\tf\ty\t1\t4.5\tA plane.\tAn air plane.\r\ng\tf\ty\t2\t1.0\tA cat.\tA car.\textra\textra\n",
+        )
+        .unwrap();
+        assert_eq!(
+            sts_pairs(&sts, 4.0).unwrap(),
+            vec![pair("A plane.", "An air plane.")]
+        );
+        std::fs::write(&sts, "too\tfew\n").unwrap();
+        assert!(sts_pairs(&sts, 4.0).is_err());
+
+        std::fs::write(
+            dir.join("corpus.jsonl"),
+            "{\"_id\":\"d1\",\"title\":\"T\",\"text\":\"one\"}\n{\"_id\":\"d2\",\"text\":\"two\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("queries.jsonl"),
+            "{\"_id\":\"q\",\"text\":\"ask\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("qrels").join("train.tsv"),
+            "query-id\tcorpus-id\tscore\r\nq\td1\t1\r\nq\td2\t0\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            beir_pairs(&dir, "train").unwrap(),
+            vec![pair("ask", "T one")]
+        );
+
+        let jl = dir.join("pairs.jsonl");
+        std::fs::write(
+            &jl,
+            "{\"query\":\"a\",\"positive\":\"b\",\"negative\":\"c\"}\n\n",
+        )
+        .unwrap();
+        let p = jsonl_pairs(&jl).unwrap();
+        assert_eq!(p[0].negative.as_deref(), Some("c"));
+        std::fs::write(&jl, "{\"query\":\"a\"}\n").unwrap();
+        assert!(jsonl_pairs(&jl).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let scifact = std::path::PathBuf::from("scifact");
+        assert!(
+            beir_pairs(&scifact, "test").is_err(),
+            "the test split is refused"
+        );
     }
 }
