@@ -78,6 +78,61 @@ pub fn soft_prefix_mask(one_hot: &Tensor, sizes: &[usize], len: usize) -> Result
     one_hot.unsqueeze(0)?.matmul(&stacked)?.squeeze(0)
 }
 
+/// The Matryoshka head: a trainable dense layer from the pooled width to the nested output
+/// width (e.g. 384 → 512), so the widest output and every prefix of it are trained. It starts
+/// as the identity on the first `input` outputs (the parent's embedding, unchanged) and small
+/// random weights for the rest, so training starts from the parent's behaviour.
+pub struct MatryoshkaHead {
+    linear: Linear,
+}
+
+impl MatryoshkaHead {
+    /// Creates `head.weight` and `head.bias` in `varmap` (or reuses them when a checkpoint
+    /// already put them there).
+    pub fn new(
+        input: usize,
+        output: usize,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+        rng: &mut crate::router::Rng,
+    ) -> Result<Self> {
+        if output < input {
+            candle_core::bail!("the head widens: output {output} < input {input}");
+        }
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .expect("the var map lock is poisoned; this is a bug");
+            if !data.contains_key("head.weight") {
+                let mut w = vec![0f32; output * input];
+                for (r, row) in w.chunks_mut(input).enumerate() {
+                    if r < input {
+                        row[r] = 1.0;
+                    } else {
+                        for x in row.iter_mut() {
+                            *x = ((rng.uniform() - 0.5) * 0.02) as f32;
+                        }
+                    }
+                }
+                let w = Tensor::from_vec(w, (output, input), device)?.to_dtype(dtype)?;
+                data.insert("head.weight".into(), Var::from_tensor(&w)?);
+                let b = Tensor::zeros(output, dtype, device)?;
+                data.insert("head.bias".into(), Var::from_tensor(&b)?);
+            }
+        }
+        let vb = VarBuilder::from_varmap(varmap, dtype, device).pp("head");
+        Ok(Self {
+            linear: candle_nn::linear(input, output, vb)?,
+        })
+    }
+
+    pub fn forward(&self, pooled: &Tensor) -> Result<Tensor> {
+        self.linear.forward(pooled)
+    }
+}
+
 pub struct StudentBert {
     config: BertConfig,
     word: Embedding,
@@ -282,6 +337,28 @@ mod tests {
                 assert!((a - b).abs() < 1e-4, "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn the_head_starts_as_the_identity_on_the_parent_width() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let mut rng = crate::router::Rng::new(2);
+        let head = MatryoshkaHead::new(4, 6, &varmap, DType::F32, &dev, &mut rng).unwrap();
+        let x = Tensor::new(&[[1f32, -2.0, 3.0, 0.5]], &dev).unwrap();
+        let y = head.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(&y[0][..4], &[1.0, -2.0, 3.0, 0.5]);
+        assert!(y[0][4] != 0.0 && y[0][4].abs() < 0.2);
+        let (w, _) = {
+            let data = varmap.data().lock().unwrap();
+            (data["head.weight"].clone(), data["head.bias"].clone())
+        };
+        let loss = head.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+        assert!(
+            loss.backward().unwrap().get(&w).is_some(),
+            "the head trains"
+        );
+        assert!(MatryoshkaHead::new(4, 2, &VarMap::new(), DType::F32, &dev, &mut rng).is_err());
     }
 
     /// Every trainable variable gets a non-zero gradient from an InfoNCE loss through the
