@@ -4,12 +4,14 @@
 //! (`importance`) → a function-preserving permutation → zero-shot profiles per compute budget
 //! (`calibrate`) → retrieval metrics (`eval`). Elastic training's parts so far: differentiable
 //! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`), the
-//! budget curriculum (`curriculum`) and the trainable, gated encoder (`student`); the training
-//! loop is still to come.
+//! budget curriculum (`curriculum`), the trainable, gated encoder with its Matryoshka head
+//! (`student`), AdamW with checkpoints (`optim`), training pairs (`data`) and one elastic
+//! step's loss (`elastic`); the `mrl train` loop around them is still to come.
 
 pub mod calibrate;
 pub mod curriculum;
 pub mod data;
+pub mod elastic;
 pub mod error;
 pub mod eval;
 pub mod importance;
