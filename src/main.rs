@@ -42,6 +42,13 @@ enum Command {
     /// Serve the REST API (`/embed`, OpenAI-compatible `/v1/embeddings`, `/health`,
     /// `/metrics`, `/openapi.json`) on 127.0.0.1:8080.
     Serve(ServeArgs),
+    /// Train an elastic checkpoint from a calibrated parent with a TOML recipe (see
+    /// configs/minilm-elastic.toml); rerun the same command to resume after a crash.
+    Train {
+        /// The recipe.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Index a JSONL corpus (BEIR corpus.jsonl or {id, text, payload} lines) into a collection
     /// of the embedded store: one forward pass per document, every stored size; resumable
     /// after a crash (rerun the same command).
@@ -255,6 +262,7 @@ fn main() -> Result<()> {
             command: BenchCommand::Retrieval(args),
         } => retrieval::run(args),
         Command::Index(args) => index(args),
+        Command::Train { config } => train(&config),
     }
 }
 
@@ -506,6 +514,25 @@ fn index(args: IndexArgs) -> Result<()> {
     }
     // One machine-readable line for scripts.
     println!("{}", serde_json::to_string(&s)?);
+    Ok(())
+}
+
+fn train(config: &std::path::Path) -> Result<()> {
+    let cfg = mrl_trainer::train::TrainConfig::load(config)?;
+    let progress = bar("train", cfg.steps as u64);
+    let summary = mrl_trainer::train::train(&cfg, &progress)?;
+    progress.finish_and_clear();
+    eprintln!(
+        "trained {} steps ({} resumed) on {} pairs in {:.0}s; checkpoint in {}",
+        summary.steps,
+        summary.resumed_at,
+        summary.pairs,
+        summary.seconds,
+        cfg.out.join("model").display()
+    );
+    for (budget, p) in &summary.profiles {
+        println!("budget {budget}: {p}");
+    }
     Ok(())
 }
 

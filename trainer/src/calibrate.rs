@@ -195,7 +195,7 @@ pub fn calibrate(
 }
 
 /// Truncates token sequences to `max` tokens, keeping the closing `[SEP]`.
-fn cut(seqs: Vec<Vec<u32>>, max: usize) -> Vec<Vec<u32>> {
+pub(crate) fn cut(seqs: Vec<Vec<u32>>, max: usize) -> Vec<Vec<u32>> {
     let max = max.max(2);
     seqs.into_iter()
         .map(|mut s| {
@@ -209,7 +209,12 @@ fn cut(seqs: Vec<Vec<u32>>, max: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn named(name: String, profile: Profile, cfg: &BertConfig, fidelity: Option<f64>) -> NamedProfile {
+pub(crate) fn named(
+    name: String,
+    profile: Profile,
+    cfg: &BertConfig,
+    fidelity: Option<f64>,
+) -> NamedProfile {
     NamedProfile {
         name,
         params: profile.params(cfg),
@@ -358,7 +363,7 @@ fn pearson(pairs: &[(f64, f64)]) -> f64 {
 
 /// Copies the source folder's files except its weights, writes the permuted weights and the
 /// manifest into a staging folder, then renames it to `out`.
-fn write_checkpoint(
+pub(crate) fn write_checkpoint(
     source: &Path,
     out: &Path,
     tensors: &HashMap<String, candle_core::Tensor>,

@@ -19,6 +19,7 @@ pub mod loss;
 pub mod optim;
 pub mod router;
 pub mod student;
+pub mod train;
 
 pub use calibrate::{calibrate, CalibrateOptions};
 pub use error::{Result, TrainerError};

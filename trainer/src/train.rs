@@ -1,0 +1,458 @@
+//! The training loop of `mrl train --config FILE`: pairs → seeded length-aware batches →
+//! tokens → the frozen parent's embeddings (the inference encoder, no gradient) and the
+//! student's under the curriculum's budget (`elastic::step_loss`) → clipped AdamW updates of
+//! the model and the router (separate rates, warmup + cosine for the model) → a checkpoint
+//! every N steps (weights, optimizer moments, router, step, RNG states) from which a killed
+//! run resumes on the same trajectory → the output checkpoint with the router's profiles.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::ProgressBar;
+use mrl_encoder::config::{BudgetChoice, Manifest};
+use mrl_encoder::{Embedder, Profile};
+use serde::{Deserialize, Serialize};
+
+use crate::curriculum::Curriculum;
+use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair};
+use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs};
+use crate::optim::{clip_grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW, Params};
+use crate::router::{schedule, Rng, Router};
+use crate::student::{MatryoshkaHead, StudentBert};
+use crate::{Result, TrainerError};
+
+/// Where training pairs come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Source {
+    /// (query, judged document) pairs of a BEIR split.
+    Beir { dir: PathBuf, split: String },
+    /// STS-B pairs scored at least `min_score`.
+    Sts { path: PathBuf, min_score: f64 },
+    /// JSONL `{query, positive[, negative]}`.
+    Jsonl { path: PathBuf },
+}
+
+/// A training recipe (`configs/*.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The calibrated parent (an `mrl calibrate` folder: its ranking orders the layers).
+    pub parent: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub steps: usize,
+    pub batch: usize,
+    pub max_tokens: usize,
+    pub lr: f64,
+    pub router_lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub clip: f64,
+    /// Budgets the router learns (fractions of the full FLOPs, below 1); the full model is
+    /// always trained as well.
+    pub budgets: Vec<f64>,
+    pub uniform_steps: usize,
+    /// Stage-2 sampling weights over [full, budgets...].
+    pub skew: Vec<f64>,
+    pub nested_dims: Vec<usize>,
+    pub dim_weights: Vec<f64>,
+    pub temperature: f64,
+    pub distill_weight: f64,
+    pub distill_temperature: f64,
+    pub cost_weight: f64,
+    pub router_hidden: usize,
+    pub checkpoint_every: usize,
+    pub sources: Vec<Source>,
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainerError::Invalid(m));
+        if self.steps == 0 || self.batch < 2 || self.max_tokens < 2 {
+            return bad("steps > 0, batch ≥ 2 and max_tokens ≥ 2 are needed".into());
+        }
+        if self.budgets.iter().any(|&b| !(b > 0.0 && b < 1.0)) {
+            return bad(format!("budgets must lie in (0, 1): {:?}", self.budgets));
+        }
+        if self.skew.len() != self.budgets.len() + 1 {
+            return bad("skew needs one weight for the full model and one per budget".into());
+        }
+        if self.nested_dims.is_empty() || self.nested_dims.len() != self.dim_weights.len() {
+            return bad("nested_dims and dim_weights must be non-empty and the same length".into());
+        }
+        if self.sources.is_empty() {
+            return bad("no training data: add [[sources]]".into());
+        }
+        Ok(())
+    }
+
+    fn pairs(&self) -> Result<Vec<Pair>> {
+        let mut pairs = Vec::new();
+        for s in &self.sources {
+            pairs.extend(match s {
+                Source::Beir { dir, split } => beir_pairs(dir, split)?,
+                Source::Sts { path, min_score } => sts_pairs(path, *min_score)?,
+                Source::Jsonl { path } => jsonl_pairs(path)?,
+            });
+        }
+        Ok(pairs)
+    }
+}
+
+/// Position of a run, saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RunState {
+    step: usize,
+    noise: Rng,
+    sampler: Rng,
+    config: TrainConfig,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub resumed_at: usize,
+    pub seconds: f64,
+    pub pairs: usize,
+    /// Budget → the router's argmax profile.
+    pub profiles: Vec<(f64, Profile)>,
+}
+
+fn named_params(vm: &VarMap) -> Params {
+    let mut p: Params = vm
+        .data()
+        .lock()
+        .expect("the var map lock is poisoned; this is a bug")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    p.sort_by(|a, b| a.0.cmp(&b.0));
+    p
+}
+
+fn pad_rows(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
+    let width = rows.first().map_or(0, Vec::len);
+    Ok(Tensor::from_vec(
+        rows.concat(),
+        (rows.len(), width),
+        device,
+    )?)
+}
+
+/// Runs (or resumes) the recipe.
+pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let device = Device::Cpu;
+    let teacher = Embedder::load(&cfg.parent)?;
+    let bert = teacher.config().clone();
+    let manifest = teacher.manifest().cloned().ok_or_else(|| {
+        TrainerError::Invalid(format!(
+            "{} has no mrl.json: calibrate it first (mrl calibrate)",
+            cfg.parent.display()
+        ))
+    })?;
+    let ranking = manifest
+        .ranking
+        .clone()
+        .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
+    let head_width = *cfg.nested_dims.iter().max().expect("validated non-empty");
+    let tensors = candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &device)?;
+    let model_vars = VarMap::new();
+    let student = StudentBert::from_tensors(&tensors, &bert, &model_vars, DType::F32, &device)?;
+    let mut init_rng = Rng::new(cfg.seed ^ 0x5EED);
+    let head = if head_width > bert.hidden_size {
+        Some(MatryoshkaHead::new(
+            bert.hidden_size,
+            head_width,
+            &model_vars,
+            DType::F32,
+            &device,
+            &mut init_rng,
+        )?)
+    } else {
+        None
+    };
+    let space = ElasticSpace::quarters(&bert, ranking.layer_drop_order.clone());
+    let router_vars = VarMap::new();
+    let router = Router::new(
+        cfg.budgets.clone(),
+        &space.axes(),
+        cfg.router_hidden,
+        VarBuilder::from_varmap(&router_vars, DType::F32, &device),
+    )?;
+    let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
+    let loss_cfg = LossConfig {
+        nested_dims: cfg.nested_dims.clone(),
+        dim_weights: cfg.dim_weights.clone(),
+        temperature: cfg.temperature,
+        distill_weight: cfg.distill_weight,
+        distill_temperature: cfg.distill_temperature,
+        cost_weight: cfg.cost_weight,
+    };
+    let mut all_budgets = vec![1.0];
+    all_budgets.extend(&cfg.budgets);
+    let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
+    let pairs = cfg.pairs()?;
+    let (model_params, router_params) = (named_params(&model_vars), named_params(&router_vars));
+    let (mut opt, mut ropt) = (AdamW::new(cfg.weight_decay), AdamW::new(0.0));
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+    let ckpt = cfg.out.join("checkpoint");
+    let state_path = ckpt.join("state.json");
+    let mut state = RunState {
+        step: 0,
+        noise: Rng::new(cfg.seed),
+        sampler: Rng::new(cfg.seed.wrapping_add(1)),
+        config: cfg.clone(),
+    };
+    if state_path.exists() {
+        let saved: RunState = serde_json::from_slice(
+            &std::fs::read(&state_path).map_err(|e| TrainerError::io(&state_path, e))?,
+        )
+        .map_err(|e| TrainerError::Invalid(format!("{}: {e}", state_path.display())))?;
+        if saved.config != *cfg {
+            return Err(TrainerError::Invalid(format!(
+                "{} holds a run of another config; use a new out folder",
+                ckpt.display()
+            )));
+        }
+        load_checkpoint(&ckpt.join("model.safetensors"), &model_params, &mut opt)?;
+        load_checkpoint(&ckpt.join("router.safetensors"), &router_params, &mut ropt)?;
+        state = saved;
+    }
+    let resumed_at = state.step;
+    let metrics_path = cfg.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainerError::io(&metrics_path, e))?;
+    progress.set_length(cfg.steps as u64);
+    progress.set_position(state.step as u64);
+    let full = Profile::full(&bert);
+    let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
+    while state.step < cfg.steps {
+        let step = state.step;
+        // Batches are a pure function of (seed, epoch), so a resumed run sees the same ones.
+        let per_epoch = pairs.len().div_ceil(cfg.batch).max(1);
+        let epoch = step / per_epoch;
+        if epoch_batches.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let b = length_aware_batches(&pairs, cfg.batch, cfg.seed.wrapping_add(epoch as u64));
+            epoch_batches = Some((epoch, b));
+        }
+        let batches = &epoch_batches.as_ref().expect("set just above").1;
+        let batch = &batches[(step % per_epoch) % batches.len()];
+        let tokenize = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
+            Ok(crate::calibrate::cut(
+                teacher.tokenizer().encode(&texts)?,
+                cfg.max_tokens,
+            ))
+        };
+        let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
+        let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
+        let tq = pad_rows(&teacher.model().forward_all(&q, &full, cfg.batch)?, &device)?;
+        let td = pad_rows(&teacher.model().forward_all(&d, &full, cfg.batch)?, &device)?;
+        let (qi, qm) = StudentBert::pad(&q, DType::F32, &device)?;
+        let (di, dm) = StudentBert::pad(&d, DType::F32, &device)?;
+        let which = curriculum.sample(step, &mut state.sampler);
+        let budget = (which > 0).then(|| which - 1);
+        let inputs = StepInputs {
+            student: &student,
+            head: head.as_ref(),
+            router: &router,
+            space: &space,
+            cost_model: &cost_model,
+            loss: &loss_cfg,
+        };
+        let anneal = schedule(step, cfg.steps);
+        let (loss, log) = step_loss(
+            &inputs,
+            (&qi, &qm),
+            (&di, &dm),
+            (&tq, &td),
+            budget,
+            anneal,
+            &mut state.noise,
+        )?;
+        let total = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut grads = loss.backward()?;
+        let grad_norm = clip_grad_norm(&model_params, &mut grads, cfg.clip)?;
+        let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
+        opt.update(&model_params, &grads, lr)?;
+        ropt.update(&router_params, &grads, cfg.router_lr)?;
+        state.step += 1;
+        let line = serde_json::json!({
+            "step": state.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
+            "gumbel_temperature": anneal.0, "logit_scale": anneal.1,
+            "seconds": start.elapsed().as_secs_f64(), "detail": log,
+        });
+        writeln!(metrics, "{line}").map_err(|e| TrainerError::io(&metrics_path, e))?;
+        progress.set_position(state.step as u64);
+        progress.set_message(format!(
+            "loss {total:.3} lr {lr:.1e} τ {:.2} budget {:.2}",
+            anneal.0, log.budget
+        ));
+        if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == cfg.steps {
+            save_run(&ckpt, &model_params, &opt, &router_params, &ropt, &state)?;
+        }
+    }
+    let profiles = cfg
+        .budgets
+        .iter()
+        .enumerate()
+        .map(|(b, &budget)| {
+            let picks = router.argmax(b, DType::F32, &device)?;
+            Ok((
+                budget,
+                Profile {
+                    layers: space.kept_layers(space.depths[picks[0]]),
+                    heads: space.heads[picks[1]],
+                    ffn: space.ffn[picks[2]],
+                    hidden: bert.hidden_size,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_output(cfg, &manifest, &bert, &model_params, &profiles)?;
+    Ok(TrainSummary {
+        steps: state.step,
+        resumed_at,
+        seconds: start.elapsed().as_secs_f64(),
+        pairs: pairs.len(),
+        profiles,
+    })
+}
+
+/// Model and router checkpoints first, the state last (atomically): a state file always
+/// names weights that are on disk.
+fn save_run(
+    dir: &Path,
+    model: &Params,
+    opt: &AdamW,
+    router: &Params,
+    ropt: &AdamW,
+    state: &RunState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    save_checkpoint(&dir.join("model.safetensors"), model, opt)?;
+    save_checkpoint(&dir.join("router.safetensors"), router, ropt)?;
+    let tmp = dir.join("state.json.tmp");
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| TrainerError::Invalid(format!("state: {e}")))?;
+    std::fs::write(&tmp, bytes).map_err(|e| TrainerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| TrainerError::io(dir, e))
+}
+
+/// The trained checkpoint: the parent's files, the student's weights, and an `mrl.json`
+/// listing the router's profile per budget, the nested dims and the recipe.
+fn write_output(
+    cfg: &TrainConfig,
+    parent: &Manifest,
+    bert: &mrl_encoder::BertConfig,
+    params: &Params,
+    profiles: &[(f64, Profile)],
+) -> Result<()> {
+    let tensors = params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let mut named = vec![crate::calibrate::named(
+        "full".into(),
+        Profile::full(bert),
+        bert,
+        None,
+    )];
+    let mut budgets = Vec::new();
+    for (budget, p) in profiles {
+        let name = format!("b{}", (budget * 100.0).round());
+        budgets.push(BudgetChoice {
+            budget: *budget,
+            profile: name.clone(),
+        });
+        named.push(crate::calibrate::named(name, p.clone(), bert, None));
+    }
+    let manifest = Manifest {
+        nested_dims: cfg.nested_dims.clone(),
+        profiles: named,
+        budgets,
+        provenance: serde_json::json!({
+            "trained_from": cfg.parent,
+            "recipe": cfg,
+            "parent_provenance": parent.provenance,
+        }),
+        ..parent.clone()
+    };
+    let model_dir = cfg.out.join("model");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
+    }
+    crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipes_parse_and_are_checked() {
+        let text = r#"
+            parent = "models/minilm-elastic"
+            out = "runs/x"
+            seed = 1
+            steps = 10
+            batch = 8
+            max_tokens = 64
+            lr = 2e-5
+            router_lr = 1e-2
+            warmup = 2
+            weight_decay = 0.01
+            clip = 1.0
+            budgets = [0.5, 0.25]
+            uniform_steps = 5
+            skew = [0.5, 0.3, 0.2]
+            nested_dims = [64, 128, 256, 384]
+            dim_weights = [1.0, 1.0, 1.0, 1.0]
+            temperature = 0.05
+            distill_weight = 1.0
+            distill_temperature = 0.05
+            cost_weight = 1.0
+            router_hidden = 32
+            checkpoint_every = 5
+            [[sources]]
+            kind = "beir"
+            dir = "../shared/data/scifact"
+            split = "train"
+            [[sources]]
+            kind = "sts"
+            path = "../shared/data/stsbenchmark/sts-train.csv"
+            min_score = 4.0
+        "#;
+        let cfg: TrainConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.sources.len(), 2);
+        let broken = TrainConfig {
+            skew: vec![1.0],
+            ..cfg.clone()
+        };
+        assert!(broken.validate().is_err());
+        let broken = TrainConfig {
+            budgets: vec![1.5, 0.2],
+            ..cfg.clone()
+        };
+        assert!(broken.validate().is_err());
+        assert!(toml::from_str::<TrainConfig>(&format!("{text}\nunknown = 1")).is_err());
+    }
+}
