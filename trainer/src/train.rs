@@ -211,14 +211,14 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
     let ckpt = cfg.out.join("checkpoint");
-    let state_path = ckpt.join("state.json");
     let mut state = RunState {
         step: 0,
         noise: Rng::new(cfg.seed),
         sampler: Rng::new(cfg.seed.wrapping_add(1)),
         config: cfg.clone(),
     };
-    if state_path.exists() {
+    if let Some(found) = checkpoint_dir(&ckpt) {
+        let state_path = found.join("state.json");
         let saved: RunState = serde_json::from_slice(
             &std::fs::read(&state_path).map_err(|e| TrainerError::io(&state_path, e))?,
         )
@@ -226,15 +226,30 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
         if saved.config != *cfg {
             return Err(TrainerError::Invalid(format!(
                 "{} holds a run of another config; use a new out folder",
-                ckpt.display()
+                found.display()
             )));
         }
-        load_checkpoint(&ckpt.join("model.safetensors"), &model_params, &mut opt)?;
-        load_checkpoint(&ckpt.join("router.safetensors"), &router_params, &mut ropt)?;
+        load_checkpoint(&found.join("model.safetensors"), &model_params, &mut opt)?;
+        load_checkpoint(&found.join("router.safetensors"), &router_params, &mut ropt)?;
         state = saved;
     }
     let resumed_at = state.step;
     let metrics_path = cfg.out.join("metrics.jsonl");
+    // Steps logged after the last checkpoint are redone: drop their lines so each step
+    // appears once.
+    if let Ok(text) = std::fs::read_to_string(&metrics_path) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= resumed_at)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&metrics_path, kept).map_err(|e| TrainerError::io(&metrics_path, e))?;
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -336,8 +351,9 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     })
 }
 
-/// Model and router checkpoints first, the state last (atomically): a state file always
-/// names weights that are on disk.
+/// Writes the whole checkpoint into a fresh folder, then swaps it in: at any crash point
+/// either the old or the new checkpoint is complete on disk (`checkpoint.old` covers the
+/// moment between the two renames; [`checkpoint_dir`] finds it).
 fn save_run(
     dir: &Path,
     model: &Params,
@@ -346,14 +362,35 @@ fn save_run(
     ropt: &AdamW,
     state: &RunState,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-    save_checkpoint(&dir.join("model.safetensors"), model, opt)?;
-    save_checkpoint(&dir.join("router.safetensors"), router, ropt)?;
-    let tmp = dir.join("state.json.tmp");
+    let tmp = dir.with_extension("tmp");
+    let old = dir.with_extension("old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainerError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainerError::io(&tmp, e))?;
+    save_checkpoint(&tmp.join("model.safetensors"), model, opt)?;
+    save_checkpoint(&tmp.join("router.safetensors"), router, ropt)?;
     let bytes = serde_json::to_vec_pretty(state)
         .map_err(|e| TrainerError::Invalid(format!("state: {e}")))?;
-    std::fs::write(&tmp, bytes).map_err(|e| TrainerError::io(&tmp, e))?;
-    std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| TrainerError::io(dir, e))
+    std::fs::write(tmp.join("state.json"), bytes).map_err(|e| TrainerError::io(&tmp, e))?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainerError::io(&old, e))?;
+        }
+        std::fs::rename(dir, &old).map_err(|e| TrainerError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| TrainerError::io(dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainerError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The complete checkpoint folder to resume from, if any.
+fn checkpoint_dir(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), dir.with_extension("old")]
+        .into_iter()
+        .find(|d| d.join("state.json").exists())
 }
 
 /// The trained checkpoint: the parent's files, the student's weights, and an `mrl.json`
