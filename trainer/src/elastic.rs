@@ -242,7 +242,7 @@ mod tests {
     use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
     use crate::optim::{clip_grad_norm, AdamW, Params};
     use crate::router::schedule;
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     use mrl_encoder::model::BertModel;
     use mrl_encoder::Profile;
 
@@ -326,7 +326,10 @@ mod tests {
             vec![0.5],
             &space.axes(),
             8,
-            VarBuilder::from_varmap(&router_vars, DType::F32, &dev),
+            &router_vars,
+            DType::F32,
+            &dev,
+            &mut Rng::new(8),
         )
         .unwrap();
         let cost_model = CostModel::new(&cfg, 128);

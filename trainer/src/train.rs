@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use indicatif::ProgressBar;
 use mrl_encoder::config::{BudgetChoice, Manifest};
 use mrl_encoder::{Embedder, Profile};
@@ -191,7 +191,10 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
         cfg.budgets.clone(),
         &space.axes(),
         cfg.router_hidden,
-        VarBuilder::from_varmap(&router_vars, DType::F32, &device),
+        &router_vars,
+        DType::F32,
+        &device,
+        &mut init_rng,
     )?;
     let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
     let loss_cfg = LossConfig {
