@@ -240,7 +240,7 @@ pub fn step_loss(
 mod tests {
     use super::*;
     use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
-    use crate::optim::{clip_grad_norm, AdamW, Params};
+    use crate::optim::{clip_grad_norm, params_of, AdamW};
     use crate::router::schedule;
     use candle_nn::VarMap;
     use mrl_encoder::model::BertModel;
@@ -349,18 +349,7 @@ mod tests {
             cost_model: &cost_model,
             loss: &loss_cfg,
         };
-        let params = |vm: &VarMap| -> Params {
-            let mut p: Params = vm
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            p.sort_by(|a, b| a.0.cmp(&b.0));
-            p
-        };
-        let (model_params, router_params) = (params(&model_vars), params(&router_vars));
+        let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
         let (mut opt, mut ropt) = (AdamW::new(0.0), AdamW::new(0.0));
         let seqs = tiny_seqs();
         let mut first = Vec::new();

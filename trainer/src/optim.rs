@@ -23,6 +23,19 @@ pub fn lr_at(step: usize, warmup: usize, total: usize, peak: f64) -> f64 {
 /// Named trainable variables, in a fixed (sorted) order so checkpoints line up.
 pub type Params = Vec<(String, Var)>;
 
+/// The variables of `varmap`, sorted by name.
+pub fn params_of(varmap: &candle_nn::VarMap) -> Params {
+    let mut p: Params = varmap
+        .data()
+        .lock()
+        .expect("the var map lock is poisoned; this is a bug")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    p.sort_by(|a, b| a.0.cmp(&b.0));
+    p
+}
+
 /// AdamW (decoupled weight decay) over named variables; each group has its own rate scale.
 pub struct AdamW {
     pub beta1: f64,
@@ -187,14 +200,7 @@ mod tests {
                 &Device::Cpu,
             )
             .unwrap();
-            let mut params: Params = varmap
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            params.sort_by(|a, b| a.0.cmp(&b.0));
+            let params = params_of(&varmap);
             Self {
                 student,
                 params,

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::curriculum::Curriculum;
 use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair};
 use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs};
-use crate::optim::{clip_grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW, Params};
+use crate::optim::{
+    clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW, Params,
+};
 use crate::router::{schedule, Rng, Router};
 use crate::student::{MatryoshkaHead, StudentBert};
 use crate::{Result, TrainerError};
@@ -131,18 +133,6 @@ pub struct TrainSummary {
     pub profiles: Vec<(f64, Profile)>,
 }
 
-fn named_params(vm: &VarMap) -> Params {
-    let mut p: Params = vm
-        .data()
-        .lock()
-        .expect("the var map lock is poisoned; this is a bug")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    p.sort_by(|a, b| a.0.cmp(&b.0));
-    p
-}
-
 fn pad_rows(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
     let width = rows.first().map_or(0, Vec::len);
     Ok(Tensor::from_vec(
@@ -209,7 +199,7 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     all_budgets.extend(&cfg.budgets);
     let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
     let pairs = cfg.pairs()?;
-    let (model_params, router_params) = (named_params(&model_vars), named_params(&router_vars));
+    let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
     let (mut opt, mut ropt) = (AdamW::new(cfg.weight_decay), AdamW::new(0.0));
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
