@@ -87,6 +87,40 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
 /// Reads JSONL texts: BEIR lines (`_id`, optional `title`, `text`), `{id, text}` objects, or
 /// bare JSON strings (id = line number). A malformed line is an error naming it.
 pub fn read_texts(path: &Path) -> Result<Vec<Document>> {
+    json_lines(path, |line, v| {
+        Ok(match &v {
+            Value::String(s) => Document {
+                id: line.to_string(),
+                text: s.clone(),
+            },
+            Value::Object(o) => {
+                let id = match o.get("_id").or_else(|| o.get("id")) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    None => line.to_string(),
+                    Some(other) => return Err(format!("id must be a string, got {other}")),
+                };
+                let body = o
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| "missing string field \"text\"".to_string())?;
+                let title = o.get("title").and_then(Value::as_str).unwrap_or("");
+                Document {
+                    id,
+                    text: format!("{title} {body}").trim().to_string(),
+                }
+            }
+            _ => return Err("expected a JSON object or string".into()),
+        })
+    })
+}
+
+/// Parses each non-blank line of a JSONL file and hands it, with its 1-based number, to
+/// `item`; a line that is not JSON or that `item` refuses is an error naming the line.
+fn json_lines<T>(
+    path: &Path,
+    mut item: impl FnMut(usize, Value) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -98,32 +132,9 @@ pub fn read_texts(path: &Path) -> Result<Vec<Document>> {
             line: i + 1,
             reason,
         };
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let doc = match &v {
-            Value::String(s) => Document {
-                id: (i + 1).to_string(),
-                text: s.clone(),
-            },
-            Value::Object(o) => {
-                let id = match o.get("_id").or_else(|| o.get("id")) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    None => (i + 1).to_string(),
-                    Some(other) => return Err(bad(format!("id must be a string, got {other}"))),
-                };
-                let body = o
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad("missing string field \"text\"".into()))?;
-                let title = o.get("title").and_then(Value::as_str).unwrap_or("");
-                Document {
-                    id,
-                    text: format!("{title} {body}").trim().to_string(),
-                }
-            }
-            _ => return Err(bad("expected a JSON object or string".into())),
-        };
-        out.push(doc);
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("malformed JSON ({e})")))?;
+        out.push(item(i + 1, v).map_err(bad)?);
     }
     Ok(out)
 }
@@ -235,32 +246,17 @@ pub fn sts_pairs(path: &Path, min_score: f64) -> Result<Vec<Pair>> {
 
 /// JSONL `{query, positive[, negative]}` pairs.
 pub fn jsonl_pairs(path: &Path) -> Result<Vec<Pair>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-    let mut pairs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |reason: String| TrainerError::Data {
-            path: path.to_path_buf(),
-            line: i + 1,
-            reason,
-        };
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("malformed JSON ({e})")))?;
+    json_lines(path, |_, v| {
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
         let (Some(query), Some(positive)) = (field("query"), field("positive")) else {
-            return Err(bad(
-                "a pair needs string fields \"query\" and \"positive\"".into()
-            ));
+            return Err("a pair needs string fields \"query\" and \"positive\"".into());
         };
-        pairs.push(Pair {
+        Ok(Pair {
             query,
             positive,
             negative: field("negative"),
-        });
-    }
-    Ok(pairs)
+        })
+    })
 }
 
 /// A seeded Fisher–Yates shuffle, then batches of `size` whose texts have similar lengths:

@@ -129,8 +129,9 @@ impl ElasticSpace {
     }
 }
 
-/// Weights and temperatures of the step loss.
-#[derive(Debug, Clone)]
+/// Weights and temperatures of the step loss (a recipe's `[loss]` table).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossConfig {
     pub nested_dims: Vec<usize>,
     pub dim_weights: Vec<f64>,

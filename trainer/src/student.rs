@@ -361,6 +361,15 @@ mod tests {
         assert!(MatryoshkaHead::new(4, 2, &VarMap::new(), DType::F32, &dev, &mut rng).is_err());
     }
 
+    fn abs_sum(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     /// Every trainable variable gets a non-zero gradient from an InfoNCE loss through the
     /// gated forward, and so do the router logits behind a straight-through mask.
     #[test]
@@ -394,25 +403,11 @@ mod tests {
             let g = grads
                 .get(var)
                 .unwrap_or_else(|| panic!("{name} has no gradient"));
-            let norm = g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(norm > 0.0, "{name}: zero gradient");
+            assert!(abs_sum(g) > 0.0, "{name}: zero gradient");
         }
         let g = grads
             .get(&logits)
             .expect("the router logits get a gradient");
-        let norm = g
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(norm > 0.0);
+        assert!(abs_sum(g) > 0.0);
     }
 }

@@ -60,14 +60,9 @@ pub struct TrainConfig {
     pub uniform_steps: usize,
     /// Stage-2 sampling weights over [full, budgets...].
     pub skew: Vec<f64>,
-    pub nested_dims: Vec<usize>,
-    pub dim_weights: Vec<f64>,
-    pub temperature: f64,
-    pub distill_weight: f64,
-    pub distill_temperature: f64,
-    pub cost_weight: f64,
     pub router_hidden: usize,
     pub checkpoint_every: usize,
+    pub loss: LossConfig,
     pub sources: Vec<Source>,
 }
 
@@ -91,7 +86,9 @@ impl TrainConfig {
         if self.skew.len() != self.budgets.len() + 1 {
             return bad("skew needs one weight for the full model and one per budget".into());
         }
-        if self.nested_dims.is_empty() || self.nested_dims.len() != self.dim_weights.len() {
+        if self.loss.nested_dims.is_empty()
+            || self.loss.nested_dims.len() != self.loss.dim_weights.len()
+        {
             return bad("nested_dims and dim_weights must be non-empty and the same length".into());
         }
         if self.sources.is_empty() {
@@ -158,7 +155,12 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
         .ranking
         .clone()
         .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
-    let head_width = *cfg.nested_dims.iter().max().expect("validated non-empty");
+    let head_width = *cfg
+        .loss
+        .nested_dims
+        .iter()
+        .max()
+        .expect("validated non-empty");
     let tensors = candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &device)?;
     let model_vars = VarMap::new();
     let student = StudentBert::from_tensors(&tensors, &bert, &model_vars, DType::F32, &device)?;
@@ -187,14 +189,6 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
         &mut init_rng,
     )?;
     let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
-    let loss_cfg = LossConfig {
-        nested_dims: cfg.nested_dims.clone(),
-        dim_weights: cfg.dim_weights.clone(),
-        temperature: cfg.temperature,
-        distill_weight: cfg.distill_weight,
-        distill_temperature: cfg.distill_temperature,
-        cost_weight: cfg.cost_weight,
-    };
     let mut all_budgets = vec![1.0];
     all_budgets.extend(&cfg.budgets);
     let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
@@ -283,7 +277,7 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
             router: &router,
             space: &space,
             cost_model: &cost_model,
-            loss: &loss_cfg,
+            loss: &cfg.loss,
         };
         let anneal = schedule(step, cfg.steps);
         let (loss, log) = step_loss(
@@ -415,7 +409,7 @@ fn write_output(
         named.push(crate::calibrate::named(name, p.clone(), bert, None));
     }
     let manifest = Manifest {
-        nested_dims: cfg.nested_dims.clone(),
+        nested_dims: cfg.loss.nested_dims.clone(),
         profiles: named,
         budgets,
         provenance: serde_json::json!({
@@ -453,14 +447,15 @@ mod tests {
             budgets = [0.5, 0.25]
             uniform_steps = 5
             skew = [0.5, 0.3, 0.2]
+            router_hidden = 32
+            checkpoint_every = 5
+            [loss]
             nested_dims = [64, 128, 256, 384]
             dim_weights = [1.0, 1.0, 1.0, 1.0]
             temperature = 0.05
             distill_weight = 1.0
             distill_temperature = 0.05
             cost_weight = 1.0
-            router_hidden = 32
-            checkpoint_every = 5
             [[sources]]
             kind = "beir"
             dir = "../shared/data/scifact"
