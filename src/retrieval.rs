@@ -207,14 +207,15 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
     let mut all_dims: Vec<usize> = Vec::new();
     for name in profile_list(&embedder, &args.profiles) {
         let profile = embedder.profile(Some(&name))?;
+        let width = embedder.model().output_width(&profile);
         let dims: Vec<usize> = if args.dims.is_empty() {
             let mut d: Vec<usize> = embedder
                 .nested_dims()
                 .into_iter()
-                .filter(|&d| d <= profile.hidden)
+                .filter(|&d| d <= width)
                 .collect();
-            if !d.contains(&profile.hidden) {
-                d.push(profile.hidden);
+            if !d.contains(&width) {
+                d.push(width);
             }
             d
         } else {
@@ -303,9 +304,10 @@ fn evaluate_run(
 ) -> Result<Vec<Row>> {
     let e = run.embedder;
     let profile = e.profile(Some(&run.profile))?;
+    let width = e.model().output_width(&profile);
     // The collection stores the evaluated sizes and every funnel's prefetch size.
     let mut stored: Vec<usize> = run.dims.clone();
-    stored.extend(funnels.iter().map(|f| f.0).filter(|&d| d <= profile.hidden));
+    stored.extend(funnels.iter().map(|f| f.0).filter(|&d| d <= width));
     stored.sort_unstable();
     stored.dedup();
     let sha = match shas.get(e.dir()) {
@@ -361,7 +363,7 @@ fn evaluate_run(
     let mut plan: Vec<(usize, Option<(usize, usize)>)> =
         run.dims.iter().map(|&d| (d, None)).collect();
     for &(fd, k) in funnels {
-        for &d in run.dims.iter().filter(|&&d| d > fd && fd <= profile.hidden) {
+        for &d in run.dims.iter().filter(|&&d| d > fd && fd <= width) {
             plan.push((d, Some((fd, k))));
         }
     }

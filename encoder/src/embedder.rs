@@ -137,7 +137,7 @@ impl Embedder {
 
     /// The width of the full model's output, the largest `dim` there is.
     pub fn max_dim(&self) -> usize {
-        self.config.hidden_size
+        self.model.output_width(&Profile::full(&self.config))
     }
 
     /// Resolves a profile name (`full` or one of the manifest's) or a spec; `None` is the
@@ -167,8 +167,9 @@ impl Embedder {
     ) -> Result<Vec<Vec<f32>>> {
         // Options are checked before any work so a bad request costs nothing.
         let profile = self.profile(opts.profile.as_deref())?;
-        let dim = opts.dim.unwrap_or(profile.hidden);
-        head::check_dim(dim, profile.hidden)?;
+        let width = self.model.output_width(&profile);
+        let dim = opts.dim.unwrap_or(width);
+        head::check_dim(dim, width)?;
         let tokens = self.tokenizer.encode(texts)?;
         let pooled = self.embed_tokens(&tokens, &profile, opts.batch_size)?;
         pooled

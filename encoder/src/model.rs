@@ -55,6 +55,24 @@ impl Weights {
         Self { tensors, prefix }
     }
 
+    /// The Matryoshka head, if the checkpoint has one: `head.weight` is `outputs × hidden`.
+    fn head(&self, hidden: usize) -> Result<Option<Linear>> {
+        let Some(t) = self.tensors.get("head.weight") else {
+            return Ok(None);
+        };
+        let outputs = t.dims().first().copied().unwrap_or(0);
+        if outputs < hidden {
+            return Err(EncoderError::Tensor(candle_core::Error::Msg(format!(
+                "head.weight has {outputs} outputs, fewer than the hidden width {hidden}"
+            ))));
+        }
+        let w = Weights {
+            tensors: self.tensors.clone(),
+            prefix: "",
+        };
+        Linear::load(&w, "head", hidden, outputs).map(Some)
+    }
+
     /// The tensor as row-major f32, after checking its shape.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = format!("{}{name}", self.prefix);
@@ -407,6 +425,10 @@ pub struct BertModel {
     config: BertConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// The trained Matryoshka head (`head.weight`, `outputs × hidden`) when the checkpoint
+    /// has one: the pooled vector is widened through it, so every nested size is a prefix of
+    /// the head's output.
+    head: Option<Linear>,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -418,6 +440,7 @@ impl BertModel {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(w, i, cfg))
                 .collect::<Result<_>>()?,
+            head: w.head(cfg.hidden_size)?,
             workspaces: Mutex::new(Vec::new()),
         })
     }
@@ -432,8 +455,15 @@ impl BertModel {
         &self.config
     }
 
+    /// How wide `profile`'s output is: the head's width when the checkpoint has a head, else
+    /// the profile's hidden width.
+    pub fn output_width(&self, profile: &Profile) -> usize {
+        self.head.as_ref().map_or(profile.hidden, |h| h.bias.len())
+    }
+
     /// Runs `profile` on a batch of token sequences and returns each one's mean-pooled last
-    /// hidden state (`profile.hidden` wide, unnormalised), in input order.
+    /// hidden state (through the head when there is one; [`output_width`](Self::output_width)
+    /// wide, unnormalised), in input order.
     pub fn forward(&self, seqs: &[&[u32]], profile: &Profile) -> Result<Vec<Vec<f32>>> {
         self.forward_observed(seqs, profile, &mut NoObserver)
     }
@@ -499,7 +529,20 @@ impl BertModel {
         for &l in &profile.layers {
             self.layers[l].forward(&mut ws, &spans, l, profile, obs);
         }
-        let pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
+        let mut pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
+        if let Some(head) = &self.head {
+            let n = head.bias.len();
+            let flat: Vec<f32> = pooled.concat();
+            let mut out = vec![0f32; pooled.len() * n];
+            // A narrower hidden profile reads the head's first `hidden` input columns.
+            head.forward_into(
+                &mut out,
+                n,
+                MatRef::rows(&flat, pooled.len(), hidden, hidden),
+                0..n,
+            );
+            pooled = out.chunks_exact(n).map(<[f32]>::to_vec).collect();
+        }
         self.workspaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -242,7 +242,7 @@ pub fn resolve_spec(
         (None, None) => embedder
             .nested_dims()
             .into_iter()
-            .filter(|&d| d <= profile.hidden)
+            .filter(|&d| d <= embedder.model().output_width(&profile))
             .collect(),
     };
     if dims.is_empty() {
@@ -251,7 +251,7 @@ pub fn resolve_spec(
         ));
     }
     for &d in &dims {
-        head::check_dim(d, profile.hidden)?;
+        head::check_dim(d, embedder.model().output_width(&profile))?;
     }
     let spec = CollectionSpec {
         dims,

@@ -270,13 +270,15 @@ pub fn length_aware_batches(pairs: &[Pair], size: usize, seed: u64) -> Vec<Vec<u
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
-    let size = size.max(1);
+    let size = size.max(2);
     let mut batches = Vec::new();
+    // Batches left open at the end of a chunk stay open into the next one: closing them early
+    // made batches of one pair, which carry no contrastive signal.
+    let mut open: Vec<Vec<usize>> = Vec::new();
     for chunk in order.chunks(size * 8) {
         let mut chunk = chunk.to_vec();
         chunk.sort_by_key(|&i| pairs[i].query.len());
         // Each pair joins the first open batch without its positive.
-        let mut open: Vec<Vec<usize>> = Vec::new();
         for i in chunk {
             let slot = open
                 .iter()
@@ -289,8 +291,10 @@ pub fn length_aware_batches(pairs: &[Pair], size: usize, seed: u64) -> Vec<Vec<u
                 batches.push(open.remove(k));
             }
         }
-        batches.extend(open);
     }
+    // Lone leftovers all share one positive (else they would have joined one batch): they
+    // are left out of this epoch.
+    batches.extend(open.into_iter().filter(|b| b.len() > 1));
     batches
 }
 
@@ -364,9 +368,13 @@ mod pair_tests {
         let batches = length_aware_batches(&pairs, 4, 3);
         let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
         seen.sort();
-        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        let before = seen.len();
+        seen.dedup();
+        assert_eq!(seen.len(), before, "a pair twice");
+        // Only lone leftovers sharing one positive (8 pairs at most here) are left out.
+        assert!(seen.len() >= 50 - 8, "{} of 50 pairs batched", seen.len());
         for b in &batches {
-            assert!(b.len() <= 4);
+            assert!((2..=4).contains(&b.len()), "{b:?}");
             let mut pos: Vec<&str> = b.iter().map(|&i| pairs[i].positive.as_str()).collect();
             pos.sort();
             pos.dedup();

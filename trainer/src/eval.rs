@@ -174,7 +174,7 @@ pub fn embed_cached(
     progress: &ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
     const CHUNK: usize = 512;
-    let width = profile.hidden;
+    let width = embedder.model().output_width(profile);
     let tokenizer = embedder.tokenizer();
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
     let mut file = None;
@@ -255,7 +255,7 @@ pub fn evaluate_retrieval(
 ) -> Result<Vec<RetrievalRow>> {
     let profile = embedder.profile(Some(profile_name))?;
     for &d in dims {
-        head::check_dim(d, profile.hidden)?;
+        head::check_dim(d, embedder.model().output_width(&profile))?;
     }
     let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
     let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();

@@ -11,6 +11,7 @@
 pub mod calibrate;
 pub mod curriculum;
 pub mod data;
+pub mod dev;
 pub mod elastic;
 pub mod error;
 pub mod eval;

@@ -361,6 +361,49 @@ mod tests {
         assert!(MatryoshkaHead::new(4, 2, &VarMap::new(), DType::F32, &dev, &mut rng).is_err());
     }
 
+    /// A checkpoint written with a (non-identity) head runs through it at inference: the
+    /// encoder's output is the student's head output, at the head's width.
+    #[test]
+    fn the_inference_encoder_runs_the_trained_head() {
+        let cfg = tiny_config();
+        let dev = Device::Cpu;
+        let mut tensors = tiny_tensors(&cfg, 7);
+        let varmap = VarMap::new();
+        let student = StudentBert::from_tensors(&tensors, &cfg, &varmap, DType::F32, &dev).unwrap();
+        let mut rng = crate::router::Rng::new(3);
+        let width = cfg.hidden_size + 5;
+        let head = MatryoshkaHead::new(cfg.hidden_size, width, &varmap, DType::F32, &dev, &mut rng)
+            .unwrap();
+        {
+            // Move the head off the identity, as training does.
+            let data = varmap.data().lock().unwrap();
+            let w = data["head.weight"].as_tensor();
+            let noise = Tensor::rand(-0.3f32, 0.3, w.shape(), &dev).unwrap();
+            data["head.weight"].set(&(w + noise).unwrap()).unwrap();
+            data["head.bias"]
+                .set(&Tensor::rand(-0.1f32, 0.1, width, &dev).unwrap())
+                .unwrap();
+            for name in ["head.weight", "head.bias"] {
+                tensors.insert(name.into(), data[name].as_tensor().clone());
+            }
+        }
+        let seqs = tiny_seqs();
+        let (ids, mask) = StudentBert::pad(&seqs, DType::F32, &dev).unwrap();
+        let pooled = student.forward(&ids, &mask, &Gates::default()).unwrap();
+        let got = head.forward(&pooled).unwrap().to_vec2::<f32>().unwrap();
+        let model = BertModel::from_tensors(tensors, &cfg).unwrap();
+        let full = Profile::full(&cfg);
+        assert_eq!(model.output_width(&full), width);
+        let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let want = model.forward(&rows, &full).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(w.len(), width);
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
     fn abs_sum(t: &Tensor) -> f32 {
         t.abs()
             .unwrap()

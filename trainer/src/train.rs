@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::curriculum::Curriculum;
 use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair};
+use crate::dev::{DevSet, EvalConfig};
 use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs};
 use crate::optim::{
     clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW, Params,
@@ -64,6 +65,9 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub loss: LossConfig,
     pub sources: Vec<Source>,
+    /// Dev NDCG@10 every N steps (none when absent).
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
 }
 
 impl TrainConfig {
@@ -245,6 +249,75 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     progress.set_length(cfg.steps as u64);
     progress.set_position(state.step as u64);
     let full = Profile::full(&bert);
+    // The router's current choice per budget (argmax, no noise).
+    let router_profiles = || -> Result<Vec<(f64, Profile)>> {
+        cfg.budgets
+            .iter()
+            .enumerate()
+            .map(|(b, &budget)| {
+                let picks = router.argmax(b, DType::F32, &device)?;
+                Ok((
+                    budget,
+                    Profile {
+                        layers: space.kept_layers(space.depths[picks[0]]),
+                        heads: space.heads[picks[1]],
+                        ffn: space.ffn[picks[2]],
+                        hidden: bert.hidden_size,
+                    },
+                ))
+            })
+            .collect()
+    };
+    let dev = match &cfg.eval {
+        Some(e) => Some((e, DevSet::load(e, teacher.tokenizer())?)),
+        None => None,
+    };
+    let dev_check = |step: usize, metrics: &mut std::fs::File| -> Result<()> {
+        let Some((e, set)) = &dev else { return Ok(()) };
+        if !(step % e.every.max(1) == 0 || step == cfg.steps) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let tensors = model_params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        let model = mrl_encoder::BertModel::from_tensors(tensors, &bert)?;
+        let mut named = vec![("full".to_string(), full.clone())];
+        named.extend(
+            router_profiles()?
+                .into_iter()
+                .map(|(b, p)| (budget_name(b), p)),
+        );
+        let mut scores = serde_json::Map::new();
+        let mut shown = Vec::new();
+        for (name, p) in &named {
+            let row = set.ndcg(&model, p, &cfg.loss.nested_dims)?;
+            shown.push(format!(
+                "{name} {}",
+                row.iter()
+                    .map(|(d, v)| format!("{d}:{v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            let row: serde_json::Map<String, serde_json::Value> = row
+                .into_iter()
+                .map(|(d, v)| (d.to_string(), v.into()))
+                .collect();
+            scores.insert(name.clone(), row.into());
+        }
+        let (nq, nd) = set.sizes();
+        let line = serde_json::json!({
+            "step": step, "dev_ndcg_at_10": scores, "dev_queries": nq, "dev_docs": nd,
+            "dev_seconds": t.elapsed().as_secs_f64(),
+        });
+        writeln!(metrics, "{line}").map_err(|e| TrainerError::io(&metrics_path, e))?;
+        progress.println(format!("step {step} dev NDCG@10: {}", shown.join(" | ")));
+        Ok(())
+    };
+    if resumed_at == 0 {
+        dev_check(0, &mut metrics)?;
+    }
     let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
     while state.step < cfg.steps {
         let step = state.step;
@@ -307,27 +380,12 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
             "loss {total:.3} lr {lr:.1e} τ {:.2} budget {:.2}",
             anneal.0, log.budget
         ));
+        dev_check(state.step, &mut metrics)?;
         if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == cfg.steps {
             save_run(&ckpt, &model_params, &opt, &router_params, &ropt, &state)?;
         }
     }
-    let profiles = cfg
-        .budgets
-        .iter()
-        .enumerate()
-        .map(|(b, &budget)| {
-            let picks = router.argmax(b, DType::F32, &device)?;
-            Ok((
-                budget,
-                Profile {
-                    layers: space.kept_layers(space.depths[picks[0]]),
-                    heads: space.heads[picks[1]],
-                    ffn: space.ffn[picks[2]],
-                    hidden: bert.hidden_size,
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let profiles = router_profiles()?;
     write_output(cfg, &manifest, &bert, &model_params, &profiles)?;
     Ok(TrainSummary {
         steps: state.step,
@@ -336,6 +394,11 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
         pairs: pairs.len(),
         profiles,
     })
+}
+
+/// A budget's profile name in the output manifest: 0.5 → `b50`.
+fn budget_name(budget: f64) -> String {
+    format!("b{}", (budget * 100.0).round())
 }
 
 /// Writes the whole checkpoint into a fresh folder, then swaps it in: at any crash point
@@ -401,7 +464,7 @@ fn write_output(
     )];
     let mut budgets = Vec::new();
     for (budget, p) in profiles {
-        let name = format!("b{}", (budget * 100.0).round());
+        let name = budget_name(*budget);
         budgets.push(BudgetChoice {
             budget: *budget,
             profile: name.clone(),

@@ -268,13 +268,11 @@ pub async fn search(
                 .unwrap_or(&info.spec.profile)
                 .to_string();
             let profile = state.profile(Some(&profile_name), "profile")?;
-            if profile.hidden < dim {
+            let width = state.embedder.model().output_width(&profile);
+            if width < dim {
                 return Err(ApiError::field(
                     "profile",
-                    format!(
-                        "profile {profile_name:?} is {} wide, below dim {dim}",
-                        profile.hidden
-                    ),
+                    format!("profile {profile_name:?} is {width} wide, below dim {dim}"),
                 ));
             }
             let (mut v, _) = state.run(vec![q.clone()], profile, "query").await?;

@@ -17,7 +17,7 @@ pub async fn embed(
     let inputs = texts(&o, "inputs", state.config.max_inputs)?;
     let profile_name = opt_str(&o, "profile")?;
     let profile = state.profile(profile_name, "profile")?;
-    let dim = opt_usize(&o, "dim")?.unwrap_or(profile.hidden);
+    let dim = opt_usize(&o, "dim")?.unwrap_or(state.embedder.model().output_width(&profile));
     state.check_dim(dim, &profile, "dim")?;
     let normalize = opt_bool(&o, "normalize")?.unwrap_or(true);
     let (vectors, tokens) = state.run(inputs, profile, "inputs").await?;

@@ -41,15 +41,15 @@ impl AppState {
     /// Checks `dim` against the profile width and, unless any prefix is allowed, against the
     /// checkpoint's trained (nested) dims.
     pub fn check_dim(&self, dim: usize, profile: &Profile, field: &str) -> Result<(), ApiError> {
-        head::check_dim(dim, profile.hidden).map_err(|e| ApiError::field(field, e.to_string()))?;
+        let width = self.embedder.model().output_width(profile);
+        head::check_dim(dim, width).map_err(|e| ApiError::field(field, e.to_string()))?;
         let allowed = self.embedder.nested_dims();
         if !self.config.allow_any_dim && !allowed.contains(&dim) {
             return Err(ApiError::field(
                 field,
                 format!(
                     "dim {dim} is not one this checkpoint was trained for; allowed: {allowed:?} \
-                     (the server's --allow-any-dim accepts any prefix up to {})",
-                    profile.hidden
+                     (the server's --allow-any-dim accepts any prefix up to {width})",
                 ),
             ));
         }

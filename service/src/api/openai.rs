@@ -31,7 +31,7 @@ pub async fn embeddings(
         .to_string();
     let profile_name = model.rsplit_once(':').map(|(_, p)| p);
     let profile = state.profile(profile_name, "model")?;
-    let dim = opt_usize(&o, "dimensions")?.unwrap_or(profile.hidden);
+    let dim = opt_usize(&o, "dimensions")?.unwrap_or(state.embedder.model().output_width(&profile));
     state.check_dim(dim, &profile, "dimensions")?;
     let base64 = match opt_str(&o, "encoding_format")? {
         None | Some("float") => false,
