@@ -69,6 +69,22 @@ enum ModelCommand {
         #[arg(long)]
         models_dir: Option<PathBuf>,
     },
+    /// Write a copy of a model with f16 weights (half the bytes) and report the cost: the
+    /// cosine between f32 and f16 embeddings of sample texts, per profile.
+    Export {
+        /// The f32 model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// JSONL texts to compare on (BEIR corpus or queries, {text} objects or strings).
+        #[arg(long)]
+        texts: PathBuf,
+        /// How many of them.
+        #[arg(long, default_value_t = 256)]
+        limit: usize,
+    },
 }
 
 #[derive(Args)]
@@ -250,6 +266,32 @@ fn main() -> Result<()> {
             let fetcher = models_dir.map(Fetcher::new).unwrap_or_default();
             let dir = fetcher.fetch(&DEFAULT_MODEL)?;
             println!("{}", dir.display());
+            Ok(())
+        }
+        Command::Model {
+            command:
+                ModelCommand::Export {
+                    model,
+                    out,
+                    texts,
+                    limit,
+                },
+        } => {
+            let texts = mrl_trainer::data::sample_texts(&[texts], limit)?;
+            let report = mrl_trainer::export::export_f16(&model, &out, &texts)?;
+            eprintln!(
+                "wrote {} ({:.1} MB of weights, from {:.1} MB)",
+                out.display(),
+                report.bytes_after as f64 / 1e6,
+                report.bytes_before as f64 / 1e6
+            );
+            for (profile, mean, min) in &report.cosine {
+                eprintln!(
+                    "{profile}: cosine f16 vs f32 over {} texts: mean {mean:.6}, min {min:.6}",
+                    report.texts
+                );
+            }
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Embed(args) => embed(args),

@@ -4,10 +4,10 @@
 //! toward the frozen parent's embeddings, and the router's cost loss on a differentiable
 //! FLOPs model.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, D};
 use mrl_encoder::BertConfig;
 
-use crate::loss::{cost_loss, matryoshka_info_nce, similarity_distillation};
+use crate::loss::{cost_loss, matryoshka_info_nce, normalize_rows, similarity_distillation};
 use crate::router::{Choice, Rng, Router};
 use crate::student::{soft_prefix_mask, Gates, MatryoshkaHead, StudentBert};
 
@@ -139,6 +139,11 @@ pub struct LossConfig {
     pub distill_weight: f64,
     pub distill_temperature: f64,
     pub cost_weight: f64,
+    /// Weight of `1 − cos(student, teacher)` on unlabeled texts (the recipe's `[unlabeled]`
+    /// batches): it ties every sub-model's space to the parent's itself, which the
+    /// similarity-distribution loss (rotation-invariant) does not.
+    #[serde(default)]
+    pub align_weight: f64,
 }
 
 /// What a step computed, for the log.
@@ -151,6 +156,9 @@ pub struct StepLog {
     pub cost: f64,
     pub expected_cost: f64,
     pub picks: Vec<usize>,
+    /// Mean `1 − cos` to the teacher on the unlabeled batch, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub align: Option<f64>,
 }
 
 /// Everything one step needs besides the batch.
@@ -165,12 +173,15 @@ pub struct StepInputs<'a> {
 
 /// The loss of one step on padded queries and positives (`(ids, mask)` each) with the
 /// teacher's embeddings of the same texts, for budget index `budget` (`None`: the full model,
-/// no router). `(temperature, scale)` drive the Gumbel-Softmax.
+/// no router). `(temperature, scale)` drive the Gumbel-Softmax. `unlabeled` is an optional
+/// batch of plain texts `(ids, mask)` with the teacher's embeddings of them.
+#[allow(clippy::too_many_arguments)]
 pub fn step_loss(
     inp: &StepInputs,
     queries: (&Tensor, &Tensor),
     positives: (&Tensor, &Tensor),
     teacher: (&Tensor, &Tensor),
+    unlabeled: Option<((&Tensor, &Tensor), &Tensor)>,
     budget: Option<usize>,
     (temperature, scale): (f64, f64),
     rng: &mut Rng,
@@ -224,6 +235,15 @@ pub fn step_loss(
     if let Some(r) = &router_loss {
         total = (total + (r * cfg.cost_weight)?)?;
     }
+    let mut align = None;
+    if let Some((texts, want)) = unlabeled {
+        let got = embed(texts)?;
+        let cos = (normalize_rows(&got.narrow(1, 0, width)?)? * normalize_rows(&want.detach())?)?
+            .sum(D::Minus1)?;
+        let loss = (1.0 - cos)?.mean_all()?;
+        align = Some(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        total = (total + (loss * cfg.align_weight)?)?;
+    }
     let scalar = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
     let (budget_value, (cost, expected_cost), picks) = log_cost;
     let log = StepLog {
@@ -233,6 +253,7 @@ pub fn step_loss(
         cost,
         expected_cost,
         picks,
+        align,
     };
     Ok((total, log))
 }
@@ -341,6 +362,7 @@ mod tests {
             distill_weight: 1.0,
             distill_temperature: 0.1,
             cost_weight: 1.0,
+            align_weight: 1.0,
         };
         let inputs = StepInputs {
             student: &student,
@@ -375,11 +397,29 @@ mod tests {
                 (&qi, &qm),
                 (&di, &dm),
                 (&tq, &td),
+                Some(((&qi, &qm), &tq)),
                 budget,
                 schedule(step, steps),
                 &mut rng,
             )
             .unwrap();
+            let align = log.align.expect("an unlabeled batch was given");
+            if step == 0 {
+                // Ungated, the student starts as the teacher: nothing to align yet.
+                let (_, ungated) = step_loss(
+                    &inputs,
+                    (&qi, &qm),
+                    (&di, &dm),
+                    (&tq, &td),
+                    Some(((&qi, &qm), &tq)),
+                    None,
+                    schedule(step, steps),
+                    &mut Rng::new(0),
+                )
+                .unwrap();
+                let a = ungated.align.unwrap();
+                assert!(a.abs() < 1e-4 && a < align, "ungated {a}, gated {align}");
+            }
             let mut grads = loss.backward().unwrap();
             if step == 0 {
                 let missing: Vec<&String> = model_params

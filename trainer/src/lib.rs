@@ -15,6 +15,7 @@ pub mod dev;
 pub mod elastic;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod importance;
 pub mod loss;
 pub mod optim;

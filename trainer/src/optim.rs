@@ -112,6 +112,20 @@ pub fn clip_grad_norm(params: &Params, grads: &mut GradStore, max: f64) -> Resul
     Ok(norm)
 }
 
+/// Adds `more`'s gradients of `params` into `into` (gradient accumulation over micro-batches).
+pub fn accumulate_grads(params: &Params, into: &mut GradStore, more: &GradStore) -> Result<()> {
+    for (_, var) in params {
+        if let Some(g) = more.get(var) {
+            let sum = match into.remove(var) {
+                Some(acc) => (acc + g)?,
+                None => g.clone(),
+            };
+            into.insert(var, sum);
+        }
+    }
+    Ok(())
+}
+
 /// Saves the variables and the optimizer's moments and step to `path` (safetensors): the
 /// state a resumed run needs besides its RNG and data position.
 pub fn save_checkpoint(path: &Path, params: &Params, opt: &AdamW) -> Result<()> {
@@ -168,6 +182,29 @@ mod tests {
     use crate::student::{Gates, StudentBert};
     use candle_core::DType;
     use candle_nn::VarMap;
+
+    /// Gradients accumulated over two losses are the gradient of their sum.
+    #[test]
+    fn accumulated_gradients_add_up() {
+        let varmap = VarMap::new();
+        let dev = Device::Cpu;
+        let w = varmap
+            .get((3,), "w", candle_nn::Init::Const(0.5), DType::F32, &dev)
+            .unwrap();
+        let x1 = Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap();
+        let x2 = Tensor::new(&[-1f32, 0.5, 4.0], &dev).unwrap();
+        let loss = |x: &Tensor| (&w * x).unwrap().sqr().unwrap().sum_all().unwrap();
+        let params = params_of(&varmap);
+        let mut acc = loss(&x1).backward().unwrap();
+        accumulate_grads(&params, &mut acc, &loss(&x2).backward().unwrap()).unwrap();
+        let both = (loss(&x1) + loss(&x2)).unwrap().backward().unwrap();
+        let var = &params[0].1;
+        let (a, b) = (
+            acc.get(var).unwrap().to_vec1::<f32>().unwrap(),
+            both.get(var).unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
 
     #[test]
     fn warmup_then_cosine() {

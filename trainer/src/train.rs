@@ -21,7 +21,8 @@ use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair
 use crate::dev::{DevSet, EvalConfig};
 use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs};
 use crate::optim::{
-    clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW, Params,
+    accumulate_grads, clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW,
+    Params,
 };
 use crate::router::{schedule, Rng, Router};
 use crate::student::{MatryoshkaHead, StudentBert};
@@ -39,6 +40,10 @@ pub enum Source {
     Jsonl { path: PathBuf },
 }
 
+fn one() -> usize {
+    1
+}
+
 /// A training recipe (`configs/*.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +54,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub steps: usize,
     pub batch: usize,
+    /// Micro-batches of `batch` pairs whose gradients make one update (default 1).
+    #[serde(default = "one")]
+    pub accumulate: usize,
     pub max_tokens: usize,
     pub lr: f64,
     pub router_lr: f64,
@@ -68,6 +76,20 @@ pub struct TrainConfig {
     /// Dev NDCG@10 every N steps (none when absent).
     #[serde(default)]
     pub eval: Option<EvalConfig>,
+    /// Unlabeled texts for alignment to the parent (`[loss] align_weight`), none when absent.
+    #[serde(default)]
+    pub unlabeled: Option<UnlabeledConfig>,
+}
+
+/// `[unlabeled]`: plain texts (e.g. BEIR corpora) embedded by the parent and the student
+/// alike, a batch per micro-step, cycled in a fixed order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlabeledConfig {
+    /// JSONL files (BEIR corpus or queries, `{text}` objects or JSON strings), sampled evenly.
+    pub paths: Vec<PathBuf>,
+    pub limit: usize,
+    pub batch: usize,
 }
 
 impl TrainConfig {
@@ -81,8 +103,10 @@ impl TrainConfig {
 
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainerError::Invalid(m));
-        if self.steps == 0 || self.batch < 2 || self.max_tokens < 2 {
-            return bad("steps > 0, batch ≥ 2 and max_tokens ≥ 2 are needed".into());
+        if self.steps == 0 || self.batch < 2 || self.max_tokens < 2 || self.accumulate == 0 {
+            return bad(
+                "steps > 0, batch ≥ 2, accumulate ≥ 1 and max_tokens ≥ 2 are needed".into(),
+            );
         }
         if self.budgets.iter().any(|&b| !(b > 0.0 && b < 1.0)) {
             return bad(format!("budgets must lie in (0, 1): {:?}", self.budgets));
@@ -94,6 +118,13 @@ impl TrainConfig {
             || self.loss.nested_dims.len() != self.loss.dim_weights.len()
         {
             return bad("nested_dims and dim_weights must be non-empty and the same length".into());
+        }
+        if self
+            .unlabeled
+            .as_ref()
+            .is_some_and(|u| u.batch < 2 || u.limit < u.batch)
+        {
+            return bad("[unlabeled] needs batch ≥ 2 and limit ≥ batch".into());
         }
         if self.sources.is_empty() {
             return bad("no training data: add [[sources]]".into());
@@ -197,6 +228,10 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     all_budgets.extend(&cfg.budgets);
     let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
     let pairs = cfg.pairs()?;
+    let unlabeled = match &cfg.unlabeled {
+        Some(u) => crate::data::sample_texts(&u.paths, u.limit)?,
+        None => Vec::new(),
+    };
     let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
     let (mut opt, mut ropt) = (AdamW::new(cfg.weight_decay), AdamW::new(0.0));
 
@@ -321,49 +356,84 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
     while state.step < cfg.steps {
         let step = state.step;
-        // Batches are a pure function of (seed, epoch), so a resumed run sees the same ones.
-        let per_epoch = pairs.len().div_ceil(cfg.batch).max(1);
-        let epoch = step / per_epoch;
-        if epoch_batches.as_ref().map(|(e, _)| *e) != Some(epoch) {
-            let b = length_aware_batches(&pairs, cfg.batch, cfg.seed.wrapping_add(epoch as u64));
-            epoch_batches = Some((epoch, b));
-        }
-        let batches = &epoch_batches.as_ref().expect("set just above").1;
-        let batch = &batches[(step % per_epoch) % batches.len()];
-        let tokenize = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
-            Ok(crate::calibrate::cut(
-                teacher.tokenizer().encode(&texts)?,
-                cfg.max_tokens,
-            ))
-        };
-        let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
-        let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
-        let tq = pad_rows(&teacher.model().forward_all(&q, &full, cfg.batch)?, &device)?;
-        let td = pad_rows(&teacher.model().forward_all(&d, &full, cfg.batch)?, &device)?;
-        let (qi, qm) = StudentBert::pad(&q, DType::F32, &device)?;
-        let (di, dm) = StudentBert::pad(&d, DType::F32, &device)?;
         let which = curriculum.sample(step, &mut state.sampler);
         let budget = (which > 0).then(|| which - 1);
-        let inputs = StepInputs {
-            student: &student,
-            head: head.as_ref(),
-            router: &router,
-            space: &space,
-            cost_model: &cost_model,
-            loss: &cfg.loss,
-        };
         let anneal = schedule(step, cfg.steps);
-        let (loss, log) = step_loss(
-            &inputs,
-            (&qi, &qm),
-            (&di, &dm),
-            (&tq, &td),
-            budget,
-            anneal,
-            &mut state.noise,
-        )?;
-        let total = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let mut grads = loss.backward()?;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut total = 0.0;
+        let mut log = None;
+        for micro in step * cfg.accumulate..(step + 1) * cfg.accumulate {
+            // Batches are a pure function of (seed, epoch), so a resumed run sees the same ones.
+            let per_epoch = pairs.len().div_ceil(cfg.batch).max(1);
+            let epoch = micro / per_epoch;
+            if epoch_batches.as_ref().map(|(e, _)| *e) != Some(epoch) {
+                let b =
+                    length_aware_batches(&pairs, cfg.batch, cfg.seed.wrapping_add(epoch as u64));
+                epoch_batches = Some((epoch, b));
+            }
+            let batches = &epoch_batches.as_ref().expect("set just above").1;
+            let batch = &batches[(micro % per_epoch) % batches.len()];
+            let tokenize = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
+                Ok(crate::calibrate::cut(
+                    teacher.tokenizer().encode(&texts)?,
+                    cfg.max_tokens,
+                ))
+            };
+            let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
+            let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
+            let tq = pad_rows(&teacher.model().forward_all(&q, &full, cfg.batch)?, &device)?;
+            let td = pad_rows(&teacher.model().forward_all(&d, &full, cfg.batch)?, &device)?;
+            let (qi, qm) = StudentBert::pad(&q, DType::F32, &device)?;
+            let (di, dm) = StudentBert::pad(&d, DType::F32, &device)?;
+            let plain = match &cfg.unlabeled {
+                Some(u) if !unlabeled.is_empty() => {
+                    let texts: Vec<&str> = (0..u.batch)
+                        .map(|k| unlabeled[(micro * u.batch + k) % unlabeled.len()].as_str())
+                        .collect();
+                    let t = tokenize(texts)?;
+                    let want =
+                        pad_rows(&teacher.model().forward_all(&t, &full, u.batch)?, &device)?;
+                    let (ti, tm) = StudentBert::pad(&t, DType::F32, &device)?;
+                    Some((ti, tm, want))
+                }
+                _ => None,
+            };
+            let inputs = StepInputs {
+                student: &student,
+                head: head.as_ref(),
+                router: &router,
+                space: &space,
+                cost_model: &cost_model,
+                loss: &cfg.loss,
+            };
+            let (loss, micro_log) = step_loss(
+                &inputs,
+                (&qi, &qm),
+                (&di, &dm),
+                (&tq, &td),
+                plain.as_ref().map(|(i, m, w)| ((i, m), w)),
+                budget,
+                anneal,
+                &mut state.noise,
+            )?;
+            let loss = if cfg.accumulate > 1 {
+                (loss / cfg.accumulate as f64)?
+            } else {
+                loss
+            };
+            total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let g = loss.backward()?;
+            match &mut grads {
+                None => grads = Some(g),
+                Some(acc) => {
+                    accumulate_grads(&model_params, acc, &g)?;
+                    accumulate_grads(&router_params, acc, &g)?;
+                }
+            }
+            log = Some(micro_log);
+        }
+        let mut grads = grads.expect("accumulate ≥ 1 is validated");
+        let log = log.expect("accumulate ≥ 1 is validated");
         let grad_norm = clip_grad_norm(&model_params, &mut grads, cfg.clip)?;
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
         opt.update(&model_params, &grads, lr)?;
