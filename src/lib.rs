@@ -5,7 +5,7 @@
 //! ```no_run
 //! use mrl::{EmbedOptions, Embedder};
 //! # fn main() -> Result<(), mrl::EncoderError> {
-//! let embedder = mrl::load_model(None)?; // the default model, fetched once
+//! let embedder = mrl::load_model(None)?; // the shipped model, else the base one, fetched once
 //! let vectors = embedder.embed(&["hello world"], &EmbedOptions::default().dim(128))?;
 //! assert_eq!(vectors[0].len(), 128);
 //! # Ok(()) }
@@ -25,11 +25,23 @@ pub use mrl_encoder::{
     DEFAULT_MODEL,
 };
 
-/// Loads the model in `dir`, or the default model (fetched into `$MRL_MODELS_DIR`, else
-/// `./models`, the first time) when `dir` is `None`.
+/// The elastically trained checkpoint committed with the repository, under the models
+/// folder (`configs/minilm-elastic.toml`, exported to f16).
+pub const SHIPPED_MODEL: &str = "mrl-minilm-elastic";
+
+/// Loads the model in `dir`; when `dir` is `None`, the shipped trained checkpoint
+/// ([`SHIPPED_MODEL`] in `$MRL_MODELS_DIR`, else `./models`) if it is there, else the base
+/// model (fetched into that folder the first time).
 pub fn load_model(dir: Option<&Path>) -> Result<Embedder, EncoderError> {
     match dir {
         Some(d) => Embedder::load(d),
-        None => Embedder::load(Fetcher::default().ensure(&DEFAULT_MODEL)?),
+        None => {
+            let shipped = fetch::default_models_dir().join(SHIPPED_MODEL);
+            if shipped.join("model.safetensors").is_file() {
+                Embedder::load(shipped)
+            } else {
+                Embedder::load(Fetcher::default().ensure(&DEFAULT_MODEL)?)
+            }
+        }
     }
 }

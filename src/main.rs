@@ -89,7 +89,8 @@ enum ModelCommand {
 
 #[derive(Args)]
 struct ModelArg {
-    /// A sentence-transformers or mrl model folder (default: the default model, fetched on
+    /// A sentence-transformers or mrl model folder (default: models/mrl-minilm-elastic, the
+    /// shipped trained checkpoint, when present; else the base model, fetched on
     /// first use).
     #[arg(long, env = "MRL_MODEL")]
     model: Option<PathBuf>,
