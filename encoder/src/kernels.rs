@@ -76,12 +76,32 @@ pub fn matmul(
         (m - 1) * dst_rs + n <= dst.len(),
         "matmul destination too small: this is a bug"
     );
+    #[cfg(feature = "blas")]
+    if let Some(blas) = crate::blas::get() {
+        if matmul_blas(blas, dst, dst_rs, lhs, rhs, scale, accumulate, threads) {
+            return;
+        }
+    }
+    matmul_gemm(dst, dst_rs, lhs, rhs, scale, accumulate, threads);
+}
+
+/// [`matmul`] by the `gemm` crate (shapes already checked).
+fn matmul_gemm(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every view was bounds-checked above or in MatRef::new, dst does not alias the
+    // SAFETY: every view was bounds-checked by `matmul` or in MatRef::new, dst does not alias the
     // inputs (it is a distinct &mut), and gemm only touches elements inside those shapes.
     unsafe {
         gemm::gemm(
@@ -106,6 +126,51 @@ pub fn matmul(
             parallelism,
         )
     }
+}
+
+/// [`matmul`] through OpenBLAS, rows split over `threads` rayon workers; `false` when the
+/// layout is not one cblas takes (the caller then uses `gemm`).
+#[cfg(feature = "blas")]
+#[allow(clippy::too_many_arguments)]
+fn matmul_blas(
+    blas: &crate::blas::Blas,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) -> bool {
+    use rayon::prelude::*;
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let run = |dst: &mut [f32], r0: usize, rows: usize| {
+        blas.sgemm(
+            dst,
+            dst_rs,
+            (rows, k, n),
+            (&lhs.data[r0 * lhs.rs..], lhs.rs, lhs.cs),
+            (rhs.data, rhs.rs, rhs.cs),
+            scale,
+            accumulate,
+        )
+    };
+    // Rows per worker: whole blocks of 16 so each worker's panel stays aligned to the kernel.
+    let per = m.div_ceil(threads.max(1)).div_ceil(16) * 16;
+    if threads <= 1 || m <= per {
+        return run(dst, 0, m);
+    }
+    let len = dst.len();
+    dst[..len.min(m * dst_rs)]
+        .par_chunks_mut(per * dst_rs)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let r0 = i * per;
+            run(chunk, r0, per.min(m - r0))
+        })
+        .collect::<Vec<bool>>()
+        .into_iter()
+        .all(|ok| ok)
 }
 
 /// Runs `$generic` compiled with AVX2 + FMA when the CPU has them.
@@ -434,5 +499,41 @@ mod tests {
             2,
         );
         assert_eq!(dst, vec![3., 6., 12., 15.]);
+    }
+
+    /// With the `blas` feature, `$MRL_OPENBLAS` must load, and OpenBLAS must compute what the
+    /// built-in gemm computes on every layout the model uses, split over threads or not.
+    #[cfg(feature = "blas")]
+    #[test]
+    fn openblas_matches_the_builtin_gemm() {
+        let blas = crate::blas::get().expect("the blas feature needs $MRL_OPENBLAS to load");
+        let mut seed = 7u32;
+        let mut rand = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for &(m, k, n, threads) in &[(37, 19, 23, 1), (100, 64, 48, 2), (5, 32, 7, 2)] {
+            let a = rand(m * k * 2);
+            let w = rand(n * k);
+            let init = rand(m * n);
+            for &(scale, acc) in &[(1.0f32, false), (0.5, true)] {
+                // lhs with a row stride wider than its columns; rhs a transposed weight.
+                let lhs = MatRef::rows(&a, m, k, 2 * k);
+                let rhs = MatRef::rows(&w, n, k, k).t();
+                let mut want = init.clone();
+                let mut got = init.clone();
+                super::matmul_gemm(&mut want, n, lhs, rhs, scale, acc, threads);
+                assert!(matmul_blas(
+                    blas, &mut got, n, lhs, rhs, scale, acc, threads
+                ));
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4, "{m}x{k}x{n}: {x} vs {y}");
+                }
+            }
+        }
     }
 }

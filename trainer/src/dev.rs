@@ -1,9 +1,10 @@
-//! The dev check inside training: a fixed, seeded-free slice of a BEIR dev split (its first
-//! queries and a corpus of their judged documents topped up with others), embedded by the
-//! current weights through the inference encoder, scored as NDCG@10 per profile × nested dim.
+//! The dev check inside training: a fixed slice of a BEIR dev split (its first queries and a
+//! corpus of all their judged documents, topped up with others to a minimum size), embedded
+//! by the current weights through the inference encoder, scored as NDCG@10 per profile ×
+//! nested dim.
 //!
-//! A slice rather than the whole split keeps one check to seconds on two cores; the slice is
-//! the same at every check, so the numbers are comparable along a run (they are not the
+//! A slice rather than the whole split keeps one check to a minute or two on two cores; it is
+//! the same slice at every check, so the numbers are comparable along a run (they are not the
 //! split's official score: the corpus is smaller, which makes retrieval easier).
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +30,8 @@ pub struct EvalConfig {
     pub every: usize,
     /// At most this many queries (the split's first, in `queries.jsonl` order).
     pub queries: usize,
-    /// Corpus size: the chosen queries' judged documents, then others in corpus order.
+    /// Minimum corpus size: every judged document of the chosen queries, topped up with others
+    /// in corpus order.
     pub docs: usize,
     pub max_tokens: usize,
 }
