@@ -199,8 +199,10 @@ pub struct Ranking {
 }
 
 impl Manifest {
-    /// Reads `dir/mrl.json` when there is one and checks its profiles against `cfg`.
-    pub fn load(dir: &Path, cfg: &BertConfig) -> Result<Option<Self>> {
+    /// Reads `dir/mrl.json` when there is one and checks its profiles against `cfg` and its
+    /// nested dims against the model's output width (wider than `cfg`'s hidden size when the
+    /// checkpoint has a Matryoshka head).
+    pub fn load(dir: &Path, cfg: &BertConfig, output_width: usize) -> Result<Option<Self>> {
         let path = dir.join(MANIFEST_FILE);
         if !path.exists() {
             return Ok(None);
@@ -222,15 +224,8 @@ impl Manifest {
                 return Err(bad(format!("profile name {:?} contains '='", p.name)));
             }
         }
-        if let Some(&d) = m
-            .nested_dims
-            .iter()
-            .find(|&&d| d == 0 || d > cfg.hidden_size)
-        {
-            return Err(bad(format!(
-                "nested dim {d} is outside 1..={}",
-                cfg.hidden_size
-            )));
+        if let Some(&d) = m.nested_dims.iter().find(|&&d| d == 0 || d > output_width) {
+            return Err(bad(format!("nested dim {d} is outside 1..={output_width}")));
         }
         Ok(Some(m))
     }

@@ -74,7 +74,6 @@ impl Embedder {
         let config: BertConfig = config::read_json(&config_path)?;
         config.validate(&config_path)?;
         config::check_pooling(dir)?;
-        let manifest = Manifest::load(dir, &config)?;
         let max_len = config::max_seq_length(dir, &config)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), max_len)?;
         let weights_path = dir.join("model.safetensors");
@@ -86,6 +85,7 @@ impl Embedder {
         }
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
         let model = BertModel::load(&Weights::new(tensors), &config)?;
+        let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
