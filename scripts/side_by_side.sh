@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
+# Passes per engine per round (each engine reports its median pass).
+runs=${RUNS:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mrl-target}"
 mrl="${MRL_BIN:-$CARGO_TARGET_DIR/release/mrl}"
 [ -x "$mrl" ] || cargo build --release --bin mrl
@@ -17,8 +19,8 @@ shared=${MRL_SHARED_DIR:-../shared}
 rate() { grep "kind=$1 " | sed -E 's/.*median_texts_per_s=([0-9.]+).*/\1/'; }
 results=$(mktemp)
 for r in $(seq "$rounds"); do
-  ort=$(python3 "$shared/peers/bench_ort.py" --model "$model" --threads 2 2>/dev/null)
-  ours=$("$mrl" bench encode --model "$model" 2>/dev/null)
+  ort=$(python3 "$shared/peers/bench_ort.py" --model "$model" --threads 2 --runs "$runs" 2>/dev/null)
+  ours=$("$mrl" bench encode --model "$model" --runs "$runs" 2>/dev/null)
   line="$r $(echo "$ort" | rate short) $(echo "$ours" | rate short) $(echo "$ort" | rate long) $(echo "$ours" | rate long)"
   echo "$line" >>"$results"
   echo "$line" | awk '{printf "round %d: ORT %.1f / %.1f, mrl %.1f / %.1f texts/s (short / long), ratio %.3f / %.3f\n", $1, $2, $4, $3, $5, $3/$2, $5/$4}'
