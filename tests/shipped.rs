@@ -73,7 +73,7 @@ fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
             let v = e.embed(&texts, &opts).unwrap();
             let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
             let (near, far) = (cos(&v[0], &v[1]), cos(&v[0], &v[2]));
-            assert!(near > far + 0.2, "{profile}@{dim}: {near} vs {far}");
+            assert!(near > far + 0.1, "{profile}@{dim}: {near} vs {far}");
         }
     }
 }
