@@ -16,7 +16,8 @@ mrl="${MRL_BIN:-$CARGO_TARGET_DIR/release/mrl}"
 model=models/all-MiniLM-L6-v2
 [ -d "$model" ] || "$mrl" model fetch >/dev/null
 shared=${MRL_SHARED_DIR:-../shared}
-rate() { grep "kind=$1 " | sed -E 's/.*median_texts_per_s=([0-9.]+).*/\1/'; }
+# Only RESULT lines: mrl also prints RATIO lines that name the kind.
+rate() { grep "^RESULT.* kind=$1 " | head -n1 | sed -E 's/.*median_texts_per_s=([0-9.]+).*/\1/'; }
 results=$(mktemp)
 for r in $(seq "$rounds"); do
   ort=$(python3 "$shared/peers/bench_ort.py" --model "$model" --threads 2 --runs "$runs" 2>/dev/null)

@@ -207,13 +207,17 @@ fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Adding 1.5·2^23 rounds to the nearest integer without a branch or a libm call.
     let shifter = 12_582_912.0f32;
-    let n = (x * LOG2E + shifter) - shifter;
+    let shifted = x * LOG2E + shifter;
+    let n = shifted - shifter;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // The shifted sum's low mantissa bits hold n itself (two's complement), so 2^n comes from
+    // integer bit arithmetic: an `as i32` cast here saturates, which LLVM cannot vectorise.
+    let biased = shifted.to_bits().wrapping_sub(0x4B40_0000 - 127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
