@@ -450,9 +450,10 @@ fn bench_encode(args: BenchEncodeArgs) -> Result<()> {
             ));
             println!(
                 "RESULT engine=mrl profile={profile} kind={kind} n={} batch={} threads={threads} \
-                 median_texts_per_s={:.1} runs={:?}",
+                 matmul={} median_texts_per_s={:.1} runs={:?}",
                 texts.len(),
                 args.batch,
+                mrl_encoder::kernels::matmul_backend(),
                 sorted[sorted.len() / 2],
                 rates
                     .iter()

@@ -1,6 +1,8 @@
-//! Optional OpenBLAS matrix multiply (cargo feature `blas`): `$MRL_OPENBLAS` names a shared
+//! Optional OpenBLAS matrix multiply (cargo feature `blas`, on by default; it only compiles the
+//! loader, and OpenBLAS runs only when asked for): `$MRL_OPENBLAS` names a shared
 //! library exporting `cblas_sgemm` (e.g. `libscipy_openblas.so` from the PyPI wheel
-//! `scipy-openblas32`, whose symbols carry a `scipy_` prefix), loaded once with `dlopen`.
+//! `scipy-openblas32`, whose symbols carry a `scipy_` prefix; `scripts/openblas.sh` installs it
+//! and prints the path), loaded once with `dlopen`.
 //!
 //! OpenBLAS runs single-threaded here and the caller splits rows over the rayon pool, so its
 //! own thread pool never competes with rayon's for the two cores. Without the variable, or
@@ -60,7 +62,7 @@ pub fn get() -> Option<&'static Blas> {
 }
 
 impl Blas {
-    fn load(path: &str) -> Result<Self, String> {
+    pub(crate) fn load(path: &str) -> Result<Self, String> {
         let c = CString::new(path).map_err(|_| "the path has a NUL byte".to_string())?;
         // SAFETY: dlopen/dlsym are called with NUL-terminated strings; the handle is kept
         // open for the life of the process (never dlclose'd), so the symbols stay valid.

@@ -85,6 +85,15 @@ pub fn matmul(
     matmul_gemm(dst, dst_rs, lhs, rhs, scale, accumulate, threads);
 }
 
+/// Which library runs [`matmul`]: `"openblas"` when `$MRL_OPENBLAS` loaded, else `"gemm"`.
+pub fn matmul_backend() -> &'static str {
+    #[cfg(feature = "blas")]
+    if crate::blas::get().is_some() {
+        return "openblas";
+    }
+    "gemm"
+}
+
 /// [`matmul`] by the `gemm` crate (shapes already checked).
 fn matmul_gemm(
     dst: &mut [f32],
@@ -505,12 +514,49 @@ mod tests {
         assert_eq!(dst, vec![3., 6., 12., 15.]);
     }
 
-    /// With the `blas` feature, `$MRL_OPENBLAS` must load, and OpenBLAS must compute what the
-    /// built-in gemm computes on every layout the model uses, split over threads or not.
+    /// The pinned OpenBLAS wheel of `scripts/openblas.sh`.
+    #[cfg(feature = "blas")]
+    const OPENBLAS_WHEEL: &str = "scipy-openblas32==0.3.34.481.3";
+
+    /// `$MRL_OPENBLAS`, else the pinned wheel installed with pip into the cache (as the model
+    /// is fetched), so the test runs on a fresh machine without set-up.
+    #[cfg(feature = "blas")]
+    fn openblas() -> crate::blas::Blas {
+        let path = match std::env::var("MRL_OPENBLAS") {
+            Ok(p) => p,
+            Err(_) => {
+                let dir = crate::fetch::default_cache_dir().join("openblas");
+                let lib = dir.join("scipy_openblas32/lib/libscipy_openblas.so");
+                if !lib.exists() {
+                    let python = std::env::var("MRL_PYTHON").unwrap_or_else(|_| "python3".into());
+                    let status = std::process::Command::new(python)
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "-q",
+                            "--no-deps",
+                            "--only-binary=:all:",
+                        ])
+                        .arg("--target")
+                        .arg(&dir)
+                        .arg(OPENBLAS_WHEEL)
+                        .status()
+                        .expect("python3 with pip is needed to install OpenBLAS");
+                    assert!(status.success(), "pip install {OPENBLAS_WHEEL} failed");
+                }
+                lib.to_str().expect("a UTF-8 cache path").to_string()
+            }
+        };
+        crate::blas::Blas::load(&path).unwrap_or_else(|e| panic!("loading {path}: {e}"))
+    }
+
+    /// OpenBLAS must compute what the built-in gemm computes on every layout the model uses,
+    /// split over threads or not.
     #[cfg(feature = "blas")]
     #[test]
     fn openblas_matches_the_builtin_gemm() {
-        let blas = crate::blas::get().expect("the blas feature needs $MRL_OPENBLAS to load");
+        let blas = &openblas();
         let mut seed = 7u32;
         let mut rand = |n: usize| -> Vec<f32> {
             (0..n)

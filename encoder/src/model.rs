@@ -133,9 +133,12 @@ impl Linear {
     fn forward_into(&self, dst: &mut [f32], dst_rs: usize, x: MatRef<'_>, out: Range<usize>) {
         let (rows, cols) = x.shape();
         let n = out.len();
-        for row in dst.chunks_mut(dst_rs).take(rows) {
-            row[..n].copy_from_slice(&self.bias[out.clone()]);
-        }
+        // On the pool: done serially, this copy was the one stretch where a core sat idle.
+        let bias = &self.bias[out.clone()];
+        dst.par_chunks_mut(dst_rs)
+            .take(rows)
+            .with_min_len(64)
+            .for_each(|row| row[..n].copy_from_slice(bias));
         let w = MatRef::rows(
             &self.weight[out.start * self.inputs..],
             n,
