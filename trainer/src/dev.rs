@@ -7,7 +7,7 @@
 //! the same slice at every check, so the numbers are comparable along a run (they are not the
 //! split's official score: the corpus is smaller, which makes retrieval easier).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use mrl_encoder::tokenize::TextTokenizer;
@@ -15,7 +15,7 @@ use mrl_encoder::{BertModel, Profile};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BeirDataset, Document, Qrels};
-use crate::eval::{evaluate, exact_search, nested_matrix};
+use crate::eval::exact_run_metrics;
 use crate::{Result, TrainerError};
 
 /// `[eval]` of a recipe.
@@ -77,23 +77,12 @@ impl DevSet {
     ) -> Result<Vec<(usize, f64)>> {
         let q = model.forward_all(&self.queries, profile, 64)?;
         let d = model.forward_all(&self.docs, profile, 32)?;
+        let query_ids: Vec<&str> = self.query_ids.iter().map(String::as_str).collect();
+        let doc_ids: Vec<&str> = self.doc_ids.iter().map(String::as_str).collect();
         dims.iter()
             .map(|&dim| {
-                let (qm, dm) = (nested_matrix(&q, dim)?, nested_matrix(&d, dim)?);
-                let hits = exact_search(&qm, &dm, dim, 100);
-                let run: HashMap<String, Vec<(String, f32)>> = self
-                    .query_ids
-                    .iter()
-                    .zip(hits)
-                    .map(|(qid, h)| {
-                        let h = h
-                            .into_iter()
-                            .map(|(i, s)| (self.doc_ids[i].clone(), s))
-                            .collect();
-                        (qid.clone(), h)
-                    })
-                    .collect();
-                Ok((dim, evaluate(&run, &self.qrels).ndcg_at_10))
+                let m = exact_run_metrics(&query_ids, &q, &doc_ids, &d, dim, &self.qrels)?;
+                Ok((dim, m.ndcg_at_10))
             })
             .collect()
     }

@@ -135,6 +135,34 @@ pub fn exact_search(queries: &[f32], docs: &[f32], dim: usize, k: usize) -> Vec<
         .collect()
 }
 
+/// Metrics of exact search over the first `dim` values of already-embedded queries and
+/// documents (rows in the order of their ids), judged by `qrels`.
+pub fn exact_run_metrics(
+    query_ids: &[&str],
+    query_vecs: &[Vec<f32>],
+    doc_ids: &[&str],
+    doc_vecs: &[Vec<f32>],
+    dim: usize,
+    qrels: &Qrels,
+) -> Result<Metrics> {
+    let (qs, docs) = (
+        nested_matrix(query_vecs, dim)?,
+        nested_matrix(doc_vecs, dim)?,
+    );
+    let run: HashMap<String, Vec<(String, f32)>> = query_ids
+        .iter()
+        .zip(exact_search(&qs, &docs, dim, 100))
+        .map(|(qid, hits)| {
+            let hits = hits
+                .into_iter()
+                .map(|(i, score)| (doc_ids[i].to_string(), score))
+                .collect();
+            (qid.to_string(), hits)
+        })
+        .collect();
+    Ok(evaluate(&run, qrels))
+}
+
 /// A folder of embedded texts for one model, keyed by its weights' SHA-256 (hashed once).
 pub struct EmbeddingCache {
     dir: PathBuf,
@@ -264,27 +292,21 @@ pub fn evaluate_retrieval(
         .transpose()?;
     let doc_vecs = embed_cached(embedder, &corpus, &profile, cache.as_ref(), progress)?;
     let query_vecs = embed_cached(embedder, &queries, &profile, cache.as_ref(), progress)?;
+    let query_ids: Vec<&str> = data.queries.iter().map(|q| q.id.as_str()).collect();
+    let doc_ids: Vec<&str> = data.corpus.iter().map(|d| d.id.as_str()).collect();
     let mut rows = Vec::new();
     for &dim in dims {
-        let docs = nested_matrix(&doc_vecs, dim)?;
-        let qs = nested_matrix(&query_vecs, dim)?;
-        let hits = exact_search(&qs, &docs, dim, 100);
-        let run: HashMap<String, Vec<(String, f32)>> = data
-            .queries
-            .iter()
-            .zip(hits)
-            .map(|(q, h)| {
-                let h = h
-                    .into_iter()
-                    .map(|(i, s)| (data.corpus[i].id.clone(), s))
-                    .collect();
-                (q.id.clone(), h)
-            })
-            .collect();
         rows.push(RetrievalRow {
             profile: profile_name.to_string(),
             dim,
-            metrics: evaluate(&run, &data.qrels),
+            metrics: exact_run_metrics(
+                &query_ids,
+                &query_vecs,
+                &doc_ids,
+                &doc_vecs,
+                dim,
+                &data.qrels,
+            )?,
         });
     }
     Ok(rows)
