@@ -514,40 +514,26 @@ mod tests {
         assert_eq!(dst, vec![3., 6., 12., 15.]);
     }
 
-    /// The pinned OpenBLAS wheel of `scripts/openblas.sh`.
-    #[cfg(feature = "blas")]
-    const OPENBLAS_WHEEL: &str = "scipy-openblas32==0.3.34.481.3";
-
-    /// `$MRL_OPENBLAS`, else the pinned wheel installed with pip into the cache (as the model
-    /// is fetched), so the test runs on a fresh machine without set-up.
+    /// `$MRL_OPENBLAS`, else what `scripts/openblas.sh` installs (the pinned wheel, into the
+    /// cache, as the model is fetched), so the test runs on a fresh machine without set-up.
     #[cfg(feature = "blas")]
     fn openblas() -> crate::blas::Blas {
-        let path = match std::env::var("MRL_OPENBLAS") {
-            Ok(p) => p,
-            Err(_) => {
-                let dir = crate::fetch::default_cache_dir().join("openblas");
-                let lib = dir.join("scipy_openblas32/lib/libscipy_openblas.so");
-                if !lib.exists() {
-                    let python = std::env::var("MRL_PYTHON").unwrap_or_else(|_| "python3".into());
-                    let status = std::process::Command::new(python)
-                        .args([
-                            "-m",
-                            "pip",
-                            "install",
-                            "-q",
-                            "--no-deps",
-                            "--only-binary=:all:",
-                        ])
-                        .arg("--target")
-                        .arg(&dir)
-                        .arg(OPENBLAS_WHEEL)
-                        .status()
-                        .expect("python3 with pip is needed to install OpenBLAS");
-                    assert!(status.success(), "pip install {OPENBLAS_WHEEL} failed");
-                }
-                lib.to_str().expect("a UTF-8 cache path").to_string()
-            }
-        };
+        let path = std::env::var("MRL_OPENBLAS").unwrap_or_else(|_| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/openblas.sh");
+            let out = std::process::Command::new("bash")
+                .arg(script)
+                .output()
+                .expect("bash runs scripts/openblas.sh");
+            assert!(
+                out.status.success(),
+                "{script} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .expect("a UTF-8 path")
+                .trim()
+                .to_string()
+        });
         crate::blas::Blas::load(&path).unwrap_or_else(|e| panic!("loading {path}: {e}"))
     }
 
