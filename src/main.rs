@@ -170,6 +170,9 @@ struct ServeArgs {
     /// Requests waiting for the model before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue_capacity: usize,
+    /// Token ids waiting for the model (summed over requests) before new requests get 429.
+    #[arg(long, default_value_t = mrl_service::ServeConfig::new().max_queued_tokens)]
+    max_queued_tokens: usize,
     /// Texts per request.
     #[arg(long, default_value_t = 512)]
     max_inputs: usize,
@@ -628,6 +631,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .allow_any_dim(args.allow_any_dim)
         .max_batch_tokens(args.max_batch_tokens)
         .queue_capacity(args.queue_capacity)
+        .max_queued_tokens(args.max_queued_tokens)
         .max_inputs(args.max_inputs)
         .max_body_bytes(args.max_body_bytes)
         .truncate(!args.reject_long_inputs)

@@ -4,95 +4,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 
+use common::server::Server;
 use common::shared;
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// `mrl serve` on a free port over `data`, any dim allowed.
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mrl"))
-            .args(["serve", "--port", "0", "--allow-any-dim", "--data-dir"])
-            .arg(data)
-            .env("MRL_MODEL", common::model_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mrl serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Self { child, addr }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Value) -> Value {
-        let (status, v) = self.call(method, path, Some(body));
-        assert!(
-            status == 200 || status == 201,
-            "{method} {path}: {status} {v}"
-        );
-        v
-    }
-
-    /// Stores `(id, text)` documents in the `sci` collection.
-    fn add(&self, docs: &[(String, String)]) {
-        let batch: Vec<Value> = docs
-            .iter()
-            .map(|(id, t)| json!({"id": id, "text": t}))
-            .collect();
-        self.ok(
-            "POST",
-            "/collections/sci/documents",
-            json!({ "documents": batch }),
-        );
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM: actix stops gracefully and the store closes.
-    fn stop(mut self) {
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-    }
+/// Stores `(id, text)` documents in the `sci` collection.
+fn add(s: &Server, docs: &[(String, String)]) {
+    let batch: Vec<Value> = docs
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    s.ok(
+        "POST",
+        "/collections/sci/documents",
+        json!({ "documents": batch }),
+    );
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -278,7 +206,7 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
     let s = Server::start(&data);
     s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
     for chunk in docs.chunks(20) {
-        s.add(chunk);
+        add(&s, chunk);
     }
     let query = json!({"query": "vitamin D and bone density", "limit": 5});
     let before = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
@@ -291,7 +219,7 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
         before
     );
     // One more acknowledged write, then kill -9 at once.
-    s.add(&scifact(45)[40..]);
+    add(&s, &scifact(45)[40..]);
     s.kill();
 
     let s = Server::start(&data);
@@ -310,7 +238,7 @@ fn funnel_search_matches_exact_search_on_scifact() {
     s.ok("PUT", "/collections/sci", json!({"dims": [256, 384]}));
     let docs = scifact(300);
     for chunk in docs.chunks(100) {
-        s.add(chunk);
+        add(&s, chunk);
     }
     let queries: Vec<String> = std::fs::read_to_string(shared().join("data/scifact/queries.jsonl"))
         .unwrap()

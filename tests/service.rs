@@ -391,9 +391,17 @@ fn errors_have_one_shape_and_name_the_field() {
             String::from_utf8_lossy(&r.body)
         );
         let e = &r.json()["error"];
-        assert_eq!(e["type"], kind, "{path} {shown}: {e}");
         assert!(!e["message"].as_str().unwrap().is_empty());
-        assert_eq!(e["field"].as_str(), field, "{path} {shown}: {e}");
+        if path.starts_with("/v1/") {
+            // OpenAI's shape: the field in `param`, our kind in `code`.
+            assert_eq!(e["type"], "invalid_request_error", "{path} {shown}: {e}");
+            assert_eq!(e["code"], kind, "{path} {shown}: {e}");
+            assert_eq!(e["param"].as_str(), field, "{path} {shown}: {e}");
+            assert!(e.get("field").is_none(), "{e}");
+        } else {
+            assert_eq!(e["type"], kind, "{path} {shown}: {e}");
+            assert_eq!(e["field"].as_str(), field, "{path} {shown}: {e}");
+        }
     }
     // The unknown-dim message names what is allowed.
     let r = post("/embed", &json!({"inputs": "x", "dim": 128}));
@@ -407,6 +415,24 @@ fn errors_have_one_shape_and_name_the_field() {
         assert_eq!(r.status, 401);
         assert_eq!(r.json()["error"]["type"], "unauthorized");
         assert_eq!(r.headers["www-authenticate"], "Bearer");
+        let r = call(
+            server(),
+            "POST",
+            "/v1/embeddings",
+            key,
+            br#"{"input": "x"}"#,
+        );
+        assert_eq!(r.status, 401);
+        let e = &r.json()["error"];
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), &e["param"]),
+            (
+                Some("invalid_request_error"),
+                Some("invalid_api_key"),
+                &Value::Null
+            ),
+            "{e}"
+        );
     }
     let r = call(server(), "GET", "/metrics", None, b"");
     assert_eq!(r.status, 401);
@@ -418,7 +444,15 @@ fn errors_have_one_shape_and_name_the_field() {
     ] {
         let r = call(server(), method, path, Some(KEY), b"");
         assert_eq!(r.status, 404, "{method} {path}");
-        assert_eq!(r.json()["error"]["type"], "not_found");
+        let e = &r.json()["error"];
+        if path.starts_with("/v1/") {
+            assert_eq!(
+                (&e["type"], &e["code"]),
+                (&json!("invalid_request_error"), &json!("not_found"))
+            );
+        } else {
+            assert_eq!(e["type"], "not_found");
+        }
     }
 }
 

@@ -22,11 +22,21 @@ pub fn nest(v: &[f32], dim: usize, normalize: bool) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Scales `v` to unit L2 norm in place; a zero vector stays zero. The norm is taken in f64,
+/// where the square of any finite f32 neither overflows nor underflows, so a vector and any
+/// finite rescaled copy of it come out the same (within an f32 rounding). torch's
+/// `F.normalize`, which sentence-transformers uses, floors the norm at 1e-12 instead; the two
+/// differ only for vectors shorter than that, which no encoder output is.
 pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    // The same floor sentence-transformers' normalize uses (torch's F.normalize eps).
-    let norm = norm.max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        v.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    }
 }
 
 #[cfg(test)]
@@ -39,6 +49,24 @@ mod tests {
         assert_eq!(nest(&v, 2, true).unwrap(), vec![0.6, 0.8]);
         assert_eq!(nest(&v, 2, false).unwrap(), vec![3.0, 4.0]);
         assert_eq!(nest(&[0.0, 0.0], 2, true).unwrap(), vec![0.0, 0.0]);
+    }
+
+    /// A finite vector of any magnitude normalises like its rescaled copy: no overflow to
+    /// zeros or NaN at 1e30, no underflow to the floor at 1e-30.
+    #[test]
+    fn normalising_is_scale_free_over_f32s_range() {
+        let v = [0.3f32, -1.2, 2.5, 0.01];
+        let unit = nest(&v, 4, true).unwrap();
+        for scale in [1e30f32, 1e-30, 3e38 / 2.5, 1e-38] {
+            let scaled: Vec<f32> = v.iter().map(|x| x * scale).collect();
+            let got = nest(&scaled, 4, true).unwrap();
+            for (a, b) in got.iter().zip(&unit) {
+                assert!(
+                    a.is_finite() && (a - b).abs() <= 1e-6,
+                    "{scale}: {got:?} vs {unit:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct ServeConfig {
     pub max_batch_tokens: usize,
     /// Requests waiting for the model before new ones get 429.
     pub queue_capacity: usize,
+    /// Token ids waiting for the model (summed over waiting requests) before new requests get
+    /// 429; a single larger request still runs when nothing waits.
+    pub max_queued_tokens: usize,
     /// Texts per request.
     pub max_inputs: usize,
     /// Bytes per request body.
@@ -41,6 +44,7 @@ impl Default for ServeConfig {
             allow_any_dim: false,
             max_batch_tokens: 16_384,
             queue_capacity: 64,
+            max_queued_tokens: 65_536,
             max_inputs: 512,
             max_body_bytes: 4 << 20,
             truncate: true,
@@ -84,6 +88,10 @@ impl ServeConfig {
     }
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n;
+        self
+    }
+    pub fn max_queued_tokens(mut self, n: usize) -> Self {
+        self.max_queued_tokens = n;
         self
     }
     pub fn max_inputs(mut self, n: usize) -> Self {

@@ -1,5 +1,7 @@
-//! The service's errors and their one mapping to HTTP: every failure answers
-//! `{"error": {"type", "message", "field"?}}` with the status chosen here and nowhere else.
+//! The service's errors and their one mapping to HTTP: the status is chosen here and nowhere
+//! else. Native routes answer `{"error": {"type", "message", "field"?}}`; the OpenAI-compatible
+//! routes (`/v1/…`) answer OpenAI's shape `{"error": {"message", "type", "param", "code"}}`,
+//! so OpenAI clients find the offending field in `param`.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -25,8 +27,11 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("the model queue is full ({capacity} requests waiting); retry shortly")]
-    QueueFull { capacity: usize },
+    #[error(
+        "the model queue is full (at most {requests} requests or {tokens} tokens wait); retry \
+         shortly"
+    )]
+    QueueFull { requests: usize, tokens: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -77,7 +82,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchCollection(_) => Self::NotFound(e.to_string()),
-            StoreError::Conflict { .. } => Self::Conflict(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::Redefined { .. } => {
+                Self::Conflict(e.to_string())
+            }
             StoreError::BadName(_) => Self::field("name", e.to_string()),
             StoreError::InvalidFilter(_) => Self::field("filter", e.to_string()),
             StoreError::Storage(_) => Self::Internal(e.to_string()),
@@ -105,6 +112,14 @@ impl ResponseError for ApiError {
         if let Some(f) = self.field_name() {
             body["field"] = json!(f);
         }
+        self.respond(body)
+    }
+}
+
+impl ApiError {
+    /// The response for `body` (the object under `"error"`), with this error's status and
+    /// headers.
+    fn respond(&self, body: serde_json::Value) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
         if matches!(self, Self::QueueFull { .. }) {
             resp.insert_header((header::RETRY_AFTER, "1"));
@@ -113,5 +128,49 @@ impl ResponseError for ApiError {
             resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         resp.json(json!({ "error": body }))
+    }
+
+    /// OpenAI's `type` and `code` for this error (`code` refines the type: OpenAI's own for
+    /// the key and rate limits, the native `type` otherwise).
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
+            Self::QueueFull { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::Internal(_) => ("server_error", "internal"),
+            other => ("invalid_request_error", other.kind()),
+        }
+    }
+}
+
+impl ApiError {
+    /// This error as the route at `path` answers it: in OpenAI's shape under `/v1/` (the
+    /// OpenAI-compatible API), natively elsewhere. For errors raised outside a handler.
+    pub fn for_path(self, path: &str) -> actix_web::Error {
+        if path.starts_with("/v1/") {
+            OpenAiError(self).into()
+        } else {
+            self.into()
+        }
+    }
+}
+
+/// An `ApiError` on an OpenAI-compatible route: the same status and headers, OpenAI's body.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct OpenAiError(#[from] pub ApiError);
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.0.status_code()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (kind, code) = self.0.openai_kind();
+        self.0.respond(json!({
+            "message": self.0.to_string(),
+            "type": kind,
+            "param": self.0.field_name(),
+            "code": code,
+        }))
     }
 }

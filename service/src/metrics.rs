@@ -53,7 +53,12 @@ pub struct Metrics {
     pub latency: Histogram,
     pub batch_size: Histogram,
     pub tokens: AtomicU64,
+    /// Requests waiting for the model thread.
     pub queue_depth: AtomicUsize,
+    /// Token ids waiting for the model thread, summed over the waiting requests.
+    pub queue_tokens: AtomicUsize,
+    /// Requests discarded before their forward pass because their client had gone away.
+    pub abandoned: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -68,6 +73,8 @@ impl Default for Metrics {
             ]),
             tokens: AtomicU64::new(0),
             queue_depth: AtomicUsize::new(0),
+            queue_tokens: AtomicUsize::new(0),
+            abandoned: AtomicU64::new(0),
         }
     }
 }
@@ -109,6 +116,16 @@ impl Metrics {
             out,
             "# HELP mrl_queue_depth Requests waiting for the model.\n# TYPE mrl_queue_depth gauge\nmrl_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mrl_queue_tokens Token ids waiting for the model.\n# TYPE mrl_queue_tokens gauge\nmrl_queue_tokens {}",
+            self.queue_tokens.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mrl_requests_abandoned_total Requests dropped before their forward pass because the client had gone away.\n# TYPE mrl_requests_abandoned_total counter\nmrl_requests_abandoned_total {}",
+            self.abandoned.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

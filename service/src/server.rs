@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpServer};
 use mrl_encoder::Embedder;
 
 use crate::api::{self, collections, AppState};
-use crate::batcher::Batcher;
+use crate::batcher::{Batcher, QueueLimits};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -31,7 +31,10 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
     let batcher = Batcher::spawn(
         embedder.clone(),
         config.max_batch_tokens,
-        config.queue_capacity,
+        QueueLimits {
+            requests: config.queue_capacity,
+            tokens: config.max_queued_tokens,
+        },
         metrics.clone(),
     )?;
     let model_name = embedder
@@ -81,6 +84,10 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
+    // A client that closes its connection is gone: its request future is dropped, so the
+    // model thread can discard the request instead of embedding it for nobody (a half-closed
+    // connection, a rarity among HTTP clients, counts as gone too).
+    .h1_allow_half_closed(false)
     .bind((host.as_str(), port))?;
     let addr = server.addrs()[0];
     Ok(Running {
@@ -105,7 +112,7 @@ async fn guard(
             state
                 .metrics
                 .request("unauthorized", 401, start.elapsed().as_secs_f64());
-            return Err(ApiError::Unauthorized.into());
+            return Err(ApiError::Unauthorized.for_path(req.path()));
         }
     }
     let res = next.call(req).await?;

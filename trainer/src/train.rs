@@ -309,7 +309,7 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     };
     let dev_check = |step: usize, metrics: &mut std::fs::File| -> Result<()> {
         let Some((e, set)) = &dev else { return Ok(()) };
-        if !(step % e.every.max(1) == 0 || step == cfg.steps) {
+        if !(step.is_multiple_of(e.every.max(1)) || step == cfg.steps) {
             return Ok(());
         }
         let t = Instant::now();
@@ -451,7 +451,7 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
             anneal.0, log.budget
         ));
         dev_check(state.step, &mut metrics)?;
-        if state.step % cfg.checkpoint_every.max(1) == 0 || state.step == cfg.steps {
+        if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || state.step == cfg.steps {
             save_run(&ckpt, &model_params, &opt, &router_params, &ropt, &state)?;
         }
     }

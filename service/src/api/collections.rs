@@ -213,6 +213,39 @@ pub async fn delete_documents(
     Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
 }
 
+/// The most candidates a funnel's prefetch may ask for: each is scored and held in memory.
+const MAX_CANDIDATES: usize = 100_000;
+
+/// A query vector as sent: every value a number that is finite as f32 (what the store
+/// computes in), and not all zero (a zero vector has no direction to rank by). Any finite
+/// magnitude is fine: the vector is re-normalised before it is used.
+fn query_vector(items: &[Value]) -> Result<Vec<f32>, ApiError> {
+    let v = items
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| {
+                    ApiError::field(
+                        &format!("vector[{i}]"),
+                        format!(
+                            "vector[{i}] must be a number within float32's range (±3.4e38), got {x}"
+                        ),
+                    )
+                })
+        })
+        .collect::<Result<Vec<f32>, _>>()?;
+    if v.iter().all(|&x| x == 0.0) {
+        return Err(ApiError::field(
+            "vector",
+            "vector must have a non-zero value (as float32)",
+        ));
+    }
+    Ok(v)
+}
+
 pub async fn search(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -246,10 +279,12 @@ pub async fn search(
                 ));
             }
             let candidates = opt_usize(f, "candidates")?.unwrap_or(limit * 10);
-            if candidates < limit {
+            if !(limit..=MAX_CANDIDATES).contains(&candidates) {
                 return Err(ApiError::field(
                     "funnel.candidates",
-                    "funnel.candidates must be at least limit",
+                    format!(
+                        "funnel.candidates must be in limit..={MAX_CANDIDATES} (limit is {limit})"
+                    ),
                 ));
             }
             Some((fdim, candidates))
@@ -279,11 +314,7 @@ pub async fn search(
             v.pop().unwrap_or_default()
         }
         (None, Some(Value::Array(items))) => {
-            let v: Vec<f32> = items
-                .iter()
-                .map(|x| x.as_f64().map(|f| f as f32))
-                .collect::<Option<_>>()
-                .ok_or_else(|| ApiError::field("vector", "vector must be an array of numbers"))?;
+            let v = query_vector(items)?;
             if v.len() != dim {
                 return Err(ApiError::field(
                     "vector",

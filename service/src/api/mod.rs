@@ -213,12 +213,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
+pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, actix_web::Error> {
+    Err(
+        ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+            .for_path(req.path()),
+    )
 }
 
 pub async fn openapi() -> HttpResponse {
@@ -228,16 +227,17 @@ pub async fn openapi() -> HttpResponse {
 /// The OpenAPI description of the routes, written by hand to match the handlers.
 pub fn openapi_document() -> Value {
     let error = serde_json::json!({"$ref": "#/components/schemas/Error"});
-    let errors = |codes: &[&str]| -> Value {
+    let openai_error = serde_json::json!({"$ref": "#/components/schemas/OpenAiError"});
+    let errors = |codes: &[&str], schema: &Value| -> Value {
         codes
             .iter()
-            .map(|c| (c.to_string(), serde_json::json!({"description": "error", "content": {"application/json": {"schema": error.clone()}}})))
+            .map(|c| (c.to_string(), serde_json::json!({"description": "error", "content": {"application/json": {"schema": schema.clone()}}})))
             .collect::<Map<String, Value>>()
             .into()
     };
-    let mut embed_responses = errors(&["400", "401", "413", "429", "500"]);
+    let mut embed_responses = errors(&["400", "401", "413", "429", "500"], &error);
     embed_responses["200"] = serde_json::json!({"description": "embeddings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbedResponse"}}}});
-    let mut openai_responses = errors(&["400", "401", "413", "429", "500"]);
+    let mut openai_responses = errors(&["400", "401", "413", "429", "500"], &openai_error);
     openai_responses["200"] = serde_json::json!({"description": "OpenAI embedding list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiResponse"}}}});
     serde_json::json!({
         "openapi": "3.0.3",
@@ -249,6 +249,10 @@ pub fn openapi_document() -> Value {
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                     "type": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
                     "required": ["type", "message"]}}},
+                "OpenAiError": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                    "message": {"type": "string"}, "type": {"type": "string"},
+                    "param": {"type": "string", "nullable": true}, "code": {"type": "string", "nullable": true}},
+                    "required": ["message", "type", "param", "code"]}}},
                 "EmbedRequest": {"type": "object", "required": ["inputs"], "properties": {
                     "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                     "dim": {"type": "integer"}, "profile": {"type": "string"}, "normalize": {"type": "boolean"}}},

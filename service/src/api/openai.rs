@@ -9,9 +9,17 @@ use mrl_encoder::head;
 use serde_json::{json, Value};
 
 use super::{body, opt_str, opt_usize, parse_object, texts, AppState};
-use crate::error::ApiError;
+use crate::error::{ApiError, OpenAiError};
 
+/// The handler: every error in OpenAI's shape.
 pub async fn embeddings(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, OpenAiError> {
+    Ok(create(state, payload).await?)
+}
+
+async fn create(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {

@@ -1,12 +1,22 @@
 //! The embedded store: one qdrant-edge shard per collection under `<data>/collections/<name>/`.
 //!
 //! qdrant-edge 0.7.2 does not replay its WAL on load (points not flushed before a crash are
-//! lost) and panics when `flush` runs while another thread holds the WAL. So every write, flush
-//! and optimize of a shard goes through one mutex, and a write is flushed before it returns:
-//! an acknowledged write is on disk. Reads do not take the mutex. Optimization (HNSW build)
-//! runs on a background thread after bulk writes; writes wait for it, reads do not.
+//! lost), panics when `flush` runs while another thread holds the WAL, and panics when a flush
+//! fails — which it does once the shard's folder is gone, and every dropped shard flushes. So:
+//! - every write, flush and optimize of a shard goes through one mutex, and a write is flushed
+//!   before it returns: an acknowledged write is on disk;
+//! - every operation holds its collection's gate (a read lock around the shard) while it
+//!   touches the shard; deleting takes the gate's write side, closes the shard (its last flush)
+//!   once nothing uses it, and only then removes the folder; later operations on the old
+//!   collection answer `NoSuchCollection`;
+//! - creating and deleting are serialised, so a recreate never shares a folder with a delete;
+//! - a panic inside the engine is caught and answered as a storage error.
+//!
+//! Reads do not take the write mutex. Optimization (HNSW build) runs on a background thread
+//! after bulk writes; writes wait for it, reads do not.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,8 +31,8 @@ use qdrant_edge::{
 use serde_json::{Map, Value};
 
 use super::{
-    check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
+    check_name, point_filter, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance,
+    Hit, Result, StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
 };
 
 const SPEC_FILE: &str = "collection.json";
@@ -33,10 +43,26 @@ fn storage<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
+/// Runs an engine call, turning a panic inside it into a storage error: the engine's
+/// `expect`s must not take the process down.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        StoreError::Storage(format!("{what} failed inside the engine: {msg}"))
+    })
+}
+
 struct Collection {
+    name: String,
     spec: CollectionSpec,
-    shard: Arc<EdgeShard>,
-    /// Held for every write, flush and optimize of `shard`.
+    /// The open shard, `None` once the collection is deleted. Held (read side) by every
+    /// operation for as long as it uses the shard.
+    gate: RwLock<Option<Arc<EdgeShard>>>,
+    /// Held for every write, flush and optimize of the shard.
     writes: Arc<Mutex<usize>>,
     optimizing: Arc<AtomicBool>,
 }
@@ -45,13 +71,42 @@ struct Collection {
 pub struct EdgeStore {
     dir: PathBuf,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Serialises create and delete: a folder is never removed and recreated at once.
+    lifecycle: Mutex<()>,
+    /// `<data>/.lock`, exclusively locked while the store is open: a second process on the
+    /// same folder (an `mrl index` beside an `mrl serve`) would write the same shards. Last,
+    /// so it is released after the shards close.
+    _lock: std::fs::File,
 }
 
 impl EdgeStore {
     /// Opens (or creates) the data folder and loads every collection in it.
+    ///
+    /// Errors: `Storage` when the folder cannot be created or read, a collection cannot be
+    /// loaded, or another store (another process, or another `EdgeStore` in this one: share
+    /// one through `store::open`) has the folder open.
     pub fn open(dir: &Path) -> Result<Self> {
         let root = dir.join("collections");
         std::fs::create_dir_all(&root).map_err(storage)?;
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(storage)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Storage(format!(
+                    "{} is in use by another mrl store ({} is locked): stop that process, or \
+                     send documents through its HTTP API",
+                    dir.display(),
+                    lock_path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(storage(e)),
+        }
         let mut collections = HashMap::new();
         for entry in std::fs::read_dir(&root).map_err(storage)? {
             let path = entry.map_err(storage)?.path();
@@ -64,16 +119,20 @@ impl EdgeStore {
             let spec: CollectionSpec =
                 serde_json::from_slice(&std::fs::read(&spec_path).map_err(storage)?)
                     .map_err(storage)?;
-            let shard = EdgeShard::load(&path.join("shard"), None).map_err(storage)?;
+            let shard_dir = path.join("shard");
+            let shard =
+                guarded("loading", || EdgeShard::load(&shard_dir, None))?.map_err(storage)?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            collections.insert(name, Arc::new(Collection::new(spec, shard)));
+            collections.insert(name.clone(), Arc::new(Collection::new(name, spec, shard)));
         }
         Ok(Self {
             dir: root,
             collections: RwLock::new(collections),
+            lifecycle: Mutex::new(()),
+            _lock: lock,
         })
     }
 
@@ -102,12 +161,22 @@ impl Drop for EdgeStore {
 }
 
 impl Collection {
-    fn new(spec: CollectionSpec, shard: EdgeShard) -> Self {
+    fn new(name: String, spec: CollectionSpec, shard: EdgeShard) -> Self {
         Self {
+            name,
             spec,
-            shard: Arc::new(shard),
+            gate: RwLock::new(Some(Arc::new(shard))),
             writes: Arc::new(Mutex::new(0)),
             optimizing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs `f` on the open shard, or answers `NoSuchCollection` once it is deleted.
+    fn with_shard<T>(&self, f: impl FnOnce(&Arc<EdgeShard>) -> Result<T>) -> Result<T> {
+        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        match gate.as_ref() {
+            Some(shard) => f(shard),
+            None => Err(StoreError::NoSuchCollection(self.name.clone())),
         }
     }
 
@@ -118,43 +187,61 @@ impl Collection {
         }
     }
 
+    /// Closes the shard once no operation uses it: its last flush runs while its folder still
+    /// exists. Every later operation answers `NoSuchCollection`.
+    fn close(&self) -> Result<()> {
+        let mut gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        // Writers are out (they hold the gate); a background optimize may still hold a clone.
+        self.wait_idle();
+        match gate.take() {
+            Some(shard) => guarded("closing", move || drop(shard)),
+            None => Err(StoreError::NoSuchCollection(self.name.clone())),
+        }
+    }
+
     fn count(&self) -> Result<usize> {
-        self.shard
-            .count(qdrant_edge::CountRequest {
-                filter: None,
-                exact: true,
-            })
-            .map_err(storage)
+        self.with_shard(|shard| {
+            shard
+                .count(qdrant_edge::CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map_err(storage)
+        })
     }
 
     /// Applies `op` and flushes, under the write lock; starts an optimize after bulk writes.
     fn write(&self, op: UpdateOperation, points: usize) -> Result<()> {
-        let mut since = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        self.shard.update(op).map_err(storage)?;
-        self.shard.flush();
-        *since += points;
-        if *since >= OPTIMIZE_AFTER && !self.optimizing.swap(true, Ordering::SeqCst) {
-            *since = 0;
-            let (shard, writes, flag) = (
-                self.shard.clone(),
-                self.writes.clone(),
-                self.optimizing.clone(),
-            );
-            std::thread::spawn(move || {
-                {
-                    let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Err(e) = shard.optimize() {
-                        tracing::warn!("optimize failed: {e}");
+        self.with_shard(|shard| {
+            let mut since = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            guarded("writing", || shard.update(op))?.map_err(storage)?;
+            guarded("flushing", || shard.flush())?;
+            *since += points;
+            if *since >= OPTIMIZE_AFTER && !self.optimizing.swap(true, Ordering::SeqCst) {
+                *since = 0;
+                let (shard, writes, flag) =
+                    (shard.clone(), self.writes.clone(), self.optimizing.clone());
+                std::thread::spawn(move || {
+                    {
+                        let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
+                        match guarded("optimizing", || {
+                            let done = shard.optimize();
+                            shard.flush();
+                            done
+                        }) {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!("optimize failed: {e}"),
+                            Err(e) => tracing::warn!("{e}"),
+                        }
                     }
-                    shard.flush();
-                }
-                // Released before the flag clears, so that once it reads false nothing but
-                // the collection holds the shard and its folder can be reopened or removed.
-                drop(shard);
-                flag.store(false, Ordering::SeqCst);
-            });
-        }
-        Ok(())
+                    // Released before the flag clears, so that once it reads false nothing but
+                    // the collection holds the shard and it can be closed.
+                    drop(shard);
+                    flag.store(false, Ordering::SeqCst);
+                });
+            }
+            Ok(())
+        })
     }
 }
 
@@ -180,8 +267,8 @@ fn nearest(vector: &[f32], dim: usize) -> ScoringQuery {
 impl VectorStore for EdgeStore {
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
         check_name(name)?;
-        let mut map = self.collections.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = map.get(name) {
+        let _lifecycle = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(existing) = self.get(name) {
             if existing.spec == *spec {
                 return Ok(false);
             }
@@ -201,28 +288,43 @@ impl VectorStore for EdgeStore {
                 EdgeVectorParamsBuilder::new(d, edge_distance(spec.distance)).build(),
             );
         }
-        let shard = EdgeShard::new(&shard_dir, config.build()).map_err(storage)?;
+        let shard =
+            guarded("creating", || EdgeShard::new(&shard_dir, config.build()))?.map_err(storage)?;
         // Written last: a folder without it is an unfinished creation, removed on open.
         let spec_json = serde_json::to_vec_pretty(spec).map_err(storage)?;
         let tmp = path.join(format!("{SPEC_FILE}.tmp"));
         std::fs::write(&tmp, spec_json).map_err(storage)?;
         std::fs::rename(&tmp, path.join(SPEC_FILE)).map_err(storage)?;
-        map.insert(
-            name.to_string(),
-            Arc::new(Collection::new(spec.clone(), shard)),
-        );
+        self.collections
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name.to_string(),
+                Arc::new(Collection::new(name.to_string(), spec.clone(), shard)),
+            );
         Ok(true)
     }
 
     fn list(&self) -> Result<Vec<CollectionInfo>> {
-        let map = self.collections.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(map.len());
-        for (name, c) in map.iter() {
-            out.push(CollectionInfo {
-                name: name.clone(),
-                spec: c.spec.clone(),
-                count: c.count()?,
-            });
+        let all: Vec<Arc<Collection>> = self
+            .collections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(all.len());
+        for c in all {
+            match c.count() {
+                Ok(count) => out.push(CollectionInfo {
+                    name: c.name.clone(),
+                    spec: c.spec.clone(),
+                    count,
+                }),
+                // Deleted while the list was being made.
+                Err(StoreError::NoSuchCollection(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -238,24 +340,25 @@ impl VectorStore for EdgeStore {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
+        let _lifecycle = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let removed = self
             .collections
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))?;
-        // A running optimize finishes before the files go.
-        removed.wait_idle();
+        // Operations in flight finish first; the shard's last flush runs before the files go.
+        removed.close()?;
         let path = self.dir.join(name);
         // The spec goes first, so a crash mid-delete leaves an unfinished folder, not a
         // half-deleted collection.
         std::fs::remove_file(path.join(SPEC_FILE)).map_err(storage)?;
-        drop(removed);
         std::fs::remove_dir_all(&path).map_err(storage)
     }
 
     fn upsert(&self, name: &str, docs: Vec<StoredDocument>) -> Result<()> {
         let c = self.get(name)?;
+        c.spec.check_documents(name, &docs)?;
         let n = docs.len();
         let points = docs
             .into_iter()
@@ -282,12 +385,15 @@ impl VectorStore for EdgeStore {
 
     fn search(&self, name: &str, q: &VectorQuery) -> Result<Vec<Hit>> {
         let c = self.get(name)?;
+        c.spec.check_query(name, q)?;
         let filter: Option<Filter> = q
             .filter
-            .clone()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::InvalidFilter(e.to_string()))?;
+            .as_ref()
+            .map(|f| {
+                serde_json::from_value(point_filter(f)?)
+                    .map_err(|e| StoreError::InvalidFilter(e.to_string()))
+            })
+            .transpose()?;
         let params = q.exact.then(|| SearchParams {
             exact: true,
             ..SearchParams::default()
@@ -314,7 +420,8 @@ impl VectorStore for EdgeStore {
             with_vector: WithVector::Bool(false),
             with_payload: WithPayloadInterface::Bool(true),
         };
-        let points = c.shard.query(request).map_err(storage)?;
+        let points =
+            c.with_shard(|shard| guarded("searching", || shard.query(request))?.map_err(storage))?;
         Ok(points
             .into_iter()
             .map(|p| {
@@ -329,12 +436,14 @@ impl VectorStore for EdgeStore {
 
     fn optimize(&self, name: &str) -> Result<()> {
         let c = self.get(name)?;
-        // A background optimize holds the same lock, so this waits for it first.
-        let mut since = c.writes.lock().unwrap_or_else(|e| e.into_inner());
-        c.shard.optimize().map_err(storage)?;
-        c.shard.flush();
-        *since = 0;
-        Ok(())
+        c.with_shard(|shard| {
+            // A background optimize holds the same lock, so this waits for it first.
+            let mut since = c.writes.lock().unwrap_or_else(|e| e.into_inner());
+            guarded("optimizing", || shard.optimize())?.map_err(storage)?;
+            guarded("flushing", || shard.flush())?;
+            *since = 0;
+            Ok(())
+        })
     }
 
     fn ids(&self, name: &str) -> Result<Vec<String>> {
@@ -346,18 +455,17 @@ impl VectorStore for EdgeStore {
         let fields = WithPayloadInterface::Fields(vec![key]);
         let mut out = Vec::new();
         let mut offset = None;
-        loop {
-            let (records, next) = c
-                .shard
-                .scroll(ScrollRequest {
-                    offset,
-                    limit: Some(PAGE),
-                    filter: None,
-                    with_payload: Some(fields.clone()),
-                    with_vector: WithVector::Bool(false),
-                    order_by: None,
-                })
-                .map_err(storage)?;
+        c.with_shard(|shard| loop {
+            let request = ScrollRequest {
+                offset,
+                limit: Some(PAGE),
+                filter: None,
+                with_payload: Some(fields.clone()),
+                with_vector: WithVector::Bool(false),
+                order_by: None,
+            };
+            let (records, next) =
+                guarded("scrolling", || shard.scroll(request))?.map_err(storage)?;
             for r in records {
                 match r.payload.and_then(|mut p| p.0.remove(ID_KEY)) {
                     Some(Value::String(id)) => out.push(id),
@@ -368,7 +476,7 @@ impl VectorStore for EdgeStore {
                 Some(n) => offset = Some(n),
                 None => return Ok(out),
             }
-        }
+        })
     }
 }
 
@@ -468,5 +576,114 @@ mod tests {
             store.create("a b", &spec()),
             Err(StoreError::BadName(_))
         ));
+    }
+
+    /// Two writers (single points and batches large enough to start background optimizes), a
+    /// reader and a thread that deletes and recreates the collection, all at once: every call
+    /// succeeds or answers `NoSuchCollection`, nothing panics, and the reopened folder holds
+    /// every point acknowledged after the last recreation and none that was not acknowledged.
+    #[test]
+    fn lifecycle_races_answer_not_found_and_never_panic() {
+        use std::collections::BTreeSet;
+        use std::time::Instant;
+
+        let dir = std::env::temp_dir().join(format!("mrl-edge-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(EdgeStore::open(&dir).unwrap());
+        store.create("race", &spec()).unwrap();
+        let allowed = |r: Result<()>, what: &str| match r {
+            Ok(()) => true,
+            Err(StoreError::NoSuchCollection(_)) => false,
+            Err(e) => panic!("{what}: {e}"),
+        };
+        // (ids, request start, acknowledged, a delete of them was attempted)
+        type Writes = Vec<(Vec<String>, Instant, bool, bool)>;
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut log: Writes = Vec::new();
+                    for i in 0..60 {
+                        let first = w * 100_000 + i * 1000;
+                        let n = if i % 20 == 19 { 1100 } else { 1 };
+                        let start = Instant::now();
+                        let docs: Vec<StoredDocument> = (first..first + n).map(doc).collect();
+                        let ids = docs.iter().map(|d| d.id.clone()).collect();
+                        let ok = allowed(store.upsert("race", docs), "upsert");
+                        let delete = i % 7 == 3;
+                        if delete {
+                            let _ = allowed(
+                                store.delete_documents("race", &[format!("doc-{first}")]),
+                                "delete_documents",
+                            );
+                        }
+                        log.push((ids, start, ok, delete));
+                    }
+                    log
+                })
+            })
+            .collect();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    let q = VectorQuery::nested(&doc(1).vectors[0].1, 8, 5, None).unwrap();
+                    match store.search("race", &q) {
+                        Ok(_) | Err(StoreError::NoSuchCollection(_)) => {}
+                        Err(e) => panic!("search: {e}"),
+                    }
+                    match store.ids("race").map(|_| ()) {
+                        Ok(()) | Err(StoreError::NoSuchCollection(_)) => {}
+                        Err(e) => panic!("ids: {e}"),
+                    }
+                    store.list().unwrap();
+                }
+            })
+        };
+        let mut last_create = Instant::now();
+        for _ in 0..30 {
+            let _ = allowed(store.delete("race"), "delete");
+            let _ = store.optimize("race");
+            store.create("race", &spec()).unwrap();
+            last_create = Instant::now();
+        }
+        let mut writes: Writes = Vec::new();
+        for w in writers {
+            writes.extend(w.join().unwrap());
+        }
+        reader.join().unwrap();
+        drop(store);
+
+        let store = EdgeStore::open(&dir).unwrap();
+        let stored: BTreeSet<String> = store.ids("race").unwrap().into_iter().collect();
+        // Points that a delete raced are allowed either way.
+        let acked: BTreeSet<String> = writes
+            .iter()
+            .filter(|w| w.2 || w.3)
+            .flat_map(|w| w.0.clone())
+            .collect();
+        let must: BTreeSet<String> = writes
+            .iter()
+            .filter(|w| w.2 && !w.3 && w.1 > last_create)
+            .flat_map(|w| w.0.clone())
+            .collect();
+        let extra: Vec<_> = stored.difference(&acked).collect();
+        assert!(extra.is_empty(), "unacknowledged points stored: {extra:?}");
+        assert!(must.is_subset(&stored), "acknowledged points lost");
+    }
+
+    /// One folder, one store: a second `EdgeStore` on an open folder is refused with a clear
+    /// error, `store::open` shares the open one, and the folder is free again once closed.
+    #[test]
+    fn a_data_folder_has_one_store_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("mrl-edge-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = super::super::open(&dir, None, None).unwrap();
+        let again = super::super::open(&dir, None, None).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let err = EdgeStore::open(&dir).err().expect("the folder is in use");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop((first, again));
+        EdgeStore::open(&dir).unwrap();
     }
 }

@@ -5,6 +5,9 @@
 pub mod edge;
 pub mod remote;
 
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -12,19 +15,34 @@ pub use edge::EdgeStore;
 pub use remote::RemoteStore;
 
 /// The store a command asked for: the Qdrant server at `qdrant_url`, else the embedded
-/// store in `data_dir`.
+/// store in `data_dir`. Embedded stores are shared within the process: opening a folder that
+/// is already open here returns the same store (two stores on one folder would write the same
+/// shards; across processes the folder's lock refuses the second).
 pub fn open(
     data_dir: &std::path::Path,
     qdrant_url: Option<&str>,
     api_key: Option<String>,
-) -> Result<std::sync::Arc<dyn VectorStore>> {
-    Ok(match qdrant_url {
-        Some(url) => std::sync::Arc::new(RemoteStore::connect(url, api_key)?),
-        None => std::sync::Arc::new(
-            EdgeStore::open(data_dir)
-                .map_err(|e| StoreError::Storage(format!("{}: {e}", data_dir.display())))?,
-        ),
-    })
+) -> Result<Arc<dyn VectorStore>> {
+    if let Some(url) = qdrant_url {
+        return Ok(Arc::new(RemoteStore::connect(url, api_key)?));
+    }
+    static OPEN: Mutex<Vec<(PathBuf, Weak<EdgeStore>)>> = Mutex::new(Vec::new());
+    let in_dir =
+        |e: &dyn std::fmt::Display| StoreError::Storage(format!("{}: {e}", data_dir.display()));
+    std::fs::create_dir_all(data_dir).map_err(|e| in_dir(&e))?;
+    let key = std::fs::canonicalize(data_dir).map_err(|e| in_dir(&e))?;
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    open.retain(|(_, store)| store.strong_count() > 0);
+    if let Some(store) = open
+        .iter()
+        .find(|(dir, _)| *dir == key)
+        .and_then(|(_, s)| s.upgrade())
+    {
+        return Ok(store);
+    }
+    let store = Arc::new(EdgeStore::open(&key).map_err(|e| in_dir(&e))?);
+    open.push((key, Arc::downgrade(&store)));
+    Ok(store)
 }
 
 impl StoredDocument {
@@ -78,6 +96,45 @@ pub(crate) fn point_uuid(id: &str) -> uuid::Uuid {
     uuid::Uuid::from_bytes(bytes)
 }
 
+/// A caller's filter in the store's terms: the ids of `has_id` conditions — the caller's
+/// document ids, strings or numbers, as documents are added — become the point ids they are
+/// stored under (`point_uuid`). Everything else passes unchanged.
+///
+/// Errors: `InvalidFilter` when a `has_id` is not an array of strings and numbers.
+pub fn point_filter(filter: &Value) -> Result<Value> {
+    Ok(match filter {
+        Value::Object(o) => {
+            let mut out = Map::with_capacity(o.len());
+            for (key, value) in o {
+                let value = if key == "has_id" {
+                    let bad = || {
+                        StoreError::InvalidFilter(format!(
+                            "has_id must be an array of document ids (strings or numbers), got {value}"
+                        ))
+                    };
+                    let ids = value.as_array().ok_or_else(bad)?;
+                    let points = ids
+                        .iter()
+                        .map(|id| match id {
+                            Value::String(s) => Ok(point_uuid(s)),
+                            Value::Number(n) => Ok(point_uuid(&n.to_string())),
+                            _ => Err(bad()),
+                        })
+                        .map(|p| p.map(|u| Value::String(u.to_string())))
+                        .collect::<Result<Vec<_>>>()?;
+                    Value::Array(points)
+                } else {
+                    point_filter(value)?
+                };
+                out.insert(key.clone(), value);
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(point_filter).collect::<Result<_>>()?),
+        other => other.clone(),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("collection {0:?} does not exist")]
@@ -88,6 +145,10 @@ pub enum StoreError {
     BadName(String),
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
+    /// The request was prepared for another definition of the collection (it was deleted and
+    /// recreated with other sizes while the request ran).
+    #[error("collection {name:?} was redefined while the request ran: {message}; retry")]
+    Redefined { name: String, message: String },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -207,6 +268,49 @@ pub trait VectorStore: Send + Sync {
     fn optimize(&self, name: &str) -> Result<()>;
     /// Every document id in the collection, in no particular order.
     fn ids(&self, name: &str) -> Result<Vec<String>>;
+}
+
+impl CollectionSpec {
+    /// Checks that `docs` carry exactly this collection's sizes, each of its length.
+    ///
+    /// Errors: `Redefined` naming the first document that does not.
+    pub(crate) fn check_documents(&self, name: &str, docs: &[StoredDocument]) -> Result<()> {
+        for d in docs {
+            let fits = d.vectors.len() == self.dims.len()
+                && d.vectors
+                    .iter()
+                    .zip(&self.dims)
+                    .all(|((dim, v), want)| dim == want && v.len() == *want);
+            if !fits {
+                let sizes: Vec<usize> = d.vectors.iter().map(|(dim, _)| *dim).collect();
+                return Err(StoreError::Redefined {
+                    name: name.to_string(),
+                    message: format!(
+                        "document {:?} has sizes {sizes:?}, the collection stores {:?}",
+                        d.id, self.dims
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the sizes `q` searches (and prefetches) are stored, each of its length.
+    ///
+    /// Errors: `Redefined` naming the size that is not.
+    pub(crate) fn check_query(&self, name: &str, q: &VectorQuery) -> Result<()> {
+        let sizes = std::iter::once((q.dim, q.vector.len()))
+            .chain(q.funnel.iter().map(|f| (f.dim, f.vector.len())));
+        for (dim, len) in sizes {
+            if !self.dims.contains(&dim) || len != dim {
+                return Err(StoreError::Redefined {
+                    name: name.to_string(),
+                    message: format!("size {dim} is not stored; stored: {:?}", self.dims),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The named vector of a stored size.

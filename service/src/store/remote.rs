@@ -20,8 +20,8 @@ use qdrant_client::{Payload, Qdrant};
 use serde_json::{Map, Value};
 
 use super::{
-    check_name, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
+    check_name, point_filter, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance,
+    Hit, Result, StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
 };
 
 /// The metadata key that marks a collection as mrl's and holds its spec.
@@ -118,6 +118,15 @@ impl RemoteStore {
         }
     }
 
+    /// A failed call on collection `name`: `NoSuchCollection` when the collection is gone
+    /// (deleted while the call ran), else the server's error.
+    fn failed(&self, name: &str, e: impl std::fmt::Display) -> StoreError {
+        match self.block_on(self.client.collection_exists(name)) {
+            Ok(false) => StoreError::NoSuchCollection(name.to_string()),
+            _ => remote(e),
+        }
+    }
+
     fn spec(&self, name: &str) -> Result<CollectionSpec> {
         self.spec_of(name)?
             .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))
@@ -126,7 +135,7 @@ impl RemoteStore {
     fn count(&self, name: &str) -> Result<usize> {
         let r = self
             .block_on(self.client.count(CountPointsBuilder::new(name).exact(true)))
-            .map_err(remote)?;
+            .map_err(|e| self.failed(name, e))?;
         Ok(r.result.map_or(0, |c| c.count as usize))
     }
 }
@@ -218,12 +227,12 @@ impl VectorStore for RemoteStore {
     fn delete(&self, name: &str) -> Result<()> {
         self.spec(name)?;
         self.block_on(self.client.delete_collection(name))
-            .map_err(remote)?;
+            .map_err(|e| self.failed(name, e))?;
         Ok(())
     }
 
     fn upsert(&self, name: &str, docs: Vec<StoredDocument>) -> Result<()> {
-        self.spec(name)?;
+        self.spec(name)?.check_documents(name, &docs)?;
         let points: Vec<PointStruct> = docs
             .into_iter()
             .map(|mut d| {
@@ -244,7 +253,7 @@ impl VectorStore for RemoteStore {
             self.client
                 .upsert_points(UpsertPointsBuilder::new(name, points).wait(true)),
         )
-        .map_err(remote)?;
+        .map_err(|e| self.failed(name, e))?;
         Ok(())
     }
 
@@ -261,13 +270,17 @@ impl VectorStore for RemoteStore {
                     .wait(true),
             ),
         )
-        .map_err(remote)?;
+        .map_err(|e| self.failed(name, e))?;
         Ok(())
     }
 
     fn search(&self, name: &str, q: &VectorQuery) -> Result<Vec<Hit>> {
-        self.spec(name)?;
-        let filter = q.filter.as_ref().map(filter_from_json).transpose()?;
+        self.spec(name)?.check_query(name, q)?;
+        let filter = q
+            .filter
+            .as_ref()
+            .map(|f| filter_from_json(&point_filter(f)?))
+            .transpose()?;
         let params = SearchParamsBuilder::default().exact(q.exact);
         let mut request = QueryPointsBuilder::new(name)
             .query(Query::new_nearest(q.vector.clone()))
@@ -289,7 +302,9 @@ impl VectorStore for RemoteStore {
         if let Some(filter) = filter {
             request = request.filter(filter);
         }
-        let response = self.block_on(self.client.query(request)).map_err(remote)?;
+        let response = self
+            .block_on(self.client.query(request))
+            .map_err(|e| self.failed(name, e))?;
         Ok(response
             .result
             .into_iter()
@@ -320,7 +335,9 @@ impl VectorStore for RemoteStore {
             if let Some(o) = offset.take() {
                 request = request.offset(o);
             }
-            let page = self.block_on(self.client.scroll(request)).map_err(remote)?;
+            let page = self
+                .block_on(self.client.scroll(request))
+                .map_err(|e| self.failed(name, e))?;
             for p in page.result {
                 match p.payload.get(ID_KEY).map(to_json) {
                     Some(Value::String(id)) => out.push(id),
@@ -337,7 +354,8 @@ impl VectorStore for RemoteStore {
 
 /// Qdrant's REST filter JSON (what the embedded store takes) in its gRPC form: `must`,
 /// `should`, `must_not` (nested freely), and conditions `match` (`value`, `any`, `except`,
-/// `text`), `range`, `is_empty`, `is_null`.
+/// `text`), `range`, `is_empty`, `is_null`, `has_id` (point ids: UUID strings or integers; the
+/// store's searches pass callers' filters through `point_filter` first).
 pub fn filter_from_json(v: &Value) -> Result<Filter> {
     let bad = |m: String| StoreError::InvalidFilter(m);
     let o = v
@@ -389,6 +407,21 @@ fn condition_from_json(v: &Value) -> Result<Condition> {
     if o.contains_key("is_null") {
         return Ok(Condition::is_null(field("is_null")?));
     }
+    if let Some(ids) = o.get("has_id") {
+        let points = ids
+            .as_array()
+            .and_then(|ids| {
+                ids.iter()
+                    .map(|id| match id {
+                        Value::String(s) => Some(PointId::from(s.clone())),
+                        Value::Number(n) => n.as_u64().map(PointId::from),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| bad(format!("has_id must list point ids: {ids}")))?;
+        return Ok(Condition::has_id(points));
+    }
     let key = o
         .get("key")
         .and_then(Value::as_str)
@@ -433,14 +466,30 @@ fn condition_from_json(v: &Value) -> Result<Condition> {
         return Ok(Condition::matches(key, value));
     }
     if let Some(r) = o.get("range") {
-        let num = |k: &str| r.get(k).and_then(Value::as_f64);
+        // As the embedded engine reads it: bounds are numbers or absent, nothing else.
+        let r = r
+            .as_object()
+            .ok_or_else(|| bad(format!("range must be an object: {r}")))?;
+        if let Some(k) = r
+            .keys()
+            .find(|k| !["lt", "gt", "gte", "lte"].contains(&k.as_str()))
+        {
+            return Err(bad(format!("unknown range bound {k:?}")));
+        }
+        let num = |k: &str| match r.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| bad(format!("range.{k} must be a number, got {v}"))),
+        };
         return Ok(Condition::range(
             key,
             Range {
-                lt: num("lt"),
-                gt: num("gt"),
-                gte: num("gte"),
-                lte: num("lte"),
+                lt: num("lt")?,
+                gt: num("gt")?,
+                gte: num("gte")?,
+                lte: num("lte")?,
             },
         ));
     }

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Bounded soak of `mrl serve`: N clients mix embeddings, searches and document writes for a
+fixed time against one server on loopback, then report requests served, 429s, errors (any 5xx
+or broken connection: 0 expected), latency percentiles per kind and the server's RSS at start
+and end.
+
+    cargo build --release
+    python3 scripts/soak.py                      # 600 s, 32 clients, target/release/mrl
+    python3 scripts/soak.py --seconds 60 --clients 8
+
+Standard library only. The server runs on a free loopback port over a temporary data folder
+and is stopped at the end; the script exits non-zero when any error was seen.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def texts(path):
+    with open(path) as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+class Client:
+    """One keep-alive connection, reopened after an error."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+        self.conn = None
+
+    def request(self, method, path, body):
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        try:
+            self.conn.request(method, path, body=json.dumps(body),
+                              headers={"Content-Type": "application/json"})
+            resp = self.conn.getresponse()
+            resp.read()
+            return resp.status
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = None
+            raise
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--binary", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "mrl"))
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "all-MiniLM-L6-v2"),
+                    help="model folder (default: the base model)")
+    ap.add_argument("--seconds", type=float, default=600)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--texts", default=os.path.join(ROOT, "..", "shared", "bench", "texts.jsonl"))
+    args = ap.parse_args()
+
+    pool = texts(args.texts)
+    data = tempfile.mkdtemp(prefix="mrl-soak-")
+    env = dict(os.environ, MRL_MODEL=args.model)
+    server = subprocess.Popen(
+        [args.binary, "serve", "--port", "0", "--allow-any-dim", "--data-dir", data],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    line = server.stdout.readline().strip()
+    if not line.startswith("listening on http://"):
+        sys.exit(f"mrl serve did not start: {line!r}")
+    host, port = line.removeprefix("listening on http://").rsplit(":", 1)
+    port = int(port)
+    setup = Client(host, port)
+    assert setup.request("PUT", "/collections/soak", {"dims": [64, 128, 384]}) in (200, 201)
+    assert setup.request("POST", "/embed", {"inputs": pool[:4]}) == 200
+    rss_start = rss_kib(server.pid)
+
+    lock = threading.Lock()
+    statuses = Counter()
+    errors = Counter()
+    latency = defaultdict(list)
+    deadline = time.monotonic() + args.seconds
+
+    def work(i):
+        rng = random.Random(args.seed * 1000 + i)
+        client = Client(host, port)
+        while time.monotonic() < deadline:
+            r = rng.random()
+            if r < 0.5:
+                kind = "embed"
+                body = {"inputs": rng.sample(pool, rng.randint(1, 4)),
+                        "dim": rng.choice([64, 128, 384])}
+                method, path = "POST", "/embed"
+            elif r < 0.8:
+                kind = "search"
+                body = {"query": rng.choice(pool), "dim": 384, "limit": 10}
+                if rng.random() < 0.5:
+                    body["funnel"] = {"dim": 64, "candidates": 100}
+                method, path = "POST", "/collections/soak/search"
+            elif r < 0.95:
+                kind = "add"
+                docs = [{"id": f"d{rng.randrange(5000)}", "text": rng.choice(pool),
+                         "payload": {"client": i}} for _ in range(rng.randint(1, 4))]
+                body = {"documents": docs}
+                method, path = "POST", "/collections/soak/documents"
+            else:
+                kind = "delete"
+                body = {"ids": [f"d{rng.randrange(5000)}" for _ in range(rng.randint(1, 4))]}
+                method, path = "DELETE", "/collections/soak/documents"
+            t0 = time.monotonic()
+            try:
+                status = client.request(method, path, body)
+            except (OSError, http.client.HTTPException) as e:
+                with lock:
+                    errors[f"{kind}: {type(e).__name__}"] += 1
+                continue
+            dt = time.monotonic() - t0
+            with lock:
+                statuses[(kind, status)] += 1
+                if status == 200:
+                    latency[kind].append(dt)
+                elif status != 429:
+                    errors[f"{kind}: HTTP {status}"] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(args.clients)]
+    started = time.monotonic()
+    rss_peak = rss_start
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(1)
+        if server.poll() is None:
+            rss_peak = max(rss_peak, rss_kib(server.pid))
+    elapsed = time.monotonic() - started
+    alive = server.poll() is None
+    rss_end = rss_kib(server.pid) if alive else 0
+    server.terminate()
+    server.wait(timeout=60)
+    shutil.rmtree(data, ignore_errors=True)
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+    served = sum(n for (k, s), n in statuses.items() if s == 200)
+    busy = sum(n for (k, s), n in statuses.items() if s == 429)
+    report = {
+        "seconds": round(elapsed, 1),
+        "clients": args.clients,
+        "served": served,
+        "served_per_s": round(served / elapsed, 1),
+        "http_429": busy,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "by_kind": {k: {"served": len(v), "p50_ms": round(pct(v, 0.5) * 1000, 1),
+                        "p99_ms": round(pct(v, 0.99) * 1000, 1)} for k, v in sorted(latency.items())},
+        "rss_mib": {"start": round(rss_start / 1024, 1), "peak": round(rss_peak / 1024, 1),
+                    "end": round(rss_end / 1024, 1)},
+        "server_alive_at_end": alive,
+    }
+    print(json.dumps(report, indent=2))
+    if report["errors"] or not alive:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
