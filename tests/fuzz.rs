@@ -1,6 +1,6 @@
-//! Property-based fuzzing (proptest) of what callers send: JSON bodies built from the API's
-//! own field names and raw bytes, on every route of an in-process server, and filters through
-//! the id translation and both stores' conversions. No input may panic the process or answer
+//! Property-based fuzzing (proptest) of what callers send: arbitrary JSON built from the API's
+//! own field names, bodies shaped like each route's request, and raw bytes, on every route of
+//! an in-process server; and filters through the id translation and both stores' conversions. No input may panic the process or answer
 //! a 5xx. `PROPTEST_CASES` sets the cases per property (256 by default; CI runs the default).
 
 mod common;
@@ -117,6 +117,203 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// An object with each of `fields` absent, valid-looking (mostly) or arbitrary.
+fn shaped(fields: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrategy<Value> {
+    fields
+        .into_iter()
+        .map(|(key, valid)| {
+            prop_oneof![
+                12 => valid.prop_map(Some),
+                1 => json_value().prop_map(Some),
+                1 => Just(None),
+            ]
+            .prop_map(move |v| (key, v))
+        })
+        .collect::<Vec<_>>()
+        .prop_map(|kvs| {
+            Value::Object(
+                kvs.into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                    .collect(),
+            )
+        })
+        .boxed()
+}
+
+fn pick<T: Into<Value> + Clone + std::fmt::Debug + 'static>(items: Vec<T>) -> BoxedStrategy<Value> {
+    prop::sample::select(items).prop_map(Into::into).boxed()
+}
+
+fn text() -> BoxedStrategy<Value> {
+    prop_oneof![
+        pick(vec!["a short text", "where is the cat?", " ", ""]),
+        "[a-z ]{0,40}".prop_map(Value::from)
+    ]
+    .boxed()
+}
+
+fn texts() -> BoxedStrategy<Value> {
+    prop_oneof![
+        text(),
+        prop::collection::vec(text(), 0..4).prop_map(Value::from)
+    ]
+    .boxed()
+}
+
+/// A Qdrant filter with the conditions the stores convert, some of them malformed.
+fn filter() -> BoxedStrategy<Value> {
+    let number = || {
+        prop_oneof![
+            any::<i32>().prop_map(Value::from),
+            pick(vec![1e39, -0.5, 1e300]),
+            json_value()
+        ]
+    };
+    let condition = prop_oneof![
+        shaped(vec![
+            ("key", pick(vec!["group", "n", "_id", "a.b"])),
+            (
+                "match",
+                shaped(vec![
+                    (
+                        "value",
+                        prop_oneof![pick(vec!["even", "odd"]), number()].boxed()
+                    ),
+                    (
+                        "any",
+                        prop::collection::vec(pick(vec!["even", "x"]), 0..3)
+                            .prop_map(Value::from)
+                            .boxed()
+                    )
+                ])
+            ),
+        ]),
+        shaped(vec![
+            ("key", pick(vec!["n"])),
+            (
+                "range",
+                shaped(vec![("gte", number().boxed()), ("lt", number().boxed())])
+            ),
+        ]),
+        shaped(vec![(
+            "has_id",
+            prop::collection::vec(
+                prop_oneof![
+                    pick(vec!["d1", "0b8e1f8a-3c1e-4a53-9b7a-2f3c4d5e6f70"]),
+                    any::<i64>().prop_map(Value::from)
+                ],
+                0..3
+            )
+            .prop_map(Value::from)
+            .boxed()
+        )]),
+        shaped(vec![(
+            "is_empty",
+            shaped(vec![("key", pick(vec!["group"]))])
+        )]),
+    ];
+    shaped(vec![
+        (
+            "must",
+            prop::collection::vec(condition.clone(), 0..3)
+                .prop_map(Value::from)
+                .boxed(),
+        ),
+        (
+            "must_not",
+            prop::collection::vec(condition.clone(), 0..2)
+                .prop_map(Value::from)
+                .boxed(),
+        ),
+        (
+            "should",
+            prop::collection::vec(condition, 0..2)
+                .prop_map(Value::from)
+                .boxed(),
+        ),
+    ])
+}
+
+/// A body for route `i` of `ROUTES`, shaped like the route's request.
+fn body_for(i: usize) -> BoxedStrategy<Value> {
+    let dim = || pick(vec![64u64, 384, 64, 384, 64, 384, 0, 7, 385, 1 << 40]);
+    let vector = prop_oneof![
+        prop::collection::vec(-1.0f64..1.0, 64).prop_map(Value::from),
+        prop::collection::vec(prop_oneof![-1.0f64..1.0, Just(1e39), Just(0.0)], 0..70)
+            .prop_map(Value::from),
+    ]
+    .boxed();
+    match ROUTES[i].1 {
+        "/embed" => shaped(vec![
+            ("inputs", texts()),
+            ("dim", dim()),
+            ("profile", pick(vec!["full", "layers=3", "b50", "layers=9"])),
+            ("normalize", any::<bool>().prop_map(Value::from).boxed()),
+        ]),
+        "/v1/embeddings" => shaped(vec![
+            ("input", texts()),
+            ("model", pick(vec!["m", "m:full", "m:layers=2", "m:nope"])),
+            ("dimensions", dim()),
+            ("encoding_format", pick(vec!["float", "base64", "hex"])),
+        ]),
+        "/collections/g" => shaped(vec![
+            (
+                "dims",
+                prop::collection::vec(dim(), 0..3)
+                    .prop_map(Value::from)
+                    .boxed(),
+            ),
+            ("profile", pick(vec!["full", "layers=2"])),
+            ("distance", pick(vec!["cosine", "dot", "x"])),
+        ]),
+        "/collections/f/search" => {
+            let common = |first: (&'static str, BoxedStrategy<Value>)| {
+                shaped(vec![
+                    first,
+                    ("dim", dim()),
+                    ("limit", pick(vec![1u64, 10, 1000, 0, 1001])),
+                    ("filter", filter()),
+                    (
+                        "funnel",
+                        shaped(vec![
+                            ("dim", dim()),
+                            ("candidates", pick(vec![5u64, 100, 100_001, 1 << 50])),
+                        ]),
+                    ),
+                    ("exact", any::<bool>().prop_map(Value::from).boxed()),
+                ])
+            };
+            prop_oneof![common(("query", text())), common(("vector", vector))].boxed()
+        }
+        "/collections/f/documents" if ROUTES[i].0 == "POST" => shaped(vec![(
+            "documents",
+            prop::collection::vec(
+                shaped(vec![
+                    ("id", pick(vec!["d1", "d2", "42"])),
+                    ("text", text()),
+                    ("title", text()),
+                    (
+                        "payload",
+                        shaped(vec![
+                            ("group", pick(vec!["even", "odd"])),
+                            ("_id", pick(vec!["x"])),
+                        ]),
+                    ),
+                ]),
+                0..4,
+            )
+            .prop_map(Value::from)
+            .boxed(),
+        )]),
+        _ => shaped(vec![(
+            "ids",
+            prop::collection::vec(prop_oneof![pick(vec!["d1", "42"]), json_value()], 0..3)
+                .prop_map(Value::from)
+                .boxed(),
+        )]),
+    }
+}
+
 /// Routes a body can go to.
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/embed"),
@@ -154,6 +351,23 @@ fn server() -> SocketAddr {
     })
 }
 
+/// Answers seen so far by status class (2xx, 4xx), shown every 1,000 requests so a long
+/// run reports how deep its inputs reached.
+static ANSWERS: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+fn tally(status: u16) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let class = usize::from(status >= 300);
+    ANSWERS[class].fetch_add(1, Relaxed);
+    let (ok, refused) = (ANSWERS[0].load(Relaxed), ANSWERS[1].load(Relaxed));
+    if (ok + refused) % 1000 == 0 {
+        eprintln!("fuzz: {} requests, {ok} 2xx, {refused} 4xx", ok + refused);
+    }
+}
+
 /// Sends raw `body` and returns the status; panics when no HTTP answer comes back.
 fn send(method: &str, path: &str, body: &[u8]) -> u16 {
     let mut s = TcpStream::connect(server()).unwrap();
@@ -167,10 +381,13 @@ fn send(method: &str, path: &str, body: &[u8]) -> u16 {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
-    text.split(' ')
+    let status = text
+        .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer ({text:?})"))
+        .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer ({text:?})"));
+    tally(status);
+    status
 }
 
 fn store() -> &'static EdgeStore {
@@ -208,6 +425,15 @@ proptest! {
     /// Any JSON body on any route: a 2xx or a 4xx, never a 5xx or a dropped connection.
     #[test]
     fn json_bodies_never_answer_5xx(route in 0..ROUTES.len(), body in json_value()) {
+        let (method, path) = ROUTES[route];
+        let status = send(method, path, body.to_string().as_bytes());
+        prop_assert!(status < 500, "{method} {path} {body}: {status}");
+    }
+
+    /// Bodies shaped like each route's request, fields valid, odd or arbitrary, so inputs
+    /// reach the embedding, the store and the engine's filters.
+    #[test]
+    fn shaped_bodies_never_answer_5xx((route, body) in (0..ROUTES.len()).prop_flat_map(|i| (Just(i), body_for(i)))) {
         let (method, path) = ROUTES[route];
         let status = send(method, path, body.to_string().as_bytes());
         prop_assert!(status < 500, "{method} {path} {body}: {status}");
