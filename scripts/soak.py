@@ -115,8 +115,9 @@ def main():
                 method, path = "POST", "/collections/soak/search"
             elif r < 0.95:
                 kind = "add"
-                docs = [{"id": f"d{rng.randrange(5000)}", "text": rng.choice(pool),
-                         "payload": {"client": i}} for _ in range(rng.randint(1, 4))]
+                # Ids are unique within a request (a repeated one is a 400 by design).
+                docs = [{"id": f"d{n}", "text": rng.choice(pool), "payload": {"client": i}}
+                        for n in rng.sample(range(5000), rng.randint(1, 4))]
                 body = {"documents": docs}
                 method, path = "POST", "/collections/soak/documents"
             else:
@@ -141,12 +142,16 @@ def main():
     threads = [threading.Thread(target=work, args=(i,)) for i in range(args.clients)]
     started = time.monotonic()
     rss_peak = rss_start
+    rss_samples = []  # one a minute, to tell growth from warm-up
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
         time.sleep(1)
         if server.poll() is None:
-            rss_peak = max(rss_peak, rss_kib(server.pid))
+            rss = rss_kib(server.pid)
+            rss_peak = max(rss_peak, rss)
+            if time.monotonic() - started >= 60 * (len(rss_samples) + 1):
+                rss_samples.append(round(rss / 1024, 1))
     elapsed = time.monotonic() - started
     alive = server.poll() is None
     rss_end = rss_kib(server.pid) if alive else 0
@@ -171,7 +176,7 @@ def main():
         "by_kind": {k: {"served": len(v), "p50_ms": round(pct(v, 0.5) * 1000, 1),
                         "p99_ms": round(pct(v, 0.99) * 1000, 1)} for k, v in sorted(latency.items())},
         "rss_mib": {"start": round(rss_start / 1024, 1), "peak": round(rss_peak / 1024, 1),
-                    "end": round(rss_end / 1024, 1)},
+                    "end": round(rss_end / 1024, 1), "each_minute": rss_samples},
         "server_alive_at_end": alive,
     }
     print(json.dumps(report, indent=2))

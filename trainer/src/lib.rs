@@ -6,7 +6,8 @@
 //! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`), the
 //! budget curriculum (`curriculum`), the trainable, gated encoder with its Matryoshka head
 //! (`student`), AdamW with checkpoints (`optim`), training pairs (`data`) and one elastic
-//! step's loss (`elastic`); the `mrl train` loop around them is still to come.
+//! step's loss (`elastic`), and the closed-form rotation onto a set's principal axes that a
+//! Matryoshka head can start from (`rotation`); `train` runs the loop.
 
 pub mod calibrate;
 pub mod curriculum;
@@ -19,6 +20,7 @@ pub mod export;
 pub mod importance;
 pub mod loss;
 pub mod optim;
+pub mod rotation;
 pub mod router;
 pub mod student;
 pub mod train;

@@ -88,7 +88,7 @@ pub struct MatryoshkaHead {
 
 impl MatryoshkaHead {
     /// Creates `head.weight` and `head.bias` in `varmap` (or reuses them when a checkpoint
-    /// already put them there).
+    /// already put them there): the identity on the parent's width, small random rows beyond.
     pub fn new(
         input: usize,
         output: usize,
@@ -96,6 +96,52 @@ impl MatryoshkaHead {
         dtype: DType,
         device: &Device,
         rng: &mut crate::router::Rng,
+    ) -> Result<Self> {
+        Self::initialised(input, output, varmap, dtype, device, || {
+            let mut w = vec![0f32; output * input];
+            for (r, row) in w.chunks_mut(input).enumerate() {
+                if r < input {
+                    row[r] = 1.0;
+                } else {
+                    for x in row.iter_mut() {
+                        *x = ((rng.uniform() - 0.5) * 0.02) as f32;
+                    }
+                }
+            }
+            w
+        })
+    }
+
+    /// As `new`, but starting from `rotation` (`input × input`, row-major, orthogonal: see
+    /// `rotation::Rotation`) on the parent's width and zero rows beyond it. At the start the
+    /// full width equals the parent's up to that rotation (same cosines), every prefix is the
+    /// rotation baseline, and widths past the parent's add only zeros, so none is worse than
+    /// the parent's width.
+    pub fn from_rotation(
+        rotation: &[f32],
+        output: usize,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let input = (rotation.len() as f64).sqrt() as usize;
+        if input * input != rotation.len() {
+            candle_core::bail!("a rotation is square; got {} values", rotation.len());
+        }
+        Self::initialised(input, output, varmap, dtype, device, || {
+            let mut w = rotation.to_vec();
+            w.resize(output * input, 0.0);
+            w
+        })
+    }
+
+    fn initialised(
+        input: usize,
+        output: usize,
+        varmap: &VarMap,
+        dtype: DType,
+        device: &Device,
+        weight: impl FnOnce() -> Vec<f32>,
     ) -> Result<Self> {
         if output < input {
             candle_core::bail!("the head widens: output {output} < input {input}");
@@ -106,17 +152,7 @@ impl MatryoshkaHead {
                 .lock()
                 .expect("the var map lock is poisoned; this is a bug");
             if !data.contains_key("head.weight") {
-                let mut w = vec![0f32; output * input];
-                for (r, row) in w.chunks_mut(input).enumerate() {
-                    if r < input {
-                        row[r] = 1.0;
-                    } else {
-                        for x in row.iter_mut() {
-                            *x = ((rng.uniform() - 0.5) * 0.02) as f32;
-                        }
-                    }
-                }
-                let w = Tensor::from_vec(w, (output, input), device)?.to_dtype(dtype)?;
+                let w = Tensor::from_vec(weight(), (output, input), device)?.to_dtype(dtype)?;
                 data.insert("head.weight".into(), Var::from_tensor(&w)?);
                 let b = Tensor::zeros(output, dtype, device)?;
                 data.insert("head.bias".into(), Var::from_tensor(&b)?);
@@ -359,6 +395,33 @@ mod tests {
             "the head trains"
         );
         assert!(MatryoshkaHead::new(4, 2, &VarMap::new(), DType::F32, &dev, &mut rng).is_err());
+    }
+
+    /// A head started from a fitted rotation: its parent-width output is the rotated vector
+    /// (same cosines), the rows past the parent's width are zero, and it still trains.
+    #[test]
+    fn a_head_from_a_rotation_rotates_and_pads_with_zeros() {
+        let dev = Device::Cpu;
+        let data: Vec<Vec<f32>> = (0..20)
+            .map(|i| (0..4).map(|j| ((i * 7 + j * 3) % 5) as f32 - 1.5 + j as f32).collect())
+            .collect();
+        let r = crate::rotation::Rotation::fit(&data).unwrap();
+        let varmap = VarMap::new();
+        let head =
+            MatryoshkaHead::from_rotation(&r.matrix_f32(), 6, &varmap, DType::F32, &dev).unwrap();
+        let x = Tensor::new(&[[1f32, -2.0, 3.0, 0.5]], &dev).unwrap();
+        let y = head.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        let want = r.apply(&[1.0, -2.0, 3.0, 0.5]);
+        for (a, b) in y[0][..4].iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
+        assert_eq!(&y[0][4..], &[0.0, 0.0]);
+        let w = varmap.data().lock().unwrap()["head.weight"].clone();
+        let loss = head.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+        assert!(loss.backward().unwrap().get(&w).is_some());
+        assert!(
+            MatryoshkaHead::from_rotation(&[1.0; 5], 6, &VarMap::new(), DType::F32, &dev).is_err()
+        );
     }
 
     /// A checkpoint written with a (non-identity) head runs through it at inference: the
