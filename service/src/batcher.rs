@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mrl_encoder::{Embedder, Profile};
 use tokio::sync::oneshot;
@@ -44,6 +44,9 @@ pub struct Batcher {
     tx: Sender<Job>,
     limits: QueueLimits,
     metrics: Arc<Metrics>,
+    /// Admissions check and reserve one at a time, so a refused request never counts, even
+    /// for a moment, against another.
+    admission: Arc<Mutex<()>>,
 }
 
 impl Batcher {
@@ -60,8 +63,12 @@ impl Batcher {
             .spawn(move || run(rx, &embedder, max_batch_tokens.max(1), &m))?;
         Ok(Self {
             tx,
-            limits,
+            limits: QueueLimits {
+                requests: limits.requests.max(1),
+                ..limits
+            },
             metrics,
+            admission: Arc::new(Mutex::new(())),
         })
     }
 
@@ -92,22 +99,24 @@ impl Batcher {
             .map_err(ApiError::Internal)
     }
 
-    /// Reserves room for one request of `tokens`, or refuses it. Counted before sending, so
-    /// the model thread's release can never run first.
+    /// Reserves room for one request of `tokens`, or refuses it. Reserved before sending, so
+    /// the model thread's release can never run first; the model thread only ever lowers the
+    /// counts, so a check that races it errs on the side of refusing.
     fn admit(&self, tokens: usize) -> Result<(), ApiError> {
+        let _one_at_a_time = self.admission.lock().unwrap_or_else(|e| e.into_inner());
         let m = &self.metrics;
-        let requests_before = m.queue_depth.fetch_add(1, Ordering::SeqCst);
-        let tokens_before = m.queue_tokens.fetch_add(tokens, Ordering::SeqCst);
-        let fits = requests_before < self.limits.requests
-            && (tokens_before == 0 || tokens_before + tokens <= self.limits.tokens);
-        if fits {
-            return Ok(());
+        let requests = m.queue_depth.load(Ordering::SeqCst);
+        let queued = m.queue_tokens.load(Ordering::SeqCst);
+        if requests >= self.limits.requests || (queued > 0 && queued + tokens > self.limits.tokens)
+        {
+            return Err(ApiError::QueueFull {
+                requests: self.limits.requests,
+                tokens: self.limits.tokens,
+            });
         }
-        self.release(1, tokens);
-        Err(ApiError::QueueFull {
-            requests: self.limits.requests,
-            tokens: self.limits.tokens,
-        })
+        m.queue_depth.fetch_add(1, Ordering::SeqCst);
+        m.queue_tokens.fetch_add(tokens, Ordering::SeqCst);
+        Ok(())
     }
 
     fn release(&self, requests: usize, tokens: usize) {
@@ -169,12 +178,12 @@ fn run(rx: Receiver<Job>, embedder: &Embedder, budget: usize, metrics: &Metrics)
         metrics.batch_size.observe(seqs.len() as f64);
         metrics.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         // A panic in the forward pass fails this batch, not the thread every later request needs.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let result = crate::error::catch_panic(|| {
             embedder
                 .embed_tokens(&seqs, &profile, seqs.len().max(1))
                 .map_err(|e| e.to_string())
-        }))
-        .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
+        })
+        .unwrap_or_else(|panic| Err(format!("the forward pass panicked: {panic}")));
         match result {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter();

@@ -6,7 +6,7 @@ use mrl_encoder::{head, EncoderError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::store::StoredDocument;
+use crate::store::{caller_id, StoredDocument};
 
 /// A parsed document, not yet embedded.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,9 +80,8 @@ impl Document {
         }
         let id = match o.get("id").or_else(|| o.get("_id")) {
             None | Some(Value::Null) => default_id(&text),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            Some(_) => return Err(refuse("id", "id must be a non-empty string or a number")),
+            Some(v) => caller_id(v)
+                .ok_or_else(|| refuse("id", "id must be a non-empty string or a number"))?,
         };
         let mut payload = match o.get("payload") {
             None | Some(Value::Null) => Map::new(),

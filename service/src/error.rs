@@ -10,6 +10,18 @@ use serde_json::json;
 
 use crate::store::StoreError;
 
+/// Runs `f`, turning a panic inside it into its message: code we call (the embedded engine,
+/// the forward pass) must fail a request, not the thread or process serving every request.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A field is missing, has the wrong type or an unacceptable value.

@@ -403,7 +403,11 @@ mod tests {
     fn a_head_from_a_rotation_rotates_and_pads_with_zeros() {
         let dev = Device::Cpu;
         let data: Vec<Vec<f32>> = (0..20)
-            .map(|i| (0..4).map(|j| ((i * 7 + j * 3) % 5) as f32 - 1.5 + j as f32).collect())
+            .map(|i| {
+                (0..4)
+                    .map(|j| ((i * 7 + j * 3) % 5) as f32 - 1.5 + j as f32)
+                    .collect()
+            })
             .collect();
         let r = crate::rotation::Rotation::fit(&data).unwrap();
         let varmap = VarMap::new();

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{body, opt_str, opt_usize, parse_object, AppState};
 use crate::documents::Document;
 use crate::error::ApiError;
-use crate::store::{check_name, CollectionSpec, Distance, VectorQuery};
+use crate::store::{caller_id, check_name, CollectionSpec, Distance, VectorQuery};
 
 /// Runs a store call off the async executor.
 async fn blocking<T: Send + 'static>(
@@ -201,10 +201,9 @@ pub async fn delete_documents(
         .filter(|a| !a.is_empty())
         .ok_or_else(|| ApiError::field("ids", "ids must be a non-empty array"))?
         .iter()
-        .map(|v| match v {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            _ => Err(ApiError::field("ids", "ids must be strings or numbers")),
+        .map(|v| {
+            caller_id(v)
+                .ok_or_else(|| ApiError::field("ids", "ids must be non-empty strings or numbers"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let store = state.store.clone();
@@ -336,6 +335,14 @@ pub async fn search(
             ))
         }
     };
+    if let Some((fdim, _)) = funnel {
+        if full[..fdim].iter().all(|&x| x == 0.0) {
+            return Err(ApiError::field(
+                "vector",
+                format!("the funnel's prefix (the first {fdim} values) is all zero"),
+            ));
+        }
+    }
     let exact = super::opt_bool(&o, "exact")?.unwrap_or(false);
     let mut query = VectorQuery::nested(&full, dim, limit, funnel)
         .map_err(|e| ApiError::Internal(e.to_string()))?;

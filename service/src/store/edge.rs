@@ -16,7 +16,6 @@
 //! after bulk writes; writes wait for it, reads do not.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,14 +45,8 @@ fn storage<E: std::fmt::Display>(e: E) -> StoreError {
 /// Runs an engine call, turning a panic inside it into a storage error: the engine's
 /// `expect`s must not take the process down.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        StoreError::Storage(format!("{what} failed inside the engine: {msg}"))
-    })
+    crate::error::catch_panic(f)
+        .map_err(|msg| StoreError::Storage(format!("{what} failed inside the engine: {msg}")))
 }
 
 struct Collection {
@@ -71,8 +64,9 @@ struct Collection {
 pub struct EdgeStore {
     dir: PathBuf,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
-    /// Serialises create and delete: a folder is never removed and recreated at once.
-    lifecycle: Mutex<()>,
+    /// One lock per collection name, held by create and delete: a folder is never removed
+    /// and recreated at once, while other collections' lifecycles go on.
+    lifecycle: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// `<data>/.lock`, exclusively locked while the store is open: a second process on the
     /// same folder (an `mrl index` beside an `mrl serve`) would write the same shards. Last,
     /// so it is released after the shards close.
@@ -111,7 +105,8 @@ impl EdgeStore {
         for entry in std::fs::read_dir(&root).map_err(storage)? {
             let path = entry.map_err(storage)?.path();
             let spec_path = path.join(SPEC_FILE);
-            if !spec_path.exists() {
+            // Only a definite "absent" means unfinished: an unreadable spec fails the open.
+            if !spec_path.try_exists().map_err(storage)? {
                 // A collection whose creation never finished: nothing was acknowledged in it.
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
@@ -131,9 +126,19 @@ impl EdgeStore {
         Ok(Self {
             dir: root,
             collections: RwLock::new(collections),
-            lifecycle: Mutex::new(()),
+            lifecycle: Mutex::new(HashMap::new()),
             _lock: lock,
         })
+    }
+
+    /// The lifecycle lock of collection `name`.
+    fn lifecycle(&self, name: &str) -> Arc<Mutex<()>> {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     fn get(&self, name: &str) -> Result<Arc<Collection>> {
@@ -147,7 +152,8 @@ impl EdgeStore {
 }
 
 impl Drop for EdgeStore {
-    /// Lets background optimizes finish, so the shards close (and flush) exactly once.
+    /// Closes every shard (after its background optimize), each last flush guarded, so a
+    /// failing flush cannot abort the process while it unwinds.
     fn drop(&mut self) {
         for c in self
             .collections
@@ -155,7 +161,9 @@ impl Drop for EdgeStore {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            c.wait_idle();
+            if let Err(e) = c.close() {
+                tracing::warn!("closing collection {:?}: {e}", c.name);
+            }
         }
     }
 }
@@ -221,24 +229,32 @@ impl Collection {
                 *since = 0;
                 let (shard, writes, flag) =
                     (shard.clone(), self.writes.clone(), self.optimizing.clone());
-                std::thread::spawn(move || {
-                    {
-                        let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
-                        match guarded("optimizing", || {
-                            let done = shard.optimize();
-                            shard.flush();
-                            done
-                        }) {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => tracing::warn!("optimize failed: {e}"),
-                            Err(e) => tracing::warn!("{e}"),
+                let flag_on_failure = flag.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("mrl-optimize".into())
+                    .spawn(move || {
+                        {
+                            let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
+                            match guarded("optimizing", || {
+                                let done = shard.optimize();
+                                shard.flush();
+                                done
+                            }) {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => tracing::warn!("optimize failed: {e}"),
+                                Err(e) => tracing::warn!("{e}"),
+                            }
                         }
-                    }
-                    // Released before the flag clears, so that once it reads false nothing but
-                    // the collection holds the shard and it can be closed.
-                    drop(shard);
-                    flag.store(false, Ordering::SeqCst);
-                });
+                        // Released before the flag clears, so that once it reads false nothing but
+                        // the collection holds the shard and it can be closed.
+                        drop(shard);
+                        flag.store(false, Ordering::SeqCst);
+                    });
+                if let Err(e) = spawned {
+                    // The write is durable; only its index build is left for a later one.
+                    tracing::warn!("cannot start an optimize: {e}");
+                    flag_on_failure.store(false, Ordering::SeqCst);
+                }
             }
             Ok(())
         })
@@ -267,7 +283,8 @@ fn nearest(vector: &[f32], dim: usize) -> ScoringQuery {
 impl VectorStore for EdgeStore {
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
         check_name(name)?;
-        let _lifecycle = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let lifecycle = self.lifecycle(name);
+        let _lifecycle = lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(existing) = self.get(name) {
             if existing.spec == *spec {
                 return Ok(false);
@@ -340,7 +357,8 @@ impl VectorStore for EdgeStore {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let _lifecycle = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+        let lifecycle = self.lifecycle(name);
+        let _lifecycle = lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let removed = self
             .collections
             .write()
@@ -348,7 +366,10 @@ impl VectorStore for EdgeStore {
             .remove(name)
             .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))?;
         // Operations in flight finish first; the shard's last flush runs before the files go.
-        removed.close()?;
+        // A failed last flush still deletes: the caller asked for the data to go.
+        if let Err(e) = removed.close() {
+            tracing::warn!("closing collection {name:?} for deletion: {e}");
+        }
         let path = self.dir.join(name);
         // The spec goes first, so a crash mid-delete leaves an unfinished folder, not a
         // half-deleted collection.
@@ -579,9 +600,11 @@ mod tests {
     }
 
     /// Two writers (single points and batches large enough to start background optimizes), a
-    /// reader and a thread that deletes and recreates the collection, all at once: every call
-    /// succeeds or answers `NoSuchCollection`, nothing panics, and the reopened folder holds
-    /// every point acknowledged after the last recreation and none that was not acknowledged.
+    /// reader, and a thread that deletes, optimizes and recreates the collection for as long as
+    /// the writers run: every call succeeds or answers `NoSuchCollection` (both happen),
+    /// nothing panics, and the reopened folder holds every point acknowledged after the last
+    /// recreation and none that was not acknowledged or that was acknowledged before the last
+    /// delete began (a recreated collection starts empty).
     #[test]
     fn lifecycle_races_answer_not_found_and_never_panic() {
         use std::collections::BTreeSet;
@@ -596,37 +619,52 @@ mod tests {
             Err(StoreError::NoSuchCollection(_)) => false,
             Err(e) => panic!("{what}: {e}"),
         };
-        // (ids, request start, acknowledged, a delete of them was attempted)
-        type Writes = Vec<(Vec<String>, Instant, bool, bool)>;
+        /// One upsert: its ids, when it started and ended, whether it was acknowledged, and
+        /// whether a delete of its first id followed.
+        struct Write {
+            ids: Vec<String>,
+            start: Instant,
+            end: Instant,
+            acked: bool,
+            deleted: bool,
+        }
+        let writing = Arc::new(AtomicBool::new(true));
         let writers: Vec<_> = (0..2)
             .map(|w| {
                 let store = store.clone();
                 std::thread::spawn(move || {
-                    let mut log: Writes = Vec::new();
+                    let mut log = Vec::new();
                     for i in 0..60 {
                         let first = w * 100_000 + i * 1000;
                         let n = if i % 20 == 19 { 1100 } else { 1 };
                         let start = Instant::now();
                         let docs: Vec<StoredDocument> = (first..first + n).map(doc).collect();
                         let ids = docs.iter().map(|d| d.id.clone()).collect();
-                        let ok = allowed(store.upsert("race", docs), "upsert");
-                        let delete = i % 7 == 3;
-                        if delete {
+                        let acked = allowed(store.upsert("race", docs), "upsert");
+                        let end = Instant::now();
+                        let deleted = i % 7 == 3;
+                        if deleted {
                             let _ = allowed(
                                 store.delete_documents("race", &[format!("doc-{first}")]),
                                 "delete_documents",
                             );
                         }
-                        log.push((ids, start, ok, delete));
+                        log.push(Write {
+                            ids,
+                            start,
+                            end,
+                            acked,
+                            deleted,
+                        });
                     }
                     log
                 })
             })
             .collect();
         let reader = {
-            let store = store.clone();
+            let (store, writing) = (store.clone(), writing.clone());
             std::thread::spawn(move || {
-                for _ in 0..200 {
+                while writing.load(Ordering::SeqCst) {
                     let q = VectorQuery::nested(&doc(1).vectors[0].1, 8, 5, None).unwrap();
                     match store.search("race", &q) {
                         Ok(_) | Err(StoreError::NoSuchCollection(_)) => {}
@@ -640,36 +678,62 @@ mod tests {
                 }
             })
         };
-        let mut last_create = Instant::now();
-        for _ in 0..30 {
-            let _ = allowed(store.delete("race"), "delete");
-            let _ = store.optimize("race");
-            store.create("race", &spec()).unwrap();
-            last_create = Instant::now();
-        }
-        let mut writes: Writes = Vec::new();
+        let churn = {
+            let (store, writing) = (store.clone(), writing.clone());
+            std::thread::spawn(move || {
+                let (mut last_delete, mut last_create) = (Instant::now(), Instant::now());
+                while writing.load(Ordering::SeqCst) {
+                    last_delete = Instant::now();
+                    let _ = allowed(store.delete("race"), "delete");
+                    store.create("race", &spec()).unwrap();
+                    last_create = Instant::now();
+                    let _ = allowed(store.optimize("race"), "optimize");
+                    // Up a while between deletes, so writes land in it too.
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                (last_delete, last_create)
+            })
+        };
+        let mut writes: Vec<Write> = Vec::new();
         for w in writers {
             writes.extend(w.join().unwrap());
         }
+        writing.store(false, Ordering::SeqCst);
         reader.join().unwrap();
+        let (last_delete, last_create) = churn.join().unwrap();
         drop(store);
 
+        assert!(writes.iter().any(|w| w.acked), "no write succeeded");
+        assert!(
+            writes.iter().any(|w| !w.acked),
+            "no write met a deleted collection: the race did not happen"
+        );
         let store = EdgeStore::open(&dir).unwrap();
         let stored: BTreeSet<String> = store.ids("race").unwrap().into_iter().collect();
         // Points that a delete raced are allowed either way.
-        let acked: BTreeSet<String> = writes
+        let allowed_ids: BTreeSet<String> = writes
             .iter()
-            .filter(|w| w.2 || w.3)
-            .flat_map(|w| w.0.clone())
+            .filter(|w| w.acked || w.deleted)
+            .flat_map(|w| w.ids.clone())
             .collect();
         let must: BTreeSet<String> = writes
             .iter()
-            .filter(|w| w.2 && !w.3 && w.1 > last_create)
-            .flat_map(|w| w.0.clone())
+            .filter(|w| w.acked && !w.deleted && w.start > last_create)
+            .flat_map(|w| w.ids.clone())
             .collect();
-        let extra: Vec<_> = stored.difference(&acked).collect();
+        let gone: BTreeSet<String> = writes
+            .iter()
+            .filter(|w| w.acked && w.end < last_delete)
+            .flat_map(|w| w.ids.clone())
+            .collect();
+        let extra: Vec<_> = stored.difference(&allowed_ids).collect();
         assert!(extra.is_empty(), "unacknowledged points stored: {extra:?}");
         assert!(must.is_subset(&stored), "acknowledged points lost");
+        let kept: Vec<_> = stored.intersection(&gone).collect();
+        assert!(
+            kept.is_empty(),
+            "points of a deleted collection came back: {kept:?}"
+        );
     }
 
     /// One folder, one store: a second `EdgeStore` on an open folder is refused with a clear

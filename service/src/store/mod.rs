@@ -96,6 +96,17 @@ pub(crate) fn point_uuid(id: &str) -> uuid::Uuid {
     uuid::Uuid::from_bytes(bytes)
 }
 
+/// A caller's document id as sent — a non-empty string, or a number (kept as its JSON text,
+/// so `42` and `"42"` are one id) — or `None` for anything else. The one rule every place
+/// that takes ids from callers (documents, deletes, `has_id`) follows.
+pub fn caller_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// A caller's filter in the store's terms: the ids of `has_id` conditions — the caller's
 /// document ids, strings or numbers, as documents are added — become the point ids they are
 /// stored under (`point_uuid`). Everything else passes unchanged.
@@ -115,12 +126,11 @@ pub fn point_filter(filter: &Value) -> Result<Value> {
                     let ids = value.as_array().ok_or_else(bad)?;
                     let points = ids
                         .iter()
-                        .map(|id| match id {
-                            Value::String(s) => Ok(point_uuid(s)),
-                            Value::Number(n) => Ok(point_uuid(&n.to_string())),
-                            _ => Err(bad()),
+                        .map(|id| {
+                            caller_id(id)
+                                .map(|id| Value::String(point_uuid(&id).to_string()))
+                                .ok_or_else(bad)
                         })
-                        .map(|p| p.map(|u| Value::String(u.to_string())))
                         .collect::<Result<Vec<_>>>()?;
                     Value::Array(points)
                 } else {
