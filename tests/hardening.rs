@@ -85,6 +85,10 @@ fn deleting_and_recreating_under_writes_never_kills_the_server() {
                         .lock()
                         .unwrap()
                         .push((id, start, Instant::now(), status == 200));
+                    if status == 404 {
+                        // Refusals are quick: pause, so the writes spread over many cycles.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
             })
         })
