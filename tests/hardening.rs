@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::server::{call, Server};
+use mrl_trainer::router::Rng;
 use serde_json::{json, Value};
 
 fn scratch(name: &str) -> PathBuf {
@@ -427,21 +428,10 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     s.stop();
 }
 
-/// splitmix64: a small seeded generator, so a failing storm is replayed by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// A uniform index below `n`, from the trainer's seeded SplitMix64 (a failing storm is
+/// replayed by its seed).
+fn below(rng: &mut Rng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
 }
 
 const THREADS: usize = 8;
@@ -456,13 +446,14 @@ fn storm_op(
     rng: &mut Rng,
     model: &mut HashMap<String, bool>,
 ) {
-    let own = |rng: &mut Rng| format!("t{t}-{}", rng.below(OWN_IDS));
-    let (method, path, body, allowed): (&str, String, Option<Value>, &[u16]) = match rng.below(12) {
+    let own = |rng: &mut Rng| format!("t{t}-{}", below(rng, OWN_IDS));
+    let (method, path, body, allowed): (&str, String, Option<Value>, &[u16]) = match below(rng, 12)
+    {
         0..=2 => {
-            let ids: BTreeSet<String> = (0..1 + rng.below(3)).map(|_| own(rng)).collect();
+            let ids: BTreeSet<String> = (0..1 + below(rng, 3)).map(|_| own(rng)).collect();
             let docs: Vec<Value> = ids
                 .iter()
-                .map(|id| json!({"id": id, "text": format!("document {id} about topic {}", rng.below(7))}))
+                .map(|id| json!({"id": id, "text": format!("document {id} about topic {}", below(rng, 7))}))
                 .collect();
             let (status, v) = call(
                 addr,
@@ -477,7 +468,7 @@ fn storm_op(
             return;
         }
         3 => {
-            let ids: Vec<String> = (0..1 + rng.below(3)).map(|_| own(rng)).collect();
+            let ids: Vec<String> = (0..1 + below(rng, 3)).map(|_| own(rng)).collect();
             let (status, v) = call(
                 addr,
                 "DELETE",
@@ -491,12 +482,12 @@ fn storm_op(
             return;
         }
         4 | 5 => {
-            let filter = match rng.below(3) {
+            let filter = match below(rng, 3) {
                 0 => Value::Null,
                 1 => json!({"must": [{"has_id": [own(rng), own(rng)]}]}),
                 _ => json!({"must_not": [{"key": "k", "match": {"value": "x"}}]}),
             };
-            let body = match rng.below(3) {
+            let body = match below(rng, 3) {
                 0 => json!({"query": "topic 3", "limit": 5, "filter": filter}),
                 1 => {
                     json!({"query": "document", "dim": 384, "funnel": {"dim": 64, "candidates": 20}, "filter": filter})
@@ -510,7 +501,7 @@ fn storm_op(
                 &[200],
             )
         }
-        6 => match rng.below(2) {
+        6 => match below(rng, 2) {
             0 => (
                 "POST",
                 "/embed".into(),
@@ -534,10 +525,12 @@ fn storm_op(
         9 => (
             "POST",
             "/collections/churn/documents".into(),
-            Some(json!({"documents": [{"id": format!("c{t}-{}", rng.next()), "text": "churn"}]})),
+            Some(
+                json!({"documents": [{"id": format!("c{t}-{}", rng.next_u64()), "text": "churn"}]}),
+            ),
             &[200, 404],
         ),
-        10 => match rng.below(3) {
+        10 => match below(rng, 3) {
             0 => (
                 "POST",
                 "/collections/churn/search".into(),
@@ -556,11 +549,11 @@ fn storm_op(
                 json!({"query": "x", "filter": {"must": [{"has_id": {}}]}}),
                 json!([1, 2]),
             ];
-            let body = bodies[rng.below(bodies.len())].clone();
+            let body = bodies[below(rng, bodies.len())].clone();
             let path = [
                 "/collections/stable/search",
                 "/collections/stable/documents",
-            ][rng.below(2)];
+            ][below(rng, 2)];
             ("POST", path.into(), Some(body), &[400])
         }
     };
@@ -591,7 +584,7 @@ fn seeded_storm_of_mixed_operations_keeps_exactly_what_was_acknowledged() {
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut rng = Rng(seed ^ (t as u64).wrapping_mul(0xA076_1D64_78BD_642F));
+                let mut rng = Rng::new(seed ^ (t as u64).wrapping_mul(0xA076_1D64_78BD_642F));
                 let mut model = HashMap::new();
                 for _ in 0..OPS {
                     storm_op(addr, t, &mut rng, &mut model);
