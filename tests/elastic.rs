@@ -132,3 +132,37 @@ fn calibration_refuses_to_overwrite_or_to_rank_twice() {
     let e = calibrate(elastic().dir(), &out.join("again"), &options(), &none).unwrap_err();
     assert!(e.to_string().contains("mrl.json"), "{e}");
 }
+
+/// The head's closed-form start on the real model: a rotation fitted on the parent's
+/// embeddings of NFCorpus passages keeps every full-width cosine, and on passages it was not
+/// fitted on its 64-dim prefix holds more of each vector than the plain 64-dim prefix.
+#[test]
+fn a_rotation_fitted_on_parent_embeddings_concentrates_the_prefix() {
+    let corpus = shared().join("data").join("nfcorpus").join("corpus.jsonl");
+    let texts = mrl_trainer::data::sample_texts(&[corpus], 250).unwrap();
+    let (fit, held) = texts.split_at(200);
+    let fit: Vec<&str> = fit.iter().map(String::as_str).collect();
+    let r = mrl_trainer::train::fit_rotation(embedder(), &fit, 200, 128).unwrap();
+    let vectors = embedder().embed(held, &EmbedOptions::default()).unwrap();
+    let energy = |v: &[f32]| {
+        v[..64].iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+            / v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+    };
+    let (mut plain, mut rotated) = (0.0, 0.0);
+    for v in &vectors {
+        plain += energy(v);
+        rotated += energy(&r.apply(v));
+    }
+    let n = vectors.len() as f64;
+    let (plain, rotated) = (plain / n, rotated / n);
+    eprintln!("first 64 dims hold {rotated:.3} of a held-out vector rotated, {plain:.3} plain");
+    assert!(
+        rotated > plain + 0.1,
+        "share of each held-out vector in its first 64 dims: rotated {rotated:.3}, plain {plain:.3}"
+    );
+    for pair in vectors.windows(2).take(40) {
+        let before = cosine(&pair[0], &pair[1]);
+        let after = cosine(&r.apply(&pair[0]), &r.apply(&pair[1]));
+        assert!((before - after).abs() < 1e-5, "{before} vs {after}");
+    }
+}

@@ -24,6 +24,7 @@ use crate::optim::{
     accumulate_grads, clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW,
     Params,
 };
+use crate::rotation::Rotation;
 use crate::router::{schedule, Rng, Router};
 use crate::student::{MatryoshkaHead, StudentBert};
 use crate::{Result, TrainerError};
@@ -79,6 +80,35 @@ pub struct TrainConfig {
     /// Unlabeled texts for alignment to the parent (`[loss] align_weight`), none when absent.
     #[serde(default)]
     pub unlabeled: Option<UnlabeledConfig>,
+    /// How the Matryoshka head starts (`[head]`; identity when absent).
+    #[serde(default)]
+    pub head: HeadConfig,
+}
+
+/// `[head]`: the Matryoshka head's start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    #[serde(default)]
+    pub init: HeadInit,
+    /// Texts the parent embeds to fit the rotation (`init = "rotation"`): the unlabeled texts
+    /// when the recipe has them, else the training pairs' documents; 2,048 when absent.
+    #[serde(default)]
+    pub fit_texts: Option<usize>,
+}
+
+/// The head's first weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// The identity on the parent's width (small random rows beyond); the head exists only
+    /// when the nested dims go past the parent's width.
+    #[default]
+    Identity,
+    /// The rotation onto the uncentred principal axes of the parent's embeddings of the fit
+    /// texts (`rotation::Rotation`), zero rows beyond the parent's width: every prefix starts
+    /// at the rotation baseline and the full width at the parent's cosines.
+    Rotation,
 }
 
 /// `[unlabeled]`: plain texts (e.g. BEIR corpora) embedded by the parent and the student
@@ -145,6 +175,28 @@ impl TrainConfig {
     }
 }
 
+/// The `d × d` identity, row-major.
+fn identity(d: usize) -> Vec<f32> {
+    let mut m = vec![0f32; d * d];
+    m.iter_mut().step_by(d + 1).for_each(|x| *x = 1.0);
+    m
+}
+
+/// The rotation onto the principal axes of the parent's embeddings of (up to `limit` of)
+/// `texts`, taken evenly through them, each cut at `max_tokens`.
+pub fn fit_rotation(
+    parent: &Embedder,
+    texts: &[&str],
+    limit: usize,
+    max_tokens: usize,
+) -> Result<Rotation> {
+    let step = texts.len().div_ceil(limit.max(1)).max(1);
+    let picked: Vec<&str> = texts.iter().step_by(step).copied().collect();
+    let tokens = crate::calibrate::cut(parent.tokenizer().encode(&picked)?, max_tokens);
+    let vectors = parent.embed_tokens(&tokens, &Profile::full(parent.config()), 64)?;
+    Rotation::fit(&vectors)
+}
+
 /// Position of a run, saved with every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct RunState {
@@ -200,17 +252,49 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     let model_vars = VarMap::new();
     let student = StudentBert::from_tensors(&tensors, &bert, &model_vars, DType::F32, &device)?;
     let mut init_rng = Rng::new(cfg.seed ^ 0x5EED);
-    let head = if head_width > bert.hidden_size {
-        Some(MatryoshkaHead::new(
+    let pairs = cfg.pairs()?;
+    let unlabeled = match &cfg.unlabeled {
+        Some(u) => crate::data::sample_texts(&u.paths, u.limit)?,
+        None => Vec::new(),
+    };
+    let ckpt = cfg.out.join("checkpoint");
+    let head = match cfg.head.init {
+        HeadInit::Identity if head_width > bert.hidden_size => Some(MatryoshkaHead::new(
             bert.hidden_size,
             head_width,
             &model_vars,
             DType::F32,
             &device,
             &mut init_rng,
-        )?)
-    } else {
-        None
+        )?),
+        HeadInit::Identity => None,
+        HeadInit::Rotation => {
+            // A resumed run loads the head from its checkpoint: no fit needed.
+            let rotation = if checkpoint_dir(&ckpt).is_some() {
+                identity(bert.hidden_size)
+            } else {
+                let limit = cfg.head.fit_texts.unwrap_or(2048);
+                let texts: Vec<&str> = if unlabeled.is_empty() {
+                    pairs.iter().map(|p| p.positive.as_str()).collect()
+                } else {
+                    unlabeled.iter().map(String::as_str).collect()
+                };
+                let fitted = fit_rotation(&teacher, &texts, limit, cfg.max_tokens)?;
+                tracing::info!(
+                    "head: rotation fitted on {} texts; 64 axes hold {:.1}% of their energy",
+                    texts.len().min(limit),
+                    100.0 * fitted.energy(64)
+                );
+                fitted.matrix_f32()
+            };
+            Some(MatryoshkaHead::from_rotation(
+                &rotation,
+                head_width.max(bert.hidden_size),
+                &model_vars,
+                DType::F32,
+                &device,
+            )?)
+        }
     };
     let space = ElasticSpace::quarters(&bert, ranking.layer_drop_order.clone());
     let router_vars = VarMap::new();
@@ -227,16 +311,10 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
     let mut all_budgets = vec![1.0];
     all_budgets.extend(&cfg.budgets);
     let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
-    let pairs = cfg.pairs()?;
-    let unlabeled = match &cfg.unlabeled {
-        Some(u) => crate::data::sample_texts(&u.paths, u.limit)?,
-        None => Vec::new(),
-    };
     let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
     let (mut opt, mut ropt) = (AdamW::new(cfg.weight_decay), AdamW::new(0.0));
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
-    let ckpt = cfg.out.join("checkpoint");
     let mut state = RunState {
         step: 0,
         noise: Rng::new(cfg.seed),
@@ -612,5 +690,18 @@ mod tests {
         };
         assert!(broken.validate().is_err());
         assert!(toml::from_str::<TrainConfig>(&format!("{text}\nunknown = 1")).is_err());
+        assert_eq!(cfg.head, HeadConfig::default());
+        let rotated: TrainConfig = toml::from_str(&format!(
+            "{text}\n[head]\ninit = \"rotation\"\nfit_texts = 500"
+        ))
+        .unwrap();
+        assert_eq!(
+            rotated.head,
+            HeadConfig {
+                init: HeadInit::Rotation,
+                fit_texts: Some(500)
+            }
+        );
+        assert!(toml::from_str::<TrainConfig>(&format!("{text}\n[head]\ninit = \"pca\"")).is_err());
     }
 }
