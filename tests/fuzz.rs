@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use mrl::Embedder;
@@ -370,22 +369,7 @@ fn tally(status: u16) {
 
 /// Sends raw `body` and returns the status; panics when no HTTP answer comes back.
 fn send(method: &str, path: &str, body: &[u8]) -> u16 {
-    let mut s = TcpStream::connect(server()).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: no HTTP answer ({text:?})"));
+    let (status, _) = common::server::raw(server(), method, path, body);
     tally(status);
     status
 }

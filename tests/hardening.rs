@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{call, Server};
+use common::server::{call, raw, Server};
 use mrl_trainer::router::Rng;
 use serde_json::{json, Value};
 
@@ -338,14 +338,7 @@ fn has_id_filters_speak_the_callers_ids() {
 }
 
 fn metric(s: &Server, name: &str) -> f64 {
-    let mut stream = TcpStream::connect(s.addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
+    let (_, text) = raw(s.addr, "GET", "/metrics", b"");
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in {text}"))

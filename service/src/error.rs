@@ -88,6 +88,40 @@ impl ApiError {
             other => Self::Internal(other.to_string()),
         }
     }
+
+    /// The response for `body` (the object under `"error"`), with this error's status and
+    /// headers.
+    fn respond(&self, body: serde_json::Value) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, Self::QueueFull { .. }) {
+            resp.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(self, Self::Unauthorized) {
+            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        resp.json(json!({ "error": body }))
+    }
+
+    /// OpenAI's `type` and `code` for this error (`code` refines the type: OpenAI's own for
+    /// the key and rate limits, the native `type` otherwise).
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
+            Self::QueueFull { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::Internal(_) => ("server_error", "internal"),
+            other => ("invalid_request_error", other.kind()),
+        }
+    }
+
+    /// This error as the route at `path` answers it: in OpenAI's shape under `/v1/` (the
+    /// OpenAI-compatible API), natively elsewhere. For errors raised outside a handler.
+    pub fn for_path(self, path: &str) -> actix_web::Error {
+        if path.starts_with("/v1/") {
+            OpenAiError(self).into()
+        } else {
+            self.into()
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -125,44 +159,6 @@ impl ResponseError for ApiError {
             body["field"] = json!(f);
         }
         self.respond(body)
-    }
-}
-
-impl ApiError {
-    /// The response for `body` (the object under `"error"`), with this error's status and
-    /// headers.
-    fn respond(&self, body: serde_json::Value) -> HttpResponse {
-        let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, Self::QueueFull { .. }) {
-            resp.insert_header((header::RETRY_AFTER, "1"));
-        }
-        if matches!(self, Self::Unauthorized) {
-            resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        resp.json(json!({ "error": body }))
-    }
-
-    /// OpenAI's `type` and `code` for this error (`code` refines the type: OpenAI's own for
-    /// the key and rate limits, the native `type` otherwise).
-    fn openai_kind(&self) -> (&'static str, &'static str) {
-        match self {
-            Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
-            Self::QueueFull { .. } => ("rate_limit_error", "rate_limit_exceeded"),
-            Self::Internal(_) => ("server_error", "internal"),
-            other => ("invalid_request_error", other.kind()),
-        }
-    }
-}
-
-impl ApiError {
-    /// This error as the route at `path` answers it: in OpenAI's shape under `/v1/` (the
-    /// OpenAI-compatible API), natively elsewhere. For errors raised outside a handler.
-    pub fn for_path(self, path: &str) -> actix_web::Error {
-        if path.starts_with("/v1/") {
-            OpenAiError(self).into()
-        } else {
-            self.into()
-        }
     }
 }
 

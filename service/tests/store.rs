@@ -112,7 +112,12 @@ fn exercise(store: &dyn VectorStore, name: &str) {
     let mut bad = query(3, 8, 5);
     bad.filter = Some(json!({"must": 1}));
     assert!(store.search(name, &bad).is_err());
-    for bounds in [json!({"gte": "a"}), json!({"gte": [1]})] {
+    for bounds in [
+        json!({"gte": "a"}),
+        json!({"gte": [1]}),
+        json!({"from": 1}),
+        json!(3),
+    ] {
         let mut bad = query(3, 8, 5);
         bad.filter = Some(json!({"must": [{"key": "n", "range": bounds}]}));
         assert!(

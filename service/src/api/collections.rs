@@ -216,10 +216,9 @@ pub async fn delete_documents(
 const MAX_CANDIDATES: usize = 100_000;
 
 /// A query vector as sent: every value a number that is finite as f32 (what the store
-/// computes in), and not all zero (a zero vector has no direction to rank by). Any finite
-/// magnitude is fine: the vector is re-normalised before it is used.
+/// computes in). Any finite magnitude is fine: the vector is re-normalised before it is used.
 fn query_vector(items: &[Value]) -> Result<Vec<f32>, ApiError> {
-    let v = items
+    items
         .iter()
         .enumerate()
         .map(|(i, x)| {
@@ -235,14 +234,7 @@ fn query_vector(items: &[Value]) -> Result<Vec<f32>, ApiError> {
                     )
                 })
         })
-        .collect::<Result<Vec<f32>, _>>()?;
-    if v.iter().all(|&x| x == 0.0) {
-        return Err(ApiError::field(
-            "vector",
-            "vector must have a non-zero value (as float32)",
-        ));
-    }
-    Ok(v)
+        .collect()
 }
 
 pub async fn search(
@@ -335,11 +327,12 @@ pub async fn search(
             ))
         }
     };
-    if let Some((fdim, _)) = funnel {
-        if full[..fdim].iter().all(|&x| x == 0.0) {
+    // Every size the query searches needs a direction to rank by: a zero prefix has none.
+    for d in std::iter::once(dim).chain(funnel.map(|(fdim, _)| fdim)) {
+        if full[..d].iter().all(|&x| x == 0.0) {
             return Err(ApiError::field(
                 "vector",
-                format!("the funnel's prefix (the first {fdim} values) is all zero"),
+                format!("the query's first {d} values are all zero (as float32)"),
             ));
         }
     }

@@ -109,9 +109,12 @@ pub fn caller_id(v: &Value) -> Option<String> {
 
 /// A caller's filter in the store's terms: the ids of `has_id` conditions — the caller's
 /// document ids, strings or numbers, as documents are added — become the point ids they are
-/// stored under (`point_uuid`). Everything else passes unchanged.
+/// stored under (`point_uuid`). Everything else passes unchanged, once checked where the two
+/// stores would read it differently: a `range` names only the bounds `lt`, `gt`, `gte`, `lte`
+/// (the embedded engine ignores other keys, the gRPC form has no place for them).
 ///
-/// Errors: `InvalidFilter` when a `has_id` is not an array of strings and numbers.
+/// Errors: `InvalidFilter` when a `has_id` is not an array of strings and numbers, or a
+/// `range` is not an object of those bounds.
 pub fn point_filter(filter: &Value) -> Result<Value> {
     Ok(match filter {
         Value::Object(o) => {
@@ -133,6 +136,19 @@ pub fn point_filter(filter: &Value) -> Result<Value> {
                         })
                         .collect::<Result<Vec<_>>>()?;
                     Value::Array(points)
+                } else if key == "range" {
+                    let bounds = value.as_object().ok_or_else(|| {
+                        StoreError::InvalidFilter(format!("range must be an object: {value}"))
+                    })?;
+                    if let Some(k) = bounds
+                        .keys()
+                        .find(|k| !["lt", "gt", "gte", "lte"].contains(&k.as_str()))
+                    {
+                        return Err(StoreError::InvalidFilter(format!(
+                            "unknown range bound {k:?}"
+                        )));
+                    }
+                    value.clone()
                 } else {
                     point_filter(value)?
                 };
