@@ -263,7 +263,10 @@ impl Index {
             return Err(Error::Invalid("the query is empty".into()));
         }
         let profile = match profile {
-            Some(p) => self.embedder.profile(Some(p))?,
+            Some(p) => {
+                self.embedder.check_aligned(p, &self.spec.profile)?;
+                self.embedder.profile(Some(p))?
+            }
             None => self.profile.clone(),
         };
         let tokens = self.embedder.tokenizer().encode(&[query])?;

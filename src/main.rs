@@ -565,6 +565,14 @@ fn index(args: IndexArgs) -> Result<()> {
 }
 
 fn train(config: &std::path::Path) -> Result<()> {
+    // `recipe = "heads"` marks the cached-teacher recipe (frozen parent, fitted heads).
+    let text = std::fs::read_to_string(config).with_context(|| config.display().to_string())?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", config.display()))?;
+    if table.get("recipe").and_then(|v| v.as_str()) == Some("heads") {
+        return train_heads(config);
+    }
     let cfg = mrl_trainer::train::TrainConfig::load(config)?;
     let progress = bar("train", cfg.steps as u64);
     let summary = mrl_trainer::train::train(&cfg, &progress)?;
@@ -579,6 +587,35 @@ fn train(config: &std::path::Path) -> Result<()> {
     );
     for (budget, p) in &summary.profiles {
         println!("budget {budget}: {p}");
+    }
+    Ok(())
+}
+
+fn train_heads(config: &std::path::Path) -> Result<()> {
+    let cfg = mrl_trainer::family::FamilyConfig::load(config)?;
+    let progress = bar("heads", 0);
+    let summary = mrl_trainer::family::fit_family(&cfg, &progress)?;
+    progress.finish_and_clear();
+    eprintln!(
+        "fitted the heads on {} pairs in {:.0}s (chosen step {}); checkpoint in {}",
+        summary.pairs,
+        summary.seconds,
+        summary.chosen_step,
+        cfg.out.join("model").display()
+    );
+    println!("| held-out set | documents | queries | dim | NDCG@10 | rotation | plain |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &summary.report {
+        println!(
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+            r.set,
+            r.profile,
+            r.query_profile,
+            r.dim,
+            r.ndcg_at_10,
+            r.rotation_ndcg_at_10,
+            r.plain_ndcg_at_10
+        );
     }
     Ok(())
 }

@@ -46,6 +46,11 @@ pub struct BenchRetrievalArgs {
     /// this model, usually the original checkpoint.
     #[arg(long)]
     naive_model: Option<PathBuf>,
+    /// Also search each profile's collection with queries embedded by this profile
+    /// (asymmetric rows, e.g. `b50` queries against `full` documents), where the checkpoint
+    /// declares the two aligned. Repeatable.
+    #[arg(long, value_name = "PROFILE")]
+    query_profile: Vec<String>,
     /// Brute-force search instead of Qdrant's HNSW index.
     #[arg(long)]
     exact: bool,
@@ -66,8 +71,12 @@ struct Row {
     model: String,
     dataset: String,
     split: String,
+    /// The documents' profile.
     profile: String,
     profile_spec: String,
+    /// The queries' profile: `profile` itself, or another aligned with it (`--query-profile`).
+    query_profile: String,
+    /// Relative FLOPs of the query encoder.
     relative_flops: f64,
     dim: usize,
     /// `DIM:K` when the search went through a funnel.
@@ -90,6 +99,8 @@ struct Run<'a> {
     embedder: &'a Embedder,
     profile: String,
     dims: Vec<usize>,
+    /// Other profiles whose queries search this run's collection.
+    query_profiles: Vec<String>,
 }
 
 pub fn default_cache_dir() -> PathBuf {
@@ -229,11 +240,19 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
             profile.ffn,
             profile.hidden
         );
+        let mut query_profiles = Vec::new();
+        for qp in args.query_profile.iter().filter(|&qp| *qp != name) {
+            match embedder.check_aligned(qp, &name) {
+                Ok(()) => query_profiles.push(qp.clone()),
+                Err(e) => eprintln!("skipping queries by {qp} on {name}: {e}"),
+            }
+        }
         runs.push(Run {
             kind: "profile",
             embedder: &embedder,
             profile: name,
             dims: dims.clone(),
+            query_profiles,
         });
         if let Some(n) = &naive {
             runs.push(Run {
@@ -241,6 +260,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
                 embedder: n,
                 profile: naive_spec,
                 dims,
+                query_profiles: Vec::new(),
             });
         }
     }
@@ -257,6 +277,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
             embedder: b,
             profile: "full".into(),
             dims,
+            query_profiles: Vec::new(),
         });
     }
 
@@ -348,18 +369,6 @@ fn evaluate_run(
         summary.docs_per_s
     );
 
-    // Queries are embedded one at a time, as a search service sees them.
-    let mut vectors = Vec::with_capacity(data.queries.len());
-    let mut embed_ms = Vec::with_capacity(data.queries.len());
-    for q in &data.queries {
-        let t = Instant::now();
-        let tokens = e.tokenizer().encode(&[q.text.as_str()])?;
-        let mut v = e.embed_tokens(&tokens, &profile, 1)?;
-        embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
-    }
-    let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
-
     let mut plan: Vec<(usize, Option<(usize, usize)>)> =
         run.dims.iter().map(|&d| (d, None)).collect();
     for &(fd, k) in funnels {
@@ -367,44 +376,68 @@ fn evaluate_run(
             plan.push((d, Some((fd, k))));
         }
     }
-    let cost = profile.relative_cost(e.config(), mrl_encoder::config::COST_SEQ_LEN);
     let mut rows = Vec::new();
-    for (dim, funnel) in plan {
-        let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
-        let mut search_ms = Vec::with_capacity(vectors.len());
-        for (q, v) in data.queries.iter().zip(&vectors) {
-            let mut query = VectorQuery::nested(v, dim, 100, funnel)?;
-            query.exact = exact;
+    for query_profile in std::iter::once(&run.profile).chain(&run.query_profiles) {
+        let qp = e.profile(Some(query_profile))?;
+        // Queries are embedded one at a time, as a search service sees them.
+        let mut vectors = Vec::with_capacity(data.queries.len());
+        let mut embed_ms = Vec::with_capacity(data.queries.len());
+        for q in &data.queries {
             let t = Instant::now();
-            let hits = store.search(&name, &query)?;
-            search_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            results.insert(
-                q.id.clone(),
-                hits.into_iter().map(|h| (h.id, h.score)).collect(),
-            );
+            let tokens = e.tokenizer().encode(&[q.text.as_str()])?;
+            let mut v = e.embed_tokens(&tokens, &qp, 1)?;
+            embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
         }
-        let (search_p50_ms, search_p99_ms) = p50_p99(search_ms);
-        rows.push(Row {
-            kind: run.kind,
-            model: model_name(e),
-            dataset: dataset_name.to_string(),
-            split: data.split.clone(),
-            profile: run.profile.clone(),
-            profile_spec: profile.to_string(),
-            relative_flops: cost,
-            dim,
-            funnel: funnel.map(|(d, k)| format!("{d}:{k}")),
-            search: if exact { "exact" } else { "hnsw" },
-            metrics: evaluate(&results, &data.qrels),
-            search_p50_ms,
-            search_p99_ms,
-            embed_p50_ms,
-            embed_p99_ms,
-            index_docs_per_s: summary.docs_per_s,
-            index_reused: reused,
-        });
+        let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
+        let cost = qp.relative_cost(e.config(), mrl_encoder::config::COST_SEQ_LEN);
+        for &(dim, funnel) in &plan {
+            let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
+            let mut search_ms = Vec::with_capacity(vectors.len());
+            for (q, v) in data.queries.iter().zip(&vectors) {
+                let mut query = VectorQuery::nested(v, dim, 100, funnel)?;
+                query.exact = exact;
+                let t = Instant::now();
+                let hits = store.search(&name, &query)?;
+                search_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                results.insert(
+                    q.id.clone(),
+                    hits.into_iter().map(|h| (h.id, h.score)).collect(),
+                );
+            }
+            let (search_p50_ms, search_p99_ms) = p50_p99(search_ms);
+            rows.push(Row {
+                kind: run.kind,
+                model: model_name(e),
+                dataset: dataset_name.to_string(),
+                split: data.split.clone(),
+                profile: run.profile.clone(),
+                profile_spec: profile.to_string(),
+                query_profile: query_profile.clone(),
+                relative_flops: cost,
+                dim,
+                funnel: funnel.map(|(d, k)| format!("{d}:{k}")),
+                search: if exact { "exact" } else { "hnsw" },
+                metrics: evaluate(&results, &data.qrels),
+                search_p50_ms,
+                search_p99_ms,
+                embed_p50_ms,
+                embed_p99_ms,
+                index_docs_per_s: summary.docs_per_s,
+                index_reused: reused,
+            });
+        }
     }
     Ok(rows)
+}
+
+/// `profile`, or `queries → documents` for an asymmetric row.
+fn label(r: &Row) -> String {
+    if r.query_profile == r.profile {
+        r.profile.clone()
+    } else {
+        format!("{} → {}", r.query_profile, r.profile)
+    }
 }
 
 fn markdown(rows: &[Row]) -> String {
@@ -424,7 +457,7 @@ fn markdown(rows: &[Row]) -> String {
                 "baseline" => " (baseline)",
                 _ => " (naive)",
             },
-            r.profile,
+            label(r),
             r.relative_flops,
             r.dim,
             r.funnel.as_deref().unwrap_or("-"),
@@ -459,7 +492,7 @@ fn plot(rows: &[Row], title: &str) -> String {
         let label = if r.kind == "baseline" {
             format!("baseline: {}", r.model)
         } else {
-            r.profile.clone()
+            label(r)
         };
         match series.iter_mut().find(|s| s.0 == label) {
             Some(s) => s.2.push((r.dim, r.metrics.ndcg_at_10)),

@@ -108,3 +108,107 @@ fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() 
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("512"));
 }
+
+/// Queries may search another profile's documents only where `mrl.json` declares the two
+/// aligned (here every sub-encoder with `full`); the library and HTTP refuse the rest with an
+/// error naming both profiles.
+#[test]
+fn only_declared_query_profiles_search_another_profiles_documents() {
+    use common::server::Server;
+    use mrl::{Document, IndexConfig, SearchOptions};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    let e = Embedder::load(shipped()).unwrap();
+    let m = e.manifest().unwrap();
+    for p in m.profiles.iter().filter(|p| p.name != "full") {
+        assert_eq!(p.aligned_with, ["full"], "{}", p.name);
+        assert!(e.check_aligned(&p.name, "full").is_ok());
+        assert!(e.check_aligned("full", &p.name).is_err());
+    }
+    assert!(e.check_aligned("b50", "b25").is_err());
+    assert!(e.check_aligned("layers=3", "full").is_err());
+    // A spec that resolves to the documents' own profile is that profile.
+    assert!(e.check_aligned("full", "layers=0+1+2+3+4+5").is_ok());
+
+    // The library.
+    let data = std::env::temp_dir().join(format!("mrl-aligned-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let docs = [
+        Document::new("sun", "Vitamin D is made in the skin under sunlight."),
+        Document::new("qdrant", "Qdrant stores vectors with payloads."),
+    ];
+    let index = IndexConfig::new(data.join("lib"), "docs")
+        .open(Arc::new(e))
+        .unwrap();
+    index.add_documents(docs.clone()).unwrap();
+    let hits = index
+        .search_with(
+            "sunlight and vitamins",
+            &SearchOptions::new(64, 2).profile("b50"),
+        )
+        .unwrap();
+    assert_eq!(hits[0].id, "sun");
+    let err = index
+        .search_with("sunlight", &SearchOptions::new(64, 2).profile("layers=3"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("layers=3") && err.contains("full"), "{err}");
+
+    // HTTP.
+    let shipped_dir = shipped();
+    let s = Server::start_with(
+        &data.join("http"),
+        &["--model", shipped_dir.to_str().unwrap()],
+    );
+    let (_, health) = s.call("GET", "/health", None);
+    assert_eq!(health["aligned_with"]["b50"], json!(["full"]), "{health}");
+    for (name, profile) in [("full_docs", "full"), ("b50_docs", "b50")] {
+        s.ok(
+            "PUT",
+            &format!("/collections/{name}"),
+            json!({"dims": [64, 384], "profile": profile}),
+        );
+        let batch: Vec<_> = docs
+            .iter()
+            .map(|d| json!({"id": d.id, "text": d.text}))
+            .collect();
+        s.ok(
+            "POST",
+            &format!("/collections/{name}/documents"),
+            json!({ "documents": batch }),
+        );
+    }
+    let search = |name: &str, profile: &str| {
+        s.call(
+            "POST",
+            &format!("/collections/{name}/search"),
+            Some(json!({"query": "sunlight and vitamins", "dim": 64, "limit": 2, "profile": profile})),
+        )
+    };
+    for (name, profile) in [
+        ("full_docs", "b50"),
+        ("full_docs", "b25"),
+        ("b50_docs", "b50"),
+    ] {
+        let (st, v) = search(name, profile);
+        assert_eq!(st, 200, "{name} with {profile}: {v}");
+        assert_eq!(v["hits"][0]["id"], "sun", "{name} with {profile}: {v}");
+    }
+    for (name, profile, docs_profile) in [
+        ("b50_docs", "b25", "b50"),
+        ("b50_docs", "full", "b50"),
+        ("full_docs", "layers=2", "full"),
+    ] {
+        let (st, v) = search(name, profile);
+        assert_eq!(st, 400, "{name} with {profile}: {v}");
+        assert_eq!(v["error"]["field"], "profile", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("{profile:?}")) && msg.contains(&format!("{docs_profile:?}")),
+            "{msg}"
+        );
+    }
+    s.stop();
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -171,6 +171,15 @@ pub struct NamedProfile {
     /// correlation of cosine similarities), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<f64>,
+    /// The profile's own Matryoshka head, `heads.{head}.weight` / `.bias` in the weights
+    /// (`outputs × hidden`); absent: the shared `head` (or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// Document profiles this profile's query vectors may be searched against (besides its
+    /// own): the checkpoint was fitted or measured for that asymmetric use. Searching another
+    /// profile's documents is refused ([`Manifest::check_aligned`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aligned_with: Vec<String>,
 }
 
 /// Sequence length at which relative FLOPs are quoted: a typical passage.
@@ -243,5 +252,28 @@ impl Manifest {
 
     pub fn profile(&self, name: &str) -> Option<&NamedProfile> {
         self.profiles.iter().find(|p| p.name == name)
+    }
+
+    /// Whether queries embedded by profile `query` may search documents embedded by
+    /// `documents` (names or specs as callers wrote them): the same profile always; another
+    /// one only when `query`'s entry lists it in `aligned_with`.
+    ///
+    /// Errors: [`EncoderError::NotAligned`] naming both.
+    pub fn check_aligned(&self, query: &str, documents: &str) -> Result<()> {
+        let (q, d) = (query.trim(), documents.trim());
+        let declared = self
+            .profile(q)
+            .is_some_and(|p| p.aligned_with.iter().any(|a| a == d));
+        if q == d || declared {
+            return Ok(());
+        }
+        Err(EncoderError::NotAligned {
+            query: q.to_string(),
+            documents: d.to_string(),
+            aligned: self
+                .profile(q)
+                .map(|p| p.aligned_with.clone())
+                .unwrap_or_default(),
+        })
     }
 }

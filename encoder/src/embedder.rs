@@ -84,8 +84,13 @@ impl Embedder {
             ));
         }
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
-        let model = BertModel::load(&Weights::new(tensors), &config)?;
+        let mut model = BertModel::load(&Weights::new(tensors), &config)?;
         let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
+        for p in manifest.iter().flat_map(|m| &m.profiles) {
+            if let Some(head) = &p.head {
+                model.bind_profile_head(head, &p.profile)?;
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -157,6 +162,25 @@ impl Embedder {
             });
         }
         Profile::parse(s, &self.config)
+    }
+
+    /// Checks that queries embedded by profile `query` may search documents embedded by
+    /// profile `documents` (names or specs): the same sub-encoder always may; another only
+    /// when the manifest declares it aligned (`aligned_with`). One rule for every caller.
+    ///
+    /// Errors: an unknown profile, or [`EncoderError::NotAligned`] naming both.
+    pub fn check_aligned(&self, query: &str, documents: &str) -> Result<()> {
+        if self.profile(Some(query))? == self.profile(Some(documents))? {
+            return Ok(());
+        }
+        match &self.manifest {
+            Some(m) => m.check_aligned(query, documents),
+            None => Err(EncoderError::NotAligned {
+                query: query.trim().to_string(),
+                documents: documents.trim().to_string(),
+                aligned: Vec::new(),
+            }),
+        }
     }
 
     /// Embeds `texts`, returning one vector per text in input order.

@@ -33,6 +33,12 @@ pub enum EncoderError {
     },
     #[error("invalid profile {spec:?}: {reason}")]
     InvalidProfile { spec: String, reason: String },
+    #[error("query profile {query:?} is not aligned with the documents' profile {documents:?}: its vectors are not comparable; search with {documents:?} (or one of {aligned:?}, which the checkpoint declares aligned)")]
+    NotAligned {
+        query: String,
+        documents: String,
+        aligned: Vec<String>,
+    },
     #[error("model fetch failed: {0}")]
     Fetch(String),
     #[error("checksum mismatch for {path}: expected {expected}, got {actual}")]

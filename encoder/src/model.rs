@@ -55,22 +55,40 @@ impl Weights {
         Self { tensors, prefix }
     }
 
-    /// The Matryoshka head, if the checkpoint has one: `head.weight` is `outputs × hidden`.
-    fn head(&self, hidden: usize) -> Result<Option<Linear>> {
-        let Some(t) = self.tensors.get("head.weight") else {
+    /// The Matryoshka head named `name` (`head`, or a profile's own such as `heads.b50`), if
+    /// the checkpoint has one: `{name}.weight` is `outputs × hidden`.
+    fn head(&self, name: &str, hidden: usize) -> Result<Option<Linear>> {
+        let Some(t) = self.tensors.get(&format!("{name}.weight")) else {
             return Ok(None);
         };
         let outputs = t.dims().first().copied().unwrap_or(0);
         if outputs < hidden {
             return Err(EncoderError::Tensor(candle_core::Error::Msg(format!(
-                "head.weight has {outputs} outputs, fewer than the hidden width {hidden}"
+                "{name}.weight has {outputs} outputs, fewer than the hidden width {hidden}"
             ))));
         }
         let w = Weights {
             tensors: self.tensors.clone(),
             prefix: "",
         };
-        Linear::load(&w, "head", hidden, outputs).map(Some)
+        Linear::load(&w, name, hidden, outputs).map(Some)
+    }
+
+    /// Every profile head the checkpoint holds (`heads.NAME.weight`), by `NAME`.
+    fn profile_heads(&self, hidden: usize) -> Result<HashMap<String, Linear>> {
+        let mut out = HashMap::new();
+        for key in self.tensors.keys() {
+            let Some(name) = key
+                .strip_prefix("heads.")
+                .and_then(|k| k.strip_suffix(".weight"))
+            else {
+                continue;
+            };
+            if let Some(h) = self.head(&format!("heads.{name}"), hidden)? {
+                out.insert(name.to_string(), h);
+            }
+        }
+        Ok(out)
     }
 
     /// The tensor as row-major f32, after checking its shape.
@@ -432,6 +450,12 @@ pub struct BertModel {
     /// has one: the pooled vector is widened through it, so every nested size is a prefix of
     /// the head's output.
     head: Option<Linear>,
+    /// Heads of their own for some profiles (`heads.NAME.*` in the weights, bound to a
+    /// profile by the manifest): a sub-encoder's pooled vector mapped into the same nested
+    /// space as the full profile's. Profiles without one use `head`.
+    profile_heads: Vec<(Profile, Linear)>,
+    /// Profile heads loaded but not yet bound, by name.
+    unbound_heads: HashMap<String, Linear>,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -443,7 +467,9 @@ impl BertModel {
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Layer::load(w, i, cfg))
                 .collect::<Result<_>>()?,
-            head: w.head(cfg.hidden_size)?,
+            head: w.head("head", cfg.hidden_size)?,
+            profile_heads: Vec::new(),
+            unbound_heads: w.profile_heads(cfg.hidden_size)?,
             workspaces: Mutex::new(Vec::new()),
         })
     }
@@ -458,10 +484,45 @@ impl BertModel {
         &self.config
     }
 
+    /// Binds the head `heads.{name}` to `profile` (from the manifest's `head` of a named
+    /// profile). Errors when the weights have no such head or its width differs from the
+    /// shared head's (every profile's nested sizes must mean the same space).
+    pub fn bind_profile_head(&mut self, name: &str, profile: &Profile) -> Result<()> {
+        let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
+        let head = self
+            .unbound_heads
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(format!("the weights have no heads.{name}.weight")))?;
+        let shared = self
+            .head
+            .as_ref()
+            .map_or(self.config.hidden_size, |h| h.bias.len());
+        if head.bias.len() != shared {
+            return Err(bad(format!(
+                "heads.{name} has {} outputs, the shared head {shared}",
+                head.bias.len()
+            )));
+        }
+        self.profile_heads.retain(|(p, _)| p != profile);
+        self.profile_heads.push((profile.clone(), head));
+        Ok(())
+    }
+
+    /// The head `profile`'s pooled vector goes through: its own, else the shared one.
+    fn head_for(&self, profile: &Profile) -> Option<&Linear> {
+        self.profile_heads
+            .iter()
+            .find(|(p, _)| p == profile)
+            .map(|(_, h)| h)
+            .or(self.head.as_ref())
+    }
+
     /// How wide `profile`'s output is: the head's width when the checkpoint has a head, else
     /// the profile's hidden width.
     pub fn output_width(&self, profile: &Profile) -> usize {
-        self.head.as_ref().map_or(profile.hidden, |h| h.bias.len())
+        self.head_for(profile)
+            .map_or(profile.hidden, |h| h.bias.len())
     }
 
     /// Runs `profile` on a batch of token sequences and returns each one's mean-pooled last
@@ -533,7 +594,7 @@ impl BertModel {
             self.layers[l].forward(&mut ws, &spans, l, profile, obs);
         }
         let mut pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
-        if let Some(head) = &self.head {
+        if let Some(head) = self.head_for(profile) {
             let n = head.bias.len();
             let flat: Vec<f32> = pooled.concat();
             let mut out = vec![0f32; pooled.len() * n];

@@ -82,9 +82,9 @@ impl ApiError {
     pub fn from_encoder(e: EncoderError, dim_field: &str, profile_field: &str) -> Self {
         match e {
             EncoderError::InvalidDim { .. } => Self::field(dim_field, e.to_string()),
-            EncoderError::UnknownProfile { .. } | EncoderError::InvalidProfile { .. } => {
-                Self::field(profile_field, e.to_string())
-            }
+            EncoderError::UnknownProfile { .. }
+            | EncoderError::InvalidProfile { .. }
+            | EncoderError::NotAligned { .. } => Self::field(profile_field, e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

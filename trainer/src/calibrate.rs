@@ -221,6 +221,8 @@ pub(crate) fn named(
         relative_flops: profile.relative_cost(cfg, COST_SEQ_LEN),
         profile,
         fidelity,
+        head: None,
+        aligned_with: Vec::new(),
     }
 }
 

@@ -7,7 +7,8 @@
 //! budget curriculum (`curriculum`), the trainable, gated encoder with its Matryoshka head
 //! (`student`), AdamW with checkpoints (`optim`), training pairs (`data`) and one elastic
 //! step's loss (`elastic`), and the closed-form rotation onto a set's principal axes that a
-//! Matryoshka head can start from (`rotation`); `train` runs the loop.
+//! Matryoshka head can start from (`rotation`); `train` runs the loop. `family` is the
+//! cached-teacher recipe: a frozen parent, heads fitted on its cached embeddings.
 
 pub mod calibrate;
 pub mod curriculum;
@@ -17,6 +18,7 @@ pub mod elastic;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod family;
 pub mod importance;
 pub mod loss;
 pub mod optim;

@@ -294,6 +294,10 @@ pub async fn search(
                 .unwrap_or(&info.spec.profile)
                 .to_string();
             let profile = state.profile(Some(&profile_name), "profile")?;
+            state
+                .embedder
+                .check_aligned(&profile_name, &info.spec.profile)
+                .map_err(|e| ApiError::from_encoder(e, "dim", "profile"))?;
             let width = state.embedder.model().output_width(&profile);
             if width < dim {
                 return Err(ApiError::field(

@@ -204,6 +204,14 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "model": state.model_name,
         "profiles": state.embedder.profile_names(),
         "dims": state.embedder.nested_dims(),
+        // Query profile → document profiles it may search besides its own.
+        "aligned_with": state.embedder.manifest().map(|m| {
+            m.profiles
+                .iter()
+                .filter(|p| !p.aligned_with.is_empty())
+                .map(|p| (p.name.clone(), p.aligned_with.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        }).unwrap_or_default(),
     }))
 }
 

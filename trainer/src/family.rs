@@ -1,0 +1,971 @@
+//! The cached-teacher family recipe (`recipe = "heads"` in `mrl train --config FILE`): the
+//! backbone stays the frozen, calibrated parent, and every profile gets a Matryoshka head
+//! fitted on the parent's embeddings, cached once.
+//!
+//! Pipeline: BEIR corpora and queries → each profile's pooled vectors, cached on disk
+//! (`eval::embed_cached`, resumable) → the shared head starts as the rotation onto the
+//! uncentred principal axes of the training corpora (`rotation`), zero rows past the parent's
+//! width → AdamW on Matryoshka InfoNCE over the training pairs (in-batch negatives; its own
+//! learning rate), checked every `eval_every` steps on held-out queries and dev splits; the
+//! best check wins, and a check whose full width falls below the parent's on any held-out set
+//! cannot (step 0, the rotation itself, always qualifies) → each sub-encoder's head is the
+//! shared head after a closed-form map of its pooled space onto the full profile's (ridge
+//! least squares on the cached vectors: distillation toward the parent, so a sub-encoder's
+//! query vectors search full-profile documents) → the checkpoint: the parent's weights,
+//! `head.*`, `heads.NAME.*`, and an `mrl.json` that declares each sub-encoder aligned with
+//! `full`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use indicatif::ProgressBar;
+use mrl_encoder::config::Manifest;
+use mrl_encoder::{Embedder, Profile};
+use nalgebra::DMatrix;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{BeirDataset, Qrels};
+use crate::eval::{embed_cached, exact_run_metrics, EmbeddingCache};
+use crate::loss::{matryoshka_info_nce, normalize_rows, similarity_distillation};
+use crate::optim::{lr_at, AdamW};
+use crate::rotation::Rotation;
+use crate::router::Rng;
+use crate::{Result, TrainerError};
+
+/// NDCG@10 differences below this are float noise in tie order (an orthogonal head computes
+/// the parent's cosines up to rounding), not a loss.
+const TIE: f64 = 1e-4;
+
+/// A BEIR split the recipe reads: `train` splits give pairs (minus held-out queries), `dev`
+/// splits only judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeirSplit {
+    pub dir: PathBuf,
+    pub split: String,
+    /// Share of batches drawn from this source (training sources only; default 1).
+    #[serde(default = "unit")]
+    pub weight: f64,
+}
+
+fn unit() -> f64 {
+    1.0
+}
+
+/// `[head]`: how the shared head trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadTraining {
+    /// AdamW steps on the cached vectors (0: the rotation alone).
+    pub steps: usize,
+    /// Pairs per step (in-batch negatives).
+    pub batch: usize,
+    /// The head's peak learning rate (warmup, then cosine to 0).
+    pub lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    /// InfoNCE temperature on cosines.
+    pub temperature: f64,
+    /// A check on the held-out sets every this many steps (and at 0 and the end).
+    pub eval_every: usize,
+    /// Weight of the anchor to the parent. For the shared head: KL divergence of the in-batch
+    /// similarity distributions at the parent's width and at the widest size from the
+    /// parent's own (`loss::similarity_distillation`, over the batch's queries and documents
+    /// together), which keeps the wide sizes near the parent's geometry while InfoNCE moves
+    /// them. For a sub-encoder's head: distillation, `1 − cos` of each text's vector to the
+    /// full profile's at every nested dim. Default 0.
+    #[serde(default)]
+    pub anchor_weight: f64,
+    /// Scale of the uniform random start of the rows past the parent's width (zero rows get
+    /// no gradient); default 1e-3, small enough to leave the widest size at the parent's.
+    #[serde(default = "small")]
+    pub extra_init: f64,
+}
+
+fn small() -> f64 {
+    1e-3
+}
+
+/// The recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyConfig {
+    /// Always `"heads"`: tells this recipe from the elastic backbone recipe.
+    pub recipe: String,
+    /// The calibrated parent (an `mrl calibrate` folder with its profiles).
+    pub parent: PathBuf,
+    /// The run folder: `metrics.jsonl`, `model/` (the checkpoint).
+    pub out: PathBuf,
+    /// Where the parent's embeddings are cached (default `OUT/cache`); recipes over the same
+    /// parent can share one (entries are keyed by weights, profile and texts).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+    pub seed: u64,
+    /// The parent's sub-encoders to carry into the family, by name (`full` always is).
+    pub profiles: Vec<String>,
+    pub nested_dims: Vec<usize>,
+    /// One InfoNCE weight per nested dim.
+    pub dim_weights: Vec<f64>,
+    /// Every `holdout`-th judged query of each training source (by a seeded hash of its id)
+    /// is kept out of training and judges the checks instead.
+    pub holdout: usize,
+    /// Ridge strength of the sub-encoders' map onto the full profile, relative to the mean
+    /// diagonal of their Gram matrix.
+    pub ridge: f64,
+    pub head: HeadTraining,
+    /// Training splits (a SciFact test split is refused).
+    pub sources: Vec<BeirSplit>,
+    /// Judge-only splits (dev).
+    #[serde(default)]
+    pub dev: Vec<BeirSplit>,
+}
+
+impl FamilyConfig {
+    /// Reads and checks a recipe.
+    ///
+    /// Errors: `Io`, or `Invalid` naming the bad setting.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainerError::Invalid(m.to_string()));
+        if self.recipe != "heads" {
+            return bad("recipe must be \"heads\"");
+        }
+        if self.nested_dims.is_empty() || self.nested_dims.len() != self.dim_weights.len() {
+            return bad("nested_dims and dim_weights must be non-empty and the same length");
+        }
+        if self.head.batch < 2 || self.head.eval_every == 0 || self.holdout < 2 {
+            return bad("[head] batch ≥ 2, eval_every ≥ 1 and holdout ≥ 2 are needed");
+        }
+        // Written so that NaN fails too.
+        let positive = |x: f64, zero_ok: bool| x > 0.0 || (zero_ok && x == 0.0);
+        if !positive(self.ridge, true)
+            || !positive(self.head.lr, true)
+            || !positive(self.head.temperature, false)
+            || !positive(self.head.anchor_weight, true)
+        {
+            return bad("ridge, lr and anchor_weight must be ≥ 0 and temperature > 0");
+        }
+        if self.sources.is_empty() {
+            return bad("no training data: add [[sources]]");
+        }
+        for s in self.sources.iter().chain(&self.dev) {
+            if s.split == "test" {
+                return Err(TrainerError::Invalid(format!(
+                    "{}: a test split is for the final benchmark, never for fitting or choosing",
+                    s.dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A profile's cached (corpus, query) vectors, raw pooled, in dataset order.
+type Cached = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// One BEIR split with each profile's cached vectors.
+struct Split {
+    name: String,
+    data: BeirDataset,
+    /// Profile name → (corpus vectors, query vectors), raw pooled.
+    vectors: HashMap<String, Cached>,
+    /// Queries kept out of training (all of them for a dev split).
+    held_out: HashSet<usize>,
+    weight: f64,
+}
+
+impl Split {
+    fn qrels_of(&self, queries: &HashSet<usize>) -> Qrels {
+        let ids: HashSet<&str> = queries
+            .iter()
+            .map(|&i| self.data.queries[i].id.as_str())
+            .collect();
+        self.data
+            .qrels
+            .iter()
+            .filter(|(q, _)| ids.contains(q.as_str()))
+            .map(|(q, r)| (q.clone(), r.clone()))
+            .collect()
+    }
+}
+
+/// What a fit reports: the per-check scores and the chosen step.
+#[derive(Debug, Clone, Serialize)]
+pub struct FamilySummary {
+    pub seconds: f64,
+    pub pairs: usize,
+    pub chosen_step: usize,
+    /// Per held-out set: rows of (profile, query profile, dim, NDCG@10) for the chosen heads.
+    pub report: Vec<ReportRow>,
+}
+
+/// NDCG@10 of one held-out set under the fitted heads.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportRow {
+    pub set: String,
+    /// The documents' profile.
+    pub profile: String,
+    /// The queries' profile (the same, or `full` documents searched by a sub-encoder).
+    pub query_profile: String,
+    pub dim: usize,
+    pub ndcg_at_10: f64,
+    /// The same with the rotation alone (the closed-form baseline) for the shared head.
+    pub rotation_ndcg_at_10: f64,
+    /// The parent without any head, plain prefix.
+    pub plain_ndcg_at_10: f64,
+}
+
+/// A `rows × cols` row-major matrix of f32 as a tensor.
+fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), cols), &Device::Cpu)?)
+}
+
+/// `x Wᵀ` for each row `x` (`W` is `out × in`, row-major).
+fn apply(w: &[f32], out: usize, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let inp = w.len() / out;
+    rows.par_iter()
+        .map(|x| {
+            w.chunks_exact(inp)
+                .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
+                .collect()
+        })
+        .collect()
+}
+
+fn unit_rows(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|r| {
+            let n = r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            r.iter()
+                .map(|x| {
+                    if n > 0.0 {
+                        (f64::from(*x) / n) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The least-squares map `M` (`d × d`, row-major) with `M x̂_sub ≈ x̂_full` over paired rows,
+/// ridge `λ = ridge · tr(XᵀX)/d`: `M = (XᵀX + λI)⁻¹ XᵀY` transposed (f64, Cholesky).
+///
+/// Errors: `Invalid` when the rows differ in count or the system is singular.
+pub fn fit_linear_map(sub: &[Vec<f32>], full: &[Vec<f32>], ridge: f64) -> Result<Vec<f32>> {
+    if sub.len() != full.len() || sub.is_empty() {
+        return Err(TrainerError::Invalid(format!(
+            "a map needs paired rows: {} and {}",
+            sub.len(),
+            full.len()
+        )));
+    }
+    let (x, y) = (unit_rows(sub), unit_rows(full));
+    let (di, dout) = (x[0].len(), y[0].len());
+    let mut xtx = DMatrix::<f64>::zeros(di, di);
+    let mut xty = DMatrix::<f64>::zeros(di, dout);
+    for (a, b) in x.iter().zip(&y) {
+        for i in 0..di {
+            let ai = f64::from(a[i]);
+            for j in i..di {
+                xtx[(i, j)] += ai * f64::from(a[j]);
+            }
+            for j in 0..dout {
+                xty[(i, j)] += ai * f64::from(b[j]);
+            }
+        }
+    }
+    for i in 0..di {
+        for j in 0..i {
+            xtx[(i, j)] = xtx[(j, i)];
+        }
+    }
+    let lambda = ridge * xtx.trace() / di as f64;
+    for i in 0..di {
+        xtx[(i, i)] += lambda;
+    }
+    let chol = xtx.cholesky().ok_or_else(|| {
+        TrainerError::Invalid("the sub-encoder's Gram matrix is singular: raise ridge".into())
+    })?;
+    let b = chol.solve(&xty);
+    // b is di × dout with y ≈ x b; the head multiplies column vectors, so M = bᵀ.
+    let mut m = Vec::with_capacity(di * dout);
+    for j in 0..dout {
+        for i in 0..di {
+            m.push(b[(i, j)] as f32);
+        }
+    }
+    Ok(m)
+}
+
+/// `A B` for row-major `A` (`n × k`) and `B` (`k × m`).
+fn matmul(a: &[f32], n: usize, b: &[f32], m: usize) -> Vec<f32> {
+    let k = a.len() / n;
+    let mut out = vec![0f32; n * m];
+    for i in 0..n {
+        for t in 0..k {
+            let av = a[i * k + t];
+            if av != 0.0 {
+                for j in 0..m {
+                    out[i * m + j] += av * b[t * m + j];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// NDCG@10 of `queries` against `docs` (already through their heads) at `dim`.
+fn ndcg(split: &Split, qrels: &Qrels, q: &[Vec<f32>], d: &[Vec<f32>], dim: usize) -> Result<f64> {
+    let keep: Vec<usize> = (0..split.data.queries.len())
+        .filter(|&i| qrels.contains_key(&split.data.queries[i].id))
+        .collect();
+    let qids: Vec<&str> = keep
+        .iter()
+        .map(|&i| split.data.queries[i].id.as_str())
+        .collect();
+    let qv: Vec<Vec<f32>> = keep.iter().map(|&i| q[i].clone()).collect();
+    let dids: Vec<&str> = split.data.corpus.iter().map(|x| x.id.as_str()).collect();
+    Ok(exact_run_metrics(&qids, &qv, &dids, d, dim, qrels)?.ndcg_at_10)
+}
+
+/// Runs the recipe: caches, fits, checks, writes `OUT/model`. Rerunning reuses the caches.
+pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySummary> {
+    let start = Instant::now();
+    let parent = Embedder::load(&cfg.parent)?;
+    let manifest = parent.manifest().cloned().ok_or_else(|| {
+        TrainerError::Invalid(format!(
+            "{} has no mrl.json: calibrate it first (mrl calibrate)",
+            cfg.parent.display()
+        ))
+    })?;
+    let bert = parent.config().clone();
+    let hidden = bert.hidden_size;
+    let width = *cfg.nested_dims.iter().max().expect("validated non-empty");
+    if width < hidden {
+        return Err(TrainerError::Invalid(format!(
+            "the widest nested dim {width} is below the parent's width {hidden}"
+        )));
+    }
+    let mut profiles: Vec<(String, Profile)> = vec![("full".into(), Profile::full(&bert))];
+    for name in &cfg.profiles {
+        let p = manifest
+            .profile(name)
+            .ok_or_else(|| TrainerError::Invalid(format!("the parent has no profile {name:?}")))?;
+        if p.profile.hidden != hidden {
+            return Err(TrainerError::Invalid(format!(
+                "profile {name:?} is {} wide; a head maps the parent's width {hidden}",
+                p.profile.hidden
+            )));
+        }
+        profiles.push((name.clone(), p.profile.clone()));
+    }
+
+    // Every profile's pooled vectors of every corpus and query, cached once.
+    let cache_dir = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
+    let cache = EmbeddingCache::new(&cache_dir, &parent)?;
+    let mut splits = Vec::new();
+    let sets = cfg
+        .sources
+        .iter()
+        .map(|s| (s, true))
+        .chain(cfg.dev.iter().map(|s| (s, false)));
+    for (src, train) in sets {
+        if src.split == "test" {
+            return Err(TrainerError::Invalid("never fit on a test split".into()));
+        }
+        let data = BeirDataset::load(&src.dir, &src.split)?;
+        let dir_name = src.dir.file_name().map_or_else(
+            || src.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let name = format!("{dir_name}/{}", src.split);
+        let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
+        let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();
+        let mut vectors = HashMap::new();
+        for (pname, profile) in &profiles {
+            progress.set_message(format!("embedding {name} ({pname})"));
+            let d = embed_cached(&parent, &corpus, profile, Some(&cache), progress)?;
+            let q = embed_cached(&parent, &queries, profile, Some(&cache), progress)?;
+            vectors.insert(pname.clone(), (d, q));
+        }
+        let held_out: HashSet<usize> = (0..data.queries.len())
+            .filter(|&i| !train || held(&data.queries[i].id, cfg.seed, cfg.holdout))
+            .collect();
+        splits.push(Split {
+            name: if train {
+                format!("{name} held-out")
+            } else {
+                name
+            },
+            data,
+            vectors,
+            held_out,
+            weight: if train { src.weight } else { 0.0 },
+        });
+    }
+
+    // Pairs of training queries and their relevant documents, per source.
+    let mut pairs: Vec<Vec<(usize, usize)>> = Vec::new();
+    for s in &splits {
+        let index: HashMap<&str, usize> = s
+            .data
+            .corpus
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i))
+            .collect();
+        let mut p = Vec::new();
+        for (qi, q) in s.data.queries.iter().enumerate() {
+            if s.held_out.contains(&qi) {
+                continue;
+            }
+            let mut rels: Vec<(&String, &i32)> = s.data.qrels[&q.id].iter().collect();
+            rels.sort();
+            for (did, &grade) in rels {
+                if let (true, Some(&di)) = (grade > 0, index.get(did.as_str())) {
+                    p.push((qi, di));
+                }
+            }
+        }
+        pairs.push(p);
+    }
+    let total_pairs: usize = pairs.iter().map(Vec::len).sum();
+    if total_pairs == 0 {
+        return Err(TrainerError::Invalid(
+            "the training splits gave no pairs".into(),
+        ));
+    }
+
+    // The rotation onto the principal axes of the training corpora (full profile).
+    let fit_docs: Vec<Vec<f32>> = splits
+        .iter()
+        .filter(|s| s.weight > 0.0)
+        .flat_map(|s| s.vectors["full"].0.iter().cloned())
+        .collect();
+    let rotation = Rotation::fit(&fit_docs)?;
+    let mut w0 = rotation.matrix_f32();
+    let mut init_rng = Rng::new(cfg.seed ^ 0xE7);
+    w0.extend(
+        (hidden * hidden..width * hidden)
+            .map(|_| ((init_rng.uniform() - 0.5) * 2.0 * cfg.head.extra_init) as f32),
+    );
+
+    // Each sub-encoder's closed-form map onto the full profile, on every cached text.
+    let mut maps: Vec<(String, Vec<f32>)> = Vec::new();
+    for (pname, _) in profiles.iter().skip(1) {
+        let (mut sub, mut full) = (Vec::new(), Vec::new());
+        for s in &splits {
+            let (sd, sq) = &s.vectors[pname];
+            let (fd, fq) = &s.vectors["full"];
+            sub.extend(sd.iter().chain(sq).cloned());
+            full.extend(fd.iter().chain(fq).cloned());
+        }
+        maps.push((pname.clone(), fit_linear_map(&sub, &full, cfg.ridge)?));
+    }
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+    let log_path = cfg.out.join("metrics.jsonl");
+    let mut log = std::fs::File::create(&log_path).map_err(|e| TrainerError::io(&log_path, e))?;
+    let names: Vec<&str> = splits.iter().map(|s| s.name.as_str()).collect();
+    let held_qrels: Vec<Qrels> = splits.iter().map(|s| s.qrels_of(&s.held_out)).collect();
+    let full_at = cfg
+        .nested_dims
+        .iter()
+        .position(|&d| d == hidden)
+        .unwrap_or(cfg.nested_dims.len() - 1);
+    let ctx = Fit {
+        cfg,
+        splits: &splits,
+        pairs: &pairs,
+        held_qrels: &held_qrels,
+        width,
+        hidden,
+    };
+
+    // The shared head: NDCG@10 of the full profile at every nested dim on every held-out
+    // set; a check whose full width falls below the parent's anywhere is not eligible.
+    let baseline = ctx.scores("full", "full", &w0, &w0)?;
+    let shared = ctx.train(
+        "head",
+        &w0,
+        progress,
+        |w, rng| {
+            let Some((s, batch)) = ctx.sample(rng) else {
+                return Ok(None);
+            };
+            let (docs, queries) = &s.vectors["full"];
+            let q = rows(queries, batch.iter().map(|b| b.0))?;
+            let d = rows(docs, batch.iter().map(|b| b.1))?;
+            let wt = w.t()?;
+            let (qo, d_out) = (q.matmul(&wt)?, d.matmul(&wt)?);
+            let mut loss = ctx.nce(&qo, &d_out)?;
+            if cfg.head.anchor_weight > 0.0 {
+                let parent = Tensor::cat(&[&q, &d], 0)?;
+                let out = Tensor::cat(&[&qo, &d_out], 0)?;
+                let t = cfg.head.temperature;
+                let anchor = (similarity_distillation(&out.narrow(1, 0, hidden)?, &parent, t)?
+                    + similarity_distillation(&out, &parent, t)?)?;
+                loss = (loss + (anchor * cfg.head.anchor_weight)?)?;
+            }
+            Ok(Some(loss))
+        },
+        |w| {
+            let scores = ctx.scores("full", "full", w, w)?;
+            let kept = scores
+                .iter()
+                .zip(&baseline)
+                .all(|(s, b)| s[full_at..].iter().all(|&x| x >= b[full_at] - TIE));
+            Ok((scores, kept))
+        },
+        &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
+        &names,
+    )?;
+    let (chosen_step, w) = shared;
+
+    // Each sub-encoder's head: from the closed-form map, trained so that its queries find
+    // full-profile documents (the shared head, fixed) and its own documents.
+    let mut sub_heads: Vec<(String, Vec<f32>, usize)> = Vec::new();
+    let fixed = Tensor::from_vec(w.clone(), (width, hidden), &Device::Cpu)?;
+    for (pname, map) in &maps {
+        let init = matmul(&w, width, map, hidden);
+        let (step, head) = ctx.train(
+            &format!("heads.{pname}"),
+            &init,
+            progress,
+            |wp, rng| {
+                let Some((s, batch)) = ctx.sample(rng) else {
+                    return Ok(None);
+                };
+                let (sub_docs, sub_queries) = &s.vectors[pname.as_str()];
+                let full_docs = &s.vectors["full"].0;
+                let full_queries = &s.vectors["full"].1;
+                let q = rows(sub_queries, batch.iter().map(|b| b.0))?.matmul(&wp.t()?)?;
+                let df = rows(full_docs, batch.iter().map(|b| b.1))?.matmul(&fixed.t()?)?;
+                let ds = rows(sub_docs, batch.iter().map(|b| b.1))?.matmul(&wp.t()?)?;
+                let mut loss = (ctx.nce(&q, &df)? + ctx.nce(&q, &ds)?)?;
+                if cfg.head.anchor_weight > 0.0 {
+                    // Distillation: each text's vector toward the full profile's own.
+                    let qf = rows(full_queries, batch.iter().map(|b| b.0))?.matmul(&fixed.t()?)?;
+                    let student = Tensor::cat(&[&q, &ds], 0)?;
+                    let teacher = Tensor::cat(&[&qf, &df], 0)?;
+                    let distill = ctx.cosine_distance(&student, &teacher)?;
+                    loss = (loss + (distill * cfg.head.anchor_weight)?)?;
+                }
+                Ok(Some(loss))
+            },
+            |wp| {
+                let asym = ctx.scores(pname, "full", wp, &w)?;
+                let sym = ctx.scores(pname, pname, wp, wp)?;
+                Ok(([asym, sym].concat(), true))
+            },
+            &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
+            &names,
+        )?;
+        sub_heads.push((pname.clone(), head, step));
+    }
+
+    // The report: every profile, symmetric and as a query encoder against full documents.
+    let mut report = Vec::new();
+    // The rotation baseline of a sub-encoder: the rotation after its closed-form map.
+    let rotation_of = |name: &str| -> Vec<f32> {
+        match maps.iter().find(|(n, _)| n == name) {
+            Some((_, m)) => matmul(&w0, width, m, hidden),
+            None => w0.clone(),
+        }
+    };
+    let head_of = |name: &str| -> Vec<f32> {
+        match sub_heads.iter().find(|(n, _, _)| n == name) {
+            Some((_, h, _)) => h.clone(),
+            None => w.clone(),
+        }
+    };
+    for (s, qrels) in splits.iter().zip(&held_qrels) {
+        for (pname, _) in &profiles {
+            let pairs_of: Vec<&str> = if pname == "full" {
+                vec!["full"]
+            } else {
+                vec![pname.as_str(), "full"]
+            };
+            for doc_profile in pairs_of {
+                let q_raw = &s.vectors[pname.as_str()].1;
+                let d_raw = &s.vectors[doc_profile].0;
+                let (q, d) = (
+                    apply(&head_of(pname), width, q_raw),
+                    apply(&head_of(doc_profile), width, d_raw),
+                );
+                let (q0, d0) = (
+                    apply(&rotation_of(pname), width, q_raw),
+                    apply(&rotation_of(doc_profile), width, d_raw),
+                );
+                for &dim in &cfg.nested_dims {
+                    report.push(ReportRow {
+                        set: s.name.clone(),
+                        profile: doc_profile.to_string(),
+                        query_profile: pname.clone(),
+                        dim,
+                        ndcg_at_10: ndcg(s, qrels, &q, &d, dim)?,
+                        rotation_ndcg_at_10: ndcg(s, qrels, &q0, &d0, dim)?,
+                        plain_ndcg_at_10: if dim <= hidden {
+                            ndcg(s, qrels, q_raw, d_raw, dim)?
+                        } else {
+                            f64::NAN
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    // The checkpoint.
+    let mut tensors =
+        candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &Device::Cpu)?;
+    let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
+    let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
+        t.insert(
+            format!("{name}.weight"),
+            Tensor::from_vec(w, (width, hidden), &Device::Cpu)?,
+        );
+        t.insert(format!("{name}.bias"), zeros.clone());
+        Ok(())
+    };
+    put(&mut tensors, "head", w.clone())?;
+    let mut named = vec![crate::calibrate::named(
+        "full".into(),
+        Profile::full(&bert),
+        &bert,
+        None,
+    )];
+    for (pname, profile) in profiles.iter().skip(1) {
+        put(&mut tensors, &format!("heads.{pname}"), head_of(pname))?;
+        let mut p = crate::calibrate::named(pname.clone(), profile.clone(), &bert, None);
+        p.fidelity = manifest.profile(pname).and_then(|q| q.fidelity);
+        p.head = Some(pname.clone());
+        p.aligned_with = vec!["full".into()];
+        named.push(p);
+    }
+    let budgets = manifest
+        .budgets
+        .iter()
+        .filter(|b| cfg.profiles.contains(&b.profile))
+        .cloned()
+        .collect();
+    let out_manifest = Manifest {
+        nested_dims: cfg.nested_dims.clone(),
+        profiles: named,
+        budgets,
+        provenance: serde_json::json!({
+            "trained_from": cfg.parent,
+            "method": "frozen parent; Matryoshka head from the rotation onto the training corpora's principal axes, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile",
+            "chosen_step": chosen_step,
+            "chosen_steps": sub_heads.iter().map(|(n, _, s)| (n.clone(), *s)).collect::<HashMap<_, _>>(),
+            "recipe": cfg,
+            "held_out": report,
+            "parent_provenance": manifest.provenance,
+        }),
+        ..manifest.clone()
+    };
+    let model_dir = cfg.out.join("model");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
+    }
+    crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &out_manifest)?;
+    Ok(FamilySummary {
+        seconds: start.elapsed().as_secs_f64(),
+        pairs: total_pairs,
+        chosen_step,
+        report,
+    })
+}
+
+/// Unit-length rows `picked` of `from` as a `[n, d]` tensor.
+fn rows(from: &[Vec<f32>], picked: impl Iterator<Item = usize>) -> Result<Tensor> {
+    let r: Vec<Vec<f32>> = picked.map(|i| from[i].clone()).collect();
+    matrix(&unit_rows(&r))
+}
+
+/// What the head fits share: the recipe, the cached splits, their training pairs.
+struct Fit<'a> {
+    cfg: &'a FamilyConfig,
+    splits: &'a [Split],
+    pairs: &'a [Vec<(usize, usize)>],
+    held_qrels: &'a [Qrels],
+    width: usize,
+    hidden: usize,
+}
+
+impl Fit<'_> {
+    /// A batch of (query, document) index pairs from one training split (drawn by weight, so
+    /// in-batch negatives share a corpus), no query or document twice.
+    fn sample(&self, rng: &mut Rng) -> Option<(&Split, Vec<(usize, usize)>)> {
+        let total: f64 = self.splits.iter().map(|s| s.weight).sum();
+        let mut u = rng.uniform() * total;
+        let si = self.splits.iter().position(|s| {
+            u -= s.weight;
+            u < 0.0 && s.weight > 0.0
+        })?;
+        let p = &self.pairs[si];
+        let (mut seen, mut asked, mut batch) = (HashSet::new(), HashSet::new(), Vec::new());
+        for _ in 0..self.cfg.head.batch * 4 {
+            if batch.len() == self.cfg.head.batch || p.is_empty() {
+                break;
+            }
+            let (qi, di) = p[(rng.next_u64() % p.len() as u64) as usize];
+            // A document (or a query) twice in a batch would be its own negative.
+            if !seen.contains(&di) && asked.insert(qi) {
+                seen.insert(di);
+                batch.push((qi, di));
+            }
+        }
+        (batch.len() >= 2).then_some((&self.splits[si], batch))
+    }
+
+    /// Matryoshka InfoNCE over the recipe's dims.
+    fn nce(&self, q: &Tensor, d: &Tensor) -> Result<Tensor> {
+        Ok(matryoshka_info_nce(
+            q,
+            d,
+            &self.cfg.nested_dims,
+            &self.cfg.dim_weights,
+            self.cfg.head.temperature,
+        )?)
+    }
+
+    /// `1 − cos` between each row of `student` and of the (detached) `teacher` on every
+    /// nested prefix, averaged with the recipe's dim weights.
+    fn cosine_distance(&self, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+        let total: f64 = self.cfg.dim_weights.iter().sum();
+        let mut sum: Option<Tensor> = None;
+        for (&dim, &w) in self.cfg.nested_dims.iter().zip(&self.cfg.dim_weights) {
+            let s = normalize_rows(&student.narrow(1, 0, dim)?)?;
+            let t = normalize_rows(&teacher.narrow(1, 0, dim)?.detach())?;
+            let cos = (s * t)?.sum(1)?.mean_all()?;
+            let term = ((cos.neg()? + 1.0)? * (w / total))?;
+            sum = Some(match sum {
+                Some(acc) => (acc + term)?,
+                None => term,
+            });
+        }
+        sum.ok_or_else(|| TrainerError::Invalid("no nested dims".into()))
+    }
+
+    /// NDCG@10 per held-out set × nested dim: queries by `query_profile` through `wq`,
+    /// documents by `doc_profile` through `wd`.
+    fn scores(
+        &self,
+        query_profile: &str,
+        doc_profile: &str,
+        wq: &[f32],
+        wd: &[f32],
+    ) -> Result<Vec<Vec<f64>>> {
+        self.splits
+            .iter()
+            .zip(self.held_qrels)
+            .map(|(s, qrels)| {
+                let q = apply(wq, self.width, &s.vectors[query_profile].1);
+                let d = apply(wd, self.width, &s.vectors[doc_profile].0);
+                self.cfg
+                    .nested_dims
+                    .iter()
+                    .map(|&dim| ndcg(s, qrels, &q, &d, dim))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// AdamW on `loss(W, rng)` from `init` (`width × hidden`, row-major), checked at step 0,
+    /// every `eval_every` steps and at the end by `check(W) → (scores, eligible)`; returns
+    /// the eligible check with the best mean score (step 0 when none beats it) and logs each
+    /// check as a JSON line.
+    #[allow(clippy::too_many_arguments)]
+    fn train(
+        &self,
+        name: &str,
+        init: &[f32],
+        progress: &ProgressBar,
+        mut loss: impl FnMut(&Tensor, &mut Rng) -> Result<Option<Tensor>>,
+        mut check: impl FnMut(&[f32]) -> Result<(Vec<Vec<f64>>, bool)>,
+        log: &mut dyn FnMut(serde_json::Value) -> Result<()>,
+        sets: &[&str],
+    ) -> Result<(usize, Vec<f32>)> {
+        let hp = &self.cfg.head;
+        let mean = |scores: &[Vec<f64>]| -> f64 {
+            let all: Vec<f64> = scores.iter().flatten().copied().collect();
+            all.iter().sum::<f64>() / all.len().max(1) as f64
+        };
+        let (first, _) = check(init)?;
+        log(serde_json::json!({"head": name, "step": 0, "sets": sets,
+            "dims": self.cfg.nested_dims, "ndcg_at_10": first, "mean": mean(&first)}))?;
+        let mut best = (0usize, mean(&first), init.to_vec());
+        let var = Var::from_tensor(&Tensor::from_vec(
+            init.to_vec(),
+            (self.width, self.hidden),
+            &Device::Cpu,
+        )?)?;
+        let params = vec![(format!("{name}.weight"), var.clone())];
+        let mut opt = AdamW::new(hp.weight_decay);
+        let mut rng = Rng::new(self.cfg.seed ^ name.len() as u64);
+        progress.set_message(format!("fitting {name}"));
+        progress.set_length(hp.steps as u64);
+        progress.set_position(0);
+        let mut running = f64::NAN;
+        for step in 1..=hp.steps {
+            if let Some(l) = loss(var.as_tensor(), &mut rng)? {
+                let grads = l.backward()?;
+                opt.update(&params, &grads, lr_at(step - 1, hp.warmup, hp.steps, hp.lr))?;
+                let v = f64::from(l.to_scalar::<f32>()?);
+                running = if running.is_nan() {
+                    v
+                } else {
+                    0.9 * running + 0.1 * v
+                };
+            }
+            progress.inc(1);
+            if step.is_multiple_of(hp.eval_every) || step == hp.steps {
+                let w: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+                let (scores, eligible) = check(&w)?;
+                let m = mean(&scores);
+                log(
+                    serde_json::json!({"head": name, "step": step, "loss": running,
+                    "ndcg_at_10": scores, "mean": m, "eligible": eligible}),
+                )?;
+                tracing::info!("{name} step {step}: loss {running:.4}, held-out mean {m:.4}");
+                if eligible && m > best.1 {
+                    best = (step, m, w);
+                }
+            }
+        }
+        Ok((best.0, best.2))
+    }
+}
+
+/// Whether query `id` is held out: a seeded hash of the id, one in `every`.
+fn held(id: &str, seed: u64, every: usize) -> bool {
+    let mut h = Rng::new(seed);
+    for b in id.bytes() {
+        h.state ^= u64::from(b);
+        h.next_u64();
+    }
+    h.next_u64().is_multiple_of(every as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_squares_map_recovers_a_linear_relation() {
+        // y = A x for a scaled rotation A, so directions map linearly (the fit works on unit
+        // rows): the fitted map reproduces y's direction for new x.
+        let a = [0.0f32, 2.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 2.0];
+        let mut rng = Rng::new(3);
+        let xs: Vec<Vec<f32>> = (0..200)
+            .map(|_| (0..3).map(|_| (rng.uniform() - 0.5) as f32).collect())
+            .collect();
+        let ys = apply(&a, 3, &xs);
+        let m = fit_linear_map(&xs, &ys, 0.0).unwrap();
+        let x = [vec![0.3f32, -0.2, 0.7]];
+        let (want, got) = (apply(&a, 3, &x), apply(&m, 3, &x));
+        let cos = |u: &[f32], v: &[f32]| {
+            let d: f32 = u.iter().zip(v).map(|(a, b)| a * b).sum();
+            d / (u.iter().map(|a| a * a).sum::<f32>().sqrt()
+                * v.iter().map(|a| a * a).sum::<f32>().sqrt())
+        };
+        assert!(cos(&want[0], &got[0]) > 0.999, "{:?} vs {:?}", want, got);
+    }
+
+    /// A profile bound to `heads.NAME` goes through that head; others through `head`.
+    #[test]
+    fn a_bound_profile_head_replaces_the_shared_one_for_that_profile_only() {
+        use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
+        let cfg = tiny_config();
+        let h = cfg.hidden_size;
+        let plain = mrl_encoder::BertModel::from_tensors(tiny_tensors(&cfg, 5), &cfg).unwrap();
+        let small = Profile::first_layers(&cfg, 2).unwrap();
+        let full = Profile::full(&cfg);
+        let seqs = tiny_seqs();
+        let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let mut rng = Rng::new(9);
+        let mut rand =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.uniform() - 0.5) as f32).collect() };
+        let (shared, own) = (rand(2 * h * h), rand(2 * h * h));
+        let mut t = tiny_tensors(&cfg, 5);
+        for (name, w) in [("head", &shared), ("heads.small", &own)] {
+            t.insert(
+                format!("{name}.weight"),
+                Tensor::from_vec(w.clone(), (2 * h, h), &Device::Cpu).unwrap(),
+            );
+            t.insert(
+                format!("{name}.bias"),
+                Tensor::zeros(2 * h, DType::F32, &Device::Cpu).unwrap(),
+            );
+        }
+        let mut headed = mrl_encoder::BertModel::from_tensors(t, &cfg).unwrap();
+        assert!(headed.bind_profile_head("nope", &small).is_err());
+        headed.bind_profile_head("small", &small).unwrap();
+        for (profile, w) in [(&small, &own), (&full, &shared)] {
+            let want = apply(w, 2 * h, &plain.forward(&rows, profile).unwrap());
+            let got = headed.forward(&rows, profile).unwrap();
+            assert_eq!(headed.output_width(profile), 2 * h);
+            for (a, b) in want.iter().flatten().zip(got.iter().flatten()) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn holdout_is_stable_and_about_one_in_n() {
+        let held_n = (0..1000).filter(|i| held(&format!("q{i}"), 7, 5)).count();
+        assert!((150..250).contains(&held_n), "{held_n}");
+        assert_eq!(held("q1", 7, 5), held("q1", 7, 5));
+    }
+
+    #[test]
+    fn recipes_refuse_test_splits_and_unknown_keys() {
+        let text = r#"
+            recipe = "heads"
+            parent = "models/minilm-elastic"
+            out = "runs/x"
+            seed = 1
+            profiles = ["b50"]
+            nested_dims = [64, 384]
+            dim_weights = [1.0, 1.0]
+            holdout = 5
+            ridge = 0.01
+            [head]
+            steps = 10
+            batch = 8
+            lr = 1e-3
+            warmup = 2
+            weight_decay = 0.0
+            temperature = 0.05
+            eval_every = 5
+            [[sources]]
+            dir = "../shared/data/scifact"
+            split = "train"
+        "#;
+        let cfg: FamilyConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let mut bad = cfg.clone();
+        bad.sources[0].split = "test".into();
+        assert!(bad.validate().is_err());
+        let mut bad = cfg.clone();
+        bad.recipe = "elastic".into();
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<FamilyConfig>(&format!("{text}\nextra = 1")).is_err());
+    }
+}
