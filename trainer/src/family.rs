@@ -129,9 +129,7 @@ impl FamilyConfig {
     ///
     /// Errors: `Io`, or `Invalid` naming the bad setting.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))?;
+        let cfg: Self = crate::train::read_recipe(path)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -124,9 +124,7 @@ pub struct UnlabeledConfig {
 
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        let cfg: Self = toml::from_str(&text)
-            .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))?;
+        let cfg: Self = read_recipe(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -173,6 +171,14 @@ impl TrainConfig {
         }
         Ok(pairs)
     }
+}
+
+/// A recipe file parsed as TOML into `T` (unknown keys are `T`'s to refuse).
+///
+/// Errors: `Io` when unreadable, `Invalid` naming the file and the parse error.
+pub(crate) fn read_recipe<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    toml::from_str(&text).map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// The `d × d` identity, row-major.
