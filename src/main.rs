@@ -42,8 +42,10 @@ enum Command {
     /// Serve the REST API (`/embed`, OpenAI-compatible `/v1/embeddings`, `/health`,
     /// `/metrics`, `/openapi.json`) on 127.0.0.1:8080.
     Serve(ServeArgs),
-    /// Train an elastic checkpoint from a calibrated parent with a TOML recipe (see
-    /// configs/minilm-elastic.toml); rerun the same command to resume after a crash.
+    /// Train from a calibrated parent with a TOML recipe: `recipe = "heads"` fits the
+    /// family's Matryoshka heads on cached embeddings of a frozen parent (the shipped
+    /// default: configs/minilm-family.toml); without it, the elastic backbone recipe
+    /// (configs/minilm-elastic.toml). Rerun the same command to resume after a crash.
     Train {
         /// The recipe.
         #[arg(long)]
@@ -616,6 +618,16 @@ fn train_heads(config: &std::path::Path) -> Result<()> {
             r.rotation_ndcg_at_10,
             r.plain_ndcg_at_10
         );
+    }
+    if !summary.guards.is_empty() {
+        println!("\n| guard | profile | dim | Spearman | rotation | plain |");
+        println!("|---|---|---|---|---|---|");
+        for g in &summary.guards {
+            println!(
+                "| {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+                g.guard, g.profile, g.dim, g.spearman, g.rotation_spearman, g.plain_spearman
+            );
+        }
     }
     Ok(())
 }

@@ -341,26 +341,9 @@ pub fn similarity_fidelity(reference: &[Vec<f32>], other: &[Vec<f32>]) -> f64 {
             .filter(|&j| j != i)
             .map(|j| (r[i][j], o[i][j]))
             .collect();
-        total += pearson(&pairs);
+        total += crate::eval::pearson(&pairs);
     }
     total / n.max(1) as f64
-}
-
-fn pearson(pairs: &[(f64, f64)]) -> f64 {
-    let n = pairs.len().max(1) as f64;
-    let (mx, my) = pairs
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (x, y) in pairs {
-        sxy += (x - mx) * (y - my);
-        sxx += (x - mx).powi(2);
-        syy += (y - my).powi(2);
-    }
-    if sxx == 0.0 || syy == 0.0 {
-        return 0.0;
-    }
-    sxy / (sxx * syy).sqrt()
 }
 
 /// Copies the source folder's files except its weights, writes the permuted weights and the

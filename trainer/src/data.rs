@@ -211,9 +211,20 @@ pub fn beir_pairs(dir: &Path, split: &str) -> Result<Vec<Pair>> {
     Ok(pairs)
 }
 
-/// STS-B pairs scored at least `min_score` (0–5) as positives. Lines split on TAB (the file
-/// is not quoted CSV); the score is column 5, the sentences columns 6 and 7.
-pub fn sts_pairs(path: &Path, min_score: f64) -> Result<Vec<Pair>> {
+/// One scored STS-B pair: two sentences and their human similarity score (0–5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredPair {
+    pub a: String,
+    pub b: String,
+    pub score: f64,
+}
+
+/// Every STS-B pair with its score. Lines split on TAB (the file is not quoted CSV); the
+/// score is column 5, the sentences columns 6 and 7 (some rows carry two more columns).
+///
+/// Errors: `Io`, or `Data` naming the line with too few columns or a score that is not a
+/// number.
+pub fn sts_scored(path: &Path) -> Result<Vec<ScoredPair>> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -233,15 +244,26 @@ pub fn sts_pairs(path: &Path, min_score: f64) -> Result<Vec<Pair>> {
             line: i + 1,
             reason: format!("score {:?} is not a number", cols[4]),
         })?;
-        if score >= min_score {
-            pairs.push(Pair {
-                query: cols[5].to_string(),
-                positive: cols[6].to_string(),
-                negative: None,
-            });
-        }
+        pairs.push(ScoredPair {
+            a: cols[5].to_string(),
+            b: cols[6].to_string(),
+            score,
+        });
     }
     Ok(pairs)
+}
+
+/// STS-B pairs scored at least `min_score` (0–5) as positives (`sts_scored`, filtered).
+pub fn sts_pairs(path: &Path, min_score: f64) -> Result<Vec<Pair>> {
+    Ok(sts_scored(path)?
+        .into_iter()
+        .filter(|p| p.score >= min_score)
+        .map(|p| Pair {
+            query: p.a,
+            positive: p.b,
+            negative: None,
+        })
+        .collect())
 }
 
 /// JSONL `{query, positive[, negative]}` pairs.

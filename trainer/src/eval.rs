@@ -178,6 +178,11 @@ impl EmbeddingCache {
         })
     }
 
+    /// The SHA-256 (hex) of the model's weights: what every entry's key starts from.
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+
     fn path(&self, embedder: &Embedder, texts: &[String], profile: &Profile) -> PathBuf {
         let mut h = Sha256::new();
         h.update(self.weights_sha256.as_bytes());
@@ -312,9 +317,68 @@ pub fn evaluate_retrieval(
     Ok(rows)
 }
 
+/// Pearson's correlation of `(x, y)` pairs; 0 when either side is constant.
+pub fn pearson(pairs: &[(f64, f64)]) -> f64 {
+    let n = pairs.len().max(1) as f64;
+    let (mx, my) = pairs
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (x, y) in pairs {
+        sxy += (x - mx) * (y - my);
+        sxx += (x - mx).powi(2);
+        syy += (y - my).powi(2);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return 0.0;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Spearman's rank correlation of `(x, y)` pairs: Pearson's on the ranks, ties given their
+/// mean rank (the STS benchmark's metric).
+pub fn spearman(pairs: &[(f64, f64)]) -> f64 {
+    fn ranks(values: Vec<f64>) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+        let mut out = vec![0.0; values.len()];
+        let mut i = 0;
+        while i < order.len() {
+            let mut j = i;
+            while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+                j += 1;
+            }
+            for &k in &order[i..=j] {
+                out[k] = (i + j) as f64 / 2.0;
+            }
+            i = j + 1;
+        }
+        out
+    }
+    let rx = ranks(pairs.iter().map(|p| p.0).collect());
+    let ry = ranks(pairs.iter().map(|p| p.1).collect());
+    let ranked: Vec<(f64, f64)> = rx.into_iter().zip(ry).collect();
+    pearson(&ranked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spearman_ranks_with_ties_and_ignores_scale() {
+        let monotone: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), f64::from(i).exp()))
+            .collect();
+        assert!((spearman(&monotone) - 1.0).abs() < 1e-12);
+        let reversed: Vec<(f64, f64)> = monotone.iter().map(|&(x, y)| (x, -y)).collect();
+        assert!((spearman(&reversed) + 1.0).abs() < 1e-12);
+        // Ties share their mean rank: x ranks 0, 1.5, 1.5, 3 against y ranks 0, 1, 2, 3.
+        let tied = [(1.0, 1.0), (2.0, 2.0), (2.0, 3.0), (5.0, 4.0)];
+        let want = pearson(&[(0.0, 0.0), (1.5, 1.0), (1.5, 2.0), (3.0, 3.0)]);
+        assert!((spearman(&tied) - want).abs() < 1e-12 && want < 1.0);
+        assert_eq!(spearman(&[(1.0, 2.0), (1.0, 3.0)]), 0.0);
+    }
 
     fn rels(pairs: &[(&str, i32)]) -> HashMap<String, i32> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

@@ -27,11 +27,12 @@ use mrl_encoder::{Embedder, Profile};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::data::{BeirDataset, Qrels};
-use crate::eval::{embed_cached, exact_run_metrics, EmbeddingCache};
+use crate::eval::{embed_cached, exact_run_metrics, spearman, EmbeddingCache};
 use crate::loss::{matryoshka_info_nce, normalize_rows, similarity_distillation};
-use crate::optim::{lr_at, AdamW};
+use crate::optim::{load_checkpoint, lr_at, save_checkpoint, AdamW, Params};
 use crate::rotation::Rotation;
 use crate::router::Rng;
 use crate::{Result, TrainerError};
@@ -84,6 +85,20 @@ pub struct HeadTraining {
     /// no gradient); default 1e-3, small enough to leave the widest size at the parent's.
     #[serde(default = "small")]
     pub extra_init: f64,
+    /// What the starting rotation is fitted on (default: the training corpora's documents).
+    #[serde(default)]
+    pub rotation: RotationFit,
+}
+
+/// What the shared head's starting rotation is fitted on (`rotation::Rotation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationFit {
+    /// The uncentred principal axes of the training corpora's documents (no labels).
+    #[default]
+    Documents,
+    /// The axes of the training pairs' cross-products (`Rotation::fit_pairs`; labels).
+    Qrels,
 }
 
 fn small() -> f64 {
@@ -122,6 +137,16 @@ pub struct FamilyConfig {
     /// Judge-only splits (dev).
     #[serde(default)]
     pub dev: Vec<BeirSplit>,
+    /// Out-of-domain guards: STS-B-format files (tab-separated; score, sentence, sentence)
+    /// that only judge: Spearman's ρ of cosine against the human score, per nested dim, is
+    /// logged at every check.
+    #[serde(default)]
+    pub guards: Vec<PathBuf>,
+    /// When set, a check is eligible only if every guard at every nested dim stays within
+    /// this much (absolute ρ) of the head's start, so a head that learns the training domain
+    /// at the expense of others is not chosen. Unset: the guards only report.
+    #[serde(default)]
+    pub guard_tolerance: Option<f64>,
 }
 
 impl FamilyConfig {
@@ -151,8 +176,20 @@ impl FamilyConfig {
             || !positive(self.head.lr, true)
             || !positive(self.head.temperature, false)
             || !positive(self.head.anchor_weight, true)
+            || !self.guard_tolerance.is_none_or(|t| positive(t, true))
         {
-            return bad("ridge, lr and anchor_weight must be ≥ 0 and temperature > 0");
+            return bad(
+                "ridge, lr, anchor_weight and guard_tolerance must be ≥ 0 and temperature > 0",
+            );
+        }
+        for g in &self.guards {
+            let name = g.file_name().map(|n| n.to_string_lossy().to_lowercase());
+            if name.is_some_and(|n| n.contains("test")) {
+                return Err(TrainerError::Invalid(format!(
+                    "guard {}: a test split is for the final benchmark, never for choosing",
+                    g.display()
+                )));
+            }
         }
         if self.sources.is_empty() {
             return bad("no training data: add [[sources]]");
@@ -198,6 +235,23 @@ impl Split {
     }
 }
 
+/// An out-of-domain guard: scored sentence pairs with each profile's cached vectors.
+struct Guard {
+    name: String,
+    scores: Vec<f64>,
+    /// Profile name → (first sentences, second sentences), raw pooled.
+    vectors: HashMap<String, Cached>,
+}
+
+/// What one check of a head found.
+struct Check {
+    /// NDCG@10 per held-out set × nested dim.
+    scores: Vec<Vec<f64>>,
+    /// Spearman's ρ per guard × nested dim.
+    guard: Vec<Vec<f64>>,
+    eligible: bool,
+}
+
 /// What a fit reports: the per-check scores and the chosen step.
 #[derive(Debug, Clone, Serialize)]
 pub struct FamilySummary {
@@ -206,6 +260,8 @@ pub struct FamilySummary {
     pub chosen_step: usize,
     /// Per held-out set: rows of (profile, query profile, dim, NDCG@10) for the chosen heads.
     pub report: Vec<ReportRow>,
+    /// Per guard: Spearman's ρ per profile × dim for the chosen heads.
+    pub guards: Vec<GuardRow>,
 }
 
 /// NDCG@10 of one held-out set under the fitted heads.
@@ -222,6 +278,19 @@ pub struct ReportRow {
     pub rotation_ndcg_at_10: f64,
     /// The parent without any head, plain prefix.
     pub plain_ndcg_at_10: f64,
+}
+
+/// Spearman's ρ (cosine vs human score) of one out-of-domain guard under the fitted heads.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardRow {
+    pub guard: String,
+    pub profile: String,
+    pub dim: usize,
+    pub spearman: f64,
+    /// The same with the head's start (the rotation, after the sub-encoder's map).
+    pub rotation_spearman: f64,
+    /// The parent without any head, plain prefix (NaN past the parent's width).
+    pub plain_spearman: f64,
 }
 
 /// A `rows × cols` row-major matrix of f32 as a tensor.
@@ -417,6 +486,25 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         });
     }
 
+    let mut guards = Vec::new();
+    for path in &cfg.guards {
+        let pairs = crate::data::sts_scored(path)?;
+        let (a, b): (Vec<String>, Vec<String>) =
+            pairs.iter().map(|p| (p.a.clone(), p.b.clone())).unzip();
+        let mut vectors = HashMap::new();
+        for (pname, profile) in &profiles {
+            progress.set_message(format!("embedding {} ({pname})", path.display()));
+            let va = embed_cached(&parent, &a, profile, Some(&cache), progress)?;
+            let vb = embed_cached(&parent, &b, profile, Some(&cache), progress)?;
+            vectors.insert(pname.clone(), (va, vb));
+        }
+        guards.push(Guard {
+            name: path.display().to_string(),
+            scores: pairs.iter().map(|p| p.score).collect(),
+            vectors,
+        });
+    }
+
     // Pairs of training queries and their relevant documents, per source.
     let mut pairs: Vec<Vec<(usize, usize)>> = Vec::new();
     for s in &splits {
@@ -449,13 +537,42 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         ));
     }
 
-    // The rotation onto the principal axes of the training corpora (full profile).
-    let fit_docs: Vec<Vec<f32>> = splits
-        .iter()
-        .filter(|s| s.weight > 0.0)
-        .flat_map(|s| s.vectors["full"].0.iter().cloned())
-        .collect();
-    let rotation = Rotation::fit(&fit_docs)?;
+    // The rotation onto the principal axes of the training corpora or pairs (full profile).
+    let rotation = match cfg.head.rotation {
+        RotationFit::Documents => {
+            let docs: Vec<Vec<f32>> = splits
+                .iter()
+                .filter(|s| s.weight > 0.0)
+                .flat_map(|s| s.vectors["full"].0.iter().cloned())
+                .collect();
+            Rotation::fit(&docs)?
+        }
+        RotationFit::Qrels => {
+            // Each source weighs by its share of batches, not by its number of qrels
+            // (NFCorpus has 100× SciFact's): pairs are drawn in proportion to the weight.
+            let total: f64 = splits.iter().map(|s| s.weight).sum();
+            let mut rng = Rng::new(cfg.seed ^ 0x9A);
+            let draws = 20_000usize;
+            let mut fit_pairs: Vec<(&[f32], &[f32])> = Vec::with_capacity(draws);
+            for (s, p) in splits.iter().zip(&pairs) {
+                if s.weight <= 0.0 || p.is_empty() {
+                    continue;
+                }
+                let (docs, queries) = &s.vectors["full"];
+                let n = (draws as f64 * s.weight / total).round() as usize;
+                for k in 0..n {
+                    // Every pair once while they last, then seeded draws.
+                    let (qi, di) = if k < p.len() && p.len() <= n {
+                        p[k]
+                    } else {
+                        p[(rng.next_u64() % p.len() as u64) as usize]
+                    };
+                    fit_pairs.push((&queries[qi], &docs[di]));
+                }
+            }
+            Rotation::fit_pairs(&fit_pairs)?
+        }
+    };
     let mut w0 = rotation.matrix_f32();
     let mut init_rng = Rng::new(cfg.seed ^ 0xE7);
     w0.extend(
@@ -477,8 +594,23 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
     }
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+    // Head fits keep their state at every check; a rerun of the same recipe over the same
+    // parent resumes them (and appends to the log), any other starts afresh.
+    let recipe_key = {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
+        h.update(cache.weights_sha256().as_bytes());
+        format!("{:x}", h.finalize())
+    };
+    let resume = Resume::open(&cfg.out.join("state"), &recipe_key)?;
     let log_path = cfg.out.join("metrics.jsonl");
-    let mut log = std::fs::File::create(&log_path).map_err(|e| TrainerError::io(&log_path, e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resume.resuming)
+        .write(true)
+        .truncate(!resume.resuming)
+        .open(&log_path)
+        .map_err(|e| TrainerError::io(&log_path, e))?;
     let names: Vec<&str> = splits.iter().map(|s| s.name.as_str()).collect();
     let held_qrels: Vec<Qrels> = splits.iter().map(|s| s.qrels_of(&s.held_out)).collect();
     let full_at = cfg
@@ -486,18 +618,26 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         .iter()
         .position(|&d| d == hidden)
         .unwrap_or(cfg.nested_dims.len() - 1);
+    let widest_at = cfg
+        .nested_dims
+        .iter()
+        .position(|&d| d == width)
+        .unwrap_or(cfg.nested_dims.len() - 1);
     let ctx = Fit {
         cfg,
         splits: &splits,
+        guards: &guards,
         pairs: &pairs,
         held_qrels: &held_qrels,
         width,
         hidden,
+        resume: &resume,
     };
 
     // The shared head: NDCG@10 of the full profile at every nested dim on every held-out
     // set; a check whose full width falls below the parent's anywhere is not eligible.
     let baseline = ctx.scores("full", "full", &w0, &w0)?;
+    let guard0 = ctx.guard_scores("full", &w0)?;
     let shared = ctx.train(
         "head",
         &w0,
@@ -524,16 +664,27 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         },
         |w| {
             let scores = ctx.scores("full", "full", w, w)?;
+            let guard = ctx.guard_scores("full", w)?;
             let kept = scores
                 .iter()
                 .zip(&baseline)
-                .all(|(s, b)| s[full_at..].iter().all(|&x| x >= b[full_at] - TIE));
-            Ok((scores, kept))
+                .all(|(s, b)| s[full_at..].iter().all(|&x| x >= b[full_at] - TIE))
+                && ctx.within_guard(&guard, &guard0);
+            Ok(Check {
+                scores,
+                guard,
+                eligible: kept,
+            })
         },
         &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
         &names,
     )?;
-    let (chosen_step, w) = shared;
+    let (chosen_step, mut w) = shared;
+    let full_scores = ctx.scores("full", "full", &w, &w)?;
+    let mut zeroed = Vec::new();
+    if drop_unearned_width(&mut w, &full_scores, full_at, widest_at, hidden) {
+        zeroed.push("full".to_string());
+    }
 
     // Each sub-encoder's head: from the closed-form map, trained so that its queries find
     // full-profile documents (the shared head, fixed) and its own documents.
@@ -541,6 +692,7 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
     let fixed = Tensor::from_vec(w.clone(), (width, hidden), &Device::Cpu)?;
     for (pname, map) in &maps {
         let init = matmul(&w, width, map, hidden);
+        let sub_guard0 = ctx.guard_scores(pname, &init)?;
         let (step, head) = ctx.train(
             &format!("heads.{pname}"),
             &init,
@@ -569,11 +721,22 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
             |wp| {
                 let asym = ctx.scores(pname, "full", wp, &w)?;
                 let sym = ctx.scores(pname, pname, wp, wp)?;
-                Ok(([asym, sym].concat(), true))
+                let guard = ctx.guard_scores(pname, wp)?;
+                let eligible = ctx.within_guard(&guard, &sub_guard0);
+                Ok(Check {
+                    scores: [asym, sym].concat(),
+                    guard,
+                    eligible,
+                })
             },
             &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
             &names,
         )?;
+        let mut head = head;
+        let sym = ctx.scores(pname, pname, &head, &head)?;
+        if drop_unearned_width(&mut head, &sym, full_at, widest_at, hidden) {
+            zeroed.push(pname.clone());
+        }
         sub_heads.push((pname.clone(), head, step));
     }
 
@@ -629,6 +792,34 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         }
     }
 
+    // Out-of-domain guards: the chosen heads, their starts, the plain prefix.
+    let mut plain_head = vec![0f32; width * hidden];
+    for i in 0..hidden {
+        plain_head[i * hidden + i] = 1.0;
+    }
+    let mut guard_rows = Vec::new();
+    for (pname, _) in &profiles {
+        let chosen = ctx.guard_scores(pname, &head_of(pname))?;
+        let start = ctx.guard_scores(pname, &rotation_of(pname))?;
+        let plain = ctx.guard_scores(pname, &plain_head)?;
+        for (gi, g) in guards.iter().enumerate() {
+            for (di, &dim) in cfg.nested_dims.iter().enumerate() {
+                guard_rows.push(GuardRow {
+                    guard: g.name.clone(),
+                    profile: pname.clone(),
+                    dim,
+                    spearman: chosen[gi][di],
+                    rotation_spearman: start[gi][di],
+                    plain_spearman: if dim <= hidden {
+                        plain[gi][di]
+                    } else {
+                        f64::NAN
+                    },
+                });
+            }
+        }
+    }
+
     // The checkpoint.
     let mut tensors =
         candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &Device::Cpu)?;
@@ -671,8 +862,10 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
             "method": "frozen parent; Matryoshka head from the rotation onto the training corpora's principal axes, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile",
             "chosen_step": chosen_step,
             "chosen_steps": sub_heads.iter().map(|(n, _, s)| (n.clone(), *s)).collect::<HashMap<_, _>>(),
+            "widest_zeroed": zeroed,
             "recipe": cfg,
             "held_out": report,
+            "guards": guard_rows,
             "parent_provenance": manifest.provenance,
         }),
         ..manifest.clone()
@@ -687,6 +880,7 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         pairs: total_pairs,
         chosen_step,
         report,
+        guards: guard_rows,
     })
 }
 
@@ -700,10 +894,12 @@ fn rows(from: &[Vec<f32>], picked: impl Iterator<Item = usize>) -> Result<Tensor
 struct Fit<'a> {
     cfg: &'a FamilyConfig,
     splits: &'a [Split],
+    guards: &'a [Guard],
     pairs: &'a [Vec<(usize, usize)>],
     held_qrels: &'a [Qrels],
     width: usize,
     hidden: usize,
+    resume: &'a Resume,
 }
 
 impl Fit<'_> {
@@ -785,43 +981,209 @@ impl Fit<'_> {
             .collect()
     }
 
+    /// Spearman's ρ per guard × nested dim of `profile`'s pairs through `w`.
+    fn guard_scores(&self, profile: &str, w: &[f32]) -> Result<Vec<Vec<f64>>> {
+        self.guards
+            .iter()
+            .map(|g| {
+                let (a, b) = &g.vectors[profile];
+                let (a, b) = (apply(w, self.width, a), apply(w, self.width, b));
+                Ok(self
+                    .cfg
+                    .nested_dims
+                    .iter()
+                    .map(|&dim| {
+                        let pairs: Vec<(f64, f64)> = a
+                            .iter()
+                            .zip(&b)
+                            .zip(&g.scores)
+                            .map(|((x, y), &s)| (prefix_cosine(x, y, dim), s))
+                            .collect();
+                        spearman(&pairs)
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// Whether every guard at every dim is within the tolerance of the start's (always, when
+    /// no tolerance is set).
+    fn within_guard(&self, guard: &[Vec<f64>], start: &[Vec<f64>]) -> bool {
+        let Some(tolerance) = self.cfg.guard_tolerance else {
+            return true;
+        };
+        let slack = tolerance + TIE;
+        guard
+            .iter()
+            .flatten()
+            .zip(start.iter().flatten())
+            .all(|(g, g0)| *g >= g0 - slack)
+    }
+
     /// AdamW on `loss(W, rng)` from `init` (`width × hidden`, row-major), checked at step 0,
-    /// every `eval_every` steps and at the end by `check(W) → (scores, eligible)`; returns
-    /// the eligible check with the best mean score (step 0 when none beats it) and logs each
-    /// check as a JSON line.
+    /// every `eval_every` steps and at the end by `check(W)`; returns the eligible check with
+    /// the best mean score (step 0 when none beats it) and logs each check as a JSON line.
+    /// Resumes from the recipe's saved state at the last check (`Resume`).
     #[allow(clippy::too_many_arguments)]
     fn train(
         &self,
         name: &str,
         init: &[f32],
         progress: &ProgressBar,
-        mut loss: impl FnMut(&Tensor, &mut Rng) -> Result<Option<Tensor>>,
-        mut check: impl FnMut(&[f32]) -> Result<(Vec<Vec<f64>>, bool)>,
+        loss: impl FnMut(&Tensor, &mut Rng) -> Result<Option<Tensor>>,
+        check: impl FnMut(&[f32]) -> Result<Check>,
         log: &mut dyn FnMut(serde_json::Value) -> Result<()>,
         sets: &[&str],
     ) -> Result<(usize, Vec<f32>)> {
-        let hp = &self.cfg.head;
+        let run = HeadRun {
+            name,
+            hp: &self.cfg.head,
+            seed: self.cfg.seed,
+            shape: (self.width, self.hidden),
+            dims: &self.cfg.nested_dims,
+            resume: self.resume,
+        };
+        run.fit(init, progress, loss, check, log, sets)
+    }
+}
+
+/// Where head fits keep their state between checks (`OUT/state`), keyed by the recipe and
+/// the parent: `NAME.json` (step, RNG, best so far) names the `NAME.STEP.safetensors` that
+/// holds the weights, the best weights and AdamW's moments at that step. The JSON is
+/// renamed into place last, so a kill -9 at any moment leaves the previous check's state.
+struct Resume {
+    dir: PathBuf,
+    /// Whether a previous run of the same recipe left state here.
+    resuming: bool,
+}
+
+/// A head fit's position at its last check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeadProgress {
+    key: String,
+    step: usize,
+    rng: u64,
+    running: Option<f64>,
+    best_step: usize,
+    best_mean: f64,
+    weights: String,
+}
+
+impl Resume {
+    /// Opens `dir` for the recipe `key`: state of another recipe (or none) is cleared.
+    ///
+    /// Errors: `Io` when the folder cannot be read, cleared or made.
+    fn open(dir: &Path, key: &str) -> Result<Self> {
+        let stamp = dir.join("recipe.key");
+        let resuming = std::fs::read_to_string(&stamp).is_ok_and(|k| k == key);
+        if !resuming {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+            }
+            std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+            std::fs::write(&stamp, key).map_err(|e| TrainerError::io(&stamp, e))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            resuming,
+        })
+    }
+
+    fn progress_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The saved position of head `name`, if any.
+    fn load(&self, name: &str) -> Result<Option<HeadProgress>> {
+        let path = self.progress_path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TrainerError::io(&path, e)),
+        }
+    }
+
+    /// Saves `params` with AdamW's state, then points `NAME.json` at them and removes the
+    /// previous check's weights.
+    fn save(&self, name: &str, at: &HeadProgress, params: &Params, opt: &AdamW) -> Result<()> {
+        save_checkpoint(&self.dir.join(&at.weights), params, opt)?;
+        let path = self.progress_path(name);
+        let previous = self.load(name)?;
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(at).map_err(|e| TrainerError::Invalid(e.to_string()))?;
+        std::fs::write(&tmp, bytes).map_err(|e| TrainerError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| TrainerError::io(&path, e))?;
+        if let Some(old) = previous.filter(|p| p.weights != at.weights) {
+            let _ = std::fs::remove_file(self.dir.join(old.weights));
+        }
+        Ok(())
+    }
+}
+
+/// One head's fit: its settings and where it saves its state.
+struct HeadRun<'a> {
+    name: &'a str,
+    hp: &'a HeadTraining,
+    seed: u64,
+    /// `(rows, cols)` of the head.
+    shape: (usize, usize),
+    dims: &'a [usize],
+    resume: &'a Resume,
+}
+
+impl HeadRun<'_> {
+    /// See `Fit::train`.
+    fn fit(
+        &self,
+        init: &[f32],
+        progress: &ProgressBar,
+        mut loss: impl FnMut(&Tensor, &mut Rng) -> Result<Option<Tensor>>,
+        mut check: impl FnMut(&[f32]) -> Result<Check>,
+        log: &mut dyn FnMut(serde_json::Value) -> Result<()>,
+        sets: &[&str],
+    ) -> Result<(usize, Vec<f32>)> {
+        let (hp, name) = (self.hp, self.name);
         let mean = |scores: &[Vec<f64>]| -> f64 {
             let all: Vec<f64> = scores.iter().flatten().copied().collect();
             all.iter().sum::<f64>() / all.len().max(1) as f64
         };
-        let (first, _) = check(init)?;
-        log(serde_json::json!({"head": name, "step": 0, "sets": sets,
-            "dims": self.cfg.nested_dims, "ndcg_at_10": first, "mean": mean(&first)}))?;
-        let mut best = (0usize, mean(&first), init.to_vec());
-        let var = Var::from_tensor(&Tensor::from_vec(
-            init.to_vec(),
-            (self.width, self.hidden),
-            &Device::Cpu,
-        )?)?;
-        let params = vec![(format!("{name}.weight"), var.clone())];
+        let tensor = |w: Vec<f32>| Tensor::from_vec(w, self.shape, &Device::Cpu);
+        let var = Var::from_tensor(&tensor(init.to_vec())?)?;
+        let best_var = Var::from_tensor(&tensor(init.to_vec())?)?;
+        let params: Params = vec![(format!("{name}.weight"), var.clone())];
+        let saved: Params = vec![
+            (format!("{name}.weight"), var.clone()),
+            (format!("{name}.best"), best_var.clone()),
+        ];
         let mut opt = AdamW::new(hp.weight_decay);
-        let mut rng = Rng::new(self.cfg.seed ^ name.len() as u64);
+        let mut rng = Rng::new(self.seed ^ name.len() as u64);
+        let (first, mut running, mut best) = match self.resume.load(name)? {
+            Some(at) => {
+                load_checkpoint(&self.resume.dir.join(&at.weights), &saved, &mut opt)?;
+                rng.state = at.rng;
+                tracing::info!("{name}: resuming after step {}", at.step);
+                (
+                    at.step + 1,
+                    at.running.unwrap_or(f64::NAN),
+                    (at.best_step, at.best_mean),
+                )
+            }
+            None => {
+                let start = check(init)?;
+                log(serde_json::json!({"head": name, "step": 0, "sets": sets,
+                    "dims": self.dims, "ndcg_at_10": start.scores,
+                    "mean": mean(&start.scores), "guard_spearman": start.guard}))?;
+                let best = (0, mean(&start.scores));
+                self.save_at(0, &rng, f64::NAN, best, &saved, &opt)?;
+                (1, f64::NAN, best)
+            }
+        };
         progress.set_message(format!("fitting {name}"));
         progress.set_length(hp.steps as u64);
-        progress.set_position(0);
-        let mut running = f64::NAN;
-        for step in 1..=hp.steps {
+        progress.set_position(first as u64 - 1);
+        for step in first..=hp.steps {
             if let Some(l) = loss(var.as_tensor(), &mut rng)? {
                 let grads = l.backward()?;
                 opt.update(&params, &grads, lr_at(step - 1, hp.warmup, hp.steps, hp.lr))?;
@@ -835,20 +1197,81 @@ impl Fit<'_> {
             progress.inc(1);
             if step.is_multiple_of(hp.eval_every) || step == hp.steps {
                 let w: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-                let (scores, eligible) = check(&w)?;
+                let Check {
+                    scores,
+                    guard,
+                    eligible,
+                } = check(&w)?;
                 let m = mean(&scores);
                 log(
                     serde_json::json!({"head": name, "step": step, "loss": running,
-                    "ndcg_at_10": scores, "mean": m, "eligible": eligible}),
+                    "ndcg_at_10": scores, "mean": m, "eligible": eligible,
+                    "guard_spearman": guard}),
                 )?;
                 tracing::info!("{name} step {step}: loss {running:.4}, held-out mean {m:.4}");
                 if eligible && m > best.1 {
-                    best = (step, m, w);
+                    best = (step, m);
+                    best_var.set(&tensor(w)?)?;
                 }
+                self.save_at(step, &rng, running, best, &saved, &opt)?;
             }
         }
-        Ok((best.0, best.2))
+        Ok((best.0, best_var.as_tensor().flatten_all()?.to_vec1()?))
     }
+
+    fn save_at(
+        &self,
+        step: usize,
+        rng: &Rng,
+        running: f64,
+        best: (usize, f64),
+        saved: &Params,
+        opt: &AdamW,
+    ) -> Result<()> {
+        let at = HeadProgress {
+            key: self.name.to_string(),
+            step,
+            rng: rng.state,
+            running: running.is_finite().then_some(running),
+            best_step: best.0,
+            best_mean: best.1,
+            weights: format!("{}.{step}.safetensors", self.name),
+        };
+        self.resume.save(self.name, &at, saved, opt)
+    }
+}
+
+/// Cosine of the `dim`-wide prefixes of `a` and `b` (0 when either is zero there).
+fn prefix_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a[..dim].iter().zip(&b[..dim]) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return 0.0;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// Width past the parent's must earn its place: when the widest size scores below the
+/// parent's width on any held-out set (`scores[set][dim]`), the rows past `hidden` are
+/// zeroed, so the widest size then ranks exactly as the parent's width does. Returns
+/// whether it zeroed them.
+fn drop_unearned_width(
+    w: &mut [f32],
+    scores: &[Vec<f64>],
+    full_at: usize,
+    widest_at: usize,
+    hidden: usize,
+) -> bool {
+    if widest_at == full_at || scores.iter().all(|s| s[widest_at] >= s[full_at]) {
+        return false;
+    }
+    w[hidden * hidden..].fill(0.0);
+    true
 }
 
 /// Whether query `id` is held out: a seeded hash of the id, one in `every`.
@@ -965,5 +1388,126 @@ mod tests {
         bad.recipe = "elastic".into();
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<FamilyConfig>(&format!("{text}\nextra = 1")).is_err());
+        assert_eq!(cfg.head.rotation, RotationFit::Documents);
+        let qrels = text.replace("[head]", "[head]\nrotation = \"qrels\"");
+        let cfg_q: FamilyConfig = toml::from_str(&qrels).unwrap();
+        assert_eq!(cfg_q.head.rotation, RotationFit::Qrels);
+        let unknown = text.replace("[head]", "[head]\nrotation = \"queries\"");
+        assert!(toml::from_str::<FamilyConfig>(&unknown).is_err());
+        let mut bad = cfg.clone();
+        bad.guards = vec!["../shared/data/stsbenchmark/sts-test.csv".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = cfg.clone();
+        bad.guard_tolerance = Some(-0.1);
+        assert!(bad.validate().is_err());
+    }
+
+    /// A head fit killed after a check and rerun ends exactly where an uninterrupted fit
+    /// does: same chosen step, same weights, and the two logs together equal the one.
+    #[test]
+    fn a_killed_head_fit_resumes_from_its_last_check() {
+        let hp = HeadTraining {
+            steps: 10,
+            batch: 2,
+            lr: 0.05,
+            warmup: 1,
+            weight_decay: 0.0,
+            temperature: 0.05,
+            eval_every: 2,
+            anchor_weight: 0.0,
+            extra_init: 0.0,
+            rotation: RotationFit::Documents,
+        };
+        let dims = [2usize];
+        let init = vec![0f32; 6];
+        // The loss draws from the RNG, so a resume that lost its RNG state would diverge.
+        let loss = |fail_at: Option<usize>| {
+            let mut calls = 0usize;
+            move |w: &Tensor, rng: &mut Rng| -> Result<Option<Tensor>> {
+                calls += 1;
+                if fail_at == Some(calls) {
+                    return Err(TrainerError::Invalid("killed".into()));
+                }
+                let noise = rng.uniform() as f32;
+                let target = Tensor::new(&[[1f32, 2.], [3., 4.], [5., noise]], &Device::Cpu)?;
+                Ok(Some((w - target)?.sqr()?.sum_all()?))
+            }
+        };
+        let check = |w: &[f32]| -> Result<Check> {
+            let score = -w.iter().map(|x| f64::from(x - 3.0).abs()).sum::<f64>();
+            Ok(Check {
+                scores: vec![vec![score]],
+                guard: vec![],
+                eligible: true,
+            })
+        };
+        let run = |dir: &Path, fail_at: Option<usize>, lines: &mut Vec<String>| {
+            let resume = Resume::open(dir, "recipe").unwrap();
+            let head = HeadRun {
+                name: "head",
+                hp: &hp,
+                seed: 3,
+                shape: (3, 2),
+                dims: &dims,
+                resume: &resume,
+            };
+            let mut log = |v: serde_json::Value| -> Result<()> {
+                lines.push(v.to_string());
+                Ok(())
+            };
+            head.fit(
+                &init,
+                &ProgressBar::hidden(),
+                loss(fail_at),
+                check,
+                &mut log,
+                &["set"],
+            )
+        };
+        let tmp = std::env::temp_dir().join(format!("mrl-heads-{}", std::process::id()));
+        let mut whole_log = Vec::new();
+        let whole = run(&tmp.join("a"), None, &mut whole_log).unwrap();
+        let mut parts_log = Vec::new();
+        let b = tmp.join("b");
+        assert!(run(&b, Some(7), &mut parts_log).is_err());
+        assert_eq!(parts_log.len(), 4, "checks at 0, 2, 4, 6 before the kill");
+        let resumed = run(&b, None, &mut parts_log).unwrap();
+        assert_eq!(resumed, whole);
+        assert_eq!(parts_log, whole_log);
+        // Another recipe's state is not resumed.
+        let mut fresh_log = Vec::new();
+        Resume::open(&b, "another recipe").unwrap();
+        let again = run(&b, None, &mut fresh_log);
+        assert!(again.is_ok() && fresh_log.len() == whole_log.len());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn the_widest_size_is_zeroed_unless_it_beats_the_parents_width_everywhere() {
+        // 3 rows of width 2: one extra row past the parent's width (hidden = 2).
+        let head = vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5];
+        let (full_at, widest_at) = (0, 1);
+        let mut w = head.clone();
+        let earned = [vec![0.30, 0.31], vec![0.50, 0.50]];
+        assert!(!drop_unearned_width(&mut w, &earned, full_at, widest_at, 2));
+        assert_eq!(w, head);
+        let lost_once = [vec![0.30, 0.31], vec![0.50, 0.49]];
+        assert!(drop_unearned_width(
+            &mut w, &lost_once, full_at, widest_at, 2
+        ));
+        assert_eq!(w, vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        // Zeroed rows leave every cosine at the widest size equal to the parent's width's.
+        let (a, b) = (
+            apply(&w, 3, &[vec![0.3, 0.9]]),
+            apply(&w, 3, &[vec![0.7, -0.2]]),
+        );
+        let (c2, c3) = (
+            prefix_cosine(&a[0], &b[0], 2),
+            prefix_cosine(&a[0], &b[0], 3),
+        );
+        assert!((c2 - c3).abs() < 1e-12, "{c2} vs {c3}");
+        // No width past the parent's: nothing to judge.
+        let mut same = head.clone();
+        assert!(!drop_unearned_width(&mut same, &lost_once, 1, 1, 2));
     }
 }

@@ -7,7 +7,8 @@
 //! symmetric eigendecomposition (`nalgebra`) → eigenvectors by decreasing eigenvalue become
 //! the rotation's rows, each signed so its largest component is positive (deterministic).
 //! The same as the right singular vectors of the stacked normalised rows, without forming
-//! the n × d SVD.
+//! the n × d SVD. With labels, `Rotation::fit_pairs` does the same on relevant (query,
+//! document) pairs' symmetrised cross-products, so prefixes keep what relevant pairs share.
 
 use nalgebra::{DMatrix, SymmetricEigen};
 
@@ -19,7 +20,8 @@ pub struct Rotation {
     dim: usize,
     /// Row-major; row `i` is the `i`-th principal axis.
     rows: Vec<f64>,
-    /// Eigenvalues of the Gram matrix, decreasing; they sum to the number of rows fitted.
+    /// Eigenvalues of the fitted matrix, decreasing, clamped at 0 (for `fit` they sum to
+    /// the number of rows fitted).
     eigenvalues: Vec<f64>,
 }
 
@@ -29,28 +31,14 @@ impl Rotation {
     ///
     /// Errors: `Invalid` when there is no non-zero row or the rows differ in width.
     pub fn fit(vectors: &[Vec<f32>]) -> Result<Self> {
-        let dim = vectors
-            .first()
-            .map(Vec::len)
-            .ok_or_else(|| TrainerError::Invalid("no vectors to fit a rotation on".into()))?;
+        let dim = width_of(vectors.iter().map(Vec::as_slice))?;
         let mut gram = DMatrix::<f64>::zeros(dim, dim);
         let mut fitted = 0usize;
-        let mut row = vec![0f64; dim];
         for (i, v) in vectors.iter().enumerate() {
-            if v.len() != dim {
-                return Err(TrainerError::Invalid(format!(
-                    "vector {i} has {} values, the first has {dim}",
-                    v.len()
-                )));
-            }
-            let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-            if norm == 0.0 || !norm.is_finite() {
+            let Some(row) = unit(v, dim, i)? else {
                 continue;
-            }
-            for (r, &x) in row.iter_mut().zip(v) {
-                *r = f64::from(x) / norm;
-            }
-            // Upper triangle only; mirrored below.
+            };
+            // Upper triangle only; mirrored in `from_symmetric`.
             for a in 0..dim {
                 let ra = row[a];
                 for b in a..dim {
@@ -64,12 +52,51 @@ impl Rotation {
                 "every vector is zero or not finite".into(),
             ));
         }
+        Ok(Self::from_symmetric(gram))
+    }
+
+    /// Fits the rotation on relevant (query, document) pairs: the eigenvectors of the
+    /// symmetrised cross-product `M = Σ (q̂ d̂ᵀ + d̂ q̂ᵀ) / 2`, by decreasing eigenvalue. A
+    /// prefix of the first `k` axes then holds the largest share of the pairs' mean
+    /// cosine `tr(M) / n` that any `k`-wide orthogonal subspace can (Ky Fan), so short
+    /// prefixes keep what makes a relevant document score high. Orthogonal like `fit`: full
+    /// width cosines are unchanged. Axes with negative eigenvalues (directions on which
+    /// relevant pairs disagree) come last.
+    ///
+    /// Errors: `Invalid` when no pair has two non-zero vectors or the widths differ.
+    pub fn fit_pairs(pairs: &[(&[f32], &[f32])]) -> Result<Self> {
+        let dim = width_of(pairs.iter().map(|p| p.0))?;
+        let mut cross = DMatrix::<f64>::zeros(dim, dim);
+        let mut fitted = 0usize;
+        for (i, (q, d)) in pairs.iter().enumerate() {
+            let (Some(q), Some(d)) = (unit(q, dim, i)?, unit(d, dim, i)?) else {
+                continue;
+            };
+            for a in 0..dim {
+                for b in a..dim {
+                    cross[(a, b)] += 0.5 * (q[a] * d[b] + d[a] * q[b]);
+                }
+            }
+            fitted += 1;
+        }
+        if fitted == 0 {
+            return Err(TrainerError::Invalid(
+                "no pair has two non-zero finite vectors".into(),
+            ));
+        }
+        Ok(Self::from_symmetric(cross))
+    }
+
+    /// The eigenvectors of a symmetric matrix given by its upper triangle, by decreasing
+    /// eigenvalue, each signed so its largest component is positive (deterministic).
+    fn from_symmetric(mut m: DMatrix<f64>) -> Self {
+        let dim = m.nrows();
         for a in 0..dim {
             for b in 0..a {
-                gram[(a, b)] = gram[(b, a)];
+                m[(a, b)] = m[(b, a)];
             }
         }
-        let eig = SymmetricEigen::new(gram);
+        let eig = SymmetricEigen::new(m);
         let mut order: Vec<usize> = (0..dim).collect();
         order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
         let mut rows = Vec::with_capacity(dim * dim);
@@ -83,11 +110,11 @@ impl Rotation {
             let sign = if largest < 0.0 { -1.0 } else { 1.0 };
             rows.extend(axis.iter().map(|x| x * sign));
         }
-        Ok(Self {
+        Self {
             dim,
             rows,
             eigenvalues: order.iter().map(|&k| eig.eigenvalues[k].max(0.0)).collect(),
-        })
+        }
     }
 
     /// The width `d` of the vectors it rotates.
@@ -125,6 +152,29 @@ impl Rotation {
         }
         self.eigenvalues.iter().take(k).sum::<f64>() / total
     }
+}
+
+/// The common width of `rows`. Errors: `Invalid` when there is none.
+fn width_of<'a>(mut rows: impl Iterator<Item = &'a [f32]>) -> Result<usize> {
+    rows.next()
+        .map(<[f32]>::len)
+        .ok_or_else(|| TrainerError::Invalid("no vectors to fit a rotation on".into()))
+}
+
+/// Row `i` in f64 at unit length; `None` for a zero or non-finite row.
+/// Errors: `Invalid` when it is not `dim` wide.
+fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
+    if v.len() != dim {
+        return Err(TrainerError::Invalid(format!(
+            "vector {i} has {} values, the first has {dim}",
+            v.len()
+        )));
+    }
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Ok(None);
+    }
+    Ok(Some(v.iter().map(|&x| f64::from(x) / norm).collect()))
 }
 
 #[cfg(test)]
@@ -224,8 +274,56 @@ mod tests {
         );
     }
 
+    /// Pairs that agree on a low-energy subspace: the documents' principal axes miss it, the
+    /// pairs' axes put it first, so the pairs' 4-dim prefix keeps more of each pair's cosine.
+    #[test]
+    fn the_pairs_rotation_puts_what_pairs_share_first_and_stays_orthogonal() {
+        let mut rng = Rng::new(5);
+        let mut g = move || rng.uniform() - 0.5;
+        let pairs: Vec<(Vec<f32>, Vec<f32>)> = (0..1500)
+            .map(|_| {
+                let shared: Vec<f64> = (0..4).map(|_| g()).collect();
+                let mut q: Vec<f32> = (0..16).map(|_| (g() * 0.2) as f32).collect();
+                let mut d = q.clone();
+                for x in d.iter_mut() {
+                    *x = (g() * 0.2) as f32;
+                }
+                // Loud, unshared noise on axes 0..4; the shared signal on axes 12..16.
+                for j in 0..4 {
+                    q[j] += (g() * 3.0) as f32;
+                    d[j] += (g() * 3.0) as f32;
+                    q[12 + j] += shared[j] as f32;
+                    d[12 + j] += shared[j] as f32;
+                }
+                (q, d)
+            })
+            .collect();
+        let refs: Vec<(&[f32], &[f32])> = pairs.iter().map(|(q, d)| (&q[..], &d[..])).collect();
+        let by_pairs = Rotation::fit_pairs(&refs).unwrap();
+        let docs: Vec<Vec<f32>> = pairs.iter().map(|p| p.1.clone()).collect();
+        let by_docs = Rotation::fit(&docs).unwrap();
+        let kept = |r: &Rotation| {
+            refs.iter()
+                .map(|(q, d)| cosine(&r.apply(q)[..4], &r.apply(d)[..4]))
+                .sum::<f64>()
+                / refs.len() as f64
+        };
+        assert!(
+            kept(&by_pairs) > kept(&by_docs) + 0.3,
+            "mean pair cosine on 4 dims: pairs {:.3}, documents {:.3}",
+            kept(&by_pairs),
+            kept(&by_docs)
+        );
+        for (q, d) in refs.iter().take(20) {
+            let (before, after) = (cosine(q, d), cosine(&by_pairs.apply(q), &by_pairs.apply(d)));
+            assert!((before - after).abs() <= 1e-6, "{before} vs {after}");
+        }
+    }
+
     #[test]
     fn bad_inputs_are_refused() {
+        assert!(Rotation::fit_pairs(&[]).is_err());
+        assert!(Rotation::fit_pairs(&[(&[0.0; 4][..], &[1.0; 4][..])]).is_err());
         assert!(Rotation::fit(&[]).is_err());
         assert!(Rotation::fit(&[vec![0.0; 4]]).is_err());
         assert!(Rotation::fit(&[vec![1.0; 4], vec![1.0; 3]]).is_err());
