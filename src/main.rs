@@ -222,6 +222,11 @@ struct IndexArgs {
     /// Stop at the first malformed line instead of reporting and skipping it.
     #[arg(long)]
     strict: bool,
+    /// Index only part I of N of the input (line k, counted from 0, belongs to part
+    /// k mod N + 1), so N workers can fill one collection on a Qdrant server together;
+    /// each part resumes on its own. On the embedded store, run the parts one after another.
+    #[arg(long, value_name = "I/N")]
+    part: Option<mrl_service::indexer::Part>,
     /// Folder of the embedded store (the same as `mrl serve --data-dir`; do not index into a
     /// folder a running server has open), and of the job's progress record.
     #[arg(long, env = "MRL_DATA_DIR", default_value = "data")]
@@ -526,7 +531,8 @@ fn index(args: IndexArgs) -> Result<()> {
         .dims((!args.dims.is_empty()).then_some(args.dims))
         .profile(args.profile)
         .batch(args.batch)
-        .strict(args.strict);
+        .strict(args.strict)
+        .part(args.part);
     let progress = bar(&args.collection, 0);
     let s = mrl_service::indexer::index_file(
         &embedder,
@@ -538,9 +544,10 @@ fn index(args: IndexArgs) -> Result<()> {
     )?;
     progress.finish_and_clear();
     eprintln!(
-        "{}: {} documents indexed ({} by this run{}), {} skipped, {} truncated at {} tokens; \
+        "{}{}: {} documents indexed ({} by this run{}), {} skipped, {} truncated at {} tokens; \
          {:.1}s this run, {:.1} docs/s overall; the collection holds {}",
         s.collection,
+        s.part.map(|p| format!(" (part {p})")).unwrap_or_default(),
         s.indexed,
         s.indexed_now,
         if s.resumed_at_line > 0 {

@@ -157,6 +157,64 @@ fn a_killed_job_resumes_to_exactly_the_corpus_with_bad_lines_reported() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--part i/n`: n jobs over one input index every document once between them, each
+/// reports only its own malformed lines, keeps its own progress record and reruns as a no-op.
+#[test]
+fn parts_index_an_input_disjointly_and_completely() {
+    let dir = scratch("parts");
+    let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
+    let (ids, bad) = corpus_with_bad_lines(&input, 160);
+    let mut indexed = 0;
+    let mut skipped = Vec::new();
+    for part in ["1/3", "2/3", "3/3"] {
+        let s = summary(
+            &index_cmd(&data, &input, &["--part", part, "--dims", "64,384"])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(
+            s["part"],
+            json!({"index": part[..1].parse::<u64>().unwrap(), "count": 3})
+        );
+        let n = s["indexed"].as_u64().unwrap();
+        assert!(n > 40 && n < 60, "part {part} indexed {n}: {s}");
+        indexed += n;
+        skipped.extend(
+            s["skipped"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["line"].as_u64().unwrap() as usize),
+        );
+        let record = format!("docs.part-{}-of-3.index.json", &part[..1]);
+        assert!(data.join("jobs").join(record).exists());
+    }
+    assert_eq!(indexed as usize, ids.len());
+    skipped.sort_unstable();
+    assert_eq!(skipped, bad);
+    let stored = stored_ids(&data);
+    assert_eq!(stored.len(), ids.len());
+    assert_eq!(stored.into_iter().collect::<HashSet<_>>(), ids);
+    let again = summary(
+        &index_cmd(&data, &input, &["--part", "2/3"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(again["indexed_now"], 0);
+    assert_eq!(again["count"], ids.len());
+    for bad_part in ["0/3", "4/3", "3"] {
+        let out = index_cmd(&data, &input, &["--part", bad_part])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad_part}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("i/n"),
+            "{bad_part}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn strict_stops_at_the_first_malformed_line_and_bad_options_fail_early() {
     let dir = scratch("strict");

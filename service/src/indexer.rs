@@ -72,6 +72,49 @@ pub struct IndexOptions {
     pub forward_batch: usize,
     /// Stop at the first malformed line instead of skipping it.
     pub strict: bool,
+    /// Index only this part of the input (`None`: all of it).
+    pub part: Option<Part>,
+}
+
+/// One of `count` disjoint parts of an input, so that `count` workers can index it together:
+/// part `index` (1-based) owns the lines whose 0-based number `n` has `n % count ==
+/// index − 1`. Every part is its own resumable job (its own progress record); together
+/// they cover every line once. Written `i/n`, e.g. `2/4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    /// Whether the line with 1-based number `line` belongs to this part.
+    fn owns(&self, line: usize) -> bool {
+        (line - 1) % self.count == self.index - 1
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+
+    /// Parses `i/n` with `1 ≤ i ≤ n`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: a part is i/n with 1 ≤ i ≤ n, e.g. 2/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl IndexOptions {
@@ -83,6 +126,7 @@ impl IndexOptions {
             batch: 256,
             forward_batch: mrl_encoder::DEFAULT_BATCH_SIZE,
             strict: false,
+            part: None,
         }
     }
     pub fn dims(mut self, dims: Option<Vec<usize>>) -> Self {
@@ -103,6 +147,10 @@ impl IndexOptions {
     }
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
+        self
+    }
+    pub fn part(mut self, part: Option<Part>) -> Self {
+        self.part = part;
         self
     }
 }
@@ -138,8 +186,10 @@ struct Progress {
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexSummary {
     pub collection: String,
+    /// The part of the input this job indexed (`None`: all of it).
+    pub part: Option<Part>,
     pub spec: CollectionSpec,
-    /// Documents written by every run of this job.
+    /// Documents written by every run of this job (of its part).
     pub indexed: usize,
     /// Documents written by this run.
     pub indexed_now: usize,
@@ -295,7 +345,10 @@ pub fn index_file(
     )?;
     let created = store.create(collection, &spec)?;
     std::fs::create_dir_all(&opts.state_dir).map_err(io(&opts.state_dir))?;
-    let record_path = opts.state_dir.join(format!("{collection}.index.json"));
+    let record_path = opts.state_dir.join(match opts.part {
+        None => format!("{collection}.index.json"),
+        Some(p) => format!("{collection}.part-{}-of-{}.index.json", p.index, p.count),
+    });
     let fresh = Progress {
         collection: collection.to_string(),
         input: input_abs,
@@ -364,6 +417,7 @@ pub fn index_file(
     let seconds = start.elapsed().as_secs_f64();
     Ok(IndexSummary {
         collection: collection.to_string(),
+        part: opts.part,
         spec,
         indexed: state.indexed,
         indexed_now: state.indexed - indexed_before,
@@ -399,9 +453,12 @@ fn read_chunks(
             raw.clear();
             let n = reader.read_until(b'\n', &mut raw).map_err(io(path))?;
             let eof = n == 0;
+            let theirs = opts.part.is_some_and(|p| !p.owns(line_no + 1));
             if !eof {
                 offset += n as u64;
                 line_no += 1;
+            }
+            if !eof && !theirs {
                 match parse_line(&raw) {
                     Ok(Some(doc)) => docs.push(doc),
                     Ok(None) => {}
@@ -564,6 +621,20 @@ mod tests {
             .contains("malformed JSON"));
         assert!(parse_line(b"\xff\xfe").unwrap_err().contains("UTF-8"));
         assert!(parse_line(b"{\"id\": \"x\"}").unwrap_err().contains("text"));
+    }
+
+    #[test]
+    fn parts_split_lines_disjointly_and_completely() {
+        let parts: Vec<Part> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for line in 1..=30 {
+            let owners = parts.iter().filter(|p| p.owns(line)).count();
+            assert_eq!(owners, 1, "line {line}");
+        }
+        assert!(parts[0].owns(1) && parts[1].owns(2) && parts[2].owns(3) && parts[0].owns(4));
+        assert_eq!(parts[1].to_string(), "2/3");
+        for bad in ["0/3", "4/3", "1/0", "1", "a/b", "1/3/4", ""] {
+            assert!(bad.parse::<Part>().is_err(), "{bad}");
+        }
     }
 
     #[test]
