@@ -1,11 +1,13 @@
 //! Collections end to end: lifecycle, documents embedded once and stored at every size,
 //! search with filters and funnels, and durability across a clean restart and a kill -9 right
-//! after a write was acknowledged (the server runs as a separate `mrl serve` process).
+//! after a write was acknowledged (the server runs as a separate `mrl serve` process); the
+//! same on a real Qdrant server (`--qdrant-url`), with restarts of mrl and of Qdrant.
 
 mod common;
 
 use std::path::PathBuf;
 
+use common::qdrant::QdrantServer;
 use common::server::Server;
 use common::shared;
 use serde_json::{json, Value};
@@ -64,6 +66,93 @@ fn hit_ids(v: &Value) -> Vec<String> {
 fn collection_lifecycle_documents_search_and_errors() {
     let data = scratch("lifecycle");
     let s = Server::start(&data);
+    lifecycle(&s);
+    s.stop();
+}
+
+/// The same lifecycle with the collections on a real Qdrant server (`mrl serve
+/// --qdrant-url`): the same answers, statuses and error fields as the embedded store.
+#[test]
+fn the_same_lifecycle_on_a_qdrant_server() {
+    let qdrant = QdrantServer::start(&shared());
+    let data = scratch("lifecycle-remote");
+    let s = Server::start_with(&data, &["--qdrant-url", &qdrant.url()]);
+    lifecycle(&s);
+    s.stop();
+}
+
+/// With the data on a Qdrant server: a restart of mrl finds every collection and document;
+/// while Qdrant is down every request that needs it fails cleanly (503, type `unavailable`)
+/// and mrl keeps running; once Qdrant is back the same mrl process answers as before and
+/// takes writes again.
+#[test]
+fn restarts_of_mrl_and_of_qdrant_lose_nothing_and_outages_are_503() {
+    let mut qdrant = QdrantServer::start(&shared());
+    let data = scratch("remote-restarts");
+    let args = ["--qdrant-url".to_string(), qdrant.url()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start_with(&data, &args);
+    s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
+    let docs = scifact(45);
+    add(&s, &docs[..40]);
+    let query = json!({"query": "vitamin D and bone density", "limit": 5, "funnel": {"dim": 128, "candidates": 20}});
+    let before = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
+    assert_eq!(before.len(), 5);
+    s.stop();
+
+    let mut s = Server::start_with(&data, &args);
+    assert_eq!(s.ok("GET", "/collections/sci", Value::Null)["count"], 40);
+    assert_eq!(
+        hit_ids(&s.ok("POST", "/collections/sci/search", query.clone())),
+        before
+    );
+
+    qdrant.kill();
+    let batch: Vec<Value> = docs[40..]
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    for (method, path, body) in [
+        ("POST", "/collections/sci/search", Some(query.clone())),
+        ("GET", "/collections/sci", None),
+        ("GET", "/collections", None),
+        (
+            "POST",
+            "/collections/sci/documents",
+            Some(json!({ "documents": batch })),
+        ),
+    ] {
+        let (st, v) = s.call(method, path, body);
+        assert_eq!(
+            (st, v["error"]["type"].as_str()),
+            (503, Some("unavailable")),
+            "{method} {path} while Qdrant is down: {v}"
+        );
+    }
+    assert!(s.alive(), "mrl must outlive its store's outage");
+
+    qdrant.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        let (st, v) = s.call("POST", "/collections/sci/search", Some(query.clone()));
+        if st == 200 {
+            break hit_ids(&v);
+        }
+        assert!(
+            st == 503 && std::time::Instant::now() < deadline,
+            "after Qdrant restarted: {st} {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(after, before);
+    assert_eq!(s.ok("GET", "/collections/sci", Value::Null)["count"], 40);
+    add(&s, &docs[40..]);
+    assert_eq!(s.ok("GET", "/collections/sci", Value::Null)["count"], 45);
+    s.stop();
+}
+
+/// Lifecycle, documents, search (dims, filter, funnel, exact), the errors of each, deletes.
+fn lifecycle(s: &Server) {
     let spec = json!({"dims": [64, 384]});
     let (st, v) = s.call("PUT", "/collections/notes", Some(spec.clone()));
     assert_eq!(st, 201, "{v}");
@@ -196,7 +285,6 @@ fn collection_lifecycle_documents_search_and_errors() {
     assert_eq!(s.ok("GET", "/collections/notes", Value::Null)["count"], 2);
     s.ok("DELETE", "/collections/notes", Value::Null);
     assert_eq!(s.call("GET", "/collections/notes", None).0, 404);
-    s.stop();
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub enum ApiError {
     QueueFull { requests: usize, tokens: usize },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A component the request needs (the vector store) cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -67,6 +70,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::QueueFull { .. } => "overloaded",
             Self::Internal(_) => "internal",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 
@@ -93,7 +97,7 @@ impl ApiError {
     /// headers.
     fn respond(&self, body: serde_json::Value) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, Self::QueueFull { .. }) {
+        if matches!(self, Self::QueueFull { .. } | Self::Unavailable(_)) {
             resp.insert_header((header::RETRY_AFTER, "1"));
         }
         if matches!(self, Self::Unauthorized) {
@@ -109,6 +113,7 @@ impl ApiError {
             Self::Unauthorized => ("invalid_request_error", "invalid_api_key"),
             Self::QueueFull { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::Internal(_) => ("server_error", "internal"),
+            Self::Unavailable(_) => ("server_error", "unavailable"),
             other => ("invalid_request_error", other.kind()),
         }
     }
@@ -134,6 +139,7 @@ impl From<StoreError> for ApiError {
             StoreError::BadName(_) => Self::field("name", e.to_string()),
             StoreError::InvalidFilter(_) => Self::field("filter", e.to_string()),
             StoreError::Storage(_) => Self::Internal(e.to_string()),
+            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
         }
     }
 }
@@ -150,6 +156,7 @@ impl ResponseError for ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -2,12 +2,13 @@
 //! Qdrant server — the one shipped in `../shared/qdrant`, started here on free loopback ports
 //! with its own storage, or the server at `QDRANT_URL` (gRPC, e.g. http://localhost:6334).
 
+#[path = "../../tests/common/qdrant.rs"]
+mod qdrant;
+
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use qdrant::QdrantServer;
 
 use mrl_service::store::{
     CollectionSpec, Distance, EdgeStore, RemoteStore, StoreError, StoredDocument, VectorQuery,
@@ -177,105 +178,15 @@ fn embedded_store() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A Qdrant server process on free loopback ports, killed (and its storage removed) on drop.
-struct QdrantServer {
-    child: Child,
-    dir: PathBuf,
-    grpc: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl QdrantServer {
-    /// Unpacks the shipped binary (`qdrant.sh`), starts it and waits for `/healthz`. Panics
-    /// with the reason when it cannot: the suite must not pass without the real server.
-    fn start() -> Self {
-        let shared = std::env::var_os("MRL_SHARED_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-        let script = shared.join("qdrant").join("qdrant.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let dir = std::env::temp_dir().join(format!("mrl-qdrant-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let (http, grpc) = (free_port(), free_port());
-        let child = Command::new(&bin)
-            .current_dir(&dir)
-            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-            .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
-            .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
-            .env("QDRANT__STORAGE__STORAGE_PATH", dir.join("storage"))
-            .env("QDRANT__STORAGE__SNAPSHOTS_PATH", dir.join("snapshots"))
-            .env("QDRANT__TELEMETRY_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let mut server = Self { child, dir, grpc };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("the Qdrant server {bin} exited at start: {status}");
-            }
-            if healthy(http) {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Qdrant server {bin} did not answer /healthz within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
-    }
-}
-
-fn healthy(http: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", http)) else {
-        return false;
-    };
-    let _ = write!(
-        s,
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
-
-impl Drop for QdrantServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn remote_store_on_a_real_qdrant_server() {
     let (url, _server) = match std::env::var("QDRANT_URL") {
         Ok(url) => (url, None),
         Err(_) => {
-            let server = QdrantServer::start();
+            let shared = std::env::var_os("MRL_SHARED_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+            let server = QdrantServer::start(&shared);
             (server.url(), Some(server))
         }
     };

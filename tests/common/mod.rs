@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod qdrant;
 pub mod server;
 
 use std::path::PathBuf;

@@ -177,6 +177,10 @@ pub enum StoreError {
     Redefined { name: String, message: String },
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store cannot be reached now (a Qdrant server down or restarting); nothing was
+    /// done, and the same request may succeed later.
+    #[error("the vector store is unavailable: {0}; retry shortly")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

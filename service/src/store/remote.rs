@@ -16,7 +16,7 @@ use qdrant_client::qdrant::{
     ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue,
     VectorParamsBuilder, VectorsConfigBuilder,
 };
-use qdrant_client::{Payload, Qdrant};
+use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
 
 use super::{
@@ -29,6 +29,15 @@ const SPEC_KEY: &str = "mrl_spec";
 
 fn remote<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Storage(format!("qdrant server: {e}"))
+}
+
+/// gRPC codes that mean the call did not reach a working server (`UNAVAILABLE`,
+/// `DEADLINE_EXCEEDED`, `CANCELLED`).
+fn transport_failed(e: &QdrantError) -> bool {
+    matches!(e, QdrantError::ResponseError { status } if matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ))
 }
 
 /// Collections on a Qdrant server.
@@ -99,13 +108,13 @@ impl RemoteStore {
     fn spec_of(&self, name: &str) -> Result<Option<CollectionSpec>> {
         if !self
             .block_on(self.client.collection_exists(name))
-            .map_err(remote)?
+            .map_err(|e| self.server_error(e))?
         {
             return Ok(None);
         }
         let info = self
             .block_on(self.client.collection_info(name))
-            .map_err(remote)?;
+            .map_err(|e| self.server_error(e))?;
         let metadata = info
             .result
             .and_then(|r| r.config)
@@ -120,10 +129,25 @@ impl RemoteStore {
 
     /// A failed call on collection `name`: `NoSuchCollection` when the collection is gone
     /// (deleted while the call ran), else the server's error.
-    fn failed(&self, name: &str, e: impl std::fmt::Display) -> StoreError {
-        match self.block_on(self.client.collection_exists(name)) {
-            Ok(false) => StoreError::NoSuchCollection(name.to_string()),
-            _ => remote(e),
+    fn failed(&self, name: &str, e: QdrantError) -> StoreError {
+        match self.server_error(e) {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m),
+            other => match self.block_on(self.client.collection_exists(name)) {
+                Ok(false) => StoreError::NoSuchCollection(name.to_string()),
+                _ => other,
+            },
+        }
+    }
+
+    /// A failed client call: `Unavailable` when the server could not be reached (the
+    /// transport failed, or the server no longer answers a health check: some calls report
+    /// a refused connection as an internal error), so nothing was applied and the request
+    /// may be retried as it is; else the server's error.
+    fn server_error(&self, e: QdrantError) -> StoreError {
+        if transport_failed(&e) || self.block_on(self.client.health_check()).is_err() {
+            StoreError::Unavailable(format!("qdrant server: {e}"))
+        } else {
+            remote(e)
         }
     }
 
@@ -166,7 +190,7 @@ impl VectorStore for RemoteStore {
         }
         if self
             .block_on(self.client.collection_exists(name))
-            .map_err(remote)?
+            .map_err(|e| self.server_error(e))?
         {
             return Err(StoreError::Conflict {
                 name: name.to_string(),
@@ -192,14 +216,14 @@ impl VectorStore for RemoteStore {
                     .metadata(metadata),
             ),
         )
-        .map_err(remote)?;
+        .map_err(|e| self.server_error(e))?;
         Ok(true)
     }
 
     fn list(&self) -> Result<Vec<CollectionInfo>> {
         let all = self
             .block_on(self.client.list_collections())
-            .map_err(remote)?;
+            .map_err(|e| self.server_error(e))?;
         let mut out = Vec::new();
         for c in all.collections {
             if let Some(spec) = self.spec_of(&c.name)? {

@@ -1,0 +1,132 @@
+//! A real Qdrant server — the one shipped in `../shared/qdrant` (`qdrant.sh` unpacks it) — on
+//! free loopback ports with its own storage folder: what the remote-store suite
+//! (`service/tests/store.rs`) and the end-to-end tests over `mrl serve --qdrant-url` share.
+//! It can be killed and started again on the same ports and storage; on drop it is killed and
+//! its storage removed. It panics with the reason when the server cannot start: those tests
+//! must not pass without the real engine.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct QdrantServer {
+    child: Option<Child>,
+    bin: String,
+    dir: PathBuf,
+    http: u16,
+    grpc: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl QdrantServer {
+    /// Unpacks the binary from `shared/qdrant`, starts it and waits for `/healthz`.
+    pub fn start(shared: &Path) -> Self {
+        let script = shared.join("qdrant").join("qdrant.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mrl-qdrant-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            child: None,
+            bin: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+            http: free_port(),
+            grpc: free_port(),
+        };
+        server.restart();
+        server
+    }
+
+    /// The gRPC address the store connects to.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    /// SIGKILL; the storage stays for `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same ports and storage and waits for `/healthz`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+            .env("QDRANT__SERVICE__HTTP_PORT", self.http.to_string())
+            .env("QDRANT__SERVICE__GRPC_PORT", self.grpc.to_string())
+            .env("QDRANT__STORAGE__STORAGE_PATH", self.dir.join("storage"))
+            .env(
+                "QDRANT__STORAGE__SNAPSHOTS_PATH",
+                self.dir.join("snapshots"),
+            )
+            .env("QDRANT__TELEMETRY_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin));
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the Qdrant server {} exited at start: {status}", self.bin);
+            }
+            if healthy(self.http) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Qdrant server {} did not answer /healthz within 60 s",
+                self.bin
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn healthy(http: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", http)) else {
+        return false;
+    };
+    let _ = write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+impl Drop for QdrantServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
