@@ -78,6 +78,7 @@ fn open(points: usize) -> EdgeStore {
         profile: "synthetic".into(),
         model: "synthetic".into(),
         distance: Distance::Cosine,
+        layout: Default::default(),
     };
     store
         .create(NAME, &spec)

@@ -151,6 +151,68 @@ fn restarts_of_mrl_and_of_qdrant_lose_nothing_and_outages_are_503() {
     s.stop();
 }
 
+/// Large-collection options in a create body: a Qdrant server takes them (and reports them
+/// back), the embedded store refuses them with a 400 naming the option, and a bad value is a
+/// 400 naming the option on both.
+#[test]
+fn large_collection_options_over_http() {
+    let data = scratch("layout-embedded");
+    let s = Server::start(&data);
+    for (body, field) in [
+        (json!({"dims": [64, 384], "shards": 2}), "shards"),
+        (json!({"dims": [64, 384], "on_disk": true}), "on_disk"),
+        (json!({"dims": [64, 384], "quantize": [128]}), "quantize"),
+        (json!({"dims": [64, 384], "on_disk": "yes"}), "on_disk"),
+        (
+            json!({"dims": [64, 384], "hnsw": [{"dim": 384, "mm": 0}]}),
+            "hnsw",
+        ),
+    ] {
+        let (st, v) = s.call("PUT", "/collections/big", Some(body.clone()));
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(s.call("GET", "/collections/big", None).0, 404);
+    s.stop();
+
+    let qdrant = QdrantServer::start(&shared());
+    let data = scratch("layout-remote");
+    let s = Server::start_with(&data, &["--qdrant-url", &qdrant.url()]);
+    let layout = json!({"shards": 2, "replicas": 1, "on_disk": true, "quantize": [64],
+                        "hnsw": [{"dim": 384, "m": 0}]});
+    let mut body = layout.clone();
+    body["dims"] = json!([64, 384]);
+    let (st, v) = s.call("PUT", "/collections/sci", Some(body.clone()));
+    assert_eq!((st, &v["layout"]), (201, &layout), "{v}");
+    assert_eq!(s.call("PUT", "/collections/sci", Some(body)).0, 200);
+    assert_eq!(
+        s.ok("GET", "/collections/sci", Value::Null)["layout"],
+        layout
+    );
+    let (st, v) = s.call(
+        "PUT",
+        "/collections/x",
+        Some(json!({"dims": [64], "replicas": 0})),
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("replicas")),
+        "{v}"
+    );
+    let docs = scifact(30);
+    add(&s, &docs);
+    let v = s.ok(
+        "POST",
+        "/collections/sci/search",
+        json!({"query": docs[7].1, "dim": 384, "funnel": {"dim": 64, "candidates": 20}, "limit": 3}),
+    );
+    assert_eq!(hit_ids(&v)[0], docs[7].0, "{v}");
+    s.stop();
+}
+
 /// Lifecycle, documents, search (dims, filter, funnel, exact), the errors of each, deletes.
 fn lifecycle(s: &Server) {
     let spec = json!({"dims": [64, 384]});

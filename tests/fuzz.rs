@@ -385,6 +385,7 @@ fn store() -> &'static EdgeStore {
             profile: "full".into(),
             model: "m".into(),
             distance: Distance::Cosine,
+            layout: Default::default(),
         };
         store.create("c", &spec).unwrap();
         let docs = (0..20)

@@ -140,6 +140,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidFilter(_) => Self::field("filter", e.to_string()),
             StoreError::Storage(_) => Self::Internal(e.to_string()),
             StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
+            StoreError::Unsupported { option, message } => Self::field(&option, message),
         }
     }
 }

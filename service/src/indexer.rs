@@ -308,6 +308,10 @@ pub fn resolve_spec(
         profile: profile_name,
         model,
         distance: existing.as_ref().map_or(Distance::Cosine, |s| s.distance),
+        layout: existing
+            .as_ref()
+            .map(|s| s.layout.clone())
+            .unwrap_or_default(),
     };
     if let Some(e) = existing {
         if e.model != spec.model {

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use qdrant::QdrantServer;
 
 use mrl_service::store::{
-    CollectionSpec, Distance, EdgeStore, RemoteStore, StoreError, StoredDocument, VectorQuery,
-    VectorStore,
+    CollectionSpec, Distance, EdgeStore, HnswSize, Layout, RemoteStore, StoreError, StoredDocument,
+    VectorQuery, VectorStore,
 };
 use serde_json::{json, Map, Value};
 
@@ -47,6 +47,7 @@ fn spec() -> CollectionSpec {
         profile: "full".into(),
         model: "test-model".into(),
         distance: Distance::Cosine,
+        layout: Default::default(),
     }
 }
 
@@ -193,6 +194,120 @@ fn remote_store_on_a_real_qdrant_server() {
     let store = RemoteStore::connect(&url, std::env::var("QDRANT_API_KEY").ok())
         .unwrap_or_else(|e| panic!("{url}: {e}"));
     exercise(&store, &format!("mrl-suite-{}", std::process::id()));
+}
+
+/// Large-collection options: a Qdrant server applies them (as its own REST API reports) and
+/// the funnel still finds the right documents; the embedded store refuses them naming the
+/// option; bad values are refused by both, naming the option.
+#[test]
+fn layouts_for_scale_are_applied_by_a_server_and_refused_by_the_embedded_store() {
+    let big = CollectionSpec {
+        layout: Layout {
+            shards: Some(2),
+            replicas: Some(1),
+            write_consistency: Some(1),
+            on_disk: true,
+            quantize: vec![8],
+            hnsw: vec![
+                HnswSize {
+                    dim: 8,
+                    m: Some(32),
+                    ef_construct: Some(200),
+                },
+                HnswSize {
+                    dim: 16,
+                    m: Some(0),
+                    ef_construct: None,
+                },
+            ],
+        },
+        ..spec()
+    };
+    let unsupported = |r: Result<bool, StoreError>| match r {
+        Err(StoreError::Unsupported { option, .. }) => option,
+        other => panic!("expected Unsupported, got {other:?}"),
+    };
+    let dir = std::env::temp_dir().join(format!("mrl-store-layout-{}", std::process::id()));
+    let edge = EdgeStore::open(&dir).unwrap();
+    assert_eq!(unsupported(edge.create("big", &big)), "shards");
+    let disk_only = CollectionSpec {
+        layout: Layout {
+            on_disk: true,
+            ..Layout::default()
+        },
+        ..spec()
+    };
+    assert_eq!(unsupported(edge.create("big", &disk_only)), "on_disk");
+    assert!(matches!(
+        edge.info("big"),
+        Err(StoreError::NoSuchCollection(_))
+    ));
+    drop(edge);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let shared = std::env::var_os("MRL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
+    let server = QdrantServer::start(&shared);
+    let store = RemoteStore::connect(&server.url(), None).unwrap();
+    for (layout, option) in [
+        (
+            Layout {
+                quantize: vec![64],
+                ..Layout::default()
+            },
+            "quantize",
+        ),
+        (
+            Layout {
+                replicas: Some(1),
+                write_consistency: Some(2),
+                ..Layout::default()
+            },
+            "write_consistency",
+        ),
+        (
+            Layout {
+                shards: Some(0),
+                ..Layout::default()
+            },
+            "shards",
+        ),
+    ] {
+        let bad = CollectionSpec { layout, ..spec() };
+        assert_eq!(unsupported(store.create("bad", &bad)), option);
+    }
+    assert!(store.create("big", &big).unwrap());
+    assert!(!store.create("big", &big).unwrap(), "same layout: no-op");
+    assert!(matches!(
+        store.create("big", &spec()),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(store.info("big").unwrap().spec, big);
+    let config = &server.get("/collections/big")["result"]["config"];
+    let params = &config["params"];
+    assert_eq!(params["shard_number"], 2, "{config}");
+    assert_eq!(params["replication_factor"], 1, "{config}");
+    assert_eq!(params["write_consistency_factor"], 1, "{config}");
+    assert_eq!(params["vectors"]["d16"]["on_disk"], true, "{config}");
+    assert_ne!(params["vectors"]["d8"]["on_disk"], true, "{config}");
+    assert_eq!(
+        params["vectors"]["d8"]["quantization_config"]["scalar"]["type"], "int8",
+        "{config}"
+    );
+    assert_eq!(params["vectors"]["d8"]["hnsw_config"]["m"], 32, "{config}");
+    assert_eq!(
+        params["vectors"]["d8"]["hnsw_config"]["ef_construct"], 200,
+        "{config}"
+    );
+    assert_eq!(params["vectors"]["d16"]["hnsw_config"]["m"], 0, "{config}");
+
+    // The funnel on this layout: prefetch on the int8 size, rescore on the on-disk size.
+    store.upsert("big", (0..40).map(doc).collect()).unwrap();
+    let q = VectorQuery::nested(&vector(3, 16), 16, 5, Some((8, 20))).unwrap();
+    let hits = store.search("big", &q).unwrap();
+    assert_eq!(hits[0].id, "doc-3", "{hits:?}");
+    store.delete("big").unwrap();
 }
 
 #[test]

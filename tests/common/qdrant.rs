@@ -66,6 +66,21 @@ impl QdrantServer {
         format!("http://127.0.0.1:{}", self.grpc)
     }
 
+    /// `GET path` on the server's REST API: the body as JSON (what Qdrant itself reports,
+    /// to check what a client asked for was applied).
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {answer}"))
+    }
+
     /// SIGKILL; the storage stays for `restart`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

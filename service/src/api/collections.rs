@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use super::{body, opt_str, opt_usize, parse_object, AppState};
 use crate::documents::Document;
 use crate::error::ApiError;
-use crate::store::{caller_id, check_name, CollectionSpec, Distance, VectorQuery};
+use crate::store::{caller_id, check_name, CollectionSpec, Distance, Layout, VectorQuery};
 
 /// Runs a store call off the async executor.
 async fn blocking<T: Send + 'static>(
@@ -58,6 +58,21 @@ async fn collection_info(
     blocking(move || store.info(&n)).await
 }
 
+/// The large-collection options of a create body (`Layout`'s fields at its top level), each
+/// parsed on its own so that an error names the option.
+fn layout(o: &Map<String, Value>) -> Result<Layout, ApiError> {
+    let mut set = Map::new();
+    for key in Layout::OPTIONS {
+        if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
+            let one = Value::Object(Map::from_iter([(key.to_string(), v.clone())]));
+            serde_json::from_value::<Layout>(one)
+                .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
+            set.insert(key.to_string(), v.clone());
+        }
+    }
+    serde_json::from_value(Value::Object(set)).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 pub async fn create(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -91,12 +106,16 @@ pub async fn create(
         profile: profile_name,
         model: state.model_name.clone(),
         distance,
+        layout: layout(&o)?,
     };
     let store = state.store.clone();
     let (n, s) = (name.clone(), spec.clone());
     let created = blocking(move || store.create(&n, &s)).await?;
-    let body = json!({"name": name, "dims": spec.dims, "profile": spec.profile,
+    let mut body = json!({"name": name, "dims": spec.dims, "profile": spec.profile,
                       "model": spec.model, "distance": spec.distance, "created": created});
+    if !spec.layout.is_default() {
+        body["layout"] = json!(spec.layout);
+    }
     Ok(if created {
         HttpResponse::Created().json(body)
     } else {

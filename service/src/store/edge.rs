@@ -283,6 +283,17 @@ fn nearest(vector: &[f32], dim: usize) -> ScoringQuery {
 impl VectorStore for EdgeStore {
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
         check_name(name)?;
+        spec.layout.check(&spec.dims)?;
+        if let Some(option) = spec.layout.options_set().first() {
+            return Err(StoreError::Unsupported {
+                option: option.to_string(),
+                message: format!(
+                    "{option}: the embedded store keeps one shard with every size as floats in \
+                     RAM under the default HNSW; use a Qdrant server (--qdrant-url) for {:?}",
+                    spec.layout.options_set()
+                ),
+            });
+        }
         let lifecycle = self.lifecycle(name);
         let _lifecycle = lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(existing) = self.get(name) {
@@ -523,6 +534,7 @@ mod tests {
             profile: "full".into(),
             model: "test".into(),
             distance: Distance::Cosine,
+            layout: Default::default(),
         }
     }
 

@@ -177,6 +177,9 @@ pub enum StoreError {
     Redefined { name: String, message: String },
     #[error("storage error: {0}")]
     Storage(String),
+    /// A collection option this store cannot honour, or a bad value for one.
+    #[error("{message}")]
+    Unsupported { option: String, message: String },
     /// The store cannot be reached now (a Qdrant server down or restarting); nothing was
     /// done, and the same request may succeed later.
     #[error("the vector store is unavailable: {0}; retry shortly")]
@@ -203,6 +206,129 @@ pub struct CollectionSpec {
     pub profile: String,
     pub model: String,
     pub distance: Distance,
+    /// Storage for large collections (a Qdrant server); the default everywhere else.
+    #[serde(default, skip_serializing_if = "Layout::is_default")]
+    pub layout: Layout,
+}
+
+/// How a large collection is laid out on a Qdrant server: sharding, replication, and per size
+/// where its vectors live and how they are indexed — the Matryoshka funnel pattern of
+/// Qdrant's docs keeps the small prefetch sizes as int8 in RAM and the widest size, used only
+/// to rescore, on disk without an HNSW graph. The embedded store has one shard with every
+/// size as floats in RAM under the default HNSW, and refuses anything else
+/// (`StoreError::Unsupported`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    /// Shards the collection is split into (Qdrant's `shard_number`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// Copies of each shard (`replication_factor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Replicas that must apply a write before it is acknowledged (`write_consistency_factor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_consistency: Option<u32>,
+    /// Keep the widest size's vectors on disk (memory-mapped) instead of in RAM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_disk: bool,
+    /// Sizes that also keep a scalar int8 copy in RAM, searched first and rescored with the
+    /// floats (4× less RAM per size).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quantize: Vec<usize>,
+    /// HNSW settings per size; `m = 0` builds no graph (a size used only to rescore).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hnsw: Vec<HnswSize>,
+}
+
+/// One size's HNSW settings (Qdrant's defaults where unset: m 16, ef_construct 100).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HnswSize {
+    pub dim: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef_construct: Option<u64>,
+}
+
+impl Layout {
+    /// Every option, by its field name.
+    pub const OPTIONS: [&'static str; 6] = [
+        "shards",
+        "replicas",
+        "write_consistency",
+        "on_disk",
+        "quantize",
+        "hnsw",
+    ];
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The options that differ from the default, by field name.
+    pub fn options_set(&self) -> Vec<&'static str> {
+        let set = [
+            self.shards.is_some(),
+            self.replicas.is_some(),
+            self.write_consistency.is_some(),
+            self.on_disk,
+            !self.quantize.is_empty(),
+            !self.hnsw.is_empty(),
+        ];
+        Self::OPTIONS
+            .iter()
+            .zip(set)
+            .filter_map(|(name, on)| on.then_some(*name))
+            .collect()
+    }
+
+    /// Checks the values against the collection's stored sizes `dims`.
+    ///
+    /// Errors: `Unsupported` naming the option: a count of 0, more write consistency than
+    /// replicas, or a size that is not stored (or named twice).
+    pub fn check(&self, dims: &[usize]) -> Result<()> {
+        let bad = |option: &str, message: String| {
+            Err(StoreError::Unsupported {
+                option: option.to_string(),
+                message,
+            })
+        };
+        for (option, value) in [
+            ("shards", self.shards),
+            ("replicas", self.replicas),
+            ("write_consistency", self.write_consistency),
+        ] {
+            if value == Some(0) {
+                return bad(option, format!("{option} must be at least 1"));
+            }
+        }
+        if self.write_consistency > self.replicas.or(Some(1)) {
+            return bad(
+                "write_consistency",
+                "write_consistency cannot exceed replicas".into(),
+            );
+        }
+        let mut seen = Vec::new();
+        for (option, dim) in self
+            .quantize
+            .iter()
+            .map(|&d| ("quantize", d))
+            .chain(self.hnsw.iter().map(|h| ("hnsw", h.dim)))
+        {
+            if !dims.contains(&dim) || seen.contains(&(option, dim)) {
+                return bad(
+                    option,
+                    format!(
+                        "{option} names size {dim} twice or a size not stored; stored: {dims:?}"
+                    ),
+                );
+            }
+            seen.push((option, dim));
+        }
+        Ok(())
+    }
 }
 
 /// A collection's definition and size.

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 
 use qdrant_client::qdrant::{
     condition::ConditionOneOf, r#match::MatchValue, Condition, CountPointsBuilder,
-    CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter, PointId,
-    PointStruct, PointsIdsList, PrefetchQueryBuilder, Query, QueryPointsBuilder, Range,
+    CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter,
+    HnswConfigDiffBuilder, PointId, PointStruct, PointsIdsList, PrefetchQueryBuilder,
+    QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder,
     ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue,
     VectorParamsBuilder, VectorsConfigBuilder,
 };
@@ -179,6 +180,7 @@ fn distance(d: Distance) -> QDistance {
 impl VectorStore for RemoteStore {
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
         check_name(name)?;
+        spec.layout.check(&spec.dims)?;
         if let Some(existing) = self.spec_of(name)? {
             if existing == *spec {
                 return Ok(false);
@@ -197,26 +199,49 @@ impl VectorStore for RemoteStore {
                 existing: "a collection not made by mrl".into(),
             });
         }
+        let layout = &spec.layout;
+        let widest = spec.dims.iter().copied().max();
         let mut vectors = VectorsConfigBuilder::default();
         for &d in &spec.dims {
-            vectors.add_named_vector_params(
-                vector_name(d),
-                VectorParamsBuilder::new(d as u64, distance(spec.distance)),
-            );
+            let mut params = VectorParamsBuilder::new(d as u64, distance(spec.distance))
+                .on_disk(layout.on_disk && Some(d) == widest);
+            if layout.quantize.contains(&d) {
+                params = params.quantization_config(
+                    ScalarQuantizationBuilder::default()
+                        .r#type(QuantizationType::Int8.into())
+                        .always_ram(true),
+                );
+            }
+            if let Some(h) = layout.hnsw.iter().find(|h| h.dim == d) {
+                let mut hnsw = HnswConfigDiffBuilder::default();
+                if let Some(m) = h.m {
+                    hnsw = hnsw.m(m);
+                }
+                if let Some(ef) = h.ef_construct {
+                    hnsw = hnsw.ef_construct(ef);
+                }
+                params = params.hnsw_config(hnsw);
+            }
+            vectors.add_named_vector_params(vector_name(d), params);
+        }
+        let mut create = CreateCollectionBuilder::new(name)
+            .vectors_config(vectors)
+            .on_disk_payload(true);
+        if let Some(n) = layout.shards {
+            create = create.shard_number(n);
+        }
+        if let Some(n) = layout.replicas {
+            create = create.replication_factor(n);
+        }
+        if let Some(n) = layout.write_consistency {
+            create = create.write_consistency_factor(n);
         }
         let metadata = HashMap::from([(
             SPEC_KEY.to_string(),
             Value::String(serde_json::to_string(spec).map_err(remote)?),
         )]);
-        self.block_on(
-            self.client.create_collection(
-                CreateCollectionBuilder::new(name)
-                    .vectors_config(vectors)
-                    .on_disk_payload(true)
-                    .metadata(metadata),
-            ),
-        )
-        .map_err(|e| self.server_error(e))?;
+        self.block_on(self.client.create_collection(create.metadata(metadata)))
+            .map_err(|e| self.server_error(e))?;
         Ok(true)
     }
 
