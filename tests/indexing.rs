@@ -10,6 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::qdrant::QdrantServer;
+use common::server::Server;
 use mrl::{Document, Index, SearchOptions};
 use mrl_service::store::{EdgeStore, VectorStore};
 use serde_json::{json, Value};
@@ -212,6 +214,104 @@ fn parts_index_an_input_disjointly_and_completely() {
             "{bad_part}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A 3-node Qdrant cluster on loopback: a collection of 3 shards × 2 replicas filled by two
+/// `mrl index --part` workers at once; with one node SIGKILLed every query returns the same
+/// top 10 and the count stays exact; the node restarted, the count is still exact.
+#[test]
+fn a_three_node_cluster_filled_by_two_workers_survives_a_killed_node() {
+    let dir = scratch("cluster");
+    let mut nodes = QdrantServer::start_cluster(&common::shared(), 3);
+    let url = nodes[0].url();
+    let s = Server::start_with(&dir.join("serve"), &["--qdrant-url", &url]);
+    s.ok(
+        "PUT",
+        "/collections/docs",
+        json!({"dims": [64, 384], "shards": 3, "replicas": 2}),
+    );
+    let input = dir.join("corpus.jsonl");
+    let lines = scifact_lines(300);
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let workers: Vec<_> = ["1/2", "2/2"]
+        .iter()
+        .map(|part| {
+            index_cmd(
+                &dir.join("jobs"),
+                &input,
+                &["--part", part, "--qdrant-url", &url],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let indexed: u64 = workers
+        .into_iter()
+        .map(|w| {
+            summary(&w.wait_with_output().unwrap())["indexed"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(indexed, 300);
+    let count = |s: &Server| s.ok("GET", "/collections/docs", Value::Null)["count"].clone();
+    assert_eq!(count(&s), 300);
+    let info = nodes[0].get("/collections/docs")["result"]["config"]["params"].clone();
+    assert_eq!(
+        (
+            info["shard_number"].as_u64(),
+            info["replication_factor"].as_u64()
+        ),
+        (Some(3), Some(2)),
+        "{info}"
+    );
+
+    let queries: Vec<String> =
+        std::fs::read_to_string(common::shared().join("data/scifact/queries.jsonl"))
+            .unwrap()
+            .lines()
+            .take(8)
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    let top10 = |s: &Server| -> Vec<Value> {
+        queries
+            .iter()
+            .map(|q| {
+                let v = s.ok(
+                    "POST",
+                    "/collections/docs/search",
+                    json!({"query": q, "limit": 10, "exact": true}),
+                );
+                let ids: Vec<Value> = v["hits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h["id"].clone())
+                    .collect();
+                assert_eq!(ids.len(), 10, "{v}");
+                Value::Array(ids)
+            })
+            .collect()
+    };
+    let before = top10(&s);
+    // The node about to die holds replicas, so the others must answer for them.
+    let local = nodes[2].get("/collections/docs/cluster")["result"]["local_shards"].clone();
+    assert!(!local.as_array().unwrap().is_empty(), "{local}");
+    nodes[2].kill();
+    assert_eq!(top10(&s), before, "with one node of three killed");
+    assert_eq!(count(&s), 300);
+    nodes[2].restart();
+    assert_eq!(count(&s), 300);
+    assert_eq!(top10(&s), before);
+    s.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -2,6 +2,8 @@
 //! Qdrant server — the one shipped in `../shared/qdrant`, started here on free loopback ports
 //! with its own storage, or the server at `QDRANT_URL` (gRPC, e.g. http://localhost:6334).
 
+// Shared with the root crate's end-to-end tests, which use more of it (clusters).
+#[allow(dead_code)]
 #[path = "../../tests/common/qdrant.rs"]
 mod qdrant;
 

@@ -18,6 +18,9 @@ pub struct QdrantServer {
     dir: PathBuf,
     http: u16,
     grpc: u16,
+    /// Cluster mode: this node's peer-to-peer port and the first node's p2p URI (`None`
+    /// for the first node itself).
+    cluster: Option<(u16, Option<String>)>,
 }
 
 fn free_port() -> u16 {
@@ -31,6 +34,47 @@ fn free_port() -> u16 {
 impl QdrantServer {
     /// Unpacks the binary from `shared/qdrant`, starts it and waits for `/healthz`.
     pub fn start(shared: &Path) -> Self {
+        let mut server = Self::prepare(shared, None);
+        server.restart();
+        server
+    }
+
+    /// A cluster of `n` nodes on loopback (cluster mode, the first bootstraps the others),
+    /// returned once every node answers and the first sees all `n` peers.
+    pub fn start_cluster(shared: &Path, n: usize) -> Vec<Self> {
+        let mut nodes: Vec<Self> = Vec::with_capacity(n);
+        for i in 0..n {
+            let first = nodes.first().map(|f| f.p2p_uri());
+            let mut node = Self::prepare(shared, Some((free_port(), first)));
+            node.restart();
+            if i == 0 {
+                // Later nodes join through it.
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            nodes.push(node);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let peers = nodes[0].get("/cluster")["result"]["peers"]
+                .as_object()
+                .map_or(0, |p| p.len());
+            if peers == n {
+                return nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster has {peers} of {n} peers after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn p2p_uri(&self) -> String {
+        let (p2p, _) = self.cluster.as_ref().expect("a cluster node");
+        format!("http://127.0.0.1:{p2p}")
+    }
+
+    fn prepare(shared: &Path, cluster: Option<(u16, Option<String>)>) -> Self {
         let script = shared.join("qdrant").join("qdrant.sh");
         let out = Command::new("bash")
             .arg(&script)
@@ -50,15 +94,14 @@ impl QdrantServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
+        Self {
             child: None,
             bin: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             dir,
             http: free_port(),
             grpc: free_port(),
-        };
-        server.restart();
-        server
+            cluster,
+        }
     }
 
     /// The gRPC address the store connects to.
@@ -92,7 +135,16 @@ impl QdrantServer {
     /// Starts the server (again) on the same ports and storage and waits for `/healthz`.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some((p2p, first)) = &self.cluster {
+            cmd.env("QDRANT__CLUSTER__ENABLED", "true")
+                .env("QDRANT__CLUSTER__P2P__PORT", p2p.to_string())
+                .args(["--uri", &format!("http://127.0.0.1:{p2p}")]);
+            if let Some(first) = first {
+                cmd.args(["--bootstrap", first]);
+            }
+        }
+        let child = cmd
             .current_dir(&self.dir)
             .env("QDRANT__SERVICE__HOST", "127.0.0.1")
             .env("QDRANT__SERVICE__HTTP_PORT", self.http.to_string())
