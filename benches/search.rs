@@ -20,42 +20,12 @@ const DIMS: [usize; 4] = [64, 128, 256, 384];
 const FULL: usize = 384;
 const NAME: &str = "synthetic";
 
-/// SplitMix64: deterministic, dependency-free randomness.
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Roughly normal: the sum of four uniforms, centred.
-    fn normal(&mut self) -> f32 {
-        let u: f64 = (0..4)
-            .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
-            .sum();
-        ((u - 2.0) * 1.732) as f32
-    }
-}
-
-fn vector(rng: &mut Rng, centroid: &[f32], noise: f32) -> Vec<f32> {
-    centroid
-        .iter()
-        .enumerate()
-        .map(|(j, c)| c + noise * rng.normal() / (1.0 + j as f32 / 32.0).sqrt())
-        .collect()
-}
-
-fn centroids(rng: &mut Rng, k: usize) -> Vec<Vec<f32>> {
-    (0..k).map(|_| vector(rng, &[0.0; FULL], 1.0)).collect()
-}
+use common::synthetic::{centroids, vector, Rng};
 
 fn nested(v: &[f32]) -> Vec<(usize, Vec<f32>)> {
-    DIMS.iter()
-        .map(|&d| (d, mrl_encoder::head::nest(v, d, true).expect("d ≤ 384")))
-        .collect()
+    common::synthetic::nested(v, &DIMS)
 }
 
 fn store_dir(points: usize) -> PathBuf {
@@ -84,7 +54,7 @@ fn open(points: usize) -> EdgeStore {
         .create(NAME, &spec)
         .expect("creating the bench collection");
     let mut rng = Rng(7);
-    let cents = centroids(&mut rng, 1000);
+    let cents = centroids(&mut rng, 1000, FULL);
     let start = Instant::now();
     for chunk in 0..points.div_ceil(2000) {
         let docs = (chunk * 2000..((chunk + 1) * 2000).min(points))
@@ -119,7 +89,7 @@ fn search(c: &mut Criterion) {
         .unwrap_or(100_000);
     let store = open(points);
     let mut rng = Rng(99);
-    let cents = centroids(&mut Rng(7), 1000);
+    let cents = centroids(&mut Rng(7), 1000, FULL);
     let queries: Vec<Vec<f32>> = (0..256)
         .map(|i| vector(&mut rng, &cents[(i * 37) % cents.len()], 0.6))
         .collect();

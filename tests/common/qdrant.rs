@@ -124,6 +124,16 @@ impl QdrantServer {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {answer}"))
     }
 
+    /// The server process's id (`None` while it is killed).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The folder of its storage, snapshots and working files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// SIGKILL; the storage stays for `restart`.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

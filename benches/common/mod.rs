@@ -1,0 +1,3 @@
+//! What the benches share: synthetic Matryoshka-like vectors.
+
+pub mod synthetic;
