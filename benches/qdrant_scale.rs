@@ -137,7 +137,12 @@ fn main() {
         bar.set_message(format!("{label}: waiting for the optimizers"));
         // Green twice in a row: the optimizers have finished (indexes built, segments merged).
         let mut greens = 0;
+        let deadline = Instant::now() + Duration::from_secs(3600);
         while greens < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the optimizers of {label} are still busy after an hour"
+            );
             std::thread::sleep(Duration::from_secs(2));
             let status = server.get(&format!("/collections/{NAME}"))["result"]["status"].clone();
             greens = if status == "green" { greens + 1 } else { 0 };

@@ -82,7 +82,9 @@ pub struct IndexOptions {
 /// they cover every line once. Written `i/n`, e.g. `2/4`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
+    /// Which part, from 1.
     pub index: usize,
+    /// How many parts.
     pub count: usize,
 }
 
@@ -149,6 +151,7 @@ impl IndexOptions {
         self.strict = strict;
         self
     }
+    /// Index only this part of the input (see `Part`).
     pub fn part(mut self, part: Option<Part>) -> Self {
         self.part = part;
         self
@@ -337,6 +340,12 @@ pub fn index_file(
     let start = Instant::now();
     if opts.batch == 0 || opts.forward_batch == 0 {
         return Err(IndexError::Options("batch sizes must be positive".into()));
+    }
+    if let Some(p) = opts.part.filter(|p| p.index == 0 || p.index > p.count) {
+        return Err(IndexError::Options(format!(
+            "part {}/{}: a part is i/n with 1 ≤ i ≤ n",
+            p.index, p.count
+        )));
     }
     let input_len = std::fs::metadata(input).map_err(io(input))?.len();
     let input_abs = std::fs::canonicalize(input).map_err(io(input))?;

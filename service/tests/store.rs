@@ -275,6 +275,17 @@ fn layouts_for_scale_are_applied_by_a_server_and_refused_by_the_embedded_store()
             },
             "shards",
         ),
+        (
+            Layout {
+                hnsw: vec![HnswSize {
+                    dim: 8,
+                    m: Some(16),
+                    ef_construct: Some(2),
+                }],
+                ..Layout::default()
+            },
+            "hnsw",
+        ),
     ] {
         let bad = CollectionSpec { layout, ..spec() };
         assert_eq!(unsupported(store.create("bad", &bad)), option);

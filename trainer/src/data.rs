@@ -214,8 +214,11 @@ pub fn beir_pairs(dir: &Path, split: &str) -> Result<Vec<Pair>> {
 /// One scored STS-B pair: two sentences and their human similarity score (0–5).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredPair {
+    /// The first sentence.
     pub a: String,
+    /// The second sentence.
     pub b: String,
+    /// The human similarity score, 0–5.
     pub score: f64,
 }
 

@@ -3,9 +3,10 @@
 //! fitted on the parent's embeddings, cached once.
 //!
 //! Pipeline: BEIR corpora and queries → each profile's pooled vectors, cached on disk
-//! (`eval::embed_cached`, resumable) → the shared head starts as the rotation onto the
-//! uncentred principal axes of the training corpora (`rotation`), zero rows past the parent's
-//! width → AdamW on Matryoshka InfoNCE over the training pairs (in-batch negatives; its own
+//! (`eval::embed_cached`, resumable) → the shared head starts as an orthogonal rotation
+//! (`rotation`: the uncentred principal axes of the training corpora, or with
+//! `rotation = "qrels"` the axes of the training pairs' cross-products), zero rows past the
+//! parent's width → AdamW on Matryoshka InfoNCE over the training pairs (in-batch negatives; its own
 //! learning rate), checked every `eval_every` steps on held-out queries and dev splits; the
 //! best check wins, and a check whose full width falls below the parent's on any held-out set
 //! cannot (step 0, the rotation itself, always qualifies) → each sub-encoder's head is the
@@ -283,9 +284,13 @@ pub struct ReportRow {
 /// Spearman's ρ (cosine vs human score) of one out-of-domain guard under the fitted heads.
 #[derive(Debug, Clone, Serialize)]
 pub struct GuardRow {
+    /// The guard's file.
     pub guard: String,
+    /// The profile whose pairs are compared (through its own head).
     pub profile: String,
+    /// The nested size.
     pub dim: usize,
+    /// Spearman's ρ of cosine against the human score under the chosen head.
     pub spearman: f64,
     /// The same with the head's start (the rotation, after the sub-encoder's map).
     pub rotation_spearman: f64,
@@ -732,9 +737,14 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
             &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
             &names,
         )?;
+        // Judged on what the head is for: its queries on full documents and on its own.
         let mut head = head;
-        let sym = ctx.scores(pname, pname, &head, &head)?;
-        if drop_unearned_width(&mut head, &sym, full_at, widest_at, hidden) {
+        let both = [
+            ctx.scores(pname, "full", &head, &w)?,
+            ctx.scores(pname, pname, &head, &head)?,
+        ]
+        .concat();
+        if drop_unearned_width(&mut head, &both, full_at, widest_at, hidden) {
             zeroed.push(pname.clone());
         }
         sub_heads.push((pname.clone(), head, step));
@@ -859,7 +869,7 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         budgets,
         provenance: serde_json::json!({
             "trained_from": cfg.parent,
-            "method": "frozen parent; Matryoshka head from the rotation onto the training corpora's principal axes, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile",
+            "method": format!("frozen parent; Matryoshka head from the rotation fitted on the training {}, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile", match cfg.head.rotation { RotationFit::Documents => "corpora's principal axes", RotationFit::Qrels => "pairs' cross-products" }),
             "chosen_step": chosen_step,
             "chosen_steps": sub_heads.iter().map(|(n, _, s)| (n.clone(), *s)).collect::<HashMap<_, _>>(),
             "widest_zeroed": zeroed,
@@ -1063,9 +1073,11 @@ struct HeadProgress {
     key: String,
     step: usize,
     rng: u64,
-    running: Option<f64>,
+    /// `f64::to_bits`, so a resumed fit compares exactly what an uninterrupted one would.
+    running: Option<u64>,
     best_step: usize,
-    best_mean: f64,
+    /// `f64::to_bits` of the best mean.
+    best_mean: u64,
     weights: String,
 }
 
@@ -1166,8 +1178,8 @@ impl HeadRun<'_> {
                 tracing::info!("{name}: resuming after step {}", at.step);
                 (
                     at.step + 1,
-                    at.running.unwrap_or(f64::NAN),
-                    (at.best_step, at.best_mean),
+                    at.running.map_or(f64::NAN, f64::from_bits),
+                    (at.best_step, f64::from_bits(at.best_mean)),
                 )
             }
             None => {
@@ -1232,9 +1244,9 @@ impl HeadRun<'_> {
             key: self.name.to_string(),
             step,
             rng: rng.state,
-            running: running.is_finite().then_some(running),
+            running: running.is_finite().then_some(running.to_bits()),
             best_step: best.0,
-            best_mean: best.1,
+            best_mean: best.1.to_bits(),
             weights: format!("{}.{step}.safetensors", self.name),
         };
         self.resume.save(self.name, &at, saved, opt)

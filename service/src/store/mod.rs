@@ -180,8 +180,8 @@ pub enum StoreError {
     /// A collection option this store cannot honour, or a bad value for one.
     #[error("{message}")]
     Unsupported { option: String, message: String },
-    /// The store cannot be reached now (a Qdrant server down or restarting); nothing was
-    /// done, and the same request may succeed later.
+    /// The store cannot be reached now (a Qdrant server down or restarting). A write may or
+    /// may not have been applied; sending it again is safe (documents replace by id).
     #[error("the vector store is unavailable: {0}; retry shortly")]
     Unavailable(String),
 }
@@ -245,9 +245,12 @@ pub struct Layout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HnswSize {
+    /// The stored size these settings are for.
     pub dim: usize,
+    /// Links per node (0: no graph).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub m: Option<u64>,
+    /// Candidates considered while building (at least 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ef_construct: Option<u64>,
 }
@@ -263,6 +266,7 @@ impl Layout {
         "hnsw",
     ];
 
+    /// Whether nothing is set (what every store supports).
     pub fn is_default(&self) -> bool {
         *self == Self::default()
     }
@@ -287,7 +291,7 @@ impl Layout {
     /// Checks the values against the collection's stored sizes `dims`.
     ///
     /// Errors: `Unsupported` naming the option: a count of 0, more write consistency than
-    /// replicas, or a size that is not stored (or named twice).
+    /// replicas, an `ef_construct` below 4, or a size that is not stored (or named twice).
     pub fn check(&self, dims: &[usize]) -> Result<()> {
         let bad = |option: &str, message: String| {
             Err(StoreError::Unsupported {
@@ -308,6 +312,16 @@ impl Layout {
             return bad(
                 "write_consistency",
                 "write_consistency cannot exceed replicas".into(),
+            );
+        }
+        if let Some(h) = self
+            .hnsw
+            .iter()
+            .find(|h| h.ef_construct.is_some_and(|e| e < 4))
+        {
+            return bad(
+                "hnsw",
+                format!("hnsw ef_construct must be at least 4 (size {})", h.dim),
             );
         }
         let mut seen = Vec::new();

@@ -142,8 +142,9 @@ impl RemoteStore {
 
     /// A failed client call: `Unavailable` when the server could not be reached (the
     /// transport failed, or the server no longer answers a health check: some calls report
-    /// a refused connection as an internal error), so nothing was applied and the request
-    /// may be retried as it is; else the server's error.
+    /// a refused connection as an internal error); the request may or may not have been
+    /// applied, and retrying it as it is is safe (writes replace by id); else the server's
+    /// error.
     fn server_error(&self, e: QdrantError) -> StoreError {
         if transport_failed(&e) || self.block_on(self.client.health_check()).is_err() {
             StoreError::Unavailable(format!("qdrant server: {e}"))
@@ -240,8 +241,18 @@ impl VectorStore for RemoteStore {
             SPEC_KEY.to_string(),
             Value::String(serde_json::to_string(spec).map_err(remote)?),
         )]);
-        self.block_on(self.client.create_collection(create.metadata(metadata)))
-            .map_err(|e| self.server_error(e))?;
+        if let Err(e) = self.block_on(self.client.create_collection(create.metadata(metadata))) {
+            // Another client (a second `mrl index --part` worker) may have created it first:
+            // the same spec is then a no-op, as if this call had come second.
+            return match self.spec_of(name) {
+                Ok(Some(existing)) if existing == *spec => Ok(false),
+                Ok(Some(existing)) => Err(StoreError::Conflict {
+                    name: name.to_string(),
+                    existing: serde_json::to_string(&existing).map_err(remote)?,
+                }),
+                _ => Err(self.server_error(e)),
+            };
+        }
         Ok(true)
     }
 
