@@ -603,8 +603,39 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
     // parent resumes them (and appends to the log), any other starts afresh.
     let recipe_key = {
         let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
         h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
         h.update(cache.weights_sha256().as_bytes());
+        // What the data files hold, not only where they are.
+        for s in &splits {
+            for t in s.data.corpus.iter().chain(&s.data.queries) {
+                h.update(t.id.as_bytes());
+                h.update(t.text.as_bytes());
+            }
+            let mut judged: Vec<(&String, Vec<(&String, &i32)>)> = s
+                .data
+                .qrels
+                .iter()
+                .map(|(q, r)| {
+                    let mut r: Vec<_> = r.iter().collect();
+                    r.sort();
+                    (q, r)
+                })
+                .collect();
+            judged.sort();
+            for (q, r) in judged {
+                h.update(q.as_bytes());
+                for (d, g) in r {
+                    h.update(d.as_bytes());
+                    h.update(g.to_le_bytes());
+                }
+            }
+        }
+        for g in &guards {
+            for x in &g.scores {
+                h.update(x.to_le_bytes());
+            }
+        }
         format!("{:x}", h.finalize())
     };
     let resume = Resume::open(&cfg.out.join("state"), &recipe_key)?;
