@@ -390,17 +390,7 @@ fn funnel_search_matches_exact_search_on_scifact() {
     for chunk in docs.chunks(100) {
         add(&s, chunk);
     }
-    let queries: Vec<String> = std::fs::read_to_string(shared().join("data/scifact/queries.jsonl"))
-        .unwrap()
-        .lines()
-        .take(60)
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let queries = common::scifact_queries(60);
     let mut same = 0;
     for q in &queries {
         let exact = hit_ids(&s.ok(

@@ -269,18 +269,7 @@ fn a_three_node_cluster_filled_by_two_workers_survives_a_killed_node() {
         "{info}"
     );
 
-    let queries: Vec<String> =
-        std::fs::read_to_string(common::shared().join("data/scifact/queries.jsonl"))
-            .unwrap()
-            .lines()
-            .take(8)
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["text"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+    let queries = common::scifact_queries(8);
     let top10 = |s: &Server| -> Vec<Value> {
         queries
             .iter()

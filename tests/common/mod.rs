@@ -22,6 +22,22 @@ pub fn shared() -> PathBuf {
         .unwrap_or_else(|| root().join("..").join("shared"))
 }
 
+/// The texts of SciFact's first `n` queries (in `queries.jsonl` order).
+pub fn scifact_queries(n: usize) -> Vec<String> {
+    let path = shared().join("data/scifact/queries.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path:?}: {e}"))
+        .lines()
+        .take(n)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
