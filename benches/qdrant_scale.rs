@@ -87,9 +87,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
-    let shared = std::env::var_os("MRL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let shared = qdrant::shared_dir(Path::new(env!("CARGO_MANIFEST_DIR")));
     let mut rng = Rng(7);
     let cents = centroids(&mut rng, 1000, WIDEST);
     let queries: Vec<Vec<f32>> = (0..QUERIES)

@@ -89,6 +89,17 @@ pub struct Part {
 }
 
 impl Part {
+    /// Checks `1 ≤ index ≤ count`. Errors: why not, with the expected form.
+    fn check(&self) -> Result<(), String> {
+        if self.index == 0 || self.index > self.count {
+            return Err(format!(
+                "{}/{}: a part is i/n with 1 ≤ i ≤ n, e.g. 2/4",
+                self.index, self.count
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the line with 1-based number `line` belongs to this part.
     fn owns(&self, line: usize) -> bool {
         (line - 1) % self.count == self.index - 1
@@ -102,14 +113,12 @@ impl std::str::FromStr for Part {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?}: a part is i/n with 1 ≤ i ≤ n, e.g. 2/4");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if index == 0 || index > count {
-            return Err(bad());
-        }
-        Ok(Self { index, count })
+        let part = Self {
+            index: i.trim().parse().map_err(|_| bad())?,
+            count: n.trim().parse().map_err(|_| bad())?,
+        };
+        part.check()?;
+        Ok(part)
     }
 }
 
@@ -341,11 +350,9 @@ pub fn index_file(
     if opts.batch == 0 || opts.forward_batch == 0 {
         return Err(IndexError::Options("batch sizes must be positive".into()));
     }
-    if let Some(p) = opts.part.filter(|p| p.index == 0 || p.index > p.count) {
-        return Err(IndexError::Options(format!(
-            "part {}/{}: a part is i/n with 1 ≤ i ≤ n",
-            p.index, p.count
-        )));
+    if let Some(p) = &opts.part {
+        p.check()
+            .map_err(|e| IndexError::Options(format!("part {e}")))?;
     }
     let input_len = std::fs::metadata(input).map_err(io(input))?.len();
     let input_abs = std::fs::canonicalize(input).map_err(io(input))?;

@@ -12,6 +12,11 @@ use std::path::PathBuf;
 
 use qdrant::QdrantServer;
 
+/// The shared folder beside the workspace (this crate sits one level below its root).
+fn shared() -> PathBuf {
+    qdrant::shared_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
 use mrl_service::store::{
     CollectionSpec, Distance, EdgeStore, HnswSize, Layout, RemoteStore, StoreError, StoredDocument,
     VectorQuery, VectorStore,
@@ -186,10 +191,7 @@ fn remote_store_on_a_real_qdrant_server() {
     let (url, _server) = match std::env::var("QDRANT_URL") {
         Ok(url) => (url, None),
         Err(_) => {
-            let shared = std::env::var_os("MRL_SHARED_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-            let server = QdrantServer::start(&shared);
+            let server = QdrantServer::start(&shared());
             (server.url(), Some(server))
         }
     };
@@ -247,10 +249,7 @@ fn layouts_for_scale_are_applied_by_a_server_and_refused_by_the_embedded_store()
     drop(edge);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let shared = std::env::var_os("MRL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
-    let server = QdrantServer::start(&shared);
+    let server = QdrantServer::start(&shared());
     let store = RemoteStore::connect(&server.url(), None).unwrap();
     for (layout, option) in [
         (

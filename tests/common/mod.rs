@@ -17,9 +17,7 @@ pub fn root() -> PathBuf {
 
 /// `$MRL_SHARED_DIR`, else the `shared/` folder beside the checkout.
 pub fn shared() -> PathBuf {
-    std::env::var_os("MRL_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("..").join("shared"))
+    qdrant::shared_dir(&root())
 }
 
 /// The texts of SciFact's first `n` queries (in `queries.jsonl` order).

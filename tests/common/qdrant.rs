@@ -23,6 +23,14 @@ pub struct QdrantServer {
     cluster: Option<(u16, Option<String>)>,
 }
 
+/// `$MRL_SHARED_DIR`, else the `shared/` folder beside the checkout whose root is
+/// `workspace_root`: where the data, fixtures and the Qdrant server live.
+pub fn shared_dir(workspace_root: &Path) -> PathBuf {
+    std::env::var_os("MRL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root.join("..").join("shared"))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
