@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::curriculum::Curriculum;
 use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair};
 use crate::dev::{DevSet, EvalConfig};
-use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs};
+use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs, StepLog};
 use crate::optim::{
     accumulate_grads, clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW,
     Params,
@@ -234,177 +234,297 @@ fn pad_rows(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
 
 /// Runs (or resumes) the recipe.
 pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> {
-    let start = Instant::now();
-    let device = Device::Cpu;
-    let teacher = Embedder::load(&cfg.parent)?;
-    let bert = teacher.config().clone();
-    let manifest = teacher.manifest().cloned().ok_or_else(|| {
-        TrainerError::Invalid(format!(
-            "{} has no mrl.json: calibrate it first (mrl calibrate)",
-            cfg.parent.display()
-        ))
-    })?;
-    let ranking = manifest
-        .ranking
-        .clone()
-        .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
-    let head_width = *cfg
-        .loss
-        .nested_dims
-        .iter()
-        .max()
-        .expect("validated non-empty");
-    let tensors = candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &device)?;
-    let model_vars = VarMap::new();
-    let student = StudentBert::from_tensors(&tensors, &bert, &model_vars, DType::F32, &device)?;
-    let mut init_rng = Rng::new(cfg.seed ^ 0x5EED);
-    let pairs = cfg.pairs()?;
-    let unlabeled = match &cfg.unlabeled {
-        Some(u) => crate::data::sample_texts(&u.paths, u.limit)?,
-        None => Vec::new(),
-    };
-    let ckpt = cfg.out.join("checkpoint");
-    let head = match cfg.head.init {
-        HeadInit::Identity if head_width > bert.hidden_size => Some(MatryoshkaHead::new(
-            bert.hidden_size,
-            head_width,
+    let mut trainer = Trainer::new(cfg, progress)?;
+    // A resumed run logged its step-0 check before it stopped.
+    if trainer.resumed_at == 0 {
+        trainer.dev_check(0)?;
+    }
+    while trainer.state.step < cfg.steps {
+        trainer.step()?;
+        trainer.dev_check(trainer.state.step)?;
+        trainer.checkpoint()?;
+    }
+    trainer.finish()
+}
+
+/// One run of a recipe: everything `train` sets up once and then advances a step at a time.
+struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    progress: &'a ProgressBar,
+    /// When the run (this process's part of it) began: the logs' `seconds`.
+    start: Instant,
+    device: Device,
+    /// The frozen parent: tokenizer, teacher embeddings and the inference encoder's config.
+    teacher: Embedder,
+    bert: mrl_encoder::BertConfig,
+    manifest: Manifest,
+    student: StudentBert,
+    head: Option<MatryoshkaHead>,
+    space: ElasticSpace,
+    router: Router,
+    cost_model: CostModel,
+    curriculum: Curriculum,
+    learner: Learner,
+    pairs: Vec<Pair>,
+    unlabeled: Vec<String>,
+    ckpt: PathBuf,
+    state: RunState,
+    resumed_at: usize,
+    metrics: Metrics,
+    full: Profile,
+    dev: Option<(&'a EvalConfig, DevSet)>,
+    /// The current epoch's batches, rebuilt when a micro-step crosses into the next epoch.
+    epoch_batches: Option<(usize, Vec<Vec<usize>>)>,
+}
+
+/// The trained variables and their optimizers: what a checkpoint saves and a resume loads.
+struct Learner {
+    model: Params,
+    router: Params,
+    opt: AdamW,
+    ropt: AdamW,
+}
+
+/// `metrics.jsonl`, appended a JSON line per step and per dev check.
+struct Metrics {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl<'a> Trainer<'a> {
+    /// Loads the parent and the data, builds the student, its head, the router and the
+    /// optimizers, resumes from the out folder's checkpoint if there is one, and opens the
+    /// metrics log and the dev set.
+    ///
+    /// Errors: the parent is not calibrated (no `mrl.json` or no ranking), the checkpoint
+    /// holds another recipe's run, or any file cannot be read or written.
+    fn new(cfg: &'a TrainConfig, progress: &'a ProgressBar) -> Result<Self> {
+        let start = Instant::now();
+        let device = Device::Cpu;
+        let (teacher, manifest, drop_order) = load_parent(cfg)?;
+        let bert = teacher.config().clone();
+        let tensors =
+            candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &device)?;
+        let model_vars = VarMap::new();
+        let student = StudentBert::from_tensors(&tensors, &bert, &model_vars, DType::F32, &device)?;
+        // The head and the router draw from one stream, in this order: swapping them would
+        // change every initial weight, and with them every loss.
+        let mut init_rng = Rng::new(cfg.seed ^ 0x5EED);
+        let pairs = cfg.pairs()?;
+        let unlabeled = match &cfg.unlabeled {
+            Some(u) => crate::data::sample_texts(&u.paths, u.limit)?,
+            None => Vec::new(),
+        };
+        let ckpt = cfg.out.join("checkpoint");
+        let head = build_head(
+            cfg,
+            &teacher,
+            (&pairs, &unlabeled),
             &model_vars,
-            DType::F32,
             &device,
             &mut init_rng,
-        )?),
-        HeadInit::Identity => None,
-        HeadInit::Rotation => {
-            // A resumed run loads the head from its checkpoint: no fit needed.
-            let rotation = if checkpoint_dir(&ckpt).is_some() {
-                identity(bert.hidden_size)
-            } else {
-                let limit = cfg.head.fit_texts.unwrap_or(2048);
-                let texts: Vec<&str> = if unlabeled.is_empty() {
-                    pairs.iter().map(|p| p.positive.as_str()).collect()
-                } else {
-                    unlabeled.iter().map(String::as_str).collect()
-                };
-                let fitted = fit_rotation(&teacher, &texts, limit, cfg.max_tokens)?;
-                tracing::info!(
-                    "head: rotation fitted on {} texts; 64 axes hold {:.1}% of their energy",
-                    texts.len().min(limit),
-                    100.0 * fitted.energy(64)
-                );
-                fitted.matrix_f32()
-            };
-            Some(MatryoshkaHead::from_rotation(
-                &rotation,
-                head_width.max(bert.hidden_size),
-                &model_vars,
-                DType::F32,
-                &device,
-            )?)
-        }
-    };
-    let space = ElasticSpace::quarters(&bert, ranking.layer_drop_order.clone());
-    let router_vars = VarMap::new();
-    let router = Router::new(
-        cfg.budgets.clone(),
-        &space.axes(),
-        cfg.router_hidden,
-        &router_vars,
-        DType::F32,
-        &device,
-        &mut init_rng,
-    )?;
-    let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
-    let mut all_budgets = vec![1.0];
-    all_budgets.extend(&cfg.budgets);
-    let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
-    let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
-    let (mut opt, mut ropt) = (AdamW::new(cfg.weight_decay), AdamW::new(0.0));
+            &ckpt,
+        )?;
+        let space = ElasticSpace::quarters(&bert, drop_order);
+        let (router, router_params) = build_router(cfg, &space, &device, &mut init_rng)?;
+        let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
+        let mut all_budgets = vec![1.0];
+        all_budgets.extend(&cfg.budgets);
+        let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;
+        let mut learner = Learner {
+            model: params_of(&model_vars),
+            router: router_params,
+            opt: AdamW::new(cfg.weight_decay),
+            ropt: AdamW::new(0.0),
+        };
+        std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+        let state = learner.resume(cfg, &ckpt)?;
+        let resumed_at = state.step;
+        let metrics = Metrics::open(cfg.out.join("metrics.jsonl"), resumed_at)?;
+        progress.set_length(cfg.steps as u64);
+        progress.set_position(state.step as u64);
+        let full = Profile::full(&bert);
+        let dev = match &cfg.eval {
+            Some(e) => Some((e, DevSet::load(e, teacher.tokenizer())?)),
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            progress,
+            start,
+            device,
+            teacher,
+            bert,
+            manifest,
+            student,
+            head,
+            space,
+            router,
+            cost_model,
+            curriculum,
+            learner,
+            pairs,
+            unlabeled,
+            ckpt,
+            state,
+            resumed_at,
+            metrics,
+            full,
+            dev,
+            epoch_batches: None,
+        })
+    }
 
-    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
-    let mut state = RunState {
-        step: 0,
-        noise: Rng::new(cfg.seed),
-        sampler: Rng::new(cfg.seed.wrapping_add(1)),
-        config: cfg.clone(),
-    };
-    if let Some(found) = checkpoint_dir(&ckpt) {
-        let state_path = found.join("state.json");
-        let saved: RunState = serde_json::from_slice(
-            &std::fs::read(&state_path).map_err(|e| TrainerError::io(&state_path, e))?,
-        )
-        .map_err(|e| TrainerError::Invalid(format!("{}: {e}", state_path.display())))?;
-        if saved.config != *cfg {
-            return Err(TrainerError::Invalid(format!(
-                "{} holds a run of another config; use a new out folder",
-                found.display()
-            )));
+    /// One update: the curriculum's budget for this step, `accumulate` micro-batches'
+    /// gradients summed, clipped, applied by both optimizers, then the step's metrics line.
+    fn step(&mut self) -> Result<()> {
+        let cfg = self.cfg;
+        let step = self.state.step;
+        let which = self.curriculum.sample(step, &mut self.state.sampler);
+        let budget = (which > 0).then(|| which - 1);
+        let anneal = schedule(step, cfg.steps);
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut total = 0.0;
+        let mut log = None;
+        for micro in step * cfg.accumulate..(step + 1) * cfg.accumulate {
+            let (loss, micro_log) = self.micro_loss(micro, budget, anneal)?;
+            let loss = if cfg.accumulate > 1 {
+                (loss / cfg.accumulate as f64)?
+            } else {
+                loss
+            };
+            total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let g = loss.backward()?;
+            match &mut grads {
+                None => grads = Some(g),
+                Some(acc) => {
+                    accumulate_grads(&self.learner.model, acc, &g)?;
+                    accumulate_grads(&self.learner.router, acc, &g)?;
+                }
+            }
+            log = Some(micro_log);
         }
-        load_checkpoint(&found.join("model.safetensors"), &model_params, &mut opt)?;
-        load_checkpoint(&found.join("router.safetensors"), &router_params, &mut ropt)?;
-        state = saved;
+        let mut grads = grads.expect("accumulate ≥ 1 is validated");
+        let log = log.expect("accumulate ≥ 1 is validated");
+        let learner = &mut self.learner;
+        let grad_norm = clip_grad_norm(&learner.model, &mut grads, cfg.clip)?;
+        let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
+        learner.opt.update(&learner.model, &grads, lr)?;
+        learner
+            .ropt
+            .update(&learner.router, &grads, cfg.router_lr)?;
+        self.state.step += 1;
+        self.metrics.write(&serde_json::json!({
+            "step": self.state.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
+            "gumbel_temperature": anneal.0, "logit_scale": anneal.1,
+            "seconds": self.start.elapsed().as_secs_f64(), "detail": log,
+        }))?;
+        self.progress.set_position(self.state.step as u64);
+        self.progress.set_message(format!(
+            "loss {total:.3} lr {lr:.1e} τ {:.2} budget {:.2}",
+            anneal.0, log.budget
+        ));
+        Ok(())
     }
-    let resumed_at = state.step;
-    let metrics_path = cfg.out.join("metrics.jsonl");
-    // Steps logged after the last checkpoint are redone: drop their lines so each step
-    // appears once.
-    if let Ok(text) = std::fs::read_to_string(&metrics_path) {
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s as usize <= resumed_at)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&metrics_path, kept).map_err(|e| TrainerError::io(&metrics_path, e))?;
+
+    /// The loss of micro-step `micro` (not yet divided by `accumulate`): its batch of pairs
+    /// and, with `[unlabeled]`, its slice of plain texts, against the teacher's embeddings.
+    fn micro_loss(
+        &mut self,
+        micro: usize,
+        budget: Option<usize>,
+        anneal: (f64, f64),
+    ) -> Result<(Tensor, StepLog)> {
+        let cfg = self.cfg;
+        let pairs = &self.pairs;
+        let batch = Self::batch_of(&mut self.epoch_batches, pairs, cfg, micro);
+        let (teacher, device, full) = (&self.teacher, &self.device, &self.full);
+        let tokenize = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
+            Ok(crate::calibrate::cut(
+                teacher.tokenizer().encode(&texts)?,
+                cfg.max_tokens,
+            ))
+        };
+        let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
+        let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
+        let tq = pad_rows(&teacher.model().forward_all(&q, full, cfg.batch)?, device)?;
+        let td = pad_rows(&teacher.model().forward_all(&d, full, cfg.batch)?, device)?;
+        let (qi, qm) = StudentBert::pad(&q, DType::F32, device)?;
+        let (di, dm) = StudentBert::pad(&d, DType::F32, device)?;
+        let unlabeled = &self.unlabeled;
+        let plain = match &cfg.unlabeled {
+            Some(u) if !unlabeled.is_empty() => {
+                let texts: Vec<&str> = (0..u.batch)
+                    .map(|k| unlabeled[(micro * u.batch + k) % unlabeled.len()].as_str())
+                    .collect();
+                let t = tokenize(texts)?;
+                let want = pad_rows(&teacher.model().forward_all(&t, full, u.batch)?, device)?;
+                let (ti, tm) = StudentBert::pad(&t, DType::F32, device)?;
+                Some((ti, tm, want))
+            }
+            _ => None,
+        };
+        let inputs = StepInputs {
+            student: &self.student,
+            head: self.head.as_ref(),
+            router: &self.router,
+            space: &self.space,
+            cost_model: &self.cost_model,
+            loss: &cfg.loss,
+        };
+        Ok(step_loss(
+            &inputs,
+            (&qi, &qm),
+            (&di, &dm),
+            (&tq, &td),
+            plain.as_ref().map(|(i, m, w)| ((i, m), w)),
+            budget,
+            anneal,
+            &mut self.state.noise,
+        )?)
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainerError::io(&metrics_path, e))?;
-    progress.set_length(cfg.steps as u64);
-    progress.set_position(state.step as u64);
-    let full = Profile::full(&bert);
-    // The router's current choice per budget (argmax, no noise).
-    let router_profiles = || -> Result<Vec<(f64, Profile)>> {
-        cfg.budgets
-            .iter()
-            .enumerate()
-            .map(|(b, &budget)| {
-                let picks = router.argmax(b, DType::F32, &device)?;
-                Ok((
-                    budget,
-                    Profile {
-                        layers: space.kept_layers(space.depths[picks[0]]),
-                        heads: space.heads[picks[1]],
-                        ffn: space.ffn[picks[2]],
-                        hidden: bert.hidden_size,
-                    },
-                ))
-            })
-            .collect()
-    };
-    let dev = match &cfg.eval {
-        Some(e) => Some((e, DevSet::load(e, teacher.tokenizer())?)),
-        None => None,
-    };
-    let dev_check = |step: usize, metrics: &mut std::fs::File| -> Result<()> {
-        let Some((e, set)) = &dev else { return Ok(()) };
+
+    /// The pair indices of micro-step `micro`'s batch, from `current` when it holds that
+    /// micro-step's epoch, else from the epoch's batches, which then replace it.
+    fn batch_of<'b>(
+        current: &'b mut Option<(usize, Vec<Vec<usize>>)>,
+        pairs: &[Pair],
+        cfg: &TrainConfig,
+        micro: usize,
+    ) -> &'b [usize] {
+        // Batches are a pure function of (seed, epoch), so a resumed run sees the same ones.
+        let per_epoch = pairs.len().div_ceil(cfg.batch).max(1);
+        let epoch = micro / per_epoch;
+        if current.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let b = length_aware_batches(pairs, cfg.batch, cfg.seed.wrapping_add(epoch as u64));
+            *current = Some((epoch, b));
+        }
+        let batches = &current.as_ref().expect("set just above").1;
+        &batches[(micro % per_epoch) % batches.len()]
+    }
+
+    /// With `[eval]`, at every `every`-th step and the last: NDCG@10 of the current weights
+    /// per profile (full, then the router's choice per budget) × nested dim, logged to the
+    /// metrics and printed.
+    fn dev_check(&mut self, step: usize) -> Result<()> {
+        let cfg = self.cfg;
+        let Some((e, set)) = &self.dev else {
+            return Ok(());
+        };
         if !(step.is_multiple_of(e.every.max(1)) || step == cfg.steps) {
             return Ok(());
         }
         let t = Instant::now();
-        let tensors = model_params
+        let tensors = self
+            .learner
+            .model
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        let model = mrl_encoder::BertModel::from_tensors(tensors, &bert)?;
-        let mut named = vec![("full".to_string(), full.clone())];
+        let model = mrl_encoder::BertModel::from_tensors(tensors, &self.bert)?;
+        let mut named = vec![("full".to_string(), self.full.clone())];
         named.extend(
-            router_profiles()?
+            self.router_profiles()?
                 .into_iter()
                 .map(|(b, p)| (budget_name(b), p)),
         );
@@ -426,128 +546,243 @@ pub fn train(cfg: &TrainConfig, progress: &ProgressBar) -> Result<TrainSummary> 
             scores.insert(name.clone(), row.into());
         }
         let (nq, nd) = set.sizes();
-        let line = serde_json::json!({
+        self.metrics.write(&serde_json::json!({
             "step": step, "dev_ndcg_at_10": scores, "dev_queries": nq, "dev_docs": nd,
             "dev_seconds": t.elapsed().as_secs_f64(),
-        });
-        writeln!(metrics, "{line}").map_err(|e| TrainerError::io(&metrics_path, e))?;
-        progress.println(format!("step {step} dev NDCG@10: {}", shown.join(" | ")));
+        }))?;
+        self.progress
+            .println(format!("step {step} dev NDCG@10: {}", shown.join(" | ")));
         Ok(())
-    };
-    if resumed_at == 0 {
-        dev_check(0, &mut metrics)?;
     }
-    let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
-    while state.step < cfg.steps {
-        let step = state.step;
-        let which = curriculum.sample(step, &mut state.sampler);
-        let budget = (which > 0).then(|| which - 1);
-        let anneal = schedule(step, cfg.steps);
-        let mut grads: Option<candle_core::backprop::GradStore> = None;
-        let mut total = 0.0;
-        let mut log = None;
-        for micro in step * cfg.accumulate..(step + 1) * cfg.accumulate {
-            // Batches are a pure function of (seed, epoch), so a resumed run sees the same ones.
-            let per_epoch = pairs.len().div_ceil(cfg.batch).max(1);
-            let epoch = micro / per_epoch;
-            if epoch_batches.as_ref().map(|(e, _)| *e) != Some(epoch) {
-                let b =
-                    length_aware_batches(&pairs, cfg.batch, cfg.seed.wrapping_add(epoch as u64));
-                epoch_batches = Some((epoch, b));
-            }
-            let batches = &epoch_batches.as_ref().expect("set just above").1;
-            let batch = &batches[(micro % per_epoch) % batches.len()];
-            let tokenize = |texts: Vec<&str>| -> Result<Vec<Vec<u32>>> {
-                Ok(crate::calibrate::cut(
-                    teacher.tokenizer().encode(&texts)?,
-                    cfg.max_tokens,
+
+    /// Saves the run every `checkpoint_every` steps and after the last.
+    fn checkpoint(&self) -> Result<()> {
+        let step = self.state.step;
+        if step.is_multiple_of(self.cfg.checkpoint_every.max(1)) || step == self.cfg.steps {
+            self.learner.save(&self.ckpt, &self.state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the output checkpoint with the router's final profiles and reports the run.
+    fn finish(self) -> Result<TrainSummary> {
+        let profiles = self.router_profiles()?;
+        write_output(
+            self.cfg,
+            &self.manifest,
+            &self.bert,
+            &self.learner.model,
+            &profiles,
+        )?;
+        Ok(TrainSummary {
+            steps: self.state.step,
+            resumed_at: self.resumed_at,
+            seconds: self.start.elapsed().as_secs_f64(),
+            pairs: self.pairs.len(),
+            profiles,
+        })
+    }
+
+    /// The router's current choice per budget (argmax, no noise).
+    fn router_profiles(&self) -> Result<Vec<(f64, Profile)>> {
+        let space = &self.space;
+        self.cfg
+            .budgets
+            .iter()
+            .enumerate()
+            .map(|(b, &budget)| {
+                let picks = self.router.argmax(b, DType::F32, &self.device)?;
+                Ok((
+                    budget,
+                    Profile {
+                        layers: space.kept_layers(space.depths[picks[0]]),
+                        heads: space.heads[picks[1]],
+                        ffn: space.ffn[picks[2]],
+                        hidden: self.bert.hidden_size,
+                    },
                 ))
-            };
-            let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
-            let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
-            let tq = pad_rows(&teacher.model().forward_all(&q, &full, cfg.batch)?, &device)?;
-            let td = pad_rows(&teacher.model().forward_all(&d, &full, cfg.batch)?, &device)?;
-            let (qi, qm) = StudentBert::pad(&q, DType::F32, &device)?;
-            let (di, dm) = StudentBert::pad(&d, DType::F32, &device)?;
-            let plain = match &cfg.unlabeled {
-                Some(u) if !unlabeled.is_empty() => {
-                    let texts: Vec<&str> = (0..u.batch)
-                        .map(|k| unlabeled[(micro * u.batch + k) % unlabeled.len()].as_str())
-                        .collect();
-                    let t = tokenize(texts)?;
-                    let want =
-                        pad_rows(&teacher.model().forward_all(&t, &full, u.batch)?, &device)?;
-                    let (ti, tm) = StudentBert::pad(&t, DType::F32, &device)?;
-                    Some((ti, tm, want))
-                }
-                _ => None,
-            };
-            let inputs = StepInputs {
-                student: &student,
-                head: head.as_ref(),
-                router: &router,
-                space: &space,
-                cost_model: &cost_model,
-                loss: &cfg.loss,
-            };
-            let (loss, micro_log) = step_loss(
-                &inputs,
-                (&qi, &qm),
-                (&di, &dm),
-                (&tq, &td),
-                plain.as_ref().map(|(i, m, w)| ((i, m), w)),
-                budget,
-                anneal,
-                &mut state.noise,
-            )?;
-            let loss = if cfg.accumulate > 1 {
-                (loss / cfg.accumulate as f64)?
-            } else {
-                loss
-            };
-            total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let g = loss.backward()?;
-            match &mut grads {
-                None => grads = Some(g),
-                Some(acc) => {
-                    accumulate_grads(&model_params, acc, &g)?;
-                    accumulate_grads(&router_params, acc, &g)?;
-                }
-            }
-            log = Some(micro_log);
-        }
-        let mut grads = grads.expect("accumulate ≥ 1 is validated");
-        let log = log.expect("accumulate ≥ 1 is validated");
-        let grad_norm = clip_grad_norm(&model_params, &mut grads, cfg.clip)?;
-        let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
-        opt.update(&model_params, &grads, lr)?;
-        ropt.update(&router_params, &grads, cfg.router_lr)?;
-        state.step += 1;
-        let line = serde_json::json!({
-            "step": state.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
-            "gumbel_temperature": anneal.0, "logit_scale": anneal.1,
-            "seconds": start.elapsed().as_secs_f64(), "detail": log,
-        });
-        writeln!(metrics, "{line}").map_err(|e| TrainerError::io(&metrics_path, e))?;
-        progress.set_position(state.step as u64);
-        progress.set_message(format!(
-            "loss {total:.3} lr {lr:.1e} τ {:.2} budget {:.2}",
-            anneal.0, log.budget
-        ));
-        dev_check(state.step, &mut metrics)?;
-        if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || state.step == cfg.steps {
-            save_run(&ckpt, &model_params, &opt, &router_params, &ropt, &state)?;
-        }
+            })
+            .collect()
     }
-    let profiles = router_profiles()?;
-    write_output(cfg, &manifest, &bert, &model_params, &profiles)?;
-    Ok(TrainSummary {
-        steps: state.step,
-        resumed_at,
-        seconds: start.elapsed().as_secs_f64(),
-        pairs: pairs.len(),
-        profiles,
+}
+
+/// The calibrated parent: its embedder, its manifest and the order calibration drops layers.
+///
+/// Errors: `Invalid` when the parent has no `mrl.json` or the manifest no ranking.
+fn load_parent(cfg: &TrainConfig) -> Result<(Embedder, Manifest, Vec<usize>)> {
+    let teacher = Embedder::load(&cfg.parent)?;
+    let manifest = teacher.manifest().cloned().ok_or_else(|| {
+        TrainerError::Invalid(format!(
+            "{} has no mrl.json: calibrate it first (mrl calibrate)",
+            cfg.parent.display()
+        ))
+    })?;
+    let ranking = manifest
+        .ranking
+        .as_ref()
+        .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
+    let drop_order = ranking.layer_drop_order.clone();
+    Ok((teacher, manifest, drop_order))
+}
+
+/// The router over `space`'s axes for the recipe's budgets, and its variables.
+fn build_router(
+    cfg: &TrainConfig,
+    space: &ElasticSpace,
+    device: &Device,
+    init_rng: &mut Rng,
+) -> Result<(Router, Params)> {
+    let vars = VarMap::new();
+    let router = Router::new(
+        cfg.budgets.clone(),
+        &space.axes(),
+        cfg.router_hidden,
+        &vars,
+        DType::F32,
+        device,
+        init_rng,
+    )?;
+    Ok((router, params_of(&vars)))
+}
+
+/// The Matryoshka head as `[head]` starts it (`None`: identity init within the parent's
+/// width needs no head). A rotation is fitted on the unlabeled texts, else on the pairs'
+/// documents, unless `ckpt` holds a checkpoint to load the head from; `init_rng` draws an
+/// identity head's rows beyond the parent's width.
+fn build_head(
+    cfg: &TrainConfig,
+    teacher: &Embedder,
+    (pairs, unlabeled): (&[Pair], &[String]),
+    vars: &VarMap,
+    device: &Device,
+    init_rng: &mut Rng,
+    ckpt: &Path,
+) -> Result<Option<MatryoshkaHead>> {
+    let hidden = teacher.config().hidden_size;
+    let head_width = *cfg
+        .loss
+        .nested_dims
+        .iter()
+        .max()
+        .expect("validated non-empty");
+    Ok(match cfg.head.init {
+        HeadInit::Identity if head_width > hidden => Some(MatryoshkaHead::new(
+            hidden,
+            head_width,
+            vars,
+            DType::F32,
+            device,
+            init_rng,
+        )?),
+        HeadInit::Identity => None,
+        HeadInit::Rotation => {
+            // A resumed run loads the head from its checkpoint: no fit needed.
+            let rotation = if checkpoint_dir(ckpt).is_some() {
+                identity(hidden)
+            } else {
+                let limit = cfg.head.fit_texts.unwrap_or(2048);
+                let texts: Vec<&str> = if unlabeled.is_empty() {
+                    pairs.iter().map(|p| p.positive.as_str()).collect()
+                } else {
+                    unlabeled.iter().map(String::as_str).collect()
+                };
+                let fitted = fit_rotation(teacher, &texts, limit, cfg.max_tokens)?;
+                tracing::info!(
+                    "head: rotation fitted on {} texts; 64 axes hold {:.1}% of their energy",
+                    texts.len().min(limit),
+                    100.0 * fitted.energy(64)
+                );
+                fitted.matrix_f32()
+            };
+            Some(MatryoshkaHead::from_rotation(
+                &rotation,
+                head_width.max(hidden),
+                vars,
+                DType::F32,
+                device,
+            )?)
+        }
     })
+}
+
+impl Learner {
+    /// The run's position: step 0 with the seeded RNGs, or the saved one when `ckpt` (or its
+    /// `.old` twin) holds a checkpoint, whose weights and optimizer moments are then loaded.
+    ///
+    /// Errors: `Invalid` when the checkpoint is another recipe's or its state is unreadable.
+    fn resume(&mut self, cfg: &TrainConfig, ckpt: &Path) -> Result<RunState> {
+        let fresh = RunState {
+            step: 0,
+            noise: Rng::new(cfg.seed),
+            sampler: Rng::new(cfg.seed.wrapping_add(1)),
+            config: cfg.clone(),
+        };
+        let Some(found) = checkpoint_dir(ckpt) else {
+            return Ok(fresh);
+        };
+        let state_path = found.join("state.json");
+        let saved: RunState = serde_json::from_slice(
+            &std::fs::read(&state_path).map_err(|e| TrainerError::io(&state_path, e))?,
+        )
+        .map_err(|e| TrainerError::Invalid(format!("{}: {e}", state_path.display())))?;
+        if saved.config != *cfg {
+            return Err(TrainerError::Invalid(format!(
+                "{} holds a run of another config; use a new out folder",
+                found.display()
+            )));
+        }
+        load_checkpoint(&found.join("model.safetensors"), &self.model, &mut self.opt)?;
+        load_checkpoint(
+            &found.join("router.safetensors"),
+            &self.router,
+            &mut self.ropt,
+        )?;
+        Ok(saved)
+    }
+
+    /// Saves the weights, the moments and `state` as the checkpoint at `ckpt`.
+    fn save(&self, ckpt: &Path, state: &RunState) -> Result<()> {
+        save_run(
+            ckpt,
+            &self.model,
+            &self.opt,
+            &self.router,
+            &self.ropt,
+            state,
+        )
+    }
+}
+
+impl Metrics {
+    /// Opens the log for appending, first dropping the lines of steps after `resumed_at`.
+    fn open(path: PathBuf, resumed_at: usize) -> Result<Self> {
+        // Steps logged after the last checkpoint are redone: drop their lines so each step
+        // appears once.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= resumed_at)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(|e| TrainerError::io(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainerError::io(&path, e))?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends `line`.
+    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| TrainerError::io(&self.path, e))
+    }
 }
 
 /// A budget's profile name in the output manifest: 0.5 → `b50`.
