@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::synthetic::{centroids, nested, vector, Rng};
 use indicatif::{ProgressBar, ProgressStyle};
-use mrl_service::store::{
+use mrl_core::store::{
     CollectionSpec, Distance, HnswSize, Layout, RemoteStore, StoredDocument, VectorQuery,
     VectorStore,
 };

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mrl_service::store::{
+use mrl_core::store::{
     CollectionSpec, Distance, EdgeStore, StoredDocument, VectorQuery, VectorStore,
 };
 use serde_json::Map;

@@ -6,24 +6,29 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
-use mrl_encoder::{Embedder, EncoderError, Profile};
-use mrl_service::documents::{Document, DocumentError};
-use mrl_service::indexer::{self, IndexError, IndexOptions, IndexSummary};
-use mrl_service::store::{self, CollectionSpec, Hit, StoreError, VectorQuery, VectorStore};
+use mrl_core::indexer::{self, IndexError, IndexOptions, IndexSummary};
+use mrl_core::store::{self, CollectionSpec, Hit, SearchParams, StoreError};
+use mrl_core::{
+    Collection, Collections, DimPolicy, Document, Embeddings, FunnelRequest, Policy, SearchRequest,
+};
+use mrl_encoder::{Embedder, EncoderError};
 
 /// Everything the facade can fail with, one variant per layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    /// A rule of the core (a dim, a profile, a document, a search option) or a store error.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Core(#[from] mrl_core::Error),
     #[error(transparent)]
     Index(#[from] IndexError),
-    #[error("document {id:?}: {source}")]
-    Document { id: String, source: DocumentError },
-    #[error("{0}")]
-    Invalid(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Self::Core(e.into())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,6 +47,8 @@ pub struct SearchOptions {
     pub profile: Option<String>,
     /// Brute force instead of the HNSW index.
     pub exact: bool,
+    /// Engine knobs passed to the store as they are (`hnsw_ef`).
+    pub params: SearchParams,
 }
 
 impl SearchOptions {
@@ -53,6 +60,7 @@ impl SearchOptions {
             filter: None,
             profile: None,
             exact: false,
+            params: SearchParams::default(),
         }
     }
     pub fn funnel(mut self, dim: usize, candidates: usize) -> Self {
@@ -71,6 +79,10 @@ impl SearchOptions {
         self.exact = exact;
         self
     }
+    pub fn params(mut self, params: SearchParams) -> Self {
+        self.params = params;
+        self
+    }
 }
 
 /// Where and how to open an [`Index`]; the sizes and profile apply when the collection is new.
@@ -81,6 +93,7 @@ pub struct IndexConfig {
     dims: Option<Vec<usize>>,
     profile: Option<String>,
     qdrant: Option<(String, Option<String>)>,
+    dim_policy: DimPolicy,
 }
 
 impl IndexConfig {
@@ -91,7 +104,14 @@ impl IndexConfig {
             dims: None,
             profile: None,
             qdrant: None,
+            dim_policy: Policy::LIBRARY.dims,
         }
+    }
+    /// Which sizes a new collection may store (default: any prefix; `DimPolicy::Nested`
+    /// holds the library to the server's default rule).
+    pub fn dim_policy(mut self, policy: DimPolicy) -> Self {
+        self.dim_policy = policy;
+        self
     }
     /// Keep the collection on a Qdrant server (gRPC address) instead of the embedded store;
     /// the data folder then holds only indexing progress records.
@@ -113,27 +133,27 @@ impl IndexConfig {
     /// Opens the collection, creating it if it does not exist. One process should open an
     /// embedded data folder once: the store inside holds its shards open.
     pub fn open(self, embedder: Arc<Embedder>) -> Result<Index> {
-        let store = match self.qdrant {
-            Some((url, key)) => store::open(&self.data_dir, Some(&url), key)?,
+        let store = match &self.qdrant {
+            Some((url, key)) => store::open(&self.data_dir, Some(url), key.clone())?,
             None => store::open(&self.data_dir, None, None)?,
         };
+        let policy = Policy {
+            dims: self.dim_policy,
+            ..Policy::LIBRARY
+        };
+        let embeddings = Arc::new(Embeddings::inline(embedder, policy));
         let spec = indexer::resolve_spec(
-            &embedder,
+            &embeddings,
             store.as_ref(),
             &self.name,
             self.dims.as_deref(),
             self.profile.as_deref(),
         )?;
         // An existing collection with another spec is refused here, not overwritten.
-        store.create(&self.name, &spec)?;
-        let profile = embedder.profile(Some(&spec.profile))?;
+        let collection = Collections::new(store, embeddings).open_or_create(&self.name, &spec)?;
         Ok(Index {
-            embedder,
-            store,
+            collection,
             data_dir: self.data_dir,
-            name: self.name,
-            spec,
-            profile,
         })
     }
 }
@@ -158,12 +178,8 @@ impl IndexConfig {
 /// # Ok(()) }
 /// ```
 pub struct Index {
-    embedder: Arc<Embedder>,
-    store: Arc<dyn VectorStore>,
+    collection: Collection,
     data_dir: PathBuf,
-    name: String,
-    spec: CollectionSpec,
-    profile: Profile,
 }
 
 impl Index {
@@ -174,57 +190,39 @@ impl Index {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.collection.name()
     }
 
     /// Stored sizes, profile and model.
     pub fn spec(&self) -> &CollectionSpec {
-        &self.spec
+        self.collection.spec()
     }
 
     pub fn embedder(&self) -> &Embedder {
-        &self.embedder
+        self.collection.embeddings().embedder()
+    }
+
+    /// The core collection underneath, for what the facade does not wrap.
+    pub fn collection(&self) -> &Collection {
+        &self.collection
     }
 
     /// Documents in the collection.
     pub fn count(&self) -> Result<usize> {
-        Ok(self.store.info(&self.name)?.count)
+        Ok(self.collection.count()?)
     }
 
     /// Embeds the documents once and stores every size; a document with an existing id
     /// replaces it. Durable when it returns.
+    ///
+    /// Errors: `Core(InvalidField)` naming `documents[i].text`, `.payload` or `.id` for a
+    /// document that breaks the rules (empty text, a `_` payload key, an id twice).
     pub fn add_documents(&self, docs: impl IntoIterator<Item = Document>) -> Result<usize> {
         let docs: Vec<Document> = docs.into_iter().collect();
-        for d in &docs {
-            if d.text.trim().is_empty() || d.payload.keys().any(|k| k.starts_with('_')) {
-                return Err(Error::Document {
-                    id: d.id.clone(),
-                    source: DocumentError {
-                        field: "text",
-                        message: "text must not be empty and payload keys must not start \
-                                  with '_'"
-                            .into(),
-                    },
-                });
-            }
+        if docs.is_empty() {
+            return Ok(0);
         }
-        let tokens = self
-            .embedder
-            .tokenizer()
-            .encode(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>())?;
-        let vectors =
-            self.embedder
-                .embed_tokens(&tokens, &self.profile, mrl_encoder::DEFAULT_BATCH_SIZE)?;
-        let n = docs.len();
-        let stored = docs
-            .into_iter()
-            .zip(vectors)
-            .map(|(d, v)| d.into_stored(&v, &self.spec.dims))
-            .collect::<Result<Vec<_>, _>>()?;
-        if n > 0 {
-            self.store.upsert(&self.name, stored)?;
-        }
-        Ok(n)
+        Ok(self.collection.add_documents_blocking(docs)?)
     }
 
     /// Indexes a JSONL file (BEIR `corpus.jsonl`, or `{id, text, payload}` lines) with the
@@ -232,9 +230,9 @@ impl Index {
     pub fn index_file(&self, path: &Path, progress: &ProgressBar) -> Result<IndexSummary> {
         let opts = IndexOptions::new(self.data_dir.join("jobs"));
         Ok(indexer::index_file(
-            &self.embedder,
-            self.store.as_ref(),
-            &self.name,
+            self.collection.embeddings(),
+            self.collection.store().as_ref(),
+            self.name(),
             path,
             &opts,
             progress,
@@ -243,7 +241,8 @@ impl Index {
 
     /// Deletes documents by id.
     pub fn delete(&self, ids: &[String]) -> Result<()> {
-        Ok(self.store.delete_documents(&self.name, ids)?)
+        self.collection.delete_documents(ids)?;
+        Ok(())
     }
 
     /// The `limit` documents nearest to `query` at stored size `dim`.
@@ -252,52 +251,54 @@ impl Index {
     }
 
     pub fn search_with(&self, query: &str, opts: &SearchOptions) -> Result<Vec<Hit>> {
-        let full = self.embed_query(query, opts.profile.as_deref())?;
-        self.search_vector(&full, opts)
+        Ok(self
+            .collection
+            .search_blocking(opts.request(Some(query.to_string()), None))?)
     }
 
     /// The raw (full-width, unnormalised) vector of `query`, under `profile` or the
     /// collection's; [`search_vector`](Self::search_vector) cuts it to any stored size.
+    ///
+    /// Errors: an empty query; a profile unknown or not aligned with the collection's.
     pub fn embed_query(&self, query: &str, profile: Option<&str>) -> Result<Vec<f32>> {
-        if query.trim().is_empty() {
-            return Err(Error::Invalid("the query is empty".into()));
+        let widest = self.spec().dims.last().copied();
+        let mut req = SearchOptions::new(widest.unwrap_or(1), 1).request(Some(query.into()), None);
+        req.profile = profile.map(String::from);
+        let plan = self.collection.plan_search(req)?;
+        match &plan.embed {
+            Some((text, profile)) => Ok(self.collection.embed_query_blocking(text, profile)?),
+            None => Err(mrl_core::Error::Internal(
+                "a text query plans an embedding; this is a bug".into(),
+            )
+            .into()),
         }
-        let profile = match profile {
-            Some(p) => {
-                self.embedder.check_aligned(p, &self.spec.profile)?;
-                self.embedder.profile(Some(p))?
-            }
-            None => self.profile.clone(),
-        };
-        let tokens = self.embedder.tokenizer().encode(&[query])?;
-        let mut v = self.embedder.embed_tokens(&tokens, &profile, 1)?;
-        Ok(v.pop().expect("one text gives one vector; this is a bug"))
     }
 
-    /// Searches with an already embedded query (see [`embed_query`](Self::embed_query)).
+    /// Searches with an already embedded query (see [`embed_query`](Self::embed_query)); any
+    /// vector at least `opts.dim` long, of which the searched prefixes are used.
     pub fn search_vector(&self, full: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
-        let dims = &self.spec.dims;
-        if !dims.contains(&opts.dim) {
-            return Err(Error::Invalid(format!(
-                "dim {} is not stored in {:?}; stored: {dims:?}",
-                opts.dim, self.name
-            )));
+        let cut = full.get(..opts.dim).unwrap_or(full).to_vec();
+        let plan = self.collection.plan_search(opts.request(None, Some(cut)))?;
+        Ok(self.collection.run(&plan.query(Some(full))?)?)
+    }
+}
+
+impl SearchOptions {
+    /// The core's request for these options.
+    fn request(&self, query: Option<String>, vector: Option<Vec<f32>>) -> SearchRequest {
+        SearchRequest {
+            query,
+            vector,
+            dim: Some(self.dim),
+            limit: Some(self.limit),
+            funnel: self.funnel.map(|(dim, candidates)| FunnelRequest {
+                dim,
+                candidates: Some(candidates),
+            }),
+            filter: self.filter.clone(),
+            profile: self.profile.clone(),
+            exact: self.exact,
+            params: self.params,
         }
-        if let Some((d, candidates)) = opts.funnel {
-            if !dims.contains(&d) || d >= opts.dim || candidates < opts.limit {
-                return Err(Error::Invalid(format!(
-                    "a funnel needs a stored size below {} and at least {} candidates; \
-                     stored: {dims:?}",
-                    opts.dim, opts.limit
-                )));
-            }
-        }
-        if opts.limit == 0 {
-            return Err(Error::Invalid("limit must be positive".into()));
-        }
-        let mut q = VectorQuery::nested(full, opts.dim, opts.limit, opts.funnel)?;
-        q.filter = opts.filter.clone();
-        q.exact = opts.exact;
-        Ok(self.store.search(&self.name, &q)?)
     }
 }

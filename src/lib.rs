@@ -1,6 +1,8 @@
 //! mrl: elastic, Matryoshka-style text embeddings. This facade is what applications use:
 //! load a model (fetching the default one on first use) and embed at any profile and size,
 //! or keep documents in an [`Index`] (the embedded Qdrant store) and search them by text.
+//! It is built on mrl-core alone: without the `server` feature (the CLI and the HTTP
+//! service) nothing of actix-web is compiled.
 //!
 //! ```no_run
 //! use mrl::{EmbedOptions, Embedder};
@@ -16,9 +18,9 @@ use std::path::Path;
 mod index;
 
 pub use index::{Error, Index, IndexConfig, SearchOptions};
-pub use mrl_service::documents::Document;
-pub use mrl_service::indexer::IndexSummary;
-pub use mrl_service::store::Hit;
+pub use mrl_core::indexer::IndexSummary;
+pub use mrl_core::store::{Hit, SearchParams};
+pub use mrl_core::{DimPolicy, Document, EmbedSpec, Embeddings, Fields, Policy};
 
 pub use mrl_encoder::{
     fetch, BertConfig, EmbedOptions, Embedder, EncoderError, Fetcher, ModelSpec, Profile,

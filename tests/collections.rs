@@ -417,3 +417,41 @@ fn funnel_search_matches_exact_search_on_scifact() {
     );
     s.stop();
 }
+
+/// `params.hnsw_ef` (Qdrant's search-time HNSW candidates) is taken by both stores and changes
+/// nothing a small collection returns; a bad value or an unknown knob is a 400 naming it.
+#[test]
+fn search_params_reach_both_stores() {
+    let qdrant = QdrantServer::start(&shared());
+    for (label, extra) in [
+        ("embedded", vec![]),
+        ("remote", vec!["--qdrant-url", &qdrant.url()]),
+    ] {
+        let s = Server::start_with(&scratch(&format!("params-{label}")), &extra);
+        s.ok("PUT", "/collections/sci", json!({"dims": [64, 384]}));
+        add(&s, &scifact(40));
+        let query = json!({"query": "vitamin D and bone density", "limit": 5});
+        let plain = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
+        for ef in [8, 128] {
+            let mut q = query.clone();
+            q["params"] = json!({ "hnsw_ef": ef });
+            let hits = hit_ids(&s.ok("POST", "/collections/sci/search", q));
+            assert_eq!(hits, plain, "{label}: hnsw_ef {ef}");
+        }
+        for (params, field) in [
+            (json!({"hnsw_ef": "many"}), "params.hnsw_ef"),
+            (json!({"hnsw_ef": -1}), "params.hnsw_ef"),
+            (json!({"hnsw": 8}), "params.hnsw"),
+        ] {
+            let mut q = query.clone();
+            q["params"] = params.clone();
+            let (status, v) = s.call("POST", "/collections/sci/search", Some(q));
+            assert_eq!(
+                (status, v["error"]["field"].as_str()),
+                (400, Some(field)),
+                "{label} {params}: {v}"
+            );
+        }
+        s.stop();
+    }
+}

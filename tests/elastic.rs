@@ -78,7 +78,7 @@ fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
         let p = m.profile(&choice.profile).unwrap();
         let cost = p
             .profile
-            .relative_cost(cfg, mrl_encoder::config::COST_SEQ_LEN);
+            .relative_cost(cfg, mrl_encoder::manifest::COST_SEQ_LEN);
         assert!((cost - p.relative_flops).abs() < 1e-12);
         assert!(cost <= choice.budget + 1e-9, "{} costs {cost}", p.name);
         assert!(cost >= 0.5 * choice.budget, "{} costs {cost}", p.name);

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use mrl::Embedder;
-use mrl_service::store::{
+use mrl_core::store::{
     point_filter, remote::filter_from_json, CollectionSpec, Distance, EdgeStore, StoreError,
     StoredDocument, VectorQuery, VectorStore,
 };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::qdrant::QdrantServer;
 use common::server::Server;
 use mrl::{Document, Index, SearchOptions};
-use mrl_service::store::{EdgeStore, VectorStore};
+use mrl_core::store::{EdgeStore, VectorStore};
 use serde_json::{json, Value};
 
 fn scratch(name: &str) -> PathBuf {

@@ -49,7 +49,7 @@ fn embeddings_match_the_reference() {
         let ref_norm: f32 = r.unnormalized.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((ref_norm - 1.0).abs() < 1e-4, "fixture norm {ref_norm}");
         let mut u_normed = u.clone();
-        mrl_encoder::head::l2_normalize(&mut u_normed);
+        mrl_encoder::nested::l2_normalize(&mut u_normed);
         let worst = max_abs_diff(&u_normed, &r.unnormalized);
         assert!(worst <= 1e-4, "raw: max abs diff {worst} for {:?}", r.text);
         let raw_norm: f32 = u.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -542,3 +542,61 @@ print(len(r.data), len(r.data[0].embedding), r.usage.prompt_tokens, r.data[0].em
     let first: f32 = parts[3].parse().unwrap();
     assert!((first - reference.embedding[0]).abs() < 1e-4, "{text}");
 }
+
+/// `GET /openapi.json` describes exactly the routes the server registers
+/// (`mrl_service::routes`), each with its request and response schemas, and is a valid
+/// OpenAPI document (`openapi-spec-validator`, which `.ci/run` installs).
+#[test]
+fn the_openapi_document_lists_every_route_and_validates() {
+    let r = call(server(), "GET", "/openapi.json", Some(KEY), b"");
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            documented.insert((method.to_uppercase(), path.clone()));
+            let ok = op["responses"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(code, _)| code.starts_with('2'))
+                .unwrap_or_else(|| panic!("{method} {path}: no 2xx response"))
+                .1;
+            assert!(
+                ok["content"]
+                    .as_object()
+                    .is_some_and(|c| c.values().all(|m| m.get("schema").is_some())),
+                "{method} {path}: no response schema: {ok}"
+            );
+            if method == "post" || method == "put" {
+                assert!(
+                    op["requestBody"]["content"]["application/json"]["schema"].is_object(),
+                    "{method} {path}: no request schema"
+                );
+            }
+        }
+    }
+    let registered: std::collections::BTreeSet<(String, String)> = mrl_service::routes()
+        .into_iter()
+        .map(|(m, path, _)| (m.to_string(), path.to_string()))
+        .collect();
+    assert_eq!(documented, registered);
+    assert!(registered.len() >= 12, "{registered:?}");
+
+    let file = std::env::temp_dir().join(format!("mrl-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, r.body).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys; from openapi_spec_validator import validate; \
+             validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document (pip install openapi-spec-validator): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -44,7 +44,7 @@ pub fn nested(v: &[f32], dims: &[usize]) -> Vec<(usize, Vec<f32>)> {
         .map(|&d| {
             (
                 d,
-                mrl_encoder::head::nest(v, d, true).expect("every size fits the vector"),
+                mrl_encoder::nested::nest(v, d, true).expect("every size fits the vector"),
             )
         })
         .collect()

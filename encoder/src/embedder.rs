@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, BertConfig, Manifest};
+use crate::config::{self, BertConfig};
 use crate::error::{EncoderError, Result};
-use crate::head;
+use crate::manifest::Manifest;
 use crate::model::{BertModel, Weights};
+use crate::nested;
 use crate::profile::Profile;
 use crate::tokenize::TextTokenizer;
 
@@ -193,12 +194,12 @@ impl Embedder {
         let profile = self.profile(opts.profile.as_deref())?;
         let width = self.model.output_width(&profile);
         let dim = opts.dim.unwrap_or(width);
-        head::check_dim(dim, width)?;
+        nested::check_dim(dim, width)?;
         let tokens = self.tokenizer.encode(texts)?;
         let pooled = self.embed_tokens(&tokens, &profile, opts.batch_size)?;
         pooled
             .iter()
-            .map(|v| head::nest(v, dim, opts.normalize))
+            .map(|v| nested::nest(v, dim, opts.normalize))
             .collect()
     }
 

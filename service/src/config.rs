@@ -57,6 +57,14 @@ impl ServeConfig {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The core's policy these settings ask for (dims, truncation).
+    pub fn policy(&self) -> mrl_core::Policy {
+        mrl_core::Policy {
+            dims: mrl_core::DimPolicy::any_if(self.allow_any_dim),
+            truncate: self.truncate,
+        }
+    }
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.data_dir = dir.into();
         self

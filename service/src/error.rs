@@ -5,22 +5,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use mrl_encoder::EncoderError;
+use mrl_core::store::StoreError;
 use serde_json::json;
-
-use crate::store::StoreError;
-
-/// Runs `f`, turning a panic inside it into its message: code we call (the embedded engine,
-/// the forward pass) must fail a request, not the thread or process serving every request.
-pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into())
-    })
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,18 +67,6 @@ impl ApiError {
         }
     }
 
-    /// An encoder error raised by a request's options, attributed to the request's own field
-    /// names (`dim` vs `dimensions`).
-    pub fn from_encoder(e: EncoderError, dim_field: &str, profile_field: &str) -> Self {
-        match e {
-            EncoderError::InvalidDim { .. } => Self::field(dim_field, e.to_string()),
-            EncoderError::UnknownProfile { .. }
-            | EncoderError::InvalidProfile { .. }
-            | EncoderError::NotAligned { .. } => Self::field(profile_field, e.to_string()),
-            other => Self::Internal(other.to_string()),
-        }
-    }
-
     /// The response for `body` (the object under `"error"`), with this error's status and
     /// headers.
     fn respond(&self, body: serde_json::Value) -> HttpResponse {
@@ -125,6 +99,19 @@ impl ApiError {
             OpenAiError(self).into()
         } else {
             self.into()
+        }
+    }
+}
+
+impl From<mrl_core::Error> for ApiError {
+    fn from(e: mrl_core::Error) -> Self {
+        use mrl_core::Error as E;
+        match e {
+            E::InvalidField { field, message } => Self::InvalidField { field, message },
+            E::InputTooLong { field, message } => Self::InputTooLong { field, message },
+            E::QueueFull { requests, tokens } => Self::QueueFull { requests, tokens },
+            E::Store(e) => e.into(),
+            E::Internal(m) => Self::Internal(m),
         }
     }
 }

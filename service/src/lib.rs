@@ -1,18 +1,15 @@
-//! mrl-service: the REST service. A request is validated (`api`), tokenized on the blocking
-//! pool, queued to the one model thread (`batcher`), which batches queued requests by token
-//! budget and profile, and answered in the native or the OpenAI shape; `metrics` counts it all.
-//! `indexer` is the batch job that fills a collection from a JSONL file without the server.
+//! mrl-service: the REST service, HTTP only. Requests are parsed into typed bodies (`api`),
+//! handed to mrl-core (`Embeddings` on its model thread, `Collections`), and answered in the
+//! native or the OpenAI shape (`error`, the one mapping to HTTP); `openapi` is generated from
+//! the same types, `metrics` renders the core's and the guard's series for Prometheus.
 
 pub mod api;
-pub mod batcher;
 pub mod config;
-pub mod documents;
 pub mod error;
-pub mod indexer;
 pub mod metrics;
+pub mod openapi;
 mod server;
-pub mod store;
 
 pub use config::ServeConfig;
 pub use error::ApiError;
-pub use server::{start, Running};
+pub use server::{routes, start, Running};

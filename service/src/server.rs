@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, FromRequest, Handler, HttpServer, Responder, Route};
+use mrl_core::{Collections, Embeddings, QueueLimits};
 use mrl_encoder::Embedder;
 
 use crate::api::{self, collections, AppState};
-use crate::batcher::{Batcher, QueueLimits};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
 
 /// A bound server: await `server` to run it; `addr` is where it listens.
 pub struct Running {
@@ -23,25 +23,58 @@ pub struct Running {
     pub server: Server,
 }
 
+/// Every route: method, path pattern and handler. The app registers exactly these, and the
+/// OpenAPI document is checked against them (`tests/service.rs`).
+pub fn routes() -> Vec<(Method, &'static str, Route)> {
+    use Method as M;
+    vec![
+        at(M::GET, "/health", api::health),
+        at(M::GET, "/metrics", api::metrics),
+        at(M::GET, "/openapi.json", api::openapi),
+        at(M::POST, "/embed", api::embed::embed),
+        at(M::POST, "/v1/embeddings", api::openai::embeddings),
+        at(M::GET, "/collections", collections::list),
+        at(M::PUT, "/collections/{name}", collections::create),
+        at(M::GET, "/collections/{name}", collections::info),
+        at(M::DELETE, "/collections/{name}", collections::delete),
+        at(
+            M::POST,
+            "/collections/{name}/documents",
+            collections::add_documents,
+        ),
+        at(
+            M::DELETE,
+            "/collections/{name}/documents",
+            collections::delete_documents,
+        ),
+        at(M::POST, "/collections/{name}/search", collections::search),
+    ]
+}
+
+fn at<F, Args>(method: Method, path: &'static str, handler: F) -> (Method, &'static str, Route)
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    (method.clone(), path, web::method(method).to(handler))
+}
+
 /// Starts the model thread and binds the HTTP server. Call it inside an actix system
 /// (`actix_web::rt::System`), which then runs the returned server.
 pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running> {
-    let embedder = Arc::new(embedder);
-    let metrics = Arc::new(Metrics::default());
-    let batcher = Batcher::spawn(
-        embedder.clone(),
+    let metrics = crate::metrics::handle().map_err(std::io::Error::other)?;
+    let embeddings = Arc::new(Embeddings::with_model_thread(
+        Arc::new(embedder),
+        config.policy(),
         config.max_batch_tokens,
         QueueLimits {
             requests: config.queue_capacity,
             tokens: config.max_queued_tokens,
         },
-        metrics.clone(),
-    )?;
-    let model_name = embedder
-        .dir()
-        .file_name()
-        .map_or_else(|| "mrl".into(), |n| n.to_string_lossy().into_owned());
-    let store = crate::store::open(
+    )?);
+    let model_name = embeddings.model_name();
+    let store = mrl_core::store::open(
         &config.data_dir,
         config.qdrant_url.as_deref(),
         config.qdrant_api_key.clone(),
@@ -49,39 +82,18 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
     .map_err(std::io::Error::other)?;
     let (host, port, workers) = (config.host.clone(), config.port, config.workers);
     let state = web::Data::new(AppState {
-        embedder,
-        batcher,
+        collections: Collections::new(store, embeddings.clone()),
+        embeddings,
         metrics,
-        store,
         config,
         model_name,
     });
     let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(from_fn(guard))
-            .route("/health", web::get().to(api::health))
-            .route("/metrics", web::get().to(api::metrics))
-            .route("/openapi.json", web::get().to(api::openapi))
-            .route("/embed", web::post().to(api::embed::embed))
-            .route("/v1/embeddings", web::post().to(api::openai::embeddings))
-            .route("/collections", web::get().to(collections::list))
-            .route("/collections/{name}", web::put().to(collections::create))
-            .route("/collections/{name}", web::get().to(collections::info))
-            .route("/collections/{name}", web::delete().to(collections::delete))
-            .route(
-                "/collections/{name}/documents",
-                web::post().to(collections::add_documents),
-            )
-            .route(
-                "/collections/{name}/documents",
-                web::delete().to(collections::delete_documents),
-            )
-            .route(
-                "/collections/{name}/search",
-                web::post().to(collections::search),
-            )
-            .default_service(web::to(api::not_found))
+        let mut app = App::new().app_data(state.clone()).wrap(from_fn(guard));
+        for (_, path, route) in routes() {
+            app = app.route(path, route);
+        }
+        app.default_service(web::to(api::not_found))
     })
     .workers(workers)
     // A client that closes its connection is gone: its request future is dropped, so the
@@ -109,9 +121,7 @@ async fn guard(
     let start = Instant::now();
     if let Some(key) = &state.config.api_key {
         if req.path() != "/health" && !bearer_matches(&req, key) {
-            state
-                .metrics
-                .request("unauthorized", 401, start.elapsed().as_secs_f64());
+            crate::metrics::request("unauthorized", 401, start.elapsed().as_secs_f64());
             return Err(ApiError::Unauthorized.for_path(req.path()));
         }
     }
@@ -120,9 +130,7 @@ async fn guard(
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
-    state
-        .metrics
-        .request(&route, res.status().as_u16(), start.elapsed().as_secs_f64());
+    crate::metrics::request(&route, res.status().as_u16(), start.elapsed().as_secs_f64());
     Ok(res)
 }
 

@@ -21,8 +21,14 @@ impl Server {
 
     /// As `start`, with more `mrl serve` arguments.
     pub fn start_with(data: &Path, args: &[&str]) -> Self {
+        Self::start_plain(data, &[&["--allow-any-dim"], args].concat())
+    }
+
+    /// `mrl serve` on a free port over `data` with only `args` (the server's own defaults
+    /// otherwise: nested dims only).
+    pub fn start_plain(data: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mrl"))
-            .args(["serve", "--port", "0", "--allow-any-dim", "--data-dir"])
+            .args(["serve", "--port", "0", "--data-dir"])
             .arg(data)
             .args(args)
             .env("MRL_MODEL", super::model_dir())

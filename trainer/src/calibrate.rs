@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use mrl_encoder::config::{BudgetChoice, Manifest, NamedProfile, Ranking, COST_SEQ_LEN};
+use mrl_encoder::manifest::{BudgetChoice, Manifest, NamedProfile, Ranking, COST_SEQ_LEN};
 use mrl_encoder::{BertConfig, BertModel, Embedder, Profile, MANIFEST_FILE};
 use serde_json::json;
 
@@ -321,7 +321,7 @@ pub fn similarity_fidelity(reference: &[Vec<f32>], other: &[Vec<f32>]) -> f64 {
             .iter()
             .map(|v| {
                 let mut v = v.clone();
-                mrl_encoder::head::l2_normalize(&mut v);
+                mrl_encoder::nested::l2_normalize(&mut v);
                 v
             })
             .collect();

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use mrl_encoder::text;
 use serde_json::Value;
 
 use crate::error::{Result, TrainerError};
@@ -84,33 +85,21 @@ pub fn read_qrels(path: &Path) -> Result<Qrels> {
     Ok(qrels)
 }
 
-/// Reads JSONL texts: BEIR lines (`_id`, optional `title`, `text`), `{id, text}` objects, or
-/// bare JSON strings (id = line number). A malformed line is an error naming it.
+/// Reads JSONL texts (`mrl_encoder::text`, the one record reader): BEIR lines (`_id`,
+/// optional `title`, `text`), `{id, text}` objects, or bare JSON strings (id = line number). A
+/// malformed line is an error naming it.
 pub fn read_texts(path: &Path) -> Result<Vec<Document>> {
     json_lines(path, |line, v| {
-        Ok(match &v {
-            Value::String(s) => Document {
-                id: line.to_string(),
-                text: s.clone(),
-            },
-            Value::Object(o) => {
-                let id = match o.get("_id").or_else(|| o.get("id")) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    None => line.to_string(),
-                    Some(other) => return Err(format!("id must be a string, got {other}")),
-                };
-                let body = o
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| "missing string field \"text\"".to_string())?;
-                let title = o.get("title").and_then(Value::as_str).unwrap_or("");
-                Document {
-                    id,
-                    text: format!("{title} {body}").trim().to_string(),
-                }
-            }
-            _ => return Err("expected a JSON object or string".into()),
+        let record = text::read(&v, true).map_err(|e| e.message)?;
+        let id = match record.id {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            None => line.to_string(),
+            Some(other) => return Err(format!("id must be a string, got {other}")),
+        };
+        Ok(Document {
+            id,
+            text: record.text,
         })
     })
 }

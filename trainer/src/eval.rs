@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use mrl_encoder::{head, Embedder, Profile};
+use mrl_encoder::{nested, Embedder, Profile};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -110,7 +110,7 @@ pub fn evaluate(run: &HashMap<String, Vec<(String, f32)>>, qrels: &Qrels) -> Met
 pub fn nested_matrix(vectors: &[Vec<f32>], dim: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(vectors.len() * dim);
     for v in vectors {
-        out.extend(head::nest(v, dim, true)?);
+        out.extend(nested::nest(v, dim, true)?);
     }
     Ok(out)
 }
@@ -288,7 +288,7 @@ pub fn evaluate_retrieval(
 ) -> Result<Vec<RetrievalRow>> {
     let profile = embedder.profile(Some(profile_name))?;
     for &d in dims {
-        head::check_dim(d, embedder.model().output_width(&profile))?;
+        nested::check_dim(d, embedder.model().output_width(&profile))?;
     }
     let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
     let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::ProgressBar;
-use mrl_encoder::config::Manifest;
+use mrl_encoder::manifest::Manifest;
 use mrl_encoder::{Embedder, Profile};
 use nalgebra::DMatrix;
 use rayon::prelude::*;

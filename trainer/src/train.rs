@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use indicatif::ProgressBar;
-use mrl_encoder::config::{BudgetChoice, Manifest};
+use mrl_encoder::manifest::{BudgetChoice, Manifest};
 use mrl_encoder::{Embedder, Profile};
 use serde::{Deserialize, Serialize};
 
@@ -327,7 +327,7 @@ impl<'a> Trainer<'a> {
         )?;
         let space = ElasticSpace::quarters(&bert, drop_order);
         let (router, router_params) = build_router(cfg, &space, &device, &mut init_rng)?;
-        let cost_model = CostModel::new(&bert, mrl_encoder::config::COST_SEQ_LEN);
+        let cost_model = CostModel::new(&bert, mrl_encoder::manifest::COST_SEQ_LEN);
         let mut all_budgets = vec![1.0];
         all_budgets.extend(&cfg.budgets);
         let curriculum = Curriculum::new(all_budgets, cfg.uniform_steps, cfg.skew.clone())?;

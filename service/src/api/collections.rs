@@ -1,370 +1,356 @@
 //! Collections: `PUT/GET/DELETE /collections/{name}`, `GET /collections`,
 //! `POST/DELETE /collections/{name}/documents` and `POST /collections/{name}/search`.
 //!
-//! A document is embedded once with the collection's profile; every stored size is a prefix of
-//! that one vector. Store calls run on the blocking pool.
-
-use std::collections::HashSet;
+//! Handlers parse, call mrl-core's `Collections`/`Collection` (whose rules answer for every
+//! field), await the model thread for embeddings and run store calls on the blocking pool.
 
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Map, Value};
+use mrl_core::store::{caller_id, CollectionInfo, Distance, Hit, HnswSize, Layout};
+use mrl_core::{CreateRequest, Document, SearchRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{body, opt_str, opt_usize, parse_object, AppState};
-use crate::documents::Document;
+use super::{blocking, body, parse, AppState, ErrorBody, FieldNames};
 use crate::error::ApiError;
-use crate::store::{caller_id, check_name, CollectionSpec, Distance, Layout, VectorQuery};
 
-/// Runs a store call off the async executor.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::from)
+/// `PUT /collections/{name}`: the sizes to store, the documents' profile, and (on a Qdrant
+/// server) the large-collection layout options.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateBody {
+    /// Sizes to store, each one named vector `d{dim}`.
+    pub dims: Vec<usize>,
+    /// The profile that embeds the documents (default `full`).
+    pub profile: Option<String>,
+    /// `cosine` (default), `dot` or `euclid`, any case.
+    pub distance: Option<String>,
+    pub shards: Option<u32>,
+    pub replicas: Option<u32>,
+    pub write_consistency: Option<u32>,
+    pub on_disk: Option<bool>,
+    pub quantize: Option<Vec<usize>>,
+    pub hnsw: Option<Vec<HnswSize>>,
 }
 
-fn usize_list(o: &Map<String, Value>, field: &str) -> Result<Vec<usize>, ApiError> {
-    let bad = || {
-        ApiError::field(
-            field,
-            format!("{field} must be a non-empty array of positive integers"),
-        )
-    };
-    let items = o.get(field).and_then(Value::as_array).ok_or_else(bad)?;
-    let mut out: Vec<usize> = items
-        .iter()
-        .map(|v| {
-            v.as_u64()
-                .filter(|&d| d > 0)
-                .map(|d| d as usize)
-                .ok_or_else(bad)
+impl CreateBody {
+    fn into_request(self) -> Result<CreateRequest, ApiError> {
+        let distance = match self.distance.map(|d| d.to_ascii_lowercase()).as_deref() {
+            None => None,
+            Some("cosine") => Some(Distance::Cosine),
+            Some("dot") => Some(Distance::Dot),
+            Some("euclid") => Some(Distance::Euclid),
+            Some(other) => {
+                return Err(ApiError::field(
+                    "distance",
+                    format!("distance must be cosine, dot or euclid, got {other:?}"),
+                ))
+            }
+        };
+        Ok(CreateRequest {
+            dims: self.dims,
+            profile: self.profile,
+            distance,
+            layout: Layout {
+                shards: self.shards,
+                replicas: self.replicas,
+                write_consistency: self.write_consistency,
+                on_disk: self.on_disk.unwrap_or(false),
+                quantize: self.quantize.unwrap_or_default(),
+                hnsw: self.hnsw.unwrap_or_default(),
+            },
         })
-        .collect::<Result<_, _>>()?;
-    if out.is_empty() {
-        return Err(bad());
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
 }
 
-async fn collection_info(
-    state: &AppState,
-    name: &str,
-) -> Result<crate::store::CollectionInfo, ApiError> {
-    let store = state.store.clone();
-    let n = name.to_string();
-    blocking(move || store.info(&n)).await
+/// What a create answers: the collection's spec and whether this call created it.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub profile: String,
+    pub model: String,
+    pub distance: Distance,
+    pub created: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
-/// The large-collection options of a create body (`Layout`'s fields at its top level), each
-/// parsed on its own so that an error names the option.
-fn layout(o: &Map<String, Value>) -> Result<Layout, ApiError> {
-    let mut set = Map::new();
-    for key in Layout::OPTIONS {
-        if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
-            let one = Value::Object(Map::from_iter([(key.to_string(), v.clone())]));
-            serde_json::from_value::<Layout>(one)
-                .map_err(|e| ApiError::field(key, format!("{key}: {e}")))?;
-            set.insert(key.to_string(), v.clone());
-        }
-    }
-    serde_json::from_value(Value::Object(set)).map_err(|e| ApiError::Internal(e.to_string()))
+#[derive(Serialize, ToSchema)]
+pub struct CollectionList {
+    pub collections: Vec<CollectionInfo>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    pub name: String,
+    pub deleted: bool,
+}
+
+/// `POST /collections/{name}/documents`.
+#[derive(Deserialize, ToSchema)]
+pub struct AddDocuments {
+    /// `{id?, text, payload?}` objects, or BEIR corpus lines `{_id, title, text, metadata}`.
+    #[schema(value_type = Vec<DocumentBody>)]
+    pub documents: Vec<Value>,
+}
+
+/// A document as sent (read by mrl-core's one document reader).
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DocumentBody {
+    /// A non-empty string or a number (default: the text's SHA-256, so re-sending replaces).
+    #[schema(value_type = Option<String>)]
+    id: Option<Value>,
+    text: String,
+    /// Joined before the text (`title + " " + text`) and kept in the payload.
+    title: Option<String>,
+    /// Keys must not start with `_`.
+    #[schema(value_type = Option<Object>)]
+    payload: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Added {
+    pub ids: Vec<String>,
+    pub usage: super::embed::Usage,
+}
+
+/// `DELETE /collections/{name}/documents`.
+#[derive(Deserialize, ToSchema)]
+pub struct DeleteDocuments {
+    /// The callers' ids (strings or numbers).
+    #[schema(value_type = Vec<String>)]
+    pub ids: Vec<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DocumentsDeleted {
+    pub deleted: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Hits {
+    pub hits: Vec<Hit>,
+}
+
+/// Creates a collection (the same spec again is a no-op, another one a 409).
+#[utoipa::path(put, path = "/collections/{name}", tag = "collections", request_body = CreateBody,
+    params(("name" = String, Path, description = "1 to 64 letters, digits, '-' or '_'")),
+    responses((status = 201, description = "created", body = Created),
+              (status = 200, description = "exists with this spec", body = Created),
+              (status = 400, description = "an invalid field or option", body = ErrorBody),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 409, description = "exists with another spec", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn create(
     state: web::Data<AppState>,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    check_name(&name)?;
-    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
-    let dims = usize_list(&o, "dims")?;
-    let profile_name = opt_str(&o, "profile")?.unwrap_or("full").to_string();
-    let profile = state.profile(Some(&profile_name), "profile")?;
-    for &d in &dims {
-        state.check_dim(d, &profile, "dims")?;
-    }
-    let distance = match opt_str(&o, "distance")?
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("cosine") => Distance::Cosine,
-        Some("dot") => Distance::Dot,
-        Some("euclid") => Distance::Euclid,
-        Some(other) => {
-            return Err(ApiError::field(
-                "distance",
-                format!("distance must be cosine, dot or euclid, got {other:?}"),
-            ))
-        }
+    mrl_core::store::check_name(&name)?;
+    let req = parse::<CreateBody>(
+        &body(payload, state.config.max_body_bytes).await?,
+        FieldNames::TopLevel,
+    )?
+    .into_request()?;
+    let collections = state.collections.clone();
+    let n = name.clone();
+    let (spec, created) = blocking(move || collections.create(&n, &req)).await?;
+    let answer = Created {
+        name,
+        dims: spec.dims,
+        profile: spec.profile,
+        model: spec.model,
+        distance: spec.distance,
+        created,
+        layout: (!spec.layout.is_default()).then_some(spec.layout),
     };
-    let spec = CollectionSpec {
-        dims,
-        profile: profile_name,
-        model: state.model_name.clone(),
-        distance,
-        layout: layout(&o)?,
-    };
-    let store = state.store.clone();
-    let (n, s) = (name.clone(), spec.clone());
-    let created = blocking(move || store.create(&n, &s)).await?;
-    let mut body = json!({"name": name, "dims": spec.dims, "profile": spec.profile,
-                      "model": spec.model, "distance": spec.distance, "created": created});
-    if !spec.layout.is_default() {
-        body["layout"] = json!(spec.layout);
-    }
     Ok(if created {
-        HttpResponse::Created().json(body)
+        HttpResponse::Created().json(answer)
     } else {
-        HttpResponse::Ok().json(body)
+        HttpResponse::Ok().json(answer)
     })
 }
 
+/// Every collection with its spec and count.
+#[utoipa::path(get, path = "/collections", tag = "collections",
+    responses((status = 200, description = "collections", body = CollectionList),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let all = blocking(move || store.list()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "collections": all })))
+    let collections = state.collections.clone();
+    let all = blocking(move || collections.list()).await?;
+    Ok(HttpResponse::Ok().json(CollectionList { collections: all }))
 }
 
+/// One collection's spec and count.
+#[utoipa::path(get, path = "/collections/{name}", tag = "collections",
+    params(("name" = String, Path, description = "the collection")),
+    responses((status = 200, description = "the collection", body = CollectionInfo),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 404, description = "no such collection", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn info(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
-    let info = blocking(move || store.info(&name)).await?;
+    let collections = state.collections.clone();
+    let info = blocking(move || collections.open(&name)?.info()).await?;
     Ok(HttpResponse::Ok().json(info))
 }
 
+/// Deletes a collection and its documents.
+#[utoipa::path(delete, path = "/collections/{name}", tag = "collections",
+    params(("name" = String, Path, description = "the collection")),
+    responses((status = 200, description = "deleted", body = Deleted),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 404, description = "no such collection", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn delete(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let store = state.store.clone();
+    let collections = state.collections.clone();
     let n = name.into_inner();
     let shown = n.clone();
-    blocking(move || store.delete(&n)).await?;
-    Ok(HttpResponse::Ok().json(json!({"name": shown, "deleted": true})))
+    blocking(move || collections.delete(&n)).await?;
+    Ok(HttpResponse::Ok().json(Deleted {
+        name: shown,
+        deleted: true,
+    }))
 }
 
+/// Embeds each document once with the collection's profile and stores every size.
+#[utoipa::path(post, path = "/collections/{name}/documents", tag = "collections",
+    request_body = AddDocuments,
+    params(("name" = String, Path, description = "the collection")),
+    responses((status = 200, description = "stored (durable)", body = Added),
+              (status = 400, description = "malformed JSON or an invalid field", body = ErrorBody),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 404, description = "no such collection", body = ErrorBody),
+              (status = 413, description = "body or input too long", body = ErrorBody),
+              (status = 429, description = "the model queue is full", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn add_documents(
     state: web::Data<AppState>,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    let info = collection_info(&state, &name).await?;
-    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
-    let docs = o
-        .get("documents")
-        .and_then(Value::as_array)
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| ApiError::field("documents", "documents must be a non-empty array"))?;
-    if docs.len() > state.config.max_inputs {
+    let collections = state.collections.clone();
+    let collection = blocking(move || collections.open(&name)).await?;
+    let req: AddDocuments = parse(
+        &body(payload, state.config.max_body_bytes).await?,
+        FieldNames::Path,
+    )?;
+    if req.documents.len() > state.config.max_inputs {
         return Err(ApiError::field(
             "documents",
             format!(
                 "{} documents; the limit is {} per request",
-                docs.len(),
+                req.documents.len(),
                 state.config.max_inputs
             ),
         ));
     }
-    let mut parsed = Vec::with_capacity(docs.len());
-    let mut seen = HashSet::new();
-    for (i, d) in docs.iter().enumerate() {
-        let field = |k: &str| format!("documents[{i}].{k}");
-        let doc = Document::from_json(d).map_err(|e| {
-            let f = if e.field == "document" {
-                format!("documents[{i}]")
-            } else {
-                field(e.field)
-            };
-            ApiError::field(&f, format!("{f}: {}", e.message))
-        })?;
-        let id = doc.id.clone();
-        if !seen.insert(id.clone()) {
-            return Err(ApiError::field(
-                &field("id"),
-                format!("id {id:?} appears twice in this request"),
-            ));
-        }
-        parsed.push(doc);
-    }
-    let profile = state.profile(Some(&info.spec.profile), "profile")?;
-    let texts: Vec<String> = parsed.iter().map(|d| d.text.clone()).collect();
-    let (vectors, tokens) = state.run(texts, profile, "documents").await?;
-    let ids: Vec<String> = parsed.iter().map(|d| d.id.clone()).collect();
-    let stored = parsed
-        .into_iter()
-        .zip(vectors)
-        .map(|(d, v)| d.into_stored(&v, &info.spec.dims))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let store = state.store.clone();
-    blocking(move || store.upsert(&name, stored)).await?;
-    Ok(HttpResponse::Ok().json(json!({"ids": ids, "usage": {"tokens": tokens}})))
+    let docs = req
+        .documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Document::from_json(d).map_err(|e| {
+                let f = if e.field == "document" {
+                    format!("documents[{i}]")
+                } else {
+                    format!("documents[{i}].{}", e.field)
+                };
+                ApiError::field(&f, format!("{f}: {}", e.message))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = collection.check_documents(docs)?;
+    let ids: Vec<String> = batch.docs.iter().map(|d| d.id.clone()).collect();
+    let (vectors, tokens) = state
+        .embeddings
+        .raw(batch.texts(), batch.profile.clone(), "documents")
+        .await?;
+    blocking(move || collection.store_documents(batch, vectors)).await?;
+    Ok(HttpResponse::Ok().json(Added {
+        ids,
+        usage: super::embed::Usage {
+            tokens: tokens.count,
+        },
+    }))
 }
 
+/// Deletes documents by the callers' ids.
+#[utoipa::path(delete, path = "/collections/{name}/documents", tag = "collections",
+    request_body = DeleteDocuments,
+    params(("name" = String, Path, description = "the collection")),
+    responses((status = 200, description = "deleted (durable)", body = DocumentsDeleted),
+              (status = 400, description = "malformed JSON or an invalid field", body = ErrorBody),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 404, description = "no such collection", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn delete_documents(
     state: web::Data<AppState>,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
-    let ids = o
-        .get("ids")
-        .and_then(Value::as_array)
-        .filter(|a| !a.is_empty())
-        .ok_or_else(|| ApiError::field("ids", "ids must be a non-empty array"))?
+    let req: DeleteDocuments = parse(
+        &body(payload, state.config.max_body_bytes).await?,
+        FieldNames::TopLevel,
+    )?;
+    let ids = req
+        .ids
         .iter()
         .map(|v| {
             caller_id(v)
                 .ok_or_else(|| ApiError::field("ids", "ids must be non-empty strings or numbers"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let store = state.store.clone();
-    let n = ids.len();
-    blocking(move || store.delete_documents(&name, &ids)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
+    if ids.is_empty() {
+        return Err(ApiError::field("ids", "ids must be a non-empty array"));
+    }
+    let collections = state.collections.clone();
+    let deleted = blocking(move || collections.open(&name)?.delete_documents(&ids)).await?;
+    Ok(HttpResponse::Ok().json(DocumentsDeleted { deleted }))
 }
 
-/// The most candidates a funnel's prefetch may ask for: each is scored and held in memory.
-const MAX_CANDIDATES: usize = 100_000;
-
-/// A query vector as sent: every value a number that is finite as f32 (what the store
-/// computes in). Any finite magnitude is fine: the vector is re-normalised before it is used.
-fn query_vector(items: &[Value]) -> Result<Vec<f32>, ApiError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, x)| {
-            x.as_f64()
-                .map(|f| f as f32)
-                .filter(|f| f.is_finite())
-                .ok_or_else(|| {
-                    ApiError::field(
-                        &format!("vector[{i}]"),
-                        format!(
-                            "vector[{i}] must be a number within float32's range (±3.4e38), got {x}"
-                        ),
-                    )
-                })
-        })
-        .collect()
-}
-
+/// Nearest documents at a stored size, optionally through a funnel (prefetch + rescore).
+#[utoipa::path(post, path = "/collections/{name}/search", tag = "collections",
+    request_body = SearchRequest,
+    params(("name" = String, Path, description = "the collection")),
+    responses((status = 200, description = "hits, best first", body = Hits),
+              (status = 400, description = "malformed JSON or an invalid field", body = ErrorBody),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 404, description = "no such collection", body = ErrorBody),
+              (status = 409, description = "the collection was redefined meanwhile", body = ErrorBody),
+              (status = 429, description = "the model queue is full", body = ErrorBody),
+              (status = 503, description = "the Qdrant server is unreachable", body = ErrorBody)))]
 pub async fn search(
     state: web::Data<AppState>,
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let name = name.into_inner();
-    let info = collection_info(&state, &name).await?;
-    let o = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
-    let dims = &info.spec.dims;
-    let dim = opt_usize(&o, "dim")?
-        .unwrap_or(*dims.last().expect("collections have dims; this is a bug"));
-    if !dims.contains(&dim) {
-        return Err(ApiError::field(
-            "dim",
-            format!("dim {dim} is not stored in {name:?}; stored: {dims:?}"),
-        ));
-    }
-    let limit = opt_usize(&o, "limit")?.unwrap_or(10);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::field("limit", "limit must be in 1..=1000"));
-    }
-    let funnel = match o.get("funnel") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(f)) => {
-            let fdim = opt_usize(f, "dim")?
-                .ok_or_else(|| ApiError::field("funnel.dim", "funnel.dim is required"))?;
-            if !dims.contains(&fdim) || fdim >= dim {
-                return Err(ApiError::field(
-                    "funnel.dim",
-                    format!("funnel.dim must be a stored size below dim {dim}; stored: {dims:?}"),
-                ));
-            }
-            let candidates = opt_usize(f, "candidates")?.unwrap_or(limit * 10);
-            if !(limit..=MAX_CANDIDATES).contains(&candidates) {
-                return Err(ApiError::field(
-                    "funnel.candidates",
-                    format!(
-                        "funnel.candidates must be in limit..={MAX_CANDIDATES} (limit is {limit})"
-                    ),
-                ));
-            }
-            Some((fdim, candidates))
+    let collections = state.collections.clone();
+    let collection = blocking(move || collections.open(&name)).await?;
+    let req: SearchRequest = parse(
+        &body(payload, state.config.max_body_bytes).await?,
+        FieldNames::Path,
+    )?;
+    let plan = collection.plan_search(req)?;
+    let full = match &plan.embed {
+        Some((text, profile)) => {
+            let (mut v, _) = state
+                .embeddings
+                .raw(vec![text.clone()], profile.clone(), "query")
+                .await?;
+            v.pop()
         }
-        Some(_) => {
-            return Err(ApiError::field(
-                "funnel",
-                "funnel must be an object {dim, candidates}",
-            ))
-        }
+        None => None,
     };
-    // The full query vector: embedded text, or one given at `dim`.
-    let full: Vec<f32> = match (o.get("query"), o.get("vector")) {
-        (Some(Value::String(q)), None) if !q.trim().is_empty() => {
-            let profile_name = opt_str(&o, "profile")?
-                .unwrap_or(&info.spec.profile)
-                .to_string();
-            let profile = state.profile(Some(&profile_name), "profile")?;
-            state
-                .embedder
-                .check_aligned(&profile_name, &info.spec.profile)
-                .map_err(|e| ApiError::from_encoder(e, "dim", "profile"))?;
-            let width = state.embedder.model().output_width(&profile);
-            if width < dim {
-                return Err(ApiError::field(
-                    "profile",
-                    format!("profile {profile_name:?} is {width} wide, below dim {dim}"),
-                ));
-            }
-            let (mut v, _) = state.run(vec![q.clone()], profile, "query").await?;
-            v.pop().unwrap_or_default()
-        }
-        (None, Some(Value::Array(items))) => {
-            let v = query_vector(items)?;
-            if v.len() != dim {
-                return Err(ApiError::field(
-                    "vector",
-                    format!("vector has {} values; dim is {dim}", v.len()),
-                ));
-            }
-            v
-        }
-        (Some(_), Some(_)) => {
-            return Err(ApiError::field("query", "give query or vector, not both"))
-        }
-        (Some(_), None) => {
-            return Err(ApiError::field("query", "query must be a non-empty string"))
-        }
-        _ => {
-            return Err(ApiError::field(
-                "query",
-                "query (text) or vector is required",
-            ))
-        }
-    };
-    // Every size the query searches needs a direction to rank by: a zero prefix has none.
-    for d in std::iter::once(dim).chain(funnel.map(|(fdim, _)| fdim)) {
-        if full[..d].iter().all(|&x| x == 0.0) {
-            return Err(ApiError::field(
-                "vector",
-                format!("the query's first {d} values are all zero (as float32)"),
-            ));
-        }
-    }
-    let exact = super::opt_bool(&o, "exact")?.unwrap_or(false);
-    let mut query = VectorQuery::nested(&full, dim, limit, funnel)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    query.filter = o.get("filter").filter(|f| !f.is_null()).cloned();
-    query.exact = exact;
-    let store = state.store.clone();
-    let hits = blocking(move || store.search(&name, &query)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "hits": hits })))
+    let query = plan.query(full.as_deref())?;
+    let hits = blocking(move || collection.run(&query)).await?;
+    Ok(HttpResponse::Ok().json(Hits { hits }))
 }

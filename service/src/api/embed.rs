@@ -2,35 +2,72 @@
 //! usage}`.
 
 use actix_web::{web, HttpResponse};
-use mrl_encoder::head;
-use serde_json::json;
+use mrl_core::{EmbedSpec, Fields};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{body, opt_bool, opt_str, opt_usize, parse_object, texts, AppState};
+use super::{body, parse, AppState, ErrorBody, FieldNames, Texts};
 use crate::error::ApiError;
 
+#[derive(Deserialize, ToSchema)]
+pub struct EmbedRequest {
+    /// One text or a list of texts (at most the server's `--max-inputs`).
+    pub inputs: Texts,
+    /// Output size, a prefix of the profile's vector (default: its full width).
+    pub dim: Option<usize>,
+    /// A profile name (`full`, `b50`, …) or spec (`layers=3,heads=8`).
+    pub profile: Option<String>,
+    /// L2-normalise the cut prefix (default true).
+    pub normalize: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub profile: String,
+    pub dim: usize,
+    /// One vector per input, in order.
+    pub embeddings: Vec<Vec<f32>>,
+    pub usage: Usage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    /// Token ids the inputs took.
+    pub tokens: usize,
+}
+
+/// Embeds texts at any profile and nested size.
+#[utoipa::path(post, path = "/embed", tag = "embeddings", request_body = EmbedRequest,
+    responses((status = 200, description = "embeddings", body = EmbedResponse),
+              (status = 400, description = "malformed JSON or an invalid field", body = ErrorBody),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody),
+              (status = 413, description = "body or input too long", body = ErrorBody),
+              (status = 429, description = "the model queue is full", body = ErrorBody),
+              (status = 500, description = "internal error", body = ErrorBody)))]
 pub async fn embed(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = body(payload, state.config.max_body_bytes).await?;
-    let o = parse_object(&raw)?;
-    let inputs = texts(&o, "inputs", state.config.max_inputs)?;
-    let profile_name = opt_str(&o, "profile")?;
-    let profile = state.profile(profile_name, "profile")?;
-    let dim = opt_usize(&o, "dim")?.unwrap_or(state.embedder.model().output_width(&profile));
-    state.check_dim(dim, &profile, "dim")?;
-    let normalize = opt_bool(&o, "normalize")?.unwrap_or(true);
-    let (vectors, tokens) = state.run(inputs, profile, "inputs").await?;
-    let embeddings = vectors
-        .iter()
-        .map(|v| head::nest(v, dim, normalize))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::from_encoder(e, "dim", "profile"))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "model": state.model_name,
-        "profile": profile_name.unwrap_or("full"),
-        "dim": dim,
-        "embeddings": embeddings,
-        "usage": {"tokens": tokens},
-    })))
+    let req: EmbedRequest = parse(
+        &body(payload, state.config.max_body_bytes).await?,
+        FieldNames::Path,
+    )?;
+    let inputs = req.inputs.check("inputs", state.config.max_inputs)?;
+    let spec = EmbedSpec {
+        profile: req.profile,
+        dim: req.dim,
+        normalize: req.normalize.unwrap_or(true),
+    };
+    let out = state
+        .embeddings
+        .embed(inputs, &spec, &Fields::NATIVE)
+        .await?;
+    Ok(HttpResponse::Ok().json(EmbedResponse {
+        model: state.model_name.clone(),
+        profile: out.profile,
+        dim: out.dim,
+        embeddings: out.vectors,
+        usage: Usage { tokens: out.tokens },
+    }))
 }

@@ -1,7 +1,10 @@
-//! HTTP routes: request parsing with errors that name the field, and the handlers.
+//! HTTP routes: typed request bodies whose errors name the field, thin handlers over
+//! mrl-core, and the routes every transport-level tool reads (`/health`, `/metrics`,
+//! `/openapi.json`).
 //!
-//! Bodies are read as bytes under the size limit and parsed by hand rather than through a
-//! derived extractor, so every bad field is reported by its own name.
+//! A body is read as bytes under the size limit, checked to be a JSON object, then
+//! deserialized into its request type through `serde_path_to_error`, so a bad field is reported
+//! by its path (`inputs[1]`, `funnel.dim`). The rules beyond types live in mrl-core.
 
 pub mod collections;
 pub mod embed;
@@ -10,90 +13,47 @@ pub mod openai;
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use mrl_encoder::{head, Embedder, Profile};
-use serde_json::{Map, Value};
+use metrics_exporter_prometheus::PrometheusHandle;
+use mrl_core::{Collections, Embeddings};
+use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::batcher::Batcher;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::store::VectorStore;
 
 /// What every handler shares.
 pub struct AppState {
-    pub embedder: Arc<Embedder>,
-    pub batcher: Batcher,
-    pub metrics: Arc<Metrics>,
-    pub store: Arc<dyn VectorStore>,
+    pub embeddings: Arc<Embeddings>,
+    pub collections: Collections,
+    pub metrics: PrometheusHandle,
     pub config: ServeConfig,
     /// The model's name in responses: its folder name.
     pub model_name: String,
 }
 
-impl AppState {
-    /// Resolves a profile name or spec; `field` names it in errors.
-    pub fn profile(&self, spec: Option<&str>, field: &str) -> Result<Profile, ApiError> {
-        self.embedder
-            .profile(spec)
-            .map_err(|e| ApiError::from_encoder(e, "dim", field))
-    }
+/// How a route names its fields in errors: by their full path (`inputs[1]`), or by the
+/// top-level key alone (a collection's create body, whose options are named as options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldNames {
+    Path,
+    TopLevel,
+}
 
-    /// Checks `dim` against the profile width and, unless any prefix is allowed, against the
-    /// checkpoint's trained (nested) dims.
-    pub fn check_dim(&self, dim: usize, profile: &Profile, field: &str) -> Result<(), ApiError> {
-        let width = self.embedder.model().output_width(profile);
-        head::check_dim(dim, width).map_err(|e| ApiError::field(field, e.to_string()))?;
-        let allowed = self.embedder.nested_dims();
-        if !self.config.allow_any_dim && !allowed.contains(&dim) {
-            return Err(ApiError::field(
-                field,
-                format!(
-                    "dim {dim} is not one this checkpoint was trained for; allowed: {allowed:?} \
-                     (the server's --allow-any-dim accepts any prefix up to {width})",
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Tokenizes on the blocking pool (not the async executor), applying the input limits,
-    /// then embeds through the model thread. Returns raw pooled vectors and the token count.
-    pub async fn run(
-        &self,
-        texts: Vec<String>,
-        profile: Profile,
-        field: &str,
-    ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-        let embedder = self.embedder.clone();
-        let encoded = web::block(move || embedder.tokenizer().encode_checked(&texts))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        if !self.config.truncate {
-            if let Some(i) = encoded.iter().position(|(_, cut)| *cut) {
-                return Err(ApiError::InputTooLong {
-                    field: format!("{field}[{i}]"),
-                    message: format!(
-                        "{field}[{i}] is longer than the model's {} tokens (the server rejects \
-                         instead of truncating)",
-                        self.embedder.tokenizer().max_len()
-                    ),
-                });
-            }
-        }
-        let tokens: Vec<Vec<u32>> = encoded.into_iter().map(|(ids, _)| ids).collect();
-        let count = tokens.iter().map(Vec::len).sum();
-        let vectors = self.batcher.embed(profile, tokens).await?;
-        Ok((vectors, count))
-    }
+/// Parses a body into `T`: malformed JSON (not UTF-8, not JSON, not an object) is
+/// `MalformedJson`; a field of the wrong type or a missing one is `InvalidField` naming it.
+pub fn parse<T: DeserializeOwned>(body: &[u8], names: FieldNames) -> Result<T, ApiError> {
+    let value = parse_object(body)?;
+    from_value(value, names)
 }
 
 /// The body as a JSON object, or the error that says why not.
-pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not UTF-8: {e}")))?;
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => Ok(o),
+        Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(ApiError::MalformedJson(
             "the body must be a JSON object".into(),
         )),
@@ -101,90 +61,115 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// A string or a non-empty array of strings, each non-empty, at most `max` of them.
-pub fn texts(o: &Map<String, Value>, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
-    let bad = |m: String| ApiError::field(field, m);
-    let texts = match o.get(field) {
-        None | Some(Value::Null) => return Err(bad(format!("{field} is required"))),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(ApiError::field(
-                    &format!("{field}[{i}]"),
-                    format!("{field}[{i}] must be a string, got {}", type_name(other)),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(bad(format!(
-                "{field} must be a string or an array of strings, got {}",
-                type_name(other)
-            )))
+/// Deserializes an object into `T`, naming the field of the first error.
+pub fn from_value<T: DeserializeOwned>(value: Value, names: FieldNames) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde reports a missing field at the object holding it; name the field itself.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next());
+        let mut field = match (path.as_str(), missing) {
+            (".", Some(m)) => m.to_string(),
+            (p, Some(m)) => format!("{p}.{m}"),
+            (p, None) => p.to_string(),
+        };
+        if names == FieldNames::TopLevel {
+            let end = field.find(['.', '[']).unwrap_or(field.len());
+            field.truncate(end);
         }
-    };
-    if texts.is_empty() {
-        return Err(bad(format!("{field} must not be empty")));
-    }
-    if texts.len() > max {
-        return Err(bad(format!(
-            "{field} has {} texts; the limit is {max} per request",
-            texts.len()
-        )));
-    }
-    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::field(
-            &format!("{field}[{i}]"),
-            format!("{field}[{i}] is empty"),
-        ));
-    }
-    Ok(texts)
+        ApiError::field(&field, format!("{field}: {message}"))
+    })
 }
 
-pub fn opt_usize(o: &Map<String, Value>, field: &str) -> Result<Option<usize>, ApiError> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64().map(|v| v as usize)),
-        Some(other) => Err(ApiError::field(
-            field,
-            format!("{field} must be a positive integer, got {other}"),
-        )),
-    }
+/// One text or a list of texts, as the embedding routes take them.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Texts {
+    One(String),
+    Many(Vec<String>),
 }
 
-pub fn opt_str<'a>(o: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ApiError::field(
-            field,
-            format!("{field} must be a string, got {}", type_name(other)),
-        )),
+impl<'de> Deserialize<'de> for Texts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Texts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Texts, E> {
+                Ok(Texts::One(s.to_string()))
+            }
+            // Element by element, so an error is located at its index (`inputs[1]`).
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Texts, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Texts::Many(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-pub fn opt_bool(o: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ApiError::field(
-            field,
-            format!("{field} must be true or false, got {}", type_name(other)),
-        )),
+impl Texts {
+    /// The texts, checked: at least one, at most `max`, none blank; `field` names them.
+    pub fn check(self, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
+        let texts = match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        };
+        if texts.is_empty() {
+            return Err(ApiError::field(field, format!("{field} must not be empty")));
+        }
+        if texts.len() > max {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{field} has {} texts; the limit is {max} per request",
+                    texts.len()
+                ),
+            ));
+        }
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(ApiError::field(
+                &format!("{field}[{i}]"),
+                format!("{field}[{i}] is empty"),
+            ));
+        }
+        Ok(texts)
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+/// The native error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid_request`, `malformed_json`, `payload_too_large`, `input_too_long`,
+    /// `unauthorized`, `not_found`, `conflict`, `overloaded`, `internal` or `unavailable`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    /// The offending field's path, for `invalid_request` and `input_too_long`.
+    pub field: Option<String>,
+}
+
+/// Runs a blocking core call (a store operation) on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, mrl_core::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
 }
 
 /// Reads the body up to the configured limit.
@@ -198,27 +183,59 @@ pub async fn body(payload: web::Payload, limit: usize) -> Result<web::Bytes, Api
     }
 }
 
-pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "status": "ok",
-        "model": state.model_name,
-        "profiles": state.embedder.profile_names(),
-        "dims": state.embedder.nested_dims(),
-        // Query profile → document profiles it may search besides its own.
-        "aligned_with": state.embedder.manifest().map(|m| {
-            m.profiles
-                .iter()
-                .filter(|p| !p.aligned_with.is_empty())
-                .map(|p| (p.name.clone(), p.aligned_with.clone()))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        }).unwrap_or_default(),
-    }))
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    pub model: String,
+    /// Profiles by name: `full`, then the manifest's.
+    pub profiles: Vec<String>,
+    /// The checkpoint's nested dims.
+    pub dims: Vec<usize>,
+    /// Query profile → document profiles it may search besides its own.
+    pub aligned_with: std::collections::BTreeMap<String, Vec<String>>,
 }
 
+/// The server is up; never needs the API key.
+#[utoipa::path(get, path = "/health", tag = "service", security(()),
+    responses((status = 200, description = "the server is up", body = Health)))]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let embedder = state.embeddings.embedder();
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        model: state.model_name.clone(),
+        profiles: embedder.profile_names(),
+        dims: embedder.nested_dims(),
+        aligned_with: embedder
+            .manifest()
+            .map(|m| {
+                m.profiles
+                    .iter()
+                    .filter(|p| !p.aligned_with.is_empty())
+                    .map(|p| (p.name.clone(), p.aligned_with.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "the OpenAPI document of every route", body = Object),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody)))]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document())
 }
 
 pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, actix_web::Error> {
@@ -226,71 +243,4 @@ pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, acti
         ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
             .for_path(req.path()),
     )
-}
-
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(openapi_document())
-}
-
-/// The OpenAPI description of the routes, written by hand to match the handlers.
-pub fn openapi_document() -> Value {
-    let error = serde_json::json!({"$ref": "#/components/schemas/Error"});
-    let openai_error = serde_json::json!({"$ref": "#/components/schemas/OpenAiError"});
-    let errors = |codes: &[&str], schema: &Value| -> Value {
-        codes
-            .iter()
-            .map(|c| (c.to_string(), serde_json::json!({"description": "error", "content": {"application/json": {"schema": schema.clone()}}})))
-            .collect::<Map<String, Value>>()
-            .into()
-    };
-    let mut embed_responses = errors(&["400", "401", "413", "429", "500"], &error);
-    embed_responses["200"] = serde_json::json!({"description": "embeddings", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbedResponse"}}}});
-    let mut openai_responses = errors(&["400", "401", "413", "429", "500"], &openai_error);
-    openai_responses["200"] = serde_json::json!({"description": "OpenAI embedding list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiResponse"}}}});
-    serde_json::json!({
-        "openapi": "3.0.3",
-        "info": {"title": "mrl", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Elastic, Matryoshka-style text embeddings"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "type": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
-                    "required": ["type", "message"]}}},
-                "OpenAiError": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "message": {"type": "string"}, "type": {"type": "string"},
-                    "param": {"type": "string", "nullable": true}, "code": {"type": "string", "nullable": true}},
-                    "required": ["message", "type", "param", "code"]}}},
-                "EmbedRequest": {"type": "object", "required": ["inputs"], "properties": {
-                    "inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                    "dim": {"type": "integer"}, "profile": {"type": "string"}, "normalize": {"type": "boolean"}}},
-                "EmbedResponse": {"type": "object", "properties": {
-                    "model": {"type": "string"}, "profile": {"type": "string"}, "dim": {"type": "integer"},
-                    "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                    "usage": {"type": "object", "properties": {"tokens": {"type": "integer"}}}}},
-                "OpenAiRequest": {"type": "object", "required": ["input"], "properties": {
-                    "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                    "model": {"type": "string", "description": "ignored, except a \":profile\" suffix"},
-                    "dimensions": {"type": "integer"},
-                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-                    "user": {"type": "string"}}},
-                "OpenAiResponse": {"type": "object", "properties": {
-                    "object": {"type": "string"}, "model": {"type": "string"},
-                    "data": {"type": "array", "items": {"type": "object", "properties": {
-                        "object": {"type": "string"}, "index": {"type": "integer"},
-                        "embedding": {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]}}}},
-                    "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}}
-            }
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/health": {"get": {"security": [], "responses": {"200": {"description": "the server is up"}}}},
-            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text format"}}}},
-            "/openapi.json": {"get": {"responses": {"200": {"description": "this document"}}}},
-            "/embed": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbedRequest"}}}},
-                                 "responses": embed_responses}},
-            "/v1/embeddings": {"post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAiRequest"}}}},
-                                         "responses": openai_responses}}
-        }
-    })
 }

@@ -5,13 +5,90 @@
 
 use actix_web::{web, HttpResponse};
 use base64::Engine;
-use mrl_encoder::head;
-use serde_json::{json, Value};
+use mrl_core::{EmbedSpec, Fields};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-use super::{body, opt_str, opt_usize, parse_object, texts, AppState};
+use super::{body, from_value, parse_object, AppState, FieldNames, Texts};
 use crate::error::{ApiError, OpenAiError};
 
-/// The handler: every error in OpenAI's shape.
+#[derive(Deserialize, ToSchema)]
+pub struct OpenAiRequest {
+    /// One text or a list of texts; token-id inputs are refused.
+    pub input: Texts,
+    /// Echoed; a `:profile` suffix picks the sub-encoder (`minilm-elastic:b50`).
+    pub model: Option<String>,
+    pub dimensions: Option<usize>,
+    pub encoding_format: Option<EncodingFormat>,
+    /// Accepted and ignored.
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    /// Little-endian float32 bytes, base64.
+    Base64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<OpenAiEmbedding>,
+    pub model: String,
+    pub usage: OpenAiUsage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingValue,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// OpenAI's error body.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `rate_limit_error` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending field.
+    pub param: Option<String>,
+    /// The native error type (`invalid_api_key`, `rate_limit_exceeded` for 401 and 429).
+    pub code: Option<String>,
+}
+
+/// The OpenAI embeddings API; every error in OpenAI's shape.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embeddings", request_body = OpenAiRequest,
+    responses((status = 200, description = "OpenAI embedding list", body = OpenAiResponse),
+              (status = 400, description = "malformed JSON or an invalid field", body = OpenAiErrorBody),
+              (status = 401, description = "missing or wrong API key", body = OpenAiErrorBody),
+              (status = 413, description = "body or input too long", body = OpenAiErrorBody),
+              (status = 429, description = "the model queue is full", body = OpenAiErrorBody),
+              (status = 500, description = "internal error", body = OpenAiErrorBody)))]
 pub async fn embeddings(
     state: web::Data<AppState>,
     payload: web::Payload,
@@ -23,9 +100,9 @@ async fn create(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = body(payload, state.config.max_body_bytes).await?;
-    let o = parse_object(&raw)?;
-    if let Some(Value::Array(items)) = o.get("input") {
+    let value = parse_object(&body(payload, state.config.max_body_bytes).await?)?;
+    // OpenAI's API also takes token ids; say so rather than call them the wrong type.
+    if let Some(Value::Array(items)) = value.get("input") {
         if items.iter().any(|v| v.is_number() || v.is_array()) {
             return Err(ApiError::field(
                 "input",
@@ -33,42 +110,41 @@ async fn create(
             ));
         }
     }
-    let input = texts(&o, "input", state.config.max_inputs)?;
-    let model = opt_str(&o, "model")?
-        .unwrap_or(&state.model_name)
-        .to_string();
-    let profile_name = model.rsplit_once(':').map(|(_, p)| p);
-    let profile = state.profile(profile_name, "model")?;
-    let dim = opt_usize(&o, "dimensions")?.unwrap_or(state.embedder.model().output_width(&profile));
-    state.check_dim(dim, &profile, "dimensions")?;
-    let base64 = match opt_str(&o, "encoding_format")? {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::field(
-                "encoding_format",
-                format!("encoding_format must be \"float\" or \"base64\", got {other:?}"),
-            ))
-        }
+    let req: OpenAiRequest = from_value(value, FieldNames::Path)?;
+    let input = req.input.check("input", state.config.max_inputs)?;
+    let model = req.model.unwrap_or_else(|| state.model_name.clone());
+    let spec = EmbedSpec {
+        profile: model.rsplit_once(':').map(|(_, p)| p.to_string()),
+        dim: req.dimensions,
+        normalize: true,
     };
-    opt_str(&o, "user")?;
-    let (vectors, tokens) = state.run(input, profile, "input").await?;
-    let mut data = Vec::with_capacity(vectors.len());
-    for (index, v) in vectors.iter().enumerate() {
-        let v = head::nest(v, dim, true)
-            .map_err(|e| ApiError::from_encoder(e, "dimensions", "model"))?;
-        let embedding = if base64 {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-        } else {
-            json!(v)
-        };
-        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
-    }
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    let out = state
+        .embeddings
+        .embed(input, &spec, &Fields::OPENAI)
+        .await?;
+    let base64 = req.encoding_format == Some(EncodingFormat::Base64);
+    let data = out
+        .vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| OpenAiEmbedding {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingValue::Float(v)
+            },
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(OpenAiResponse {
+        object: "list",
+        data,
+        model,
+        usage: OpenAiUsage {
+            prompt_tokens: out.tokens,
+            total_tokens: out.tokens,
+        },
+    }))
 }

@@ -10,14 +10,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mrl::Embedder;
-use mrl_service::indexer::{self, IndexOptions};
-use mrl_service::store::{EdgeStore, VectorQuery, VectorStore};
+use std::sync::Arc;
+
+use mrl::{Embedder, Embeddings, Policy};
+use mrl_core::indexer::{self, IndexOptions};
+use mrl_core::store::{EdgeStore, VectorQuery, VectorStore};
 use mrl_trainer::data::BeirDataset;
 use mrl_trainer::eval::{evaluate, Metrics};
 use serde::Serialize;
 
-use crate::{bar, profile_list, ModelArg};
+use super::common::{bar, load, profile_list, ModelArg};
 
 #[derive(Args)]
 pub struct BenchRetrievalArgs {
@@ -96,18 +98,11 @@ struct Row {
 /// What to evaluate: a model under a profile, at some sizes.
 struct Run<'a> {
     kind: &'static str,
-    embedder: &'a Embedder,
+    embedder: &'a Arc<Embedder>,
     profile: String,
     dims: Vec<usize>,
     /// Other profiles whose queries search this run's collection.
     query_profiles: Vec<String>,
-}
-
-pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("MRL_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("mrl")))
-        .unwrap_or_else(|| PathBuf::from(".mrl-cache"))
 }
 
 fn parse_funnels(specs: &[String]) -> Result<Vec<(usize, usize)>> {
@@ -181,17 +176,19 @@ fn collection_name(
 }
 
 pub fn run(args: BenchRetrievalArgs) -> Result<()> {
-    let embedder = crate::load(&args.model)?;
+    let embedder = Arc::new(load(&args.model)?);
     let baseline = args
         .baseline
         .as_deref()
         .map(|d| mrl::load_model(Some(d)).context("loading --baseline"))
-        .transpose()?;
+        .transpose()?
+        .map(Arc::new);
     let naive = args
         .naive_model
         .as_deref()
         .map(|d| mrl::load_model(Some(d)).context("loading --naive-model"))
-        .transpose()?;
+        .transpose()?
+        .map(Arc::new);
     let funnels = parse_funnels(&args.funnel)?;
     let data = BeirDataset::load(&args.dataset, &args.split)
         .with_context(|| format!("loading {}", args.dataset.display()))?;
@@ -210,7 +207,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
     let data_dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| default_cache_dir().join("bench-index"));
+        .unwrap_or_else(|| mrl_encoder::fetch::default_cache_dir().join("bench-index"));
     let store = EdgeStore::open(&data_dir)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
 
@@ -305,7 +302,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
     std::fs::write(args.out.join("retrieval.md"), &table)?;
     std::fs::write(
         args.out.join("retrieval.svg"),
-        plot(&rows, &format!("{dataset_name} {}", args.split)),
+        plot(&rows, &format!("{dataset_name} {}", args.split))?,
     )?;
     print!("{table}");
     eprintln!("wrote {}/retrieval.{{json,md,svg}}", args.out.display());
@@ -323,7 +320,8 @@ fn evaluate_run(
     exact: bool,
     shas: &mut HashMap<PathBuf, String>,
 ) -> Result<Vec<Row>> {
-    let e = run.embedder;
+    let embeddings = Embeddings::inline(run.embedder.clone(), Policy::LIBRARY);
+    let e: &Embedder = run.embedder;
     let profile = e.profile(Some(&run.profile))?;
     let width = e.model().output_width(&profile);
     // The collection stores the evaluated sizes and every funnel's prefetch size.
@@ -351,8 +349,15 @@ fn evaluate_run(
     let opts = IndexOptions::new(data_dir.join("jobs"))
         .dims(Some(stored.clone()))
         .profile(Some(run.profile.clone()));
-    let summary = indexer::index_file(e, store, &name, corpus_path, &opts, &bar(&label, 0))
-        .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
+    let summary = indexer::index_file(
+        &embeddings,
+        store,
+        &name,
+        corpus_path,
+        &opts,
+        &bar(&label, 0),
+    )
+    .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
     if summary.count != data.corpus.len() {
         bail!(
             "collection {name} holds {} documents, the corpus {}; delete {} to rebuild",
@@ -384,13 +389,12 @@ fn evaluate_run(
         let mut embed_ms = Vec::with_capacity(data.queries.len());
         for q in &data.queries {
             let t = Instant::now();
-            let tokens = e.tokenizer().encode(&[q.text.as_str()])?;
-            let mut v = e.embed_tokens(&tokens, &qp, 1)?;
+            let (mut v, _) = embeddings.raw_blocking(&[q.text.as_str()], &qp, "query")?;
             embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
             vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
         }
         let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
-        let cost = qp.relative_cost(e.config(), mrl_encoder::config::COST_SEQ_LEN);
+        let cost = qp.relative_cost(e.config(), mrl_encoder::manifest::COST_SEQ_LEN);
         for &(dim, funnel) in &plan {
             let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
             let mut search_ms = Vec::with_capacity(vectors.len());
@@ -475,15 +479,11 @@ fn markdown(rows: &[Row]) -> String {
 }
 
 /// NDCG@10 against dim (log scale), one line per profile, the baseline dashed; direct
-/// searches only (funnels and naive cuts are in the table).
-fn plot(rows: &[Row], title: &str) -> String {
-    const COLORS: [&str; 8] = [
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    ];
-    let (w, h) = (800.0, 440.0);
-    let (left, right, top, bottom) = (70.0, 250.0, 40.0, 50.0);
+/// searches only (funnels and naive cuts are in the table). Drawn by plotters as SVG.
+fn plot(rows: &[Row], title: &str) -> Result<String> {
+    use plotters::prelude::*;
     /// One line of the plot: label, dashed (the baseline), (dim, NDCG@10) points.
-    type Series = (String, bool, Vec<(usize, f64)>);
+    type Series = (String, bool, Vec<(f64, f64)>);
     let mut series: Vec<Series> = Vec::new();
     for r in rows
         .iter()
@@ -494,135 +494,73 @@ fn plot(rows: &[Row], title: &str) -> String {
         } else {
             label(r)
         };
+        let point = (r.dim as f64, r.metrics.ndcg_at_10);
         match series.iter_mut().find(|s| s.0 == label) {
-            Some(s) => s.2.push((r.dim, r.metrics.ndcg_at_10)),
-            None => series.push((
-                label,
-                r.kind == "baseline",
-                vec![(r.dim, r.metrics.ndcg_at_10)],
-            )),
+            Some(s) => s.2.push(point),
+            None => series.push((label, r.kind == "baseline", vec![point])),
         }
     }
-    let dims: Vec<usize> = {
-        let mut d: Vec<usize> = series
-            .iter()
-            .flat_map(|s| s.2.iter().map(|p| p.0))
-            .collect();
-        d.sort_unstable();
-        d.dedup();
-        d
-    };
-    let (dmin, dmax) = (
-        *dims.first().unwrap_or(&1) as f64,
-        *dims.last().unwrap_or(&2) as f64,
-    );
+    let xs = || series.iter().flat_map(|s| s.2.iter().map(|p| p.0));
+    let dmin = xs().fold(f64::INFINITY, f64::min).min(64.0);
+    let dmax = xs().fold(0.0, f64::max).max(dmin * 2.0);
     let ymax = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
         .fold(0.0f64, f64::max);
     let ymax = ((ymax * 10.0).ceil() / 10.0).max(0.1);
-    let pw = w - left - right;
-    let ph = h - top - bottom;
-    let x = |d: f64| {
-        if dmax > dmin {
-            left + (d.ln() - dmin.ln()) / (dmax.ln() - dmin.ln()) * pw
-        } else {
-            left + pw / 2.0
+    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the plot: {e}");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("NDCG@10 vs dim — {title}"), ("sans-serif", 16))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((dmin * 0.9..dmax * 1.1).log_scale(), 0.0..ymax)
+            .map_err(|e| draw(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("dim (log scale)")
+            .y_desc("NDCG@10")
+            .x_label_formatter(&|d| format!("{d:.0}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .draw()
+            .map_err(|e| draw(&e))?;
+        for (i, (label, dashed, points)) in series.iter().enumerate() {
+            let mut pts = points.clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = if *dashed {
+                RGBColor(85, 85, 85)
+            } else {
+                let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+                RGBColor(r, g, b)
+            };
+            let style = color.stroke_width(2);
+            let drawn = if *dashed {
+                chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))
+            } else {
+                chart.draw_series(LineSeries::new(pts.clone(), style))
+            }
+            .map_err(|e| draw(&e))?;
+            drawn
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| draw(&e))?;
         }
-    };
-    let y = |v: f64| top + ph - v / ymax * ph;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">NDCG@10 vs dim — {}</text>\n",
-        left + pw / 2.0,
-        escape(title)
-    );
-    // Grid and axes.
-    // Ticks every 0.1: NDCG lives in [0, 1].
-    let ticks = (ymax * 10.0).round() as usize;
-    for i in 0..=ticks {
-        let v = i as f64 / 10.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{v:.1}</text>",
-            y(v),
-            left + pw,
-            left - 6.0,
-            y(v) + 4.0
-        );
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
     }
-    for &d in &dims {
-        let _ = writeln!(
-            s,
-            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/>\
-             <text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{d}</text>",
-            x(d as f64),
-            top + ph,
-            top + ph + 18.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#333\"/>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">dim (log scale)</text>\n\
-         <text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">NDCG@10</text>",
-        left + pw / 2.0,
-        h - 12.0,
-        top + ph / 2.0
-    );
-    for (i, (label, dashed, points)) in series.iter().enumerate() {
-        let color = if *dashed {
-            "#555"
-        } else {
-            COLORS[i % COLORS.len()]
-        };
-        let dash = if *dashed {
-            " stroke-dasharray=\"6 4\""
-        } else {
-            ""
-        };
-        let mut pts = points.clone();
-        pts.sort_by_key(|p| p.0);
-        let path: Vec<String> = pts
-            .iter()
-            .map(|&(d, v)| format!("{:.1},{:.1}", x(d as f64), y(v)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash}/>",
-            path.join(" ")
-        );
-        for &(d, v) in &pts {
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
-                x(d as f64),
-                y(v)
-            );
-        }
-        let ly = top + 10.0 + 20.0 * i as f64;
-        let lx = left + pw + 14.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{color}\" \
-             stroke-width=\"2\"{dash}/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-            lx + 24.0,
-            lx + 30.0,
-            ly + 4.0,
-            escape(label)
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    Ok(svg)
 }
 
 #[cfg(test)]

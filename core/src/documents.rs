@@ -2,7 +2,7 @@
 //! `{_id, title, text, metadata}` — and their stored form: one vector per collection size,
 //! all cut from one forward pass.
 
-use mrl_encoder::{head, EncoderError};
+use mrl_encoder::{nested, text, EncoderError};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -57,29 +57,47 @@ impl Document {
         self
     }
 
+    /// The rules every document follows, however it arrived: an id and a text that are not
+    /// empty, and no payload key starting with `_` (the stores' own keys).
+    ///
+    /// Errors: `DocumentError` naming `id`, `text` or `payload`.
+    pub fn check(&self) -> Result<(), DocumentError> {
+        if self.id.is_empty() {
+            return Err(refuse("id", "id must be a non-empty string or a number"));
+        }
+        if self.text.trim().is_empty() {
+            return Err(refuse("text", "text must not be empty"));
+        }
+        if self.payload.keys().any(|k| k.starts_with('_')) {
+            return Err(refuse(
+                "payload",
+                "payload keys starting with '_' are reserved",
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses one document object. BEIR's convention (the one its published numbers use) is
     /// followed for corpus lines: the embedded text is `title + " " + text`, trimmed; the title
     /// and a non-empty `metadata` object are kept in the payload.
     pub fn from_json(value: &Value) -> Result<Self, DocumentError> {
-        let o = value
-            .as_object()
-            .ok_or_else(|| refuse("document", "a document must be a JSON object"))?;
-        let body = match o.get("text") {
-            Some(Value::String(t)) => t.as_str(),
-            Some(_) => return Err(refuse("text", "text must be a string")),
-            None => return Err(refuse("text", "a document needs a string field \"text\"")),
+        let record = text::read(value, false).map_err(|e| {
+            let field = if e.field == "record" {
+                "document"
+            } else {
+                e.field
+            };
+            refuse(field, e.message)
+        })?;
+        let (o, title, text) = match record.object {
+            Some(o) => (o, record.title, record.text),
+            None => return Err(refuse("document", "a document must be a JSON object")),
         };
-        let title = match o.get("title") {
-            None | Some(Value::Null) => "",
-            Some(Value::String(t)) => t.as_str(),
-            Some(_) => return Err(refuse("title", "title must be a string")),
-        };
-        let text = format!("{title} {body}").trim().to_string();
         if text.is_empty() {
             return Err(refuse("text", "text must not be empty"));
         }
-        let id = match o.get("id").or_else(|| o.get("_id")) {
-            None | Some(Value::Null) => default_id(&text),
+        let id = match record.id {
+            None => default_id(&text),
             Some(v) => caller_id(v)
                 .ok_or_else(|| refuse("id", "id must be a non-empty string or a number"))?,
         };
@@ -114,7 +132,7 @@ impl Document {
     ) -> Result<StoredDocument, EncoderError> {
         let vectors = dims
             .iter()
-            .map(|&d| head::nest(vector, d, true).map(|v| (d, v)))
+            .map(|&d| nested::nest(vector, d, true).map(|v| (d, v)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(StoredDocument {
             id: self.id,

@@ -14,11 +14,12 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
-use mrl_encoder::{head, Embedder, EncoderError};
+use mrl_encoder::EncoderError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::documents::Document;
+use crate::embeddings::Embeddings;
 use crate::store::{CollectionSpec, Distance, StoreError, StoredDocument, VectorStore};
 
 /// Skipped lines remembered by name; past this only the count grows.
@@ -43,6 +44,9 @@ pub enum IndexError {
     Options(String),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    /// A dim or profile the policy refuses, or a failed forward pass.
+    #[error(transparent)]
+    Core(#[from] crate::error::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("progress record {path}: {reason}")]
@@ -68,8 +72,6 @@ pub struct IndexOptions {
     pub profile: Option<String>,
     /// Documents per upsert (and per progress record).
     pub batch: usize,
-    /// Texts per forward pass.
-    pub forward_batch: usize,
     /// Stop at the first malformed line instead of skipping it.
     pub strict: bool,
     /// Index only this part of the input (`None`: all of it).
@@ -135,7 +137,6 @@ impl IndexOptions {
             dims: None,
             profile: None,
             batch: 256,
-            forward_batch: mrl_encoder::DEFAULT_BATCH_SIZE,
             strict: false,
             part: None,
         }
@@ -150,10 +151,6 @@ impl IndexOptions {
     }
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch;
-        self
-    }
-    pub fn forward_batch(mut self, forward_batch: usize) -> Self {
-        self.forward_batch = forward_batch;
         self
     }
     pub fn strict(mut self, strict: bool) -> Self {
@@ -268,21 +265,18 @@ fn count_lines(path: &Path) -> Result<u64, IndexError> {
     Ok(n + u64::from(last != b'\n'))
 }
 
-/// The spec a collection filled by `embedder` should have: what was asked (`dims`, `profile`),
+/// The spec a collection filled by `embeddings` should have: what was asked (`dims`, `profile`),
 /// else the existing collection's, else the model's nested dims that fit the `full` profile.
 /// A collection of another model is refused; creating with the result refuses other specs.
 pub fn resolve_spec(
-    embedder: &Embedder,
+    embeddings: &Embeddings,
     store: &dyn VectorStore,
     collection: &str,
     dims: Option<&[usize]>,
     profile: Option<&str>,
 ) -> Result<CollectionSpec, IndexError> {
-    let model = embedder
-        .dir()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let embedder = embeddings.embedder();
+    let model = embeddings.model_name();
     let existing = match store.info(collection) {
         Ok(info) => Some(info.spec),
         Err(StoreError::NoSuchCollection(_)) => None,
@@ -313,7 +307,7 @@ pub fn resolve_spec(
         ));
     }
     for &d in &dims {
-        head::check_dim(d, embedder.model().output_width(&profile))?;
+        embeddings.check_dim(d, &profile, "dims")?;
     }
     let spec = CollectionSpec {
         dims,
@@ -339,7 +333,7 @@ pub fn resolve_spec(
 /// Indexes the JSONL file `input` into `collection`, creating it if needed, resuming an
 /// unfinished run of the same job. `progress` gets the line count as its length.
 pub fn index_file(
-    embedder: &Embedder,
+    embeddings: &Embeddings,
     store: &dyn VectorStore,
     collection: &str,
     input: &Path,
@@ -347,7 +341,7 @@ pub fn index_file(
     progress: &ProgressBar,
 ) -> Result<IndexSummary, IndexError> {
     let start = Instant::now();
-    if opts.batch == 0 || opts.forward_batch == 0 {
+    if opts.batch == 0 {
         return Err(IndexError::Options("batch sizes must be positive".into()));
     }
     if let Some(p) = &opts.part {
@@ -357,7 +351,7 @@ pub fn index_file(
     let input_len = std::fs::metadata(input).map_err(io(input))?.len();
     let input_abs = std::fs::canonicalize(input).map_err(io(input))?;
     let spec = resolve_spec(
-        embedder,
+        embeddings,
         store,
         collection,
         opts.dims.as_deref(),
@@ -400,12 +394,12 @@ pub fn index_file(
     progress.set_length(count_lines(input)?);
     progress.set_position(state.lines as u64);
     if !state.complete {
-        let profile = embedder.profile(Some(&spec.profile))?;
+        let profile = embeddings.embedder().profile(Some(&spec.profile))?;
         let (chunk_tx, chunk_rx) = sync_channel::<Result<Chunk, IndexError>>(2);
         let (done_tx, done_rx) = sync_channel::<Embedded>(2);
         let outcome = std::thread::scope(|s| {
             let from = (state.offset, state.lines);
-            let reader = s.spawn(move || read_chunks(embedder, input, from, opts, chunk_tx));
+            let reader = s.spawn(move || read_chunks(embeddings, input, from, opts, chunk_tx));
             let writer = s.spawn(|| {
                 write_chunks(
                     store,
@@ -417,7 +411,7 @@ pub fn index_file(
                     progress,
                 )
             });
-            let embedded = embed_chunks(embedder, &profile, &spec.dims, opts, chunk_rx, done_tx);
+            let embedded = embed_chunks(embeddings, &profile, &spec.dims, chunk_rx, done_tx);
             let written = writer
                 .join()
                 .expect("the writer thread panicked; this is a bug");
@@ -455,7 +449,7 @@ pub fn index_file(
 /// Reads lines from the recorded offset, parses and tokenizes them, and sends chunks of
 /// `opts.batch` documents. Stops quietly when the receiver hangs up.
 fn read_chunks(
-    embedder: &Embedder,
+    embeddings: &Embeddings,
     path: &Path,
     (start_offset, start_line): (u64, usize),
     opts: &IndexOptions,
@@ -497,10 +491,10 @@ fn read_chunks(
             }
             if docs.len() >= opts.batch || (eof && (!docs.is_empty() || !skips.is_empty())) {
                 let texts: Vec<&str> = docs.iter().map(|d: &Document| d.text.as_str()).collect();
-                let encoded = embedder.tokenizer().encode_checked(&texts)?;
-                let truncated = encoded.iter().filter(|(_, t)| *t).count();
+                let tokens = embeddings.tokenize(&texts, "documents")?;
+                let truncated = tokens.truncated;
                 let chunk = Chunk {
-                    tokens: encoded.into_iter().map(|(ids, _)| ids).collect(),
+                    tokens: tokens.ids,
                     docs: std::mem::take(&mut docs),
                     truncated,
                     skips: std::mem::take(&mut skips),
@@ -535,16 +529,15 @@ fn parse_line(raw: &[u8]) -> Result<Option<Document>, String> {
 
 /// The model stage: runs on the calling thread, so the encoder keeps every core it asks for.
 fn embed_chunks(
-    embedder: &Embedder,
+    embeddings: &Embeddings,
     profile: &mrl_encoder::Profile,
     dims: &[usize],
-    opts: &IndexOptions,
     rx: Receiver<Result<Chunk, IndexError>>,
     tx: SyncSender<Embedded>,
 ) -> Result<(), IndexError> {
     for chunk in rx {
         let chunk = chunk?;
-        let vectors = embedder.embed_tokens(&chunk.tokens, profile, opts.forward_batch)?;
+        let vectors = embeddings.forward_blocking(profile, chunk.tokens)?;
         let docs = chunk
             .docs
             .into_iter()

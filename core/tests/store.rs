@@ -17,7 +17,7 @@ fn shared() -> PathBuf {
     qdrant::shared_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
-use mrl_service::store::{
+use mrl_core::store::{
     CollectionSpec, Distance, EdgeStore, HnswSize, Layout, RemoteStore, StoreError, StoredDocument,
     VectorQuery, VectorStore,
 };

@@ -1,5 +1,6 @@
 //! Nested output sizes: a vector of any trained size is a prefix of the full one, cut and then
-//! re-normalised, so one forward pass serves every size.
+//! re-normalised, so one forward pass serves every size. (The trained Matryoshka head, a linear
+//! map applied before the cut, is part of the model: `model.rs`, `trainer::student`.)
 
 use crate::error::{EncoderError, Result};
 

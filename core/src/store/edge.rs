@@ -426,8 +426,9 @@ impl VectorStore for EdgeStore {
                     .map_err(|e| StoreError::InvalidFilter(e.to_string()))
             })
             .transpose()?;
-        let params = q.exact.then(|| SearchParams {
-            exact: true,
+        let params = (q.exact || q.params.hnsw_ef.is_some()).then(|| SearchParams {
+            exact: q.exact,
+            hnsw_ef: q.params.hnsw_ef.map(|ef| ef as usize),
             ..SearchParams::default()
         });
         let prefetches = match &q.funnel {
@@ -570,6 +571,7 @@ mod tests {
                         filter: None,
                         funnel: None,
                         exact: false,
+                        params: Default::default(),
                     };
                     store.search("c", &q).unwrap();
                 }

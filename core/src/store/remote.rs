@@ -341,7 +341,10 @@ impl VectorStore for RemoteStore {
             .as_ref()
             .map(|f| filter_from_json(&point_filter(f)?))
             .transpose()?;
-        let params = SearchParamsBuilder::default().exact(q.exact);
+        let mut params = SearchParamsBuilder::default().exact(q.exact);
+        if let Some(ef) = q.params.hnsw_ef {
+            params = params.hnsw_ef(ef);
+        }
         let mut request = QueryPointsBuilder::new(name)
             .query(Query::new_nearest(q.vector.clone()))
             .using(vector_name(q.dim))

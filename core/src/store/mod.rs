@@ -189,6 +189,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How vectors are compared.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Distance {
@@ -198,6 +199,7 @@ pub enum Distance {
 }
 
 /// What a collection stores and how its documents were embedded.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollectionSpec {
     /// Stored sizes, ascending, each one named vector `d{dim}`.
@@ -217,6 +219,7 @@ pub struct CollectionSpec {
 /// to rescore, on disk without an HNSW graph. The embedded store has one shard with every
 /// size as floats in RAM under the default HNSW, and refuses anything else
 /// (`StoreError::Unsupported`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layout {
@@ -242,6 +245,7 @@ pub struct Layout {
 }
 
 /// One size's HNSW settings (Qdrant's defaults where unset: m 16, ef_construct 100).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HnswSize {
@@ -346,6 +350,7 @@ impl Layout {
 }
 
 /// A collection's definition and size.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CollectionInfo {
     pub name: String,
@@ -376,6 +381,21 @@ pub struct VectorQuery {
     pub funnel: Option<Funnel>,
     /// Brute force instead of the HNSW index: the reference approximate search is judged by.
     pub exact: bool,
+    /// Search-time knobs the engine takes as they are.
+    pub params: SearchParams,
+}
+
+/// Search-time knobs passed to the engine as they are: a search's `params`, as in Qdrant's own
+/// search API. A new knob is a field here and its use in the two stores; the HTTP body, its
+/// schema and the library's `SearchOptions::params` carry this struct whole.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Candidates the HNSW search keeps at query time (Qdrant's `hnsw_ef`; default: the
+    /// engine's, the collection's `ef_construct`). Larger: better recall, slower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw_ef: Option<u64>,
 }
 
 impl VectorQuery {
@@ -387,7 +407,7 @@ impl VectorQuery {
         limit: usize,
         funnel: Option<(usize, usize)>,
     ) -> Result<Self, mrl_encoder::EncoderError> {
-        let cut = |d| mrl_encoder::head::nest(full, d, true);
+        let cut = |d| mrl_encoder::nested::nest(full, d, true);
         Ok(Self {
             vector: cut(dim)?,
             dim,
@@ -402,6 +422,7 @@ impl VectorQuery {
                 None => None,
             },
             exact: false,
+            params: SearchParams::default(),
         })
     }
 }
@@ -413,11 +434,13 @@ pub struct Funnel {
     pub candidates: usize,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Hit {
     pub id: String,
     pub score: f32,
     pub text: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Map<String, Value>,
 }
 

@@ -1,0 +1,494 @@
+//! Collections: creating, opening, listing and deleting them (`Collections`), and what a
+//! caller does with one (`Collection`): add and delete documents, search — every rule checked
+//! here once (allowed dims, profile alignment, funnel, limit, the query, ids), for either store.
+//!
+//! Store calls block; an async shell runs them on its blocking pool. Embedding is the caller's
+//! step between planning and running a search (or between checking and storing documents), so
+//! an async shell can await the model thread and a plain caller can block on it, on the same
+//! rules.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mrl_encoder::Profile;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::documents::Document;
+use crate::embeddings::Embeddings;
+use crate::error::{Error, Result};
+use crate::store::{
+    check_name, CollectionInfo, CollectionSpec, Distance, Hit, Layout, SearchParams, VectorQuery,
+    VectorStore,
+};
+
+/// The most hits a search may return.
+pub const MAX_LIMIT: usize = 1000;
+/// The most candidates a funnel's prefetch may ask for: each is scored and held in memory.
+pub const MAX_CANDIDATES: usize = 100_000;
+/// Hits when the caller does not say.
+pub const DEFAULT_LIMIT: usize = 10;
+
+/// A collection to create, as a caller asks for it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CreateRequest {
+    /// Sizes to store (any order, repeats allowed).
+    pub dims: Vec<usize>,
+    /// The profile that embeds the documents (default `full`).
+    pub profile: Option<String>,
+    /// Default cosine.
+    pub distance: Option<Distance>,
+    pub layout: Layout,
+}
+
+/// A search, as a caller asks for it (`POST /collections/{name}/search` takes it as its body):
+/// exactly one of `query` (text) and `vector` (already embedded, `dim` values).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct SearchRequest {
+    /// Text, embedded with the collection's profile (or `profile`).
+    pub query: Option<String>,
+    /// An embedded query of `dim` values, finite as float32.
+    pub vector: Option<Vec<f32>>,
+    /// The stored size to rank by (default: the widest stored).
+    pub dim: Option<usize>,
+    /// Hits, `1..=MAX_LIMIT` (default `DEFAULT_LIMIT`).
+    pub limit: Option<usize>,
+    /// Prefetch at a smaller stored size, then rescore at `dim`.
+    pub funnel: Option<FunnelRequest>,
+    /// Qdrant's filter JSON over the payload; `has_id` takes the callers' document ids.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub filter: Option<Value>,
+    /// Embed the query with this profile instead of the collection's (only where the
+    /// checkpoint declares the two aligned).
+    pub profile: Option<String>,
+    /// Brute force instead of the HNSW index.
+    #[serde(default)]
+    pub exact: bool,
+    /// Engine knobs as in Qdrant's own search API (`"params": {"hnsw_ef": 128}`), passed to
+    /// the store as they are.
+    #[serde(default)]
+    pub params: SearchParams,
+}
+
+/// A funnel as a caller asks for it: prefetch `candidates` at the smaller stored size `dim`,
+/// then rescore them at the search's.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct FunnelRequest {
+    pub dim: usize,
+    /// `limit..=MAX_CANDIDATES` (default 10 × limit).
+    pub candidates: Option<usize>,
+}
+
+/// The collections of one store, filled by one model.
+#[derive(Clone)]
+pub struct Collections {
+    store: Arc<dyn VectorStore>,
+    embeddings: Arc<Embeddings>,
+}
+
+impl Collections {
+    pub fn new(store: Arc<dyn VectorStore>, embeddings: Arc<Embeddings>) -> Self {
+        Self { store, embeddings }
+    }
+
+    pub fn store(&self) -> &Arc<dyn VectorStore> {
+        &self.store
+    }
+
+    pub fn embeddings(&self) -> &Arc<Embeddings> {
+        &self.embeddings
+    }
+
+    /// The spec a create request asks for, checked: the name, the dims (non-empty, each
+    /// allowed by the dim policy for the profile), the profile.
+    ///
+    /// Errors: `InvalidField` naming `name`, `dims` or `profile`.
+    pub fn spec(&self, name: &str, req: &CreateRequest) -> Result<CollectionSpec> {
+        check_name(name)?;
+        let mut dims = req.dims.clone();
+        dims.sort_unstable();
+        dims.dedup();
+        if dims.is_empty() || dims[0] == 0 {
+            return Err(Error::field(
+                "dims",
+                "dims must be a non-empty array of positive integers",
+            ));
+        }
+        let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
+        let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
+        for &d in &dims {
+            self.embeddings.check_dim(d, &profile, "dims")?;
+        }
+        Ok(CollectionSpec {
+            dims,
+            profile: profile_name,
+            model: self.embeddings.model_name(),
+            distance: req.distance.unwrap_or(Distance::Cosine),
+            layout: req.layout.clone(),
+        })
+    }
+
+    /// Creates the collection `req` describes, or does nothing when it exists with the same
+    /// spec. Returns the spec and whether it was created.
+    ///
+    /// Errors: as [`spec`](Self::spec); `Store(Conflict)` for another spec under the name;
+    /// `Store(Unsupported)` for a layout the store cannot honour.
+    pub fn create(&self, name: &str, req: &CreateRequest) -> Result<(CollectionSpec, bool)> {
+        let spec = self.spec(name, req)?;
+        let created = self.store.create(name, &spec)?;
+        Ok((spec, created))
+    }
+
+    /// Opens an existing collection.
+    ///
+    /// Errors: `Store(NoSuchCollection)`.
+    pub fn open(&self, name: &str) -> Result<Collection> {
+        let info = self.store.info(name)?;
+        Ok(Collection {
+            store: self.store.clone(),
+            embeddings: self.embeddings.clone(),
+            name: name.to_string(),
+            spec: info.spec,
+        })
+    }
+
+    /// Opens the collection, creating it with `spec` first when it does not exist.
+    pub fn open_or_create(&self, name: &str, spec: &CollectionSpec) -> Result<Collection> {
+        self.store.create(name, spec)?;
+        self.open(name)
+    }
+
+    pub fn list(&self) -> Result<Vec<CollectionInfo>> {
+        Ok(self.store.list()?)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        Ok(self.store.delete(name)?)
+    }
+}
+
+/// One collection: its spec as it was when opened, and what fills and searches it.
+#[derive(Clone)]
+pub struct Collection {
+    store: Arc<dyn VectorStore>,
+    embeddings: Arc<Embeddings>,
+    name: String,
+    spec: CollectionSpec,
+}
+
+/// Documents checked for a collection, ready to embed with its profile.
+#[derive(Debug, Clone)]
+pub struct DocumentBatch {
+    pub docs: Vec<Document>,
+    /// The collection's document profile.
+    pub profile: Profile,
+}
+
+impl DocumentBatch {
+    /// The texts to embed, in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.docs.iter().map(|d| d.text.clone()).collect()
+    }
+}
+
+/// A search checked against a collection: what (if anything) to embed, and how to query.
+#[derive(Debug, Clone)]
+pub struct SearchPlan {
+    /// The query text and the profile to embed it with, for a text query.
+    pub embed: Option<(String, Profile)>,
+    /// The query vector, for a vector query.
+    vector: Option<Vec<f32>>,
+    dim: usize,
+    limit: usize,
+    funnel: Option<(usize, usize)>,
+    filter: Option<Value>,
+    exact: bool,
+    params: SearchParams,
+}
+
+impl SearchPlan {
+    /// The store's query from the full query vector (`full`: the raw embedding of the text,
+    /// or `None` for a vector query, which brought its own).
+    ///
+    /// Errors: `InvalidField` (`vector`) when a searched prefix is all zeros: it has no
+    /// direction to rank by.
+    pub fn query(&self, full: Option<&[f32]>) -> Result<VectorQuery> {
+        let full = full.or(self.vector.as_deref()).ok_or_else(|| {
+            Error::Internal("a text query needs its embedding; this is a bug".into())
+        })?;
+        for d in std::iter::once(self.dim).chain(self.funnel.map(|(fdim, _)| fdim)) {
+            if full.len() < d || full[..d].iter().all(|&x| x == 0.0) {
+                return Err(Error::field(
+                    "vector",
+                    format!("the query's first {d} values are all zero (as float32)"),
+                ));
+            }
+        }
+        let mut q = VectorQuery::nested(full, self.dim, self.limit, self.funnel)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        q.filter = self.filter.clone();
+        q.exact = self.exact;
+        q.params = self.params;
+        Ok(q)
+    }
+}
+
+impl Collection {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stored sizes, profile, model, distance, layout.
+    pub fn spec(&self) -> &CollectionSpec {
+        &self.spec
+    }
+
+    pub fn embeddings(&self) -> &Arc<Embeddings> {
+        &self.embeddings
+    }
+
+    pub fn store(&self) -> &Arc<dyn VectorStore> {
+        &self.store
+    }
+
+    /// Documents in the collection now.
+    pub fn count(&self) -> Result<usize> {
+        Ok(self.store.info(&self.name)?.count)
+    }
+
+    /// The collection's definition and size now.
+    pub fn info(&self) -> Result<CollectionInfo> {
+        Ok(self.store.info(&self.name)?)
+    }
+
+    /// Checks documents before they are embedded: at least one, each valid, no id twice.
+    ///
+    /// Errors: `InvalidField` naming `documents`, `documents[i].text`, `documents[i].payload`
+    /// or `documents[i].id`.
+    pub fn check_documents(&self, docs: Vec<Document>) -> Result<DocumentBatch> {
+        if docs.is_empty() {
+            return Err(Error::field(
+                "documents",
+                "documents must be a non-empty array",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, d) in docs.iter().enumerate() {
+            d.check().map_err(|e| {
+                let f = format!("documents[{i}].{}", e.field);
+                Error::field(&f, format!("{f}: {}", e.message))
+            })?;
+            if !seen.insert(d.id.as_str()) {
+                return Err(Error::field(
+                    &format!("documents[{i}].id"),
+                    format!("id {:?} appears twice in this request", d.id),
+                ));
+            }
+        }
+        let profile = self
+            .embeddings
+            .profile(Some(&self.spec.profile), "profile")?;
+        Ok(DocumentBatch { docs, profile })
+    }
+
+    /// Stores checked documents with their raw pooled vectors (one per document, from the
+    /// collection's profile): every stored size is cut from each. Durable when it returns.
+    ///
+    /// Errors: `Store` errors; `Internal` when a vector is narrower than a stored size.
+    pub fn store_documents(&self, batch: DocumentBatch, vectors: Vec<Vec<f32>>) -> Result<usize> {
+        let n = batch.docs.len();
+        let stored = batch
+            .docs
+            .into_iter()
+            .zip(vectors)
+            .map(|(d, v)| d.into_stored(&v, &self.spec.dims))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if n > 0 {
+            self.store.upsert(&self.name, stored)?;
+        }
+        Ok(n)
+    }
+
+    /// Checks, embeds (on the caller's thread or the model thread) and stores documents.
+    pub fn add_documents_blocking(&self, docs: Vec<Document>) -> Result<usize> {
+        let batch = self.check_documents(docs)?;
+        let (vectors, _) =
+            self.embeddings
+                .raw_blocking(&batch.texts(), &batch.profile, "documents")?;
+        self.store_documents(batch, vectors)
+    }
+
+    /// Deletes documents by the caller's ids; durable when it returns.
+    ///
+    /// Errors: `InvalidField` (`ids`) for no ids; `Store` errors.
+    pub fn delete_documents(&self, ids: &[String]) -> Result<usize> {
+        if ids.is_empty() || ids.iter().any(String::is_empty) {
+            return Err(Error::field(
+                "ids",
+                "ids must be a non-empty array of non-empty strings or numbers",
+            ));
+        }
+        self.store.delete_documents(&self.name, ids)?;
+        Ok(ids.len())
+    }
+
+    /// Every document id, in no particular order.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        Ok(self.store.ids(&self.name)?)
+    }
+
+    /// Checks a search against the collection: `dim` stored, `limit` in range, a funnel's
+    /// size stored and smaller with enough candidates, exactly one of query and vector (a
+    /// vector of `dim` finite values), a query profile aligned with the documents' and wide
+    /// enough.
+    ///
+    /// Errors: `InvalidField` naming `dim`, `limit`, `funnel.dim`, `funnel.candidates`,
+    /// `query`, `vector`, `vector[i]` or `profile`.
+    pub fn plan_search(&self, req: SearchRequest) -> Result<SearchPlan> {
+        let dims = &self.spec.dims;
+        let widest = *dims
+            .last()
+            .ok_or_else(|| Error::Internal("a collection without dims; this is a bug".into()))?;
+        let dim = req.dim.unwrap_or(widest);
+        if !dims.contains(&dim) {
+            return Err(Error::field(
+                "dim",
+                format!(
+                    "dim {dim} is not stored in {:?}; stored: {dims:?}",
+                    self.name
+                ),
+            ));
+        }
+        let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(Error::field(
+                "limit",
+                format!("limit must be in 1..={MAX_LIMIT}"),
+            ));
+        }
+        let funnel = req
+            .funnel
+            .map(|f| check_funnel(f, dim, limit, dims))
+            .transpose()?;
+        let (embed, vector) = match self.query_input(req.query, req.vector, req.profile, dim)? {
+            QueryInput::Text(text, profile) => (Some((text, profile)), None),
+            QueryInput::Vector(v) => (None, Some(v)),
+        };
+        Ok(SearchPlan {
+            embed,
+            vector,
+            dim,
+            limit,
+            funnel,
+            filter: req.filter.filter(|f| !f.is_null()),
+            exact: req.exact,
+            params: req.params,
+        })
+    }
+
+    /// What the search ranks by: a text to embed (with its profile, checked for alignment and
+    /// width) or a vector of `dim` finite values; exactly one of them.
+    fn query_input(
+        &self,
+        query: Option<String>,
+        vector: Option<Vec<f32>>,
+        profile: Option<String>,
+        dim: usize,
+    ) -> Result<QueryInput> {
+        match (query, vector) {
+            (Some(q), None) if !q.trim().is_empty() => {
+                let profile_name = profile.unwrap_or_else(|| self.spec.profile.clone());
+                let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
+                self.embeddings
+                    .check_aligned(&profile_name, &self.spec.profile, "profile")?;
+                let width = self.embeddings.embedder().model().output_width(&profile);
+                if width < dim {
+                    return Err(Error::field(
+                        "profile",
+                        format!("profile {profile_name:?} is {width} wide, below dim {dim}"),
+                    ));
+                }
+                Ok(QueryInput::Text(q, profile))
+            }
+            (None, Some(v)) => {
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::field(
+                        &format!("vector[{i}]"),
+                        format!(
+                            "vector[{i}] must be a number within float32's range (±3.4e38), got \
+                             {}",
+                            v[i]
+                        ),
+                    ));
+                }
+                if v.len() != dim {
+                    return Err(Error::field(
+                        "vector",
+                        format!("vector has {} values; dim is {dim}", v.len()),
+                    ));
+                }
+                Ok(QueryInput::Vector(v))
+            }
+            (Some(_), Some(_)) => Err(Error::field("query", "give query or vector, not both")),
+            (Some(_), None) => Err(Error::field("query", "query must be a non-empty string")),
+            (None, None) => Err(Error::field("query", "query (text) or vector is required")),
+        }
+    }
+
+    /// Runs a planned query against the store.
+    pub fn run(&self, query: &VectorQuery) -> Result<Vec<Hit>> {
+        Ok(self.store.search(&self.name, query)?)
+    }
+
+    /// Plans, embeds (on the caller's thread or the model thread) and runs a search.
+    pub fn search_blocking(&self, req: SearchRequest) -> Result<Vec<Hit>> {
+        let plan = self.plan_search(req)?;
+        let full = match &plan.embed {
+            Some((text, profile)) => Some(self.embed_query_blocking(text, profile)?),
+            None => None,
+        };
+        self.run(&plan.query(full.as_deref())?)
+    }
+
+    /// The raw (full-width, unnormalised) vector of a query text under `profile`.
+    pub fn embed_query_blocking(&self, text: &str, profile: &Profile) -> Result<Vec<f32>> {
+        let (mut v, _) = self.embeddings.raw_blocking(&[text], profile, "query")?;
+        v.pop()
+            .ok_or_else(|| Error::Internal("one text gave no vector; this is a bug".into()))
+    }
+}
+
+/// What a search ranks by.
+enum QueryInput {
+    /// A text, and the profile that embeds it.
+    Text(String, Profile),
+    /// A vector of the search's `dim` values.
+    Vector(Vec<f32>),
+}
+
+/// A funnel's prefetch size and candidates: a stored size below `dim`, and
+/// `limit..=MAX_CANDIDATES` candidates (default 10 × limit).
+fn check_funnel(
+    f: FunnelRequest,
+    dim: usize,
+    limit: usize,
+    dims: &[usize],
+) -> Result<(usize, usize)> {
+    if !dims.contains(&f.dim) || f.dim >= dim {
+        return Err(Error::field(
+            "funnel.dim",
+            format!("funnel.dim must be a stored size below dim {dim}; stored: {dims:?}"),
+        ));
+    }
+    let candidates = f.candidates.unwrap_or(limit * 10);
+    if !(limit..=MAX_CANDIDATES).contains(&candidates) {
+        return Err(Error::field(
+            "funnel.candidates",
+            format!("funnel.candidates must be in limit..={MAX_CANDIDATES} (limit is {limit})"),
+        ));
+    }
+    Ok((f.dim, candidates))
+}

@@ -1,0 +1,101 @@
+//! What the commands share: the model argument and its loading, the Qdrant arguments, the
+//! progress bar, profile lists and the peak-RSS reading.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use mrl::{DimPolicy, Embedder};
+
+#[derive(Args)]
+pub(crate) struct ModelArg {
+    /// A sentence-transformers or mrl model folder (default: models/mrl-minilm-elastic, the
+    /// shipped trained checkpoint, when present; else the base model, fetched on
+    /// first use).
+    #[arg(long, env = "MRL_MODEL")]
+    pub(crate) model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct QdrantArgs {
+    /// A Qdrant server or cluster (gRPC address, e.g. http://localhost:6334) instead of the
+    /// embedded store.
+    #[arg(long, env = "MRL_QDRANT_URL")]
+    pub(crate) qdrant_url: Option<String>,
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    pub(crate) qdrant_api_key: Option<String>,
+}
+
+/// `--dim-policy`: which output sizes may be asked for (mrl-core's one rule, `DimPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DimPolicyArg {
+    /// Only the checkpoint's nested dims (`mrl.json`; the native width for a plain model).
+    Nested,
+    /// Any prefix up to the profile's width.
+    Any,
+}
+
+impl From<DimPolicyArg> for DimPolicy {
+    fn from(a: DimPolicyArg) -> Self {
+        match a {
+            DimPolicyArg::Nested => DimPolicy::Nested,
+            DimPolicyArg::Any => DimPolicy::AnyPrefix,
+        }
+    }
+}
+
+impl DimPolicyArg {
+    /// The flag's value for a policy, so each command's default is the core's.
+    pub(crate) fn of(p: DimPolicy) -> Self {
+        match p {
+            DimPolicy::Nested => Self::Nested,
+            DimPolicy::AnyPrefix => Self::Any,
+        }
+    }
+}
+
+impl std::fmt::Display for DimPolicyArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nested => "nested",
+            Self::Any => "any",
+        })
+    }
+}
+
+pub(crate) fn load(arg: &ModelArg) -> Result<Embedder> {
+    mrl::load_model(arg.model.as_deref()).context("loading the model")
+}
+
+/// `all` means every profile the model knows; otherwise names or specs separated by ';'.
+pub(crate) fn profile_list(embedder: &Embedder, spec: &str) -> Vec<String> {
+    if spec.trim() == "all" {
+        return embedder.profile_names();
+    }
+    spec.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The process's peak resident set (VmHWM), where /proc has it.
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub(crate) fn bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>16} [{bar:30}] {pos}/{len} {per_sec} eta {eta} ({elapsed})",
+        )
+        .expect("the progress template is valid; this is a bug")
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
