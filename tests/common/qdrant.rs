@@ -1,6 +1,6 @@
 //! A real Qdrant server — the one shipped in `../shared/qdrant` (`qdrant.sh` unpacks it) — on
 //! free loopback ports with its own storage folder: what the remote-store suite
-//! (`service/tests/store.rs`) and the end-to-end tests over `mrl serve --qdrant-url` share.
+//! (`core/tests/store.rs`) and the end-to-end tests over `mrl serve --qdrant-url` share.
 //! It can be killed and started again on the same ports and storage; on drop it is killed and
 //! its storage removed. It panics with the reason when the server cannot start: those tests
 //! must not pass without the real engine.
@@ -150,7 +150,8 @@ impl QdrantServer {
         }
     }
 
-    /// Starts the server (again) on the same ports and storage and waits for `/healthz`.
+    /// Starts the server (again) on the same ports and storage and waits for `/healthz` and
+    /// for the gRPC port (REST can answer before gRPC listens: seen under load).
     pub fn restart(&mut self) {
         self.kill();
         let mut cmd = Command::new(&self.bin);
@@ -183,12 +184,12 @@ impl QdrantServer {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the Qdrant server {} exited at start: {status}", self.bin);
             }
-            if healthy(self.http) {
+            if healthy(self.http) && TcpStream::connect(("127.0.0.1", self.grpc)).is_ok() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the Qdrant server {} did not answer /healthz within 60 s",
+                "the Qdrant server {} did not answer /healthz and gRPC within 60 s",
                 self.bin
             );
             std::thread::sleep(Duration::from_millis(100));
