@@ -24,7 +24,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::ProgressBar;
 use mrl_encoder::manifest::Manifest;
-use mrl_encoder::{Embedder, Profile};
+use mrl_encoder::{BertConfig, Embedder, Profile};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -418,45 +418,157 @@ fn ndcg(split: &Split, qrels: &Qrels, q: &[Vec<f32>], d: &[Vec<f32>], dim: usize
 /// Runs the recipe: caches, fits, checks, writes `OUT/model`. Rerunning reuses the caches.
 pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySummary> {
     let start = Instant::now();
-    let parent = Embedder::load(&cfg.parent)?;
-    let manifest = parent.manifest().cloned().ok_or_else(|| {
-        TrainerError::Invalid(format!(
-            "{} has no mrl.json: calibrate it first (mrl calibrate)",
-            cfg.parent.display()
-        ))
-    })?;
-    let bert = parent.config().clone();
-    let hidden = bert.hidden_size;
-    let width = *cfg.nested_dims.iter().max().expect("validated non-empty");
-    if width < hidden {
-        return Err(TrainerError::Invalid(format!(
-            "the widest nested dim {width} is below the parent's width {hidden}"
-        )));
-    }
-    let mut profiles: Vec<(String, Profile)> = vec![("full".into(), Profile::full(&bert))];
-    for name in &cfg.profiles {
-        let p = manifest
-            .profile(name)
-            .ok_or_else(|| TrainerError::Invalid(format!("the parent has no profile {name:?}")))?;
-        if p.profile.hidden != hidden {
-            return Err(TrainerError::Invalid(format!(
-                "profile {name:?} is {} wide; a head maps the parent's width {hidden}",
-                p.profile.hidden
-            )));
-        }
-        profiles.push((name.clone(), p.profile.clone()));
-    }
+    let parent = Parent::load(cfg)?;
 
     // Every profile's pooled vectors of every corpus and query, cached once.
     let cache_dir = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
-    let cache = EmbeddingCache::new(&cache_dir, &parent)?;
-    let mut splits = Vec::new();
-    let sets = cfg
-        .sources
-        .iter()
-        .map(|s| (s, true))
-        .chain(cfg.dev.iter().map(|s| (s, false)));
-    for (src, train) in sets {
+    let cache = EmbeddingCache::new(&cache_dir, &parent.embedder)?;
+    let splits = parent.splits(cfg, &cache, progress)?;
+    let guards = parent.guards(cfg, &cache, progress)?;
+    let pairs = training_pairs(&splits);
+    let total_pairs: usize = pairs.iter().map(Vec::len).sum();
+    if total_pairs == 0 {
+        return Err(TrainerError::Invalid(
+            "the training splits gave no pairs".into(),
+        ));
+    }
+    let w0 = shared_start(cfg, &splits, &pairs, parent.hidden, parent.width)?;
+    let maps = sub_maps(cfg, &parent.profiles, &splits)?;
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+    // Head fits keep their state at every check; a rerun of the same recipe over the same
+    // parent resumes them (and appends to the log), any other starts afresh.
+    let key = recipe_key(cfg, &cache, &splits, &guards)?;
+    let resume = Resume::open(&cfg.out.join("state"), &key)?;
+    let log = Metrics::open(&cfg.out.join("metrics.jsonl"), resume.resuming)?;
+    let held_qrels: Vec<Qrels> = splits.iter().map(|s| s.qrels_of(&s.held_out)).collect();
+    let fit = Fit {
+        cfg,
+        splits: &splits,
+        guards: &guards,
+        pairs: &pairs,
+        held_qrels: &held_qrels,
+        width: parent.width,
+        hidden: parent.hidden,
+        resume: &resume,
+    };
+    let mut run = FamilyRun::new(fit, &parent.profiles, log);
+    let heads = run.fit_heads(w0, maps, progress)?;
+    let report = run.report(&heads)?;
+    let guard_rows = run.guard_rows(&heads)?;
+    parent.write_model(cfg, &heads, &report, &guard_rows)?;
+    Ok(FamilySummary {
+        seconds: start.elapsed().as_secs_f64(),
+        pairs: total_pairs,
+        chosen_step: heads.chosen_step,
+        report,
+        guards: guard_rows,
+    })
+}
+
+/// The frozen parent: its encoder and manifest, and the profiles the family carries.
+struct Parent {
+    embedder: Embedder,
+    manifest: Manifest,
+    bert: BertConfig,
+    hidden: usize,
+    /// The widest nested dim: the heads' rows.
+    width: usize,
+    /// `full` first, then the recipe's sub-encoders in its order.
+    profiles: Vec<(String, Profile)>,
+}
+
+impl Parent {
+    /// Loads `cfg.parent` and the sub-encoders the recipe names.
+    ///
+    /// Errors: the encoder's load errors, or `Invalid` when the parent is not calibrated,
+    /// lacks a named profile, or is wider than the widest nested dim or than a sub-encoder.
+    fn load(cfg: &FamilyConfig) -> Result<Self> {
+        let embedder = Embedder::load(&cfg.parent)?;
+        let manifest = embedder.manifest().cloned().ok_or_else(|| {
+            TrainerError::Invalid(format!(
+                "{} has no mrl.json: calibrate it first (mrl calibrate)",
+                cfg.parent.display()
+            ))
+        })?;
+        let bert = embedder.config().clone();
+        let hidden = bert.hidden_size;
+        let width = *cfg.nested_dims.iter().max().expect("validated non-empty");
+        if width < hidden {
+            return Err(TrainerError::Invalid(format!(
+                "the widest nested dim {width} is below the parent's width {hidden}"
+            )));
+        }
+        let mut profiles: Vec<(String, Profile)> = vec![("full".into(), Profile::full(&bert))];
+        for name in &cfg.profiles {
+            let p = manifest.profile(name).ok_or_else(|| {
+                TrainerError::Invalid(format!("the parent has no profile {name:?}"))
+            })?;
+            if p.profile.hidden != hidden {
+                return Err(TrainerError::Invalid(format!(
+                    "profile {name:?} is {} wide; a head maps the parent's width {hidden}",
+                    p.profile.hidden
+                )));
+            }
+            profiles.push((name.clone(), p.profile.clone()));
+        }
+        Ok(Self {
+            embedder,
+            manifest,
+            bert,
+            hidden,
+            width,
+            profiles,
+        })
+    }
+
+    /// Every profile's pooled vectors of `a` and of `b`, through the cache; `what` names
+    /// the texts in the progress message.
+    fn embed(
+        &self,
+        what: &str,
+        (a, b): (&[String], &[String]),
+        cache: &EmbeddingCache,
+        progress: &ProgressBar,
+    ) -> Result<HashMap<String, Cached>> {
+        let mut vectors = HashMap::new();
+        for (pname, profile) in &self.profiles {
+            progress.set_message(format!("embedding {what} ({pname})"));
+            let va = embed_cached(&self.embedder, a, profile, Some(cache), progress)?;
+            let vb = embed_cached(&self.embedder, b, profile, Some(cache), progress)?;
+            vectors.insert(pname.clone(), (va, vb));
+        }
+        Ok(vectors)
+    }
+
+    /// The training sources, then the dev splits, each with its cached vectors.
+    ///
+    /// Errors: `Invalid` for a test split, or the data's and the encoder's errors.
+    fn splits(
+        &self,
+        cfg: &FamilyConfig,
+        cache: &EmbeddingCache,
+        progress: &ProgressBar,
+    ) -> Result<Vec<Split>> {
+        let sets = cfg
+            .sources
+            .iter()
+            .map(|s| (s, true))
+            .chain(cfg.dev.iter().map(|s| (s, false)));
+        sets.map(|(src, train)| self.split(cfg, src, train, cache, progress))
+            .collect()
+    }
+
+    /// One split with its cached vectors; a training split holds out every `holdout`-th
+    /// query, a dev split all of them.
+    fn split(
+        &self,
+        cfg: &FamilyConfig,
+        src: &BeirSplit,
+        train: bool,
+        cache: &EmbeddingCache,
+        progress: &ProgressBar,
+    ) -> Result<Split> {
         if src.split == "test" {
             return Err(TrainerError::Invalid("never fit on a test split".into()));
         }
@@ -468,17 +580,11 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         let name = format!("{dir_name}/{}", src.split);
         let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
         let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();
-        let mut vectors = HashMap::new();
-        for (pname, profile) in &profiles {
-            progress.set_message(format!("embedding {name} ({pname})"));
-            let d = embed_cached(&parent, &corpus, profile, Some(&cache), progress)?;
-            let q = embed_cached(&parent, &queries, profile, Some(&cache), progress)?;
-            vectors.insert(pname.clone(), (d, q));
-        }
+        let vectors = self.embed(&name, (&corpus, &queries), cache, progress)?;
         let held_out: HashSet<usize> = (0..data.queries.len())
             .filter(|&i| !train || held(&data.queries[i].id, cfg.seed, cfg.holdout))
             .collect();
-        splits.push(Split {
+        Ok(Split {
             name: if train {
                 format!("{name} held-out")
             } else {
@@ -488,31 +594,123 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
             vectors,
             held_out,
             weight: if train { src.weight } else { 0.0 },
-        });
+        })
     }
 
-    let mut guards = Vec::new();
-    for path in &cfg.guards {
-        let pairs = crate::data::sts_scored(path)?;
-        let (a, b): (Vec<String>, Vec<String>) =
-            pairs.iter().map(|p| (p.a.clone(), p.b.clone())).unzip();
-        let mut vectors = HashMap::new();
-        for (pname, profile) in &profiles {
-            progress.set_message(format!("embedding {} ({pname})", path.display()));
-            let va = embed_cached(&parent, &a, profile, Some(&cache), progress)?;
-            let vb = embed_cached(&parent, &b, profile, Some(&cache), progress)?;
-            vectors.insert(pname.clone(), (va, vb));
+    /// The out-of-domain guards with their cached vectors.
+    ///
+    /// Errors: the guard files' and the encoder's errors.
+    fn guards(
+        &self,
+        cfg: &FamilyConfig,
+        cache: &EmbeddingCache,
+        progress: &ProgressBar,
+    ) -> Result<Vec<Guard>> {
+        let mut guards = Vec::new();
+        for path in &cfg.guards {
+            let pairs = crate::data::sts_scored(path)?;
+            let (a, b): (Vec<String>, Vec<String>) =
+                pairs.iter().map(|p| (p.a.clone(), p.b.clone())).unzip();
+            let what = path.display().to_string();
+            let vectors = self.embed(&what, (&a, &b), cache, progress)?;
+            guards.push(Guard {
+                name: path.display().to_string(),
+                scores: pairs.iter().map(|p| p.score).collect(),
+                vectors,
+            });
         }
-        guards.push(Guard {
-            name: path.display().to_string(),
-            scores: pairs.iter().map(|p| p.score).collect(),
-            vectors,
-        });
+        Ok(guards)
     }
 
-    // Pairs of training queries and their relevant documents, per source.
+    /// The checkpoint, `OUT/model`: the parent's weights with `head.*` and `heads.NAME.*`,
+    /// and a manifest that declares each sub-encoder aligned with `full`. A previous
+    /// `OUT/model` is replaced.
+    fn write_model(
+        &self,
+        cfg: &FamilyConfig,
+        heads: &Heads,
+        report: &[ReportRow],
+        guard_rows: &[GuardRow],
+    ) -> Result<()> {
+        let (width, hidden, bert) = (self.width, self.hidden, &self.bert);
+        let mut tensors =
+            candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &Device::Cpu)?;
+        let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
+        let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
+            t.insert(
+                format!("{name}.weight"),
+                Tensor::from_vec(w, (width, hidden), &Device::Cpu)?,
+            );
+            t.insert(format!("{name}.bias"), zeros.clone());
+            Ok(())
+        };
+        put(&mut tensors, "head", heads.shared.clone())?;
+        let mut named = vec![crate::calibrate::named(
+            "full".into(),
+            Profile::full(bert),
+            bert,
+            None,
+        )];
+        for (pname, profile) in self.profiles.iter().skip(1) {
+            put(
+                &mut tensors,
+                &format!("heads.{pname}"),
+                heads.head_of(pname),
+            )?;
+            let mut p = crate::calibrate::named(pname.clone(), profile.clone(), bert, None);
+            p.fidelity = self.manifest.profile(pname).and_then(|q| q.fidelity);
+            p.head = Some(pname.clone());
+            p.aligned_with = vec!["full".into()];
+            named.push(p);
+        }
+        let out_manifest = Manifest {
+            nested_dims: cfg.nested_dims.clone(),
+            profiles: named,
+            budgets: self
+                .manifest
+                .budgets
+                .iter()
+                .filter(|b| cfg.profiles.contains(&b.profile))
+                .cloned()
+                .collect(),
+            provenance: self.provenance(cfg, heads, report, guard_rows),
+            ..self.manifest.clone()
+        };
+        let model_dir = cfg.out.join("model");
+        if model_dir.exists() {
+            std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
+        }
+        crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &out_manifest)
+    }
+
+    /// The checkpoint's provenance: how it was fitted, the chosen steps and what the held-out
+    /// sets and guards found.
+    fn provenance(
+        &self,
+        cfg: &FamilyConfig,
+        heads: &Heads,
+        report: &[ReportRow],
+        guard_rows: &[GuardRow],
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "trained_from": cfg.parent,
+            "method": format!("frozen parent; Matryoshka head from the rotation fitted on the training {}, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile", match cfg.head.rotation { RotationFit::Documents => "corpora's principal axes", RotationFit::Qrels => "pairs' cross-products" }),
+            "chosen_step": heads.chosen_step,
+            "chosen_steps": heads.subs.iter().map(|(n, _, s)| (n.clone(), *s)).collect::<HashMap<_, _>>(),
+            "widest_zeroed": heads.zeroed,
+            "recipe": cfg,
+            "held_out": report,
+            "guards": guard_rows,
+            "parent_provenance": self.manifest.provenance,
+        })
+    }
+}
+
+/// Pairs of training queries and their relevant documents, per split (none for dev splits
+/// and held-out queries).
+fn training_pairs(splits: &[Split]) -> Vec<Vec<(usize, usize)>> {
     let mut pairs: Vec<Vec<(usize, usize)>> = Vec::new();
-    for s in &splits {
+    for s in splits {
         let index: HashMap<&str, usize> = s
             .data
             .corpus
@@ -535,22 +733,41 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         }
         pairs.push(p);
     }
-    let total_pairs: usize = pairs.iter().map(Vec::len).sum();
-    if total_pairs == 0 {
-        return Err(TrainerError::Invalid(
-            "the training splits gave no pairs".into(),
-        ));
-    }
+    pairs
+}
 
-    // The rotation onto the principal axes of the training corpora or pairs (full profile).
-    let rotation = match cfg.head.rotation {
+/// The shared head's start (`width × hidden`, row-major): the rotation, then the rows past
+/// the parent's width drawn uniformly within `±extra_init`.
+fn shared_start(
+    cfg: &FamilyConfig,
+    splits: &[Split],
+    pairs: &[Vec<(usize, usize)>],
+    hidden: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
+    let mut w0 = fit_rotation(cfg, splits, pairs)?.matrix_f32();
+    let mut init_rng = Rng::new(cfg.seed ^ 0xE7);
+    w0.extend(
+        (hidden * hidden..width * hidden)
+            .map(|_| ((init_rng.uniform() - 0.5) * 2.0 * cfg.head.extra_init) as f32),
+    );
+    Ok(w0)
+}
+
+/// The rotation onto the principal axes of the training corpora or pairs (full profile).
+fn fit_rotation(
+    cfg: &FamilyConfig,
+    splits: &[Split],
+    pairs: &[Vec<(usize, usize)>],
+) -> Result<Rotation> {
+    match cfg.head.rotation {
         RotationFit::Documents => {
             let docs: Vec<Vec<f32>> = splits
                 .iter()
                 .filter(|s| s.weight > 0.0)
                 .flat_map(|s| s.vectors["full"].0.iter().cloned())
                 .collect();
-            Rotation::fit(&docs)?
+            Rotation::fit(&docs)
         }
         RotationFit::Qrels => {
             // Each source weighs by its share of batches, not by its number of qrels
@@ -559,7 +776,7 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
             let mut rng = Rng::new(cfg.seed ^ 0x9A);
             let draws = 20_000usize;
             let mut fit_pairs: Vec<(&[f32], &[f32])> = Vec::with_capacity(draws);
-            for (s, p) in splits.iter().zip(&pairs) {
+            for (s, p) in splits.iter().zip(pairs) {
                 if s.weight <= 0.0 || p.is_empty() {
                     continue;
                 }
@@ -575,21 +792,21 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
                     fit_pairs.push((&queries[qi], &docs[di]));
                 }
             }
-            Rotation::fit_pairs(&fit_pairs)?
+            Rotation::fit_pairs(&fit_pairs)
         }
-    };
-    let mut w0 = rotation.matrix_f32();
-    let mut init_rng = Rng::new(cfg.seed ^ 0xE7);
-    w0.extend(
-        (hidden * hidden..width * hidden)
-            .map(|_| ((init_rng.uniform() - 0.5) * 2.0 * cfg.head.extra_init) as f32),
-    );
+    }
+}
 
-    // Each sub-encoder's closed-form map onto the full profile, on every cached text.
+/// Each sub-encoder's closed-form map onto the full profile, on every cached text.
+fn sub_maps(
+    cfg: &FamilyConfig,
+    profiles: &[(String, Profile)],
+    splits: &[Split],
+) -> Result<Vec<(String, Vec<f32>)>> {
     let mut maps: Vec<(String, Vec<f32>)> = Vec::new();
     for (pname, _) in profiles.iter().skip(1) {
         let (mut sub, mut full) = (Vec::new(), Vec::new());
-        for s in &splits {
+        for s in splits {
             let (sd, sq) = &s.vectors[pname];
             let (fd, fq) = &s.vectors["full"];
             sub.extend(sd.iter().chain(sq).cloned());
@@ -597,165 +814,250 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
         }
         maps.push((pname.clone(), fit_linear_map(&sub, &full, cfg.ridge)?));
     }
+    Ok(maps)
+}
 
-    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
-    // Head fits keep their state at every check; a rerun of the same recipe over the same
-    // parent resumes them (and appends to the log), any other starts afresh.
-    let recipe_key = {
-        let mut h = Sha256::new();
-        h.update(env!("CARGO_PKG_VERSION").as_bytes());
-        h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
-        h.update(cache.weights_sha256().as_bytes());
-        // What the data files hold, not only where they are.
-        for s in &splits {
-            for t in s.data.corpus.iter().chain(&s.data.queries) {
-                h.update(t.id.as_bytes());
-                h.update(t.text.as_bytes());
-            }
-            let mut judged: Vec<(&String, Vec<(&String, &i32)>)> = s
-                .data
-                .qrels
-                .iter()
-                .map(|(q, r)| {
-                    let mut r: Vec<_> = r.iter().collect();
-                    r.sort();
-                    (q, r)
-                })
-                .collect();
-            judged.sort();
-            for (q, r) in judged {
-                h.update(q.as_bytes());
-                for (d, g) in r {
-                    h.update(d.as_bytes());
-                    h.update(g.to_le_bytes());
-                }
-            }
+/// What the head fits' saved state is keyed by: this build, the recipe, the parent's
+/// weights and what the data files hold, not only where they are.
+fn recipe_key(
+    cfg: &FamilyConfig,
+    cache: &EmbeddingCache,
+    splits: &[Split],
+    guards: &[Guard],
+) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
+    h.update(cache.weights_sha256().as_bytes());
+    for s in splits {
+        for t in s.data.corpus.iter().chain(&s.data.queries) {
+            h.update(t.id.as_bytes());
+            h.update(t.text.as_bytes());
         }
-        for g in &guards {
-            for x in &g.scores {
-                h.update(x.to_le_bytes());
-            }
-        }
-        format!("{:x}", h.finalize())
-    };
-    let resume = Resume::open(&cfg.out.join("state"), &recipe_key)?;
-    let log_path = cfg.out.join("metrics.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resume.resuming)
-        .write(true)
-        .truncate(!resume.resuming)
-        .open(&log_path)
-        .map_err(|e| TrainerError::io(&log_path, e))?;
-    let names: Vec<&str> = splits.iter().map(|s| s.name.as_str()).collect();
-    let held_qrels: Vec<Qrels> = splits.iter().map(|s| s.qrels_of(&s.held_out)).collect();
-    let full_at = cfg
-        .nested_dims
-        .iter()
-        .position(|&d| d == hidden)
-        .unwrap_or(cfg.nested_dims.len() - 1);
-    let widest_at = cfg
-        .nested_dims
-        .iter()
-        .position(|&d| d == width)
-        .unwrap_or(cfg.nested_dims.len() - 1);
-    let ctx = Fit {
-        cfg,
-        splits: &splits,
-        guards: &guards,
-        pairs: &pairs,
-        held_qrels: &held_qrels,
-        width,
-        hidden,
-        resume: &resume,
-    };
-
-    // The shared head: NDCG@10 of the full profile at every nested dim on every held-out
-    // set; a check whose full width falls below the parent's anywhere is not eligible.
-    let baseline = ctx.scores("full", "full", &w0, &w0)?;
-    let guard0 = ctx.guard_scores("full", &w0)?;
-    let shared = ctx.train(
-        "head",
-        &w0,
-        progress,
-        |w, rng| {
-            let Some((s, batch)) = ctx.sample(rng) else {
-                return Ok(None);
-            };
-            let (docs, queries) = &s.vectors["full"];
-            let q = rows(queries, batch.iter().map(|b| b.0))?;
-            let d = rows(docs, batch.iter().map(|b| b.1))?;
-            let wt = w.t()?;
-            let (qo, d_out) = (q.matmul(&wt)?, d.matmul(&wt)?);
-            let mut loss = ctx.nce(&qo, &d_out)?;
-            if cfg.head.anchor_weight > 0.0 {
-                let parent = Tensor::cat(&[&q, &d], 0)?;
-                let out = Tensor::cat(&[&qo, &d_out], 0)?;
-                let t = cfg.head.temperature;
-                let anchor = (similarity_distillation(&out.narrow(1, 0, hidden)?, &parent, t)?
-                    + similarity_distillation(&out, &parent, t)?)?;
-                loss = (loss + (anchor * cfg.head.anchor_weight)?)?;
-            }
-            Ok(Some(loss))
-        },
-        |w| {
-            let scores = ctx.scores("full", "full", w, w)?;
-            let guard = ctx.guard_scores("full", w)?;
-            let kept = scores
-                .iter()
-                .zip(&baseline)
-                .all(|(s, b)| s[full_at..].iter().all(|&x| x >= b[full_at] - TIE))
-                && ctx.within_guard(&guard, &guard0);
-            Ok(Check {
-                scores,
-                guard,
-                eligible: kept,
+        let mut judged: Vec<(&String, Vec<(&String, &i32)>)> = s
+            .data
+            .qrels
+            .iter()
+            .map(|(q, r)| {
+                let mut r: Vec<_> = r.iter().collect();
+                r.sort();
+                (q, r)
             })
-        },
-        &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
-        &names,
-    )?;
-    let (chosen_step, mut w) = shared;
-    let full_scores = ctx.scores("full", "full", &w, &w)?;
-    let mut zeroed = Vec::new();
-    if drop_unearned_width(&mut w, &full_scores, full_at, widest_at, hidden) {
-        zeroed.push("full".to_string());
+            .collect();
+        judged.sort();
+        for (q, r) in judged {
+            h.update(q.as_bytes());
+            for (d, g) in r {
+                h.update(d.as_bytes());
+                h.update(g.to_le_bytes());
+            }
+        }
+    }
+    for g in guards {
+        for x in &g.scores {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// `OUT/metrics.jsonl`: one JSON line per check of every head fit.
+struct Metrics {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Metrics {
+    /// Opens the log: appended to when the head fits resume, else started afresh.
+    ///
+    /// Errors: `Io` when it cannot be opened.
+    fn open(path: &Path, resuming: bool) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resuming)
+            .write(true)
+            .truncate(!resuming)
+            .open(path)
+            .map_err(|e| TrainerError::io(path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
-    // Each sub-encoder's head: from the closed-form map, trained so that its queries find
-    // full-profile documents (the shared head, fixed) and its own documents.
-    let mut sub_heads: Vec<(String, Vec<f32>, usize)> = Vec::new();
-    let fixed = Tensor::from_vec(w.clone(), (width, hidden), &Device::Cpu)?;
-    for (pname, map) in &maps {
-        let init = matmul(&w, width, map, hidden);
+    /// Appends `line`.
+    fn write(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| TrainerError::io(&self.path, e))
+    }
+}
+
+/// The fitted heads with their starts, as the report and the checkpoint read them.
+struct Heads {
+    /// The shared head's start: the rotation and the extra rows.
+    w0: Vec<f32>,
+    /// Each sub-encoder's closed-form map onto the full profile.
+    maps: Vec<(String, Vec<f32>)>,
+    /// The chosen shared head.
+    shared: Vec<f32>,
+    chosen_step: usize,
+    /// Each sub-encoder's chosen head and its step.
+    subs: Vec<(String, Vec<f32>, usize)>,
+    /// The profiles whose rows past the parent's width were zeroed.
+    zeroed: Vec<String>,
+    width: usize,
+    hidden: usize,
+}
+
+impl Heads {
+    /// The rotation baseline of a sub-encoder: the rotation after its closed-form map.
+    fn rotation_of(&self, name: &str) -> Vec<f32> {
+        match self.maps.iter().find(|(n, _)| n == name) {
+            Some((_, m)) => matmul(&self.w0, self.width, m, self.hidden),
+            None => self.w0.clone(),
+        }
+    }
+
+    /// The chosen head of profile `name` (the shared one for `full`).
+    fn head_of(&self, name: &str) -> Vec<f32> {
+        match self.subs.iter().find(|(n, _, _)| n == name) {
+            Some((_, h, _)) => h.clone(),
+            None => self.shared.clone(),
+        }
+    }
+}
+
+/// The head fits of one run and what judges them: the shared context, the profiles, the
+/// log, and where the parent's width and the widest size sit among the nested dims.
+struct FamilyRun<'a> {
+    fit: Fit<'a>,
+    profiles: &'a [(String, Profile)],
+    /// The held-out sets' names, as the log names them.
+    names: Vec<&'a str>,
+    log: Metrics,
+    full_at: usize,
+    widest_at: usize,
+}
+
+impl<'a> FamilyRun<'a> {
+    /// A run over `fit`'s splits that logs to `log`.
+    fn new(fit: Fit<'a>, profiles: &'a [(String, Profile)], log: Metrics) -> Self {
+        let splits: &'a [Split] = fit.splits;
+        let names = splits.iter().map(|s| s.name.as_str()).collect();
+        let dims = &fit.cfg.nested_dims;
+        let full_at = dims
+            .iter()
+            .position(|&d| d == fit.hidden)
+            .unwrap_or(dims.len() - 1);
+        let widest_at = dims
+            .iter()
+            .position(|&d| d == fit.width)
+            .unwrap_or(dims.len() - 1);
+        Self {
+            fit,
+            profiles,
+            names,
+            log,
+            full_at,
+            widest_at,
+        }
+    }
+
+    /// The shared head from `w0`, then each sub-encoder's from the shared head after its map.
+    fn fit_heads(
+        &mut self,
+        w0: Vec<f32>,
+        maps: Vec<(String, Vec<f32>)>,
+        progress: &ProgressBar,
+    ) -> Result<Heads> {
+        let (width, hidden) = (self.fit.width, self.fit.hidden);
+        let (chosen_step, shared, full_zeroed) = self.fit_shared(&w0, progress)?;
+        let mut zeroed = Vec::new();
+        if full_zeroed {
+            zeroed.push("full".to_string());
+        }
+        let mut subs: Vec<(String, Vec<f32>, usize)> = Vec::new();
+        let fixed = Tensor::from_vec(shared.clone(), (width, hidden), &Device::Cpu)?;
+        for (pname, map) in &maps {
+            let (step, head, sub_zeroed) = self.fit_sub(pname, map, &shared, &fixed, progress)?;
+            if sub_zeroed {
+                zeroed.push(pname.clone());
+            }
+            subs.push((pname.clone(), head, step));
+        }
+        Ok(Heads {
+            w0,
+            maps,
+            shared,
+            chosen_step,
+            subs,
+            zeroed,
+            width,
+            hidden,
+        })
+    }
+
+    /// The shared head: its chosen step, its weights, and whether its rows past the parent's
+    /// width were zeroed (`drop_unearned_width`).
+    fn fit_shared(
+        &mut self,
+        w0: &[f32],
+        progress: &ProgressBar,
+    ) -> Result<(usize, Vec<f32>, bool)> {
+        let (ctx, full_at) = (&self.fit, self.full_at);
+        let log = &mut self.log;
+        // The shared head: NDCG@10 of the full profile at every nested dim on every held-out
+        // set; a check whose full width falls below the parent's anywhere is not eligible.
+        let baseline = ctx.scores("full", "full", w0, w0)?;
+        let guard0 = ctx.guard_scores("full", w0)?;
+        let (chosen_step, mut w) = ctx.train(
+            "head",
+            w0,
+            progress,
+            |w, rng| ctx.shared_loss(w, rng),
+            |w| {
+                let scores = ctx.scores("full", "full", w, w)?;
+                let guard = ctx.guard_scores("full", w)?;
+                let kept = scores
+                    .iter()
+                    .zip(&baseline)
+                    .all(|(s, b)| s[full_at..].iter().all(|&x| x >= b[full_at] - TIE))
+                    && ctx.within_guard(&guard, &guard0);
+                Ok(Check {
+                    scores,
+                    guard,
+                    eligible: kept,
+                })
+            },
+            &mut |line| log.write(line),
+            &self.names,
+        )?;
+        let full_scores = ctx.scores("full", "full", &w, &w)?;
+        let zeroed = drop_unearned_width(&mut w, &full_scores, full_at, self.widest_at, ctx.hidden);
+        Ok((chosen_step, w, zeroed))
+    }
+
+    /// Sub-encoder `pname`'s head: from the closed-form map, trained so that its queries find
+    /// full-profile documents (the shared head, fixed) and its own documents. Returns its
+    /// chosen step, its weights, and whether its rows past the parent's width were zeroed.
+    fn fit_sub(
+        &mut self,
+        pname: &str,
+        map: &[f32],
+        shared: &[f32],
+        fixed: &Tensor,
+        progress: &ProgressBar,
+    ) -> Result<(usize, Vec<f32>, bool)> {
+        let ctx = &self.fit;
+        let log = &mut self.log;
+        let init = matmul(shared, ctx.width, map, ctx.hidden);
         let sub_guard0 = ctx.guard_scores(pname, &init)?;
-        let (step, head) = ctx.train(
+        let (step, mut head) = ctx.train(
             &format!("heads.{pname}"),
             &init,
             progress,
-            |wp, rng| {
-                let Some((s, batch)) = ctx.sample(rng) else {
-                    return Ok(None);
-                };
-                let (sub_docs, sub_queries) = &s.vectors[pname.as_str()];
-                let full_docs = &s.vectors["full"].0;
-                let full_queries = &s.vectors["full"].1;
-                let q = rows(sub_queries, batch.iter().map(|b| b.0))?.matmul(&wp.t()?)?;
-                let df = rows(full_docs, batch.iter().map(|b| b.1))?.matmul(&fixed.t()?)?;
-                let ds = rows(sub_docs, batch.iter().map(|b| b.1))?.matmul(&wp.t()?)?;
-                let mut loss = (ctx.nce(&q, &df)? + ctx.nce(&q, &ds)?)?;
-                if cfg.head.anchor_weight > 0.0 {
-                    // Distillation: each text's vector toward the full profile's own.
-                    let qf = rows(full_queries, batch.iter().map(|b| b.0))?.matmul(&fixed.t()?)?;
-                    let student = Tensor::cat(&[&q, &ds], 0)?;
-                    let teacher = Tensor::cat(&[&qf, &df], 0)?;
-                    let distill = ctx.cosine_distance(&student, &teacher)?;
-                    loss = (loss + (distill * cfg.head.anchor_weight)?)?;
-                }
-                Ok(Some(loss))
-            },
+            |wp, rng| ctx.sub_loss(pname, fixed, wp, rng),
             |wp| {
-                let asym = ctx.scores(pname, "full", wp, &w)?;
+                let asym = ctx.scores(pname, "full", wp, shared)?;
                 let sym = ctx.scores(pname, pname, wp, wp)?;
                 let guard = ctx.guard_scores(pname, wp)?;
                 let eligible = ctx.within_guard(&guard, &sub_guard0);
@@ -765,65 +1067,100 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
                     eligible,
                 })
             },
-            &mut |line| writeln!(log, "{line}").map_err(|e| TrainerError::io(&log_path, e)),
-            &names,
+            &mut |line| log.write(line),
+            &self.names,
         )?;
         // Judged on what the head is for: its queries on full documents and on its own.
-        let mut head = head;
         let both = [
-            ctx.scores(pname, "full", &head, &w)?,
+            ctx.scores(pname, "full", &head, shared)?,
             ctx.scores(pname, pname, &head, &head)?,
         ]
         .concat();
-        if drop_unearned_width(&mut head, &both, full_at, widest_at, hidden) {
-            zeroed.push(pname.clone());
-        }
-        sub_heads.push((pname.clone(), head, step));
+        let zeroed =
+            drop_unearned_width(&mut head, &both, self.full_at, self.widest_at, ctx.hidden);
+        Ok((step, head, zeroed))
     }
 
-    // The report: every profile, symmetric and as a query encoder against full documents.
-    let mut report = Vec::new();
-    // The rotation baseline of a sub-encoder: the rotation after its closed-form map.
-    let rotation_of = |name: &str| -> Vec<f32> {
-        match maps.iter().find(|(n, _)| n == name) {
-            Some((_, m)) => matmul(&w0, width, m, hidden),
-            None => w0.clone(),
+    /// The report: every profile, symmetric and as a query encoder against full documents.
+    fn report(&self, heads: &Heads) -> Result<Vec<ReportRow>> {
+        let mut report = Vec::new();
+        for (s, qrels) in self.fit.splits.iter().zip(self.fit.held_qrels) {
+            for (pname, _) in self.profiles {
+                let pairs_of: Vec<&str> = if pname == "full" {
+                    vec!["full"]
+                } else {
+                    vec![pname.as_str(), "full"]
+                };
+                for doc_profile in pairs_of {
+                    self.report_pair(heads, s, qrels, pname, doc_profile, &mut report)?;
+                }
+            }
         }
-    };
-    let head_of = |name: &str| -> Vec<f32> {
-        match sub_heads.iter().find(|(n, _, _)| n == name) {
-            Some((_, h, _)) => h.clone(),
-            None => w.clone(),
+        Ok(report)
+    }
+
+    /// The report's rows of `query_profile`'s queries against `doc_profile`'s documents on
+    /// split `s`, one per nested dim.
+    fn report_pair(
+        &self,
+        heads: &Heads,
+        s: &Split,
+        qrels: &Qrels,
+        query_profile: &str,
+        doc_profile: &str,
+        report: &mut Vec<ReportRow>,
+    ) -> Result<()> {
+        let (width, hidden) = (self.fit.width, self.fit.hidden);
+        let q_raw = &s.vectors[query_profile].1;
+        let d_raw = &s.vectors[doc_profile].0;
+        let (q, d) = (
+            apply(&heads.head_of(query_profile), width, q_raw),
+            apply(&heads.head_of(doc_profile), width, d_raw),
+        );
+        let (q0, d0) = (
+            apply(&heads.rotation_of(query_profile), width, q_raw),
+            apply(&heads.rotation_of(doc_profile), width, d_raw),
+        );
+        for &dim in &self.fit.cfg.nested_dims {
+            report.push(ReportRow {
+                set: s.name.clone(),
+                profile: doc_profile.to_string(),
+                query_profile: query_profile.to_string(),
+                dim,
+                ndcg_at_10: ndcg(s, qrels, &q, &d, dim)?,
+                rotation_ndcg_at_10: ndcg(s, qrels, &q0, &d0, dim)?,
+                plain_ndcg_at_10: if dim <= hidden {
+                    ndcg(s, qrels, q_raw, d_raw, dim)?
+                } else {
+                    f64::NAN
+                },
+            });
         }
-    };
-    for (s, qrels) in splits.iter().zip(&held_qrels) {
-        for (pname, _) in &profiles {
-            let pairs_of: Vec<&str> = if pname == "full" {
-                vec!["full"]
-            } else {
-                vec![pname.as_str(), "full"]
-            };
-            for doc_profile in pairs_of {
-                let q_raw = &s.vectors[pname.as_str()].1;
-                let d_raw = &s.vectors[doc_profile].0;
-                let (q, d) = (
-                    apply(&head_of(pname), width, q_raw),
-                    apply(&head_of(doc_profile), width, d_raw),
-                );
-                let (q0, d0) = (
-                    apply(&rotation_of(pname), width, q_raw),
-                    apply(&rotation_of(doc_profile), width, d_raw),
-                );
-                for &dim in &cfg.nested_dims {
-                    report.push(ReportRow {
-                        set: s.name.clone(),
-                        profile: doc_profile.to_string(),
-                        query_profile: pname.clone(),
+        Ok(())
+    }
+
+    /// Out-of-domain guards: the chosen heads, their starts, the plain prefix.
+    fn guard_rows(&self, heads: &Heads) -> Result<Vec<GuardRow>> {
+        let (ctx, width, hidden) = (&self.fit, self.fit.width, self.fit.hidden);
+        let mut plain_head = vec![0f32; width * hidden];
+        for i in 0..hidden {
+            plain_head[i * hidden + i] = 1.0;
+        }
+        let mut guard_rows = Vec::new();
+        for (pname, _) in self.profiles {
+            let chosen = ctx.guard_scores(pname, &heads.head_of(pname))?;
+            let start = ctx.guard_scores(pname, &heads.rotation_of(pname))?;
+            let plain = ctx.guard_scores(pname, &plain_head)?;
+            for (gi, g) in ctx.guards.iter().enumerate() {
+                for (di, &dim) in ctx.cfg.nested_dims.iter().enumerate() {
+                    guard_rows.push(GuardRow {
+                        guard: g.name.clone(),
+                        profile: pname.clone(),
                         dim,
-                        ndcg_at_10: ndcg(s, qrels, &q, &d, dim)?,
-                        rotation_ndcg_at_10: ndcg(s, qrels, &q0, &d0, dim)?,
-                        plain_ndcg_at_10: if dim <= hidden {
-                            ndcg(s, qrels, q_raw, d_raw, dim)?
+                        spearman: chosen[gi][di],
+                        rotation_spearman: start[gi][di],
+                        plain_spearman: if dim <= hidden {
+                            plain[gi][di]
                         } else {
                             f64::NAN
                         },
@@ -831,98 +1168,8 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
                 }
             }
         }
+        Ok(guard_rows)
     }
-
-    // Out-of-domain guards: the chosen heads, their starts, the plain prefix.
-    let mut plain_head = vec![0f32; width * hidden];
-    for i in 0..hidden {
-        plain_head[i * hidden + i] = 1.0;
-    }
-    let mut guard_rows = Vec::new();
-    for (pname, _) in &profiles {
-        let chosen = ctx.guard_scores(pname, &head_of(pname))?;
-        let start = ctx.guard_scores(pname, &rotation_of(pname))?;
-        let plain = ctx.guard_scores(pname, &plain_head)?;
-        for (gi, g) in guards.iter().enumerate() {
-            for (di, &dim) in cfg.nested_dims.iter().enumerate() {
-                guard_rows.push(GuardRow {
-                    guard: g.name.clone(),
-                    profile: pname.clone(),
-                    dim,
-                    spearman: chosen[gi][di],
-                    rotation_spearman: start[gi][di],
-                    plain_spearman: if dim <= hidden {
-                        plain[gi][di]
-                    } else {
-                        f64::NAN
-                    },
-                });
-            }
-        }
-    }
-
-    // The checkpoint.
-    let mut tensors =
-        candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &Device::Cpu)?;
-    let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
-    let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
-        t.insert(
-            format!("{name}.weight"),
-            Tensor::from_vec(w, (width, hidden), &Device::Cpu)?,
-        );
-        t.insert(format!("{name}.bias"), zeros.clone());
-        Ok(())
-    };
-    put(&mut tensors, "head", w.clone())?;
-    let mut named = vec![crate::calibrate::named(
-        "full".into(),
-        Profile::full(&bert),
-        &bert,
-        None,
-    )];
-    for (pname, profile) in profiles.iter().skip(1) {
-        put(&mut tensors, &format!("heads.{pname}"), head_of(pname))?;
-        let mut p = crate::calibrate::named(pname.clone(), profile.clone(), &bert, None);
-        p.fidelity = manifest.profile(pname).and_then(|q| q.fidelity);
-        p.head = Some(pname.clone());
-        p.aligned_with = vec!["full".into()];
-        named.push(p);
-    }
-    let budgets = manifest
-        .budgets
-        .iter()
-        .filter(|b| cfg.profiles.contains(&b.profile))
-        .cloned()
-        .collect();
-    let out_manifest = Manifest {
-        nested_dims: cfg.nested_dims.clone(),
-        profiles: named,
-        budgets,
-        provenance: serde_json::json!({
-            "trained_from": cfg.parent,
-            "method": format!("frozen parent; Matryoshka head from the rotation fitted on the training {}, then InfoNCE on cached embeddings; sub-encoder heads by least squares onto the full profile", match cfg.head.rotation { RotationFit::Documents => "corpora's principal axes", RotationFit::Qrels => "pairs' cross-products" }),
-            "chosen_step": chosen_step,
-            "chosen_steps": sub_heads.iter().map(|(n, _, s)| (n.clone(), *s)).collect::<HashMap<_, _>>(),
-            "widest_zeroed": zeroed,
-            "recipe": cfg,
-            "held_out": report,
-            "guards": guard_rows,
-            "parent_provenance": manifest.provenance,
-        }),
-        ..manifest.clone()
-    };
-    let model_dir = cfg.out.join("model");
-    if model_dir.exists() {
-        std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
-    }
-    crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &out_manifest)?;
-    Ok(FamilySummary {
-        seconds: start.elapsed().as_secs_f64(),
-        pairs: total_pairs,
-        chosen_step,
-        report,
-        guards: guard_rows,
-    })
 }
 
 /// Unit-length rows `picked` of `from` as a `[n, d]` tensor.
@@ -1061,6 +1308,61 @@ impl Fit<'_> {
             .all(|(g, g0)| *g >= g0 - slack)
     }
 
+    /// The shared head's loss on one batch through `w`: InfoNCE of the full profile's
+    /// queries on its documents, plus the anchor to the parent's in-batch similarities.
+    fn shared_loss(&self, w: &Tensor, rng: &mut Rng) -> Result<Option<Tensor>> {
+        let (cfg, hidden) = (self.cfg, self.hidden);
+        let Some((s, batch)) = self.sample(rng) else {
+            return Ok(None);
+        };
+        let (docs, queries) = &s.vectors["full"];
+        let q = rows(queries, batch.iter().map(|b| b.0))?;
+        let d = rows(docs, batch.iter().map(|b| b.1))?;
+        let wt = w.t()?;
+        let (qo, d_out) = (q.matmul(&wt)?, d.matmul(&wt)?);
+        let mut loss = self.nce(&qo, &d_out)?;
+        if cfg.head.anchor_weight > 0.0 {
+            let parent = Tensor::cat(&[&q, &d], 0)?;
+            let out = Tensor::cat(&[&qo, &d_out], 0)?;
+            let t = cfg.head.temperature;
+            let anchor = (similarity_distillation(&out.narrow(1, 0, hidden)?, &parent, t)?
+                + similarity_distillation(&out, &parent, t)?)?;
+            loss = (loss + (anchor * cfg.head.anchor_weight)?)?;
+        }
+        Ok(Some(loss))
+    }
+
+    /// Sub-encoder `pname`'s loss on one batch through `wp`: InfoNCE of its queries on the
+    /// full profile's documents (through the shared head `fixed`) and on its own, plus the
+    /// distillation toward the full profile.
+    fn sub_loss(
+        &self,
+        pname: &str,
+        fixed: &Tensor,
+        wp: &Tensor,
+        rng: &mut Rng,
+    ) -> Result<Option<Tensor>> {
+        let Some((s, batch)) = self.sample(rng) else {
+            return Ok(None);
+        };
+        let (sub_docs, sub_queries) = &s.vectors[pname];
+        let full_docs = &s.vectors["full"].0;
+        let full_queries = &s.vectors["full"].1;
+        let q = rows(sub_queries, batch.iter().map(|b| b.0))?.matmul(&wp.t()?)?;
+        let df = rows(full_docs, batch.iter().map(|b| b.1))?.matmul(&fixed.t()?)?;
+        let ds = rows(sub_docs, batch.iter().map(|b| b.1))?.matmul(&wp.t()?)?;
+        let mut loss = (self.nce(&q, &df)? + self.nce(&q, &ds)?)?;
+        if self.cfg.head.anchor_weight > 0.0 {
+            // Distillation: each text's vector toward the full profile's own.
+            let qf = rows(full_queries, batch.iter().map(|b| b.0))?.matmul(&fixed.t()?)?;
+            let student = Tensor::cat(&[&q, &ds], 0)?;
+            let teacher = Tensor::cat(&[&qf, &df], 0)?;
+            let distill = self.cosine_distance(&student, &teacher)?;
+            loss = (loss + (distill * self.cfg.head.anchor_weight)?)?;
+        }
+        Ok(Some(loss))
+    }
+
     /// AdamW on `loss(W, rng)` from `init` (`width × hidden`, row-major), checked at step 0,
     /// every `eval_every` steps and at the end by `check(W)`; returns the eligible check with
     /// the best mean score (step 0 when none beats it) and logs each check as a JSON line.
@@ -1188,10 +1490,6 @@ impl HeadRun<'_> {
         sets: &[&str],
     ) -> Result<(usize, Vec<f32>)> {
         let (hp, name) = (self.hp, self.name);
-        let mean = |scores: &[Vec<f64>]| -> f64 {
-            let all: Vec<f64> = scores.iter().flatten().copied().collect();
-            all.iter().sum::<f64>() / all.len().max(1) as f64
-        };
         let tensor = |w: Vec<f32>| Tensor::from_vec(w, self.shape, &Device::Cpu);
         let var = Var::from_tensor(&tensor(init.to_vec())?)?;
         let best_var = Var::from_tensor(&tensor(init.to_vec())?)?;
@@ -1282,6 +1580,12 @@ impl HeadRun<'_> {
         };
         self.resume.save(self.name, &at, saved, opt)
     }
+}
+
+/// The mean of every score (0 when there are none).
+fn mean(scores: &[Vec<f64>]) -> f64 {
+    let all: Vec<f64> = scores.iter().flatten().copied().collect();
+    all.iter().sum::<f64>() / all.len().max(1) as f64
 }
 
 /// Cosine of the `dim`-wide prefixes of `a` and `b` (0 when either is zero there).
