@@ -77,6 +77,16 @@ impl Resolved {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Internal(e.to_string()))
     }
+
+    /// What a caller gets back: `raw` cut as resolved, with the profile, dim and `tokens`.
+    fn answer(self, raw: &[Vec<f32>], tokens: usize) -> Result<Embedded> {
+        Ok(Embedded {
+            vectors: self.cut(raw)?,
+            profile: self.profile_name,
+            dim: self.dim,
+            tokens,
+        })
+    }
 }
 
 /// Token ids of texts, with how many were cut at the model's limit.
@@ -296,12 +306,7 @@ impl Embeddings {
         let (raw, tokens) = self
             .raw(texts, resolved.profile.clone(), fields.texts)
             .await?;
-        Ok(Embedded {
-            vectors: resolved.cut(&raw)?,
-            profile: resolved.profile_name,
-            dim: resolved.dim,
-            tokens: tokens.count,
-        })
+        resolved.answer(&raw, tokens.count)
     }
 
     /// The whole path on the caller's thread.
@@ -313,12 +318,7 @@ impl Embeddings {
     ) -> Result<Embedded> {
         let resolved = self.resolve(spec, fields)?;
         let (raw, tokens) = self.raw_blocking(texts, &resolved.profile, fields.texts)?;
-        Ok(Embedded {
-            vectors: resolved.cut(&raw)?,
-            profile: resolved.profile_name,
-            dim: resolved.dim,
-            tokens: tokens.count,
-        })
+        resolved.answer(&raw, tokens.count)
     }
 }
 

@@ -55,15 +55,6 @@ impl DimPolicyArg {
     }
 }
 
-impl std::fmt::Display for DimPolicyArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Nested => "nested",
-            Self::Any => "any",
-        })
-    }
-}
-
 pub(crate) fn load(arg: &ModelArg) -> Result<Embedder> {
     mrl::load_model(arg.model.as_deref()).context("loading the model")
 }

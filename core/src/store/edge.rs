@@ -426,11 +426,7 @@ impl VectorStore for EdgeStore {
                     .map_err(|e| StoreError::InvalidFilter(e.to_string()))
             })
             .transpose()?;
-        let params = (q.exact || q.params.hnsw_ef.is_some()).then(|| SearchParams {
-            exact: q.exact,
-            hnsw_ef: q.params.hnsw_ef.map(|ef| ef as usize),
-            ..SearchParams::default()
-        });
+        let params = search_params(q);
         let prefetches = match &q.funnel {
             Some(f) => vec![Prefetch {
                 prefetches: Vec::new(),
@@ -513,9 +509,29 @@ impl VectorStore for EdgeStore {
     }
 }
 
+/// The engine's search parameters for `q` (`None`: the engine's defaults).
+fn search_params(q: &VectorQuery) -> Option<SearchParams> {
+    (q.exact || q.params.hnsw_ef.is_some()).then(|| SearchParams {
+        exact: q.exact,
+        hnsw_ef: q.params.hnsw_ef.map(|ef| ef as usize),
+        ..SearchParams::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_params_carry_exact_and_hnsw_ef() {
+        let mut q = VectorQuery::nested(&[1.0, 0.0], 2, 1, None).unwrap();
+        assert!(search_params(&q).is_none(), "the engine's defaults");
+        q.params.hnsw_ef = Some(77);
+        let p = search_params(&q).unwrap();
+        assert_eq!((p.exact, p.hnsw_ef), (false, Some(77)));
+        q.exact = true;
+        assert!(search_params(&q).unwrap().exact);
+    }
 
     fn doc(i: usize) -> StoredDocument {
         let v: Vec<f32> = (0..8)

@@ -341,10 +341,7 @@ impl VectorStore for RemoteStore {
             .as_ref()
             .map(|f| filter_from_json(&point_filter(f)?))
             .transpose()?;
-        let mut params = SearchParamsBuilder::default().exact(q.exact);
-        if let Some(ef) = q.params.hnsw_ef {
-            params = params.hnsw_ef(ef);
-        }
+        let params = search_params(q);
         let mut request = QueryPointsBuilder::new(name)
             .query(Query::new_nearest(q.vector.clone()))
             .using(vector_name(q.dim))
@@ -550,10 +547,30 @@ fn condition_from_json(v: &Value) -> Result<Condition> {
     Err(bad(format!("unsupported condition {v}")))
 }
 
+/// The server's search parameters for `q`.
+fn search_params(q: &VectorQuery) -> SearchParamsBuilder {
+    let mut params = SearchParamsBuilder::default().exact(q.exact);
+    if let Some(ef) = q.params.hnsw_ef {
+        params = params.hnsw_ef(ef);
+    }
+    params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn search_params_carry_exact_and_hnsw_ef() {
+        let mut q = VectorQuery::nested(&[1.0, 0.0], 2, 1, None).unwrap();
+        let p = search_params(&q).build();
+        assert_eq!((p.exact, p.hnsw_ef), (Some(false), None));
+        q.params.hnsw_ef = Some(77);
+        q.exact = true;
+        let p = search_params(&q).build();
+        assert_eq!((p.exact, p.hnsw_ef), (Some(true), Some(77)));
+    }
 
     #[test]
     fn rest_filters_convert_to_grpc() {
