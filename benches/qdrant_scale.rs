@@ -109,6 +109,7 @@ fn main() {
             model: "synthetic".into(),
             distance: Distance::Cosine,
             layout: layout.clone(),
+            adapt: None,
         };
         store.create(NAME, &spec).expect("creating");
         let bar = ProgressBar::new(points as u64).with_style(

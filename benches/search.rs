@@ -24,7 +24,7 @@ mod common;
 
 use common::synthetic::{centroids, vector, Rng};
 
-fn nested(v: &[f32]) -> Vec<(usize, Vec<f32>)> {
+fn nested(v: &[f32]) -> Vec<(String, Vec<f32>)> {
     common::synthetic::nested(v, &DIMS)
 }
 
@@ -49,6 +49,7 @@ fn open(points: usize) -> EdgeStore {
         model: "synthetic".into(),
         distance: Distance::Cosine,
         layout: Default::default(),
+        adapt: None,
     };
     store
         .create(NAME, &spec)

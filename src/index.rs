@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use mrl_core::indexer::{self, IndexError, IndexOptions, IndexSummary};
-use mrl_core::store::{self, CollectionSpec, Hit, SearchParams, StoreError};
+use mrl_core::store::{
+    self, Adapt, CollectionSpec, Hit, SearchParams, StoreError, DEFAULT_ADAPT_THRESHOLD,
+};
 use mrl_core::{
     Collection, Collections, DimPolicy, Document, Embeddings, FunnelRequest, Policy, SearchRequest,
 };
@@ -94,6 +96,7 @@ pub struct IndexConfig {
     profile: Option<String>,
     qdrant: Option<(String, Option<String>)>,
     dim_policy: DimPolicy,
+    adapt: Option<Adapt>,
 }
 
 impl IndexConfig {
@@ -105,7 +108,20 @@ impl IndexConfig {
             profile: None,
             qdrant: None,
             dim_policy: Policy::LIBRARY.dims,
+            adapt: None,
         }
+    }
+    /// Make a new collection adaptive: once it holds `threshold` documents (`None`: 1,000),
+    /// and again whenever it has doubled, its sizes below the full width are re-nested onto
+    /// the principal axes of its own documents' vectors (no labels; full-width results do not
+    /// change). The full width is stored too.
+    ///
+    /// Errors (at `open`): a threshold of 0.
+    pub fn adapt(mut self, threshold: Option<usize>) -> Self {
+        self.adapt = Some(Adapt {
+            threshold: threshold.unwrap_or(DEFAULT_ADAPT_THRESHOLD),
+        });
+        self
     }
     /// Which sizes a new collection may store (default: any prefix; `DimPolicy::Nested`
     /// holds the library to the server's default rule).
@@ -142,17 +158,24 @@ impl IndexConfig {
             ..Policy::LIBRARY
         };
         let embeddings = Arc::new(Embeddings::inline(embedder, policy));
+        let adapt = match self.adapt {
+            Some(a) => mrl_core::collection::adapt_option(true, Some(a.threshold))?,
+            None => None,
+        };
         let spec = indexer::resolve_spec(
             &embeddings,
             store.as_ref(),
             &self.name,
             self.dims.as_deref(),
             self.profile.as_deref(),
+            adapt,
         )?;
         // An existing collection with another spec is refused here, not overwritten.
-        let collection = Collections::new(store, embeddings).open_or_create(&self.name, &spec)?;
+        let collections = Collections::new(store, embeddings);
+        let collection = collections.open_or_create(&self.name, &spec)?;
         Ok(Index {
             collection,
+            collections,
             data_dir: self.data_dir,
         })
     }
@@ -179,6 +202,7 @@ impl IndexConfig {
 /// ```
 pub struct Index {
     collection: Collection,
+    collections: Collections,
     data_dir: PathBuf,
 }
 
@@ -230,8 +254,7 @@ impl Index {
     pub fn index_file(&self, path: &Path, progress: &ProgressBar) -> Result<IndexSummary> {
         let opts = IndexOptions::new(self.data_dir.join("jobs"));
         Ok(indexer::index_file(
-            self.collection.embeddings(),
-            self.collection.store().as_ref(),
+            &self.collections,
             self.name(),
             path,
             &opts,
@@ -275,11 +298,20 @@ impl Index {
     }
 
     /// Searches with an already embedded query (see [`embed_query`](Self::embed_query)); any
-    /// vector at least `opts.dim` long, of which the searched prefixes are used.
+    /// vector at least `opts.dim` long, of which the searched prefixes are used (an adaptive
+    /// collection takes the full vector).
     pub fn search_vector(&self, full: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
-        let cut = full.get(..opts.dim).unwrap_or(full).to_vec();
-        let plan = self.collection.plan_search(opts.request(None, Some(cut)))?;
-        Ok(self.collection.run(&plan.query(Some(full))?)?)
+        let vector = self.collection.vector_for(full, opts.dim);
+        let plan = self
+            .collection
+            .plan_search(opts.request(None, Some(vector)))?;
+        Ok(self.collection.run(&plan.query(None)?)?)
+    }
+
+    /// Waits until an adaptive collection is under the rotation its size calls for (a
+    /// re-nest runs in the background after writes); at once for a generic one.
+    pub fn finish_adapting(&self) -> Result<()> {
+        Ok(self.collection.finish_adapting()?)
     }
 }
 

@@ -455,3 +455,134 @@ fn search_params_reach_both_stores() {
         s.stop();
     }
 }
+
+/// An adaptive collection over HTTP, on the embedded store and on a Qdrant server: bad
+/// options are 400s naming the field; at its threshold it re-nests (`GET` shows the rotation,
+/// `/metrics` counts it); its full-width results are a generic twin's; a vector query sends
+/// the full vector.
+fn adaptive(s: &Server) {
+    for (body, field) in [
+        (json!({"dims": [64], "adapt": "yes"}), "adapt"),
+        (
+            json!({"dims": [64], "adapt": true, "adapt_threshold": 0}),
+            "adapt_threshold",
+        ),
+        (
+            json!({"dims": [64], "adapt_threshold": 5}),
+            "adapt_threshold",
+        ),
+        (
+            json!({"dims": [64], "adapt": true, "adapt_threshold": -3}),
+            "adapt_threshold",
+        ),
+    ] {
+        let (st, v) = s.call("PUT", "/collections/bad", Some(body.clone()));
+        assert_eq!(
+            (st, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    assert_eq!(s.call("GET", "/collections/bad", None).0, 404);
+
+    let (st, v) = s.call(
+        "PUT",
+        "/collections/ad",
+        Some(json!({"dims": [64, 128], "adapt": true, "adapt_threshold": 30})),
+    );
+    assert_eq!((st, &v["adapt"]["threshold"]), (201, &json!(30)), "{v}");
+    assert_eq!(
+        v["dims"],
+        json!([64, 128, 384]),
+        "the full width is stored too"
+    );
+    s.ok("PUT", "/collections/gen", json!({"dims": [64, 128, 384]}));
+    let docs = scifact(30);
+    let batch: Vec<Value> = docs
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    for c in ["ad", "gen"] {
+        s.ok(
+            "POST",
+            &format!("/collections/{c}/documents"),
+            json!({ "documents": batch.clone() }),
+        );
+    }
+    let start = std::time::Instant::now();
+    let info = loop {
+        let info = s.ok("GET", "/collections/ad", Value::Null);
+        if info["rotation"]["version"] == 1 && info.get("renest").is_none() {
+            break info;
+        }
+        assert!(start.elapsed().as_secs() < 60, "no re-nest: {info}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(info["rotation"]["points"], 30, "{info}");
+    assert!(
+        info["rotation"]["fitted_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'),
+        "{info}"
+    );
+    let (_, metrics) = common::server::raw(s.addr, "GET", "/metrics", b"");
+    let renests: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mrl_renests_total "))
+        .unwrap_or_else(|| panic!("no mrl_renests_total in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(renests >= 1.0, "{renests}");
+
+    let query = json!({"query": "vitamin D and bone density", "limit": 10});
+    let hits = |c: &str, q: &Value| s.ok("POST", &format!("/collections/{c}/search"), q.clone());
+    let (a, g) = (hits("ad", &query), hits("gen", &query));
+    assert_eq!(hit_ids(&a), hit_ids(&g));
+    for (x, y) in a["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(g["hits"].as_array().unwrap())
+    {
+        let (x, y) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5, "{x} vs {y}");
+    }
+    let mut small = query.clone();
+    small["dim"] = json!(64);
+    assert_eq!(hit_ids(&hits("ad", &small)).len(), 10);
+    let (st, v) = s.call(
+        "POST",
+        "/collections/ad/search",
+        Some(json!({"vector": vec![0.1; 64], "dim": 64})),
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("vector")),
+        "{v}"
+    );
+    let (st, v) = s.call(
+        "POST",
+        "/collections/ad/search",
+        Some(json!({"vector": vec![0.1; 384], "dim": 64, "limit": 3})),
+    );
+    assert_eq!(
+        (st, v["hits"].as_array().map(Vec::len)),
+        (200, Some(3)),
+        "{v}"
+    );
+}
+
+#[test]
+fn adaptive_collections_over_http_on_both_stores() {
+    let data = scratch("adapt-embedded");
+    let s = Server::start(&data);
+    adaptive(&s);
+    s.stop();
+    let qdrant = QdrantServer::start(&shared());
+    let data = scratch("adapt-remote");
+    let s = Server::start_with(&data, &["--qdrant-url", &qdrant.url()]);
+    adaptive(&s);
+    s.stop();
+}

@@ -386,6 +386,7 @@ fn store() -> &'static EdgeStore {
             model: "m".into(),
             distance: Distance::Cosine,
             layout: Default::default(),
+            adapt: None,
         };
         store.create("c", &spec).unwrap();
         let docs = (0..20)
@@ -396,7 +397,7 @@ fn store() -> &'static EdgeStore {
                     .as_object()
                     .unwrap()
                     .clone(),
-                vectors: vec![(4, vec![1.0, i as f32, 0.5, -1.0])],
+                vectors: vec![("d4".into(), vec![1.0, i as f32, 0.5, -1.0])],
             })
             .collect();
         store.upsert("c", docs).unwrap();

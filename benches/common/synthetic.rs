@@ -39,11 +39,11 @@ pub fn centroids(rng: &mut Rng, k: usize, width: usize) -> Vec<Vec<f32>> {
 }
 
 /// The stored sizes of `v`: each of `dims` as a renormalised prefix.
-pub fn nested(v: &[f32], dims: &[usize]) -> Vec<(usize, Vec<f32>)> {
+pub fn nested(v: &[f32], dims: &[usize]) -> Vec<(String, Vec<f32>)> {
     dims.iter()
         .map(|&d| {
             (
-                d,
+                mrl_core::store::vector_name(d),
                 mrl_encoder::nested::nest(v, d, true).expect("every size fits the vector"),
             )
         })

@@ -2,24 +2,28 @@
 //! caller does with one (`Collection`): add and delete documents, search — every rule checked
 //! here once (allowed dims, profile alignment, funnel, limit, the query, ids), for either store.
 //!
+//! How a full vector becomes stored and searched vectors (and how an adaptive collection
+//! re-nests) is `adapt`'s; every handle on one collection shares its `Adapter`.
+//!
 //! Store calls block; an async shell runs them on its blocking pool. Embedding is the caller's
 //! step between planning and running a search (or between checking and storing documents), so
 //! an async shell can await the model thread and a plain caller can block on it, on the same
 //! rules.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use mrl_encoder::Profile;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::adapt::{Adapter, SearchQuery};
 use crate::documents::Document;
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::store::{
-    check_name, CollectionInfo, CollectionSpec, Distance, Hit, Layout, SearchParams, VectorQuery,
-    VectorStore,
+    check_name, Adapt, CollectionInfo, CollectionSpec, Distance, Hit, Layout, RotationInfo,
+    SearchParams, VectorStore, DEFAULT_ADAPT_THRESHOLD,
 };
 
 /// The most hits a search may return.
@@ -39,6 +43,11 @@ pub struct CreateRequest {
     /// Default cosine.
     pub distance: Option<Distance>,
     pub layout: Layout,
+    /// Re-nest the smaller sizes onto the collection's own documents (`adapt`); the full
+    /// width is then stored too.
+    pub adapt: bool,
+    /// Documents before the first fit (default `DEFAULT_ADAPT_THRESHOLD`; only with `adapt`).
+    pub adapt_threshold: Option<usize>,
 }
 
 /// A search, as a caller asks for it (`POST /collections/{name}/search` takes it as its body):
@@ -86,11 +95,18 @@ pub struct FunnelRequest {
 pub struct Collections {
     store: Arc<dyn VectorStore>,
     embeddings: Arc<Embeddings>,
+    /// One nesting per open collection, shared by its handles (an adaptive collection's
+    /// re-nests coordinate through it).
+    adapters: Arc<Mutex<HashMap<String, Arc<Adapter>>>>,
 }
 
 impl Collections {
     pub fn new(store: Arc<dyn VectorStore>, embeddings: Arc<Embeddings>) -> Self {
-        Self { store, embeddings }
+        Self {
+            store,
+            embeddings,
+            adapters: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
@@ -102,9 +118,10 @@ impl Collections {
     }
 
     /// The spec a create request asks for, checked: the name, the dims (non-empty, each
-    /// allowed by the dim policy for the profile), the profile.
+    /// allowed by the dim policy for the profile), the profile, the adapt options. An
+    /// adaptive collection also stores the profile's full width, which it re-nests from.
     ///
-    /// Errors: `InvalidField` naming `name`, `dims` or `profile`.
+    /// Errors: `InvalidField` naming `name`, `dims`, `profile` or `adapt_threshold`.
     pub fn spec(&self, name: &str, req: &CreateRequest) -> Result<CollectionSpec> {
         check_name(name)?;
         let mut dims = req.dims.clone();
@@ -121,12 +138,18 @@ impl Collections {
         for &d in &dims {
             self.embeddings.check_dim(d, &profile, "dims")?;
         }
+        let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
+        let width = self.embeddings.embedder().model().output_width(&profile);
+        if adapt.is_some() && !dims.contains(&width) {
+            dims.push(width);
+        }
         Ok(CollectionSpec {
             dims,
             profile: profile_name,
             model: self.embeddings.model_name(),
             distance: req.distance.unwrap_or(Distance::Cosine),
             layout: req.layout.clone(),
+            adapt,
         })
     }
 
@@ -146,11 +169,24 @@ impl Collections {
     /// Errors: `Store(NoSuchCollection)`.
     pub fn open(&self, name: &str) -> Result<Collection> {
         let info = self.store.info(name)?;
+        let mut adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        let adapter = match adapters.get(name) {
+            // The same collection (a recreation with another spec gets a new one).
+            Some(a) if *a.spec() == info.spec => a.clone(),
+            _ => {
+                let a = Arc::new(Adapter::load(self.store.clone(), name, info.spec.clone())?);
+                adapters.insert(name.to_string(), a.clone());
+                // A re-nest that a crash interrupted (or one due on arrival) runs now.
+                a.after_write();
+                a
+            }
+        };
         Ok(Collection {
             store: self.store.clone(),
             embeddings: self.embeddings.clone(),
             name: name.to_string(),
             spec: info.spec,
+            adapter,
         })
     }
 
@@ -165,7 +201,32 @@ impl Collections {
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
-        Ok(self.store.delete(name)?)
+        self.store.delete(name)?;
+        self.adapters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        Ok(())
+    }
+}
+
+/// The adapt option a create asks for: `adapt` with an optional threshold of at least 1.
+///
+/// Errors: `InvalidField` (`adapt_threshold`) for 0, or a threshold without `adapt`.
+pub fn adapt_option(adapt: bool, threshold: Option<usize>) -> Result<Option<Adapt>> {
+    match (adapt, threshold) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(Error::field(
+            "adapt_threshold",
+            "adapt_threshold needs \"adapt\": true",
+        )),
+        (true, Some(0)) => Err(Error::field(
+            "adapt_threshold",
+            "adapt_threshold must be at least 1 document",
+        )),
+        (true, t) => Ok(Some(Adapt {
+            threshold: t.unwrap_or(DEFAULT_ADAPT_THRESHOLD),
+        })),
     }
 }
 
@@ -176,6 +237,7 @@ pub struct Collection {
     embeddings: Arc<Embeddings>,
     name: String,
     spec: CollectionSpec,
+    adapter: Arc<Adapter>,
 }
 
 /// Documents checked for a collection, ready to embed with its profile.
@@ -209,12 +271,13 @@ pub struct SearchPlan {
 }
 
 impl SearchPlan {
-    /// The store's query from the full query vector (`full`: the raw embedding of the text,
-    /// or `None` for a vector query, which brought its own).
+    /// The search from the query's full vector (`full`: the raw embedding of the text, or
+    /// `None` for a vector query, which brought its own); `Collection::run` cuts it under the
+    /// collection's current rotation.
     ///
     /// Errors: `InvalidField` (`vector`) when a searched prefix is all zeros: it has no
     /// direction to rank by.
-    pub fn query(&self, full: Option<&[f32]>) -> Result<VectorQuery> {
+    pub fn query(&self, full: Option<&[f32]>) -> Result<SearchQuery> {
         let full = full.or(self.vector.as_deref()).ok_or_else(|| {
             Error::Internal("a text query needs its embedding; this is a bug".into())
         })?;
@@ -226,12 +289,15 @@ impl SearchPlan {
                 ));
             }
         }
-        let mut q = VectorQuery::nested(full, self.dim, self.limit, self.funnel)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        q.filter = self.filter.clone();
-        q.exact = self.exact;
-        q.params = self.params;
-        Ok(q)
+        Ok(SearchQuery {
+            full: full.to_vec(),
+            dim: self.dim,
+            limit: self.limit,
+            funnel: self.funnel,
+            filter: self.filter.clone(),
+            exact: self.exact,
+            params: self.params,
+        })
     }
 }
 
@@ -258,9 +324,34 @@ impl Collection {
         Ok(self.store.info(&self.name)?.count)
     }
 
-    /// The collection's definition and size now.
+    /// The collection's definition and size now, its rotation and a re-nest running here.
     pub fn info(&self) -> Result<CollectionInfo> {
-        Ok(self.store.info(&self.name)?)
+        self.adapter.info()
+    }
+
+    /// Waits for a running re-nest and runs one that is due: returns when the collection is
+    /// under the rotation its size calls for (at once for a generic collection).
+    pub fn finish_adapting(&self) -> Result<()> {
+        self.adapter.finish()
+    }
+
+    /// Re-nests an adaptive collection now, whatever its size (after a bulk load that has not
+    /// doubled since its last fit, say); returns its new rotation.
+    ///
+    /// Errors: `InvalidField` (`adapt`) for a generic collection; a failed re-nest's.
+    pub fn renest_now(&self) -> Result<RotationInfo> {
+        self.adapter.renest_now()
+    }
+
+    /// What a vector search of this collection takes (`SearchRequest::vector`) from a full
+    /// vector: its `dim` prefix, or for an adaptive collection the full vector itself (a
+    /// rotation needs every value).
+    pub fn vector_for(&self, full: &[f32], dim: usize) -> Vec<f32> {
+        if self.spec.adapt.is_some() {
+            full.to_vec()
+        } else {
+            full[..dim.min(full.len())].to_vec()
+        }
     }
 
     /// Checks documents before they are embedded: at least one, each valid, no id twice.
@@ -298,18 +389,20 @@ impl Collection {
     ///
     /// Errors: `Store` errors; `Internal` when a vector is narrower than a stored size.
     pub fn store_documents(&self, batch: DocumentBatch, vectors: Vec<Vec<f32>>) -> Result<usize> {
-        let n = batch.docs.len();
-        let stored = batch
-            .docs
-            .into_iter()
-            .zip(vectors)
-            .map(|(d, v)| d.into_stored(&v, &self.spec.dims))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        if n > 0 {
-            self.store.upsert(&self.name, stored)?;
+        self.store_vectors(batch.docs, vectors)
+    }
+
+    /// Stores documents already checked (or read by the indexer) with their raw pooled
+    /// vectors; durable when it returns. An adaptive collection may start a re-nest.
+    pub fn store_vectors(&self, docs: Vec<Document>, vectors: Vec<Vec<f32>>) -> Result<usize> {
+        if docs.len() != vectors.len() {
+            return Err(Error::Internal(format!(
+                "{} documents, {} vectors; this is a bug",
+                docs.len(),
+                vectors.len()
+            )));
         }
-        Ok(n)
+        self.adapter.store(docs, vectors)
     }
 
     /// Checks, embeds (on the caller's thread or the model thread) and stores documents.
@@ -331,7 +424,7 @@ impl Collection {
                 "ids must be a non-empty array of non-empty strings or numbers",
             ));
         }
-        self.store.delete_documents(&self.name, ids)?;
+        self.adapter.delete(ids)?;
         Ok(ids.len())
     }
 
@@ -424,10 +517,25 @@ impl Collection {
                         ),
                     ));
                 }
-                if v.len() != dim {
+                // A rotation needs every value: an adaptive collection takes the full vector.
+                let want = if self.spec.adapt.is_some() {
+                    self.spec.widest()
+                } else {
+                    dim
+                };
+                if v.len() != want {
+                    let why = if want == dim {
+                        format!("dim is {dim}")
+                    } else {
+                        format!(
+                            "{:?} adapts its sizes to its documents, so a vector query sends \
+                             the full {want} values (rotated, then cut to dim {dim})",
+                            self.name
+                        )
+                    };
                     return Err(Error::field(
                         "vector",
-                        format!("vector has {} values; dim is {dim}", v.len()),
+                        format!("vector has {} values; {why}", v.len()),
                     ));
                 }
                 Ok(QueryInput::Vector(v))
@@ -438,9 +546,9 @@ impl Collection {
         }
     }
 
-    /// Runs a planned query against the store.
-    pub fn run(&self, query: &VectorQuery) -> Result<Vec<Hit>> {
-        Ok(self.store.search(&self.name, query)?)
+    /// Runs a planned query against the store, every size cut under one rotation.
+    pub fn run(&self, query: &SearchQuery) -> Result<Vec<Hit>> {
+        self.adapter.search(query)
     }
 
     /// Plans, embeds (on the caller's thread or the model thread) and runs a search.

@@ -1,12 +1,11 @@
 //! Documents as callers send them — `{id?, text, payload?}` objects, or BEIR corpus lines
-//! `{_id, title, text, metadata}` — and their stored form: one vector per collection size,
-//! all cut from one forward pass.
+//! `{_id, title, text, metadata}`; `adapt` cuts their stored vectors.
 
-use mrl_encoder::{nested, text, EncoderError};
+use mrl_encoder::text;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::store::{caller_id, StoredDocument};
+use crate::store::caller_id;
 
 /// A parsed document, not yet embedded.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,25 +120,6 @@ impl Document {
             }
         }
         Ok(Self { id, text, payload })
-    }
-
-    /// The stored form: for each of `dims`, the prefix of the raw pooled `vector`,
-    /// re-normalised.
-    pub fn into_stored(
-        self,
-        vector: &[f32],
-        dims: &[usize],
-    ) -> Result<StoredDocument, EncoderError> {
-        let vectors = dims
-            .iter()
-            .map(|&d| nested::nest(vector, d, true).map(|v| (d, v)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(StoredDocument {
-            id: self.id,
-            text: self.text,
-            payload: self.payload,
-            vectors,
-        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The batch indexing job: a JSONL corpus streamed through read + parse + tokenize (rayon) →
-//! embed (one pass, every stored size) → upsert, in chunks, with bounded queues between the
-//! stages; resumable after a crash at any point.
+//! embed (one pass) → store (every size cut, through the collection's nesting), in chunks,
+//! with bounded queues between the stages; resumable after a crash at any point. An adaptive
+//! collection's re-nests run as it grows, and the job ends once the last one is done.
 //!
 //! Resume works from two facts: a document's point id is a hash of its id, so writing it twice
 //! replaces it; and after each chunk is durable in the store a progress record (the input's
@@ -18,9 +19,10 @@ use mrl_encoder::EncoderError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::collection::{Collection, Collections};
 use crate::documents::Document;
 use crate::embeddings::Embeddings;
-use crate::store::{CollectionSpec, Distance, StoreError, StoredDocument, VectorStore};
+use crate::store::{Adapt, CollectionSpec, Distance, StoreError, VectorStore};
 
 /// Skipped lines remembered by name; past this only the count grows.
 const MAX_SKIPS_KEPT: usize = 1000;
@@ -76,6 +78,8 @@ pub struct IndexOptions {
     pub strict: bool,
     /// Index only this part of the input (`None`: all of it).
     pub part: Option<Part>,
+    /// Make a new collection adaptive (`None`: the existing collection's choice, else not).
+    pub adapt: Option<Adapt>,
 }
 
 /// One of `count` disjoint parts of an input, so that `count` workers can index it together:
@@ -139,6 +143,7 @@ impl IndexOptions {
             batch: 256,
             strict: false,
             part: None,
+            adapt: None,
         }
     }
     pub fn dims(mut self, dims: Option<Vec<usize>>) -> Self {
@@ -160,6 +165,11 @@ impl IndexOptions {
     /// Index only this part of the input (see `Part`).
     pub fn part(mut self, part: Option<Part>) -> Self {
         self.part = part;
+        self
+    }
+    /// Make a new collection adaptive (see `Adapt`).
+    pub fn adapt(mut self, adapt: Option<Adapt>) -> Self {
+        self.adapt = adapt;
         self
     }
 }
@@ -230,7 +240,9 @@ struct Chunk {
 
 /// One embedded chunk, handed from the model to the writer.
 struct Embedded {
-    docs: Vec<StoredDocument>,
+    docs: Vec<Document>,
+    /// Raw pooled vectors, one per document.
+    vectors: Vec<Vec<f32>>,
     truncated: usize,
     skips: Vec<Skip>,
     end_offset: u64,
@@ -274,6 +286,7 @@ pub fn resolve_spec(
     collection: &str,
     dims: Option<&[usize]>,
     profile: Option<&str>,
+    adapt: Option<Adapt>,
 ) -> Result<CollectionSpec, IndexError> {
     let embedder = embeddings.embedder();
     let model = embeddings.model_name();
@@ -287,7 +300,7 @@ pub fn resolve_spec(
         .or_else(|| existing.as_ref().map(|s| s.profile.clone()))
         .unwrap_or_else(|| "full".into());
     let profile = embedder.profile(Some(&profile_name))?;
-    let dims = match (dims, &existing) {
+    let mut dims = match (dims, &existing) {
         (Some(d), _) => {
             let mut d = d.to_vec();
             d.sort_unstable();
@@ -309,6 +322,13 @@ pub fn resolve_spec(
     for &d in &dims {
         embeddings.check_dim(d, &profile, "dims")?;
     }
+    let adapt = adapt.or_else(|| existing.as_ref().and_then(|s| s.adapt));
+    // An adaptive collection re-nests from the full width, so it stores it (as `Collections`
+    // does for a create over HTTP).
+    let width = embedder.model().output_width(&profile);
+    if adapt.is_some() && !dims.contains(&width) {
+        dims.push(width);
+    }
     let spec = CollectionSpec {
         dims,
         profile: profile_name,
@@ -318,6 +338,7 @@ pub fn resolve_spec(
             .as_ref()
             .map(|s| s.layout.clone())
             .unwrap_or_default(),
+        adapt,
     };
     if let Some(e) = existing {
         if e.model != spec.model {
@@ -330,16 +351,17 @@ pub fn resolve_spec(
     Ok(spec)
 }
 
-/// Indexes the JSONL file `input` into `collection`, creating it if needed, resuming an
-/// unfinished run of the same job. `progress` gets the line count as its length.
+/// Indexes the JSONL file `input` into `collection` of `collections`, creating it if needed,
+/// resuming an unfinished run of the same job. `progress` gets the line count as its length.
 pub fn index_file(
-    embeddings: &Embeddings,
-    store: &dyn VectorStore,
+    collections: &Collections,
     collection: &str,
     input: &Path,
     opts: &IndexOptions,
     progress: &ProgressBar,
 ) -> Result<IndexSummary, IndexError> {
+    let embeddings = collections.embeddings().as_ref();
+    let store = collections.store().as_ref();
     let start = Instant::now();
     if opts.batch == 0 {
         return Err(IndexError::Options("batch sizes must be positive".into()));
@@ -356,8 +378,10 @@ pub fn index_file(
         collection,
         opts.dims.as_deref(),
         opts.profile.as_deref(),
+        opts.adapt,
     )?;
     let created = store.create(collection, &spec)?;
+    let handle = collections.open(collection)?;
     std::fs::create_dir_all(&opts.state_dir).map_err(io(&opts.state_dir))?;
     let record_path = opts.state_dir.join(match opts.part {
         None => format!("{collection}.index.json"),
@@ -402,8 +426,7 @@ pub fn index_file(
             let reader = s.spawn(move || read_chunks(embeddings, input, from, opts, chunk_tx));
             let writer = s.spawn(|| {
                 write_chunks(
-                    store,
-                    collection,
+                    &handle,
                     &record_path,
                     &mut state,
                     (start, seconds_before),
@@ -411,7 +434,7 @@ pub fn index_file(
                     progress,
                 )
             });
-            let embedded = embed_chunks(embeddings, &profile, &spec.dims, chunk_rx, done_tx);
+            let embedded = embed_chunks(embeddings, &profile, chunk_rx, done_tx);
             let written = writer
                 .join()
                 .expect("the writer thread panicked; this is a bug");
@@ -421,6 +444,8 @@ pub fn index_file(
             embedded.and(written)
         });
         outcome?;
+        // The collection ends under the rotation its size calls for.
+        handle.finish_adapting()?;
         // Searches after a bulk load should not wait for (or miss) the background optimize.
         store.optimize(collection)?;
         state.complete = true;
@@ -531,21 +556,15 @@ fn parse_line(raw: &[u8]) -> Result<Option<Document>, String> {
 fn embed_chunks(
     embeddings: &Embeddings,
     profile: &mrl_encoder::Profile,
-    dims: &[usize],
     rx: Receiver<Result<Chunk, IndexError>>,
     tx: SyncSender<Embedded>,
 ) -> Result<(), IndexError> {
     for chunk in rx {
         let chunk = chunk?;
         let vectors = embeddings.forward_blocking(profile, chunk.tokens)?;
-        let docs = chunk
-            .docs
-            .into_iter()
-            .zip(vectors)
-            .map(|(d, v)| d.into_stored(&v, dims))
-            .collect::<Result<Vec<_>, _>>()?;
         let embedded = Embedded {
-            docs,
+            docs: chunk.docs,
+            vectors,
             truncated: chunk.truncated,
             skips: chunk.skips,
             end_offset: chunk.end_offset,
@@ -561,8 +580,7 @@ fn embed_chunks(
 
 /// Upserts each chunk (durable on return) and then records the progress, in input order.
 fn write_chunks(
-    store: &dyn VectorStore,
-    collection: &str,
+    collection: &Collection,
     record_path: &Path,
     state: &mut Progress,
     (start, seconds_before): (Instant, f64),
@@ -571,9 +589,7 @@ fn write_chunks(
 ) -> Result<(), IndexError> {
     for chunk in rx {
         let n = chunk.docs.len();
-        if n > 0 {
-            store.upsert(collection, chunk.docs)?;
-        }
+        collection.store_vectors(chunk.docs, chunk.vectors)?;
         for skip in &chunk.skips {
             progress.suspend(|| {
                 eprintln!("skipped line {}: {}", skip.line, skip.reason);

@@ -4,11 +4,14 @@
 //!   model thread, `batcher`, or inline) → prefix + renormalise;
 //! - `dims` — the one dim policy;
 //! - `collection` — collections and their documents and searches, every rule checked once;
+//! - `adapt` — the one cut of a full vector into stored and searched sizes, and adaptive
+//!   collections' re-nesting onto their own documents;
 //! - `documents` — the one reader of documents as callers send them;
 //! - `store` — the vector stores (embedded qdrant-edge, a Qdrant server) behind one trait;
 //! - `indexer` — the resumable three-stage job that fills a collection from a JSONL file;
 //! - `error` — the core's errors, which each shell maps to its own form once.
 
+pub mod adapt;
 pub mod batcher;
 pub mod collection;
 pub mod dims;
@@ -18,6 +21,7 @@ pub mod error;
 pub mod indexer;
 pub mod store;
 
+pub use adapt::SearchQuery;
 pub use batcher::QueueLimits;
 pub use collection::{
     Collection, Collections, CreateRequest, FunnelRequest, SearchPlan, SearchRequest,

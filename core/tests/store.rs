@@ -44,7 +44,10 @@ fn doc(i: usize) -> StoredDocument {
         id: format!("doc-{i}"),
         text: format!("text {i}"),
         payload,
-        vectors: vec![(8, vector(i, 8)[..8].to_vec()), (16, vector(i, 16))],
+        vectors: vec![
+            ("d8".into(), vector(i, 8)[..8].to_vec()),
+            ("d16".into(), vector(i, 16)),
+        ],
     }
 }
 
@@ -55,6 +58,7 @@ fn spec() -> CollectionSpec {
         model: "test-model".into(),
         distance: Distance::Cosine,
         layout: Default::default(),
+        adapt: None,
     }
 }
 

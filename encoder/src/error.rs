@@ -41,6 +41,9 @@ pub enum EncoderError {
     },
     #[error("model fetch failed: {0}")]
     Fetch(String),
+    /// Vectors a rotation cannot be fitted on or applied to (none, zero, mixed widths).
+    #[error("invalid vectors: {0}")]
+    InvalidVectors(String),
     #[error("checksum mismatch for {path}: expected {expected}, got {actual}")]
     Checksum {
         path: PathBuf,

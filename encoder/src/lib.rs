@@ -15,6 +15,7 @@ pub mod model;
 pub mod nested;
 pub mod pooling;
 pub mod profile;
+pub mod rotation;
 pub mod text;
 pub mod tokenize;
 

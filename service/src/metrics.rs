@@ -4,7 +4,8 @@
 //!
 //! Series: `mrl_requests_total{route,status}`, `mrl_request_duration_seconds` (histogram),
 //! `mrl_batch_texts` (histogram, texts per model batch), `mrl_queue_depth` and
-//! `mrl_queue_tokens` (gauges), `mrl_tokens_total`, `mrl_requests_abandoned_total`.
+//! `mrl_queue_tokens` (gauges), `mrl_tokens_total`, `mrl_requests_abandoned_total`, and for
+//! adaptive collections `mrl_renests_total`, `mrl_renest_failures_total`, `mrl_renest_seconds`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+const RENEST_BUCKETS: [f64; 8] = [0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0];
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// The process's recorder, installed on first use. The `metrics` facade has one recorder per
@@ -33,6 +35,12 @@ pub fn handle() -> Result<PrometheusHandle, String> {
                     b.set_buckets_for_metric(
                         Matcher::Full("mrl_batch_texts".into()),
                         &BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("mrl_renest_seconds".into()),
+                        &RENEST_BUCKETS,
                     )
                 })
                 .map_err(|e| e.to_string())?
@@ -68,10 +76,25 @@ fn describe() {
     describe_gauge!("mrl_queue_tokens", "Token ids waiting for the model.");
     describe_counter!("mrl_tokens_total", "Tokens embedded.");
     describe_counter!(
+        "mrl_renests_total",
+        "Re-nests of adaptive collections completed (a new rotation in force)."
+    );
+    describe_counter!(
+        "mrl_renest_failures_total",
+        "Re-nests that failed (the previous rotation stayed in force)."
+    );
+    describe_histogram!(
+        "mrl_renest_seconds",
+        Unit::Seconds,
+        "Time of a re-nest: fit plus rewriting every point's rotated sizes."
+    );
+    describe_counter!(
         "mrl_requests_abandoned_total",
         "Requests dropped before their forward pass because the client had gone away."
     );
     metrics::counter!("mrl_tokens_total").absolute(0);
+    metrics::counter!("mrl_renests_total").absolute(0);
+    metrics::counter!("mrl_renest_failures_total").absolute(0);
     metrics::counter!("mrl_requests_abandoned_total").absolute(0);
     metrics::gauge!("mrl_queue_depth").set(0.0);
     metrics::gauge!("mrl_queue_tokens").set(0.0);

@@ -45,6 +45,13 @@ pub(crate) struct IndexArgs {
     /// Which sizes --dims may name, for a new collection.
     #[arg(long, value_enum, default_value_t = DimPolicyArg::of(Policy::LIBRARY.dims))]
     pub(crate) dim_policy: DimPolicyArg,
+    /// Make a new collection adaptive: its sizes below the full width are re-nested onto its
+    /// own documents' principal axes as it grows (the full width is stored too).
+    #[arg(long)]
+    pub(crate) adapt: bool,
+    /// Documents an adaptive collection holds before its first fit.
+    #[arg(long, value_name = "N", requires = "adapt")]
+    pub(crate) adapt_threshold: Option<usize>,
 }
 
 pub(crate) fn run(args: IndexArgs) -> Result<()> {
@@ -52,7 +59,8 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         dims: args.dim_policy.into(),
         ..Policy::LIBRARY
     };
-    let embeddings = Embeddings::inline(Arc::new(load(&args.model)?), policy);
+    let adapt = mrl_core::collection::adapt_option(args.adapt, args.adapt_threshold)?;
+    let embeddings = Arc::new(Embeddings::inline(Arc::new(load(&args.model)?), policy));
     let store = mrl_core::store::open(
         &args.data_dir,
         args.qdrant.qdrant_url.as_deref(),
@@ -64,11 +72,12 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         .profile(args.profile)
         .batch(args.batch)
         .strict(args.strict)
-        .part(args.part);
+        .part(args.part)
+        .adapt(adapt);
     let progress = bar(&args.collection, 0);
+    let collections = mrl_core::Collections::new(store, embeddings.clone());
     let s = mrl_core::indexer::index_file(
-        &embeddings,
-        store.as_ref(),
+        &collections,
         &args.collection,
         &args.input,
         &opts,

@@ -1,7 +1,8 @@
 //! `mrl bench retrieval`: indexes a BEIR corpus into the embedded Qdrant store once per
 //! (model, profile), runs every query of a split at every stored size (and through funnels),
 //! and reports NDCG@10 / Recall@100 / MRR@10 with query latency and indexing speed as JSON,
-//! a Markdown table and an SVG plot.
+//! a Markdown table and an SVG plot. `--adapt` adds rows from adaptive collections (re-nested
+//! onto the corpus's own documents) next to the generic ones.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,7 +15,8 @@ use std::sync::Arc;
 
 use mrl::{Embedder, Embeddings, Policy};
 use mrl_core::indexer::{self, IndexOptions};
-use mrl_core::store::{EdgeStore, VectorQuery, VectorStore};
+use mrl_core::store::{Adapt, VectorStore, DEFAULT_ADAPT_THRESHOLD};
+use mrl_core::{Collections, SearchQuery};
 use mrl_trainer::data::BeirDataset;
 use mrl_trainer::eval::{evaluate, Metrics};
 use serde::Serialize;
@@ -56,6 +58,13 @@ pub struct BenchRetrievalArgs {
     /// Brute-force search instead of Qdrant's HNSW index.
     #[arg(long)]
     exact: bool,
+    /// Also evaluate each profile (and the baseline) on an adaptive collection: its sizes
+    /// below the full width re-nested onto the corpus's own documents as it is indexed.
+    #[arg(long)]
+    adapt: bool,
+    /// Documents an adaptive collection holds before its first fit.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ADAPT_THRESHOLD, requires = "adapt")]
+    adapt_threshold: usize,
     /// Where the benchmark's collections live (default: $MRL_CACHE_DIR/bench-index, else
     /// ~/.cache/mrl/bench-index); an index built before is reused.
     #[arg(long)]
@@ -83,6 +92,10 @@ struct Row {
     dim: usize,
     /// `DIM:K` when the search went through a funnel.
     funnel: Option<String>,
+    /// Searched in an adaptive collection (its rotation version; `None`: generic).
+    adapted: Option<u64>,
+    /// How long that rotation's re-nest took (fit + rewriting every point's rotated sizes).
+    renest_seconds: Option<f64>,
     search: &'static str,
     #[serde(flatten)]
     metrics: Metrics,
@@ -103,6 +116,8 @@ struct Run<'a> {
     dims: Vec<usize>,
     /// Other profiles whose queries search this run's collection.
     query_profiles: Vec<String>,
+    /// Index into an adaptive collection with this option.
+    adapt: Option<Adapt>,
 }
 
 fn parse_funnels(specs: &[String]) -> Result<Vec<(usize, usize)>> {
@@ -208,7 +223,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| mrl_encoder::fetch::default_cache_dir().join("bench-index"));
-    let store = EdgeStore::open(&data_dir)
+    let store = mrl_core::store::open(&data_dir, None, None)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
 
     let mut runs: Vec<Run> = Vec::new();
@@ -250,6 +265,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
             profile: name,
             dims: dims.clone(),
             query_profiles,
+            adapt: None,
         });
         if let Some(n) = &naive {
             runs.push(Run {
@@ -258,6 +274,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
                 profile: naive_spec,
                 dims,
                 query_profiles: Vec::new(),
+                adapt: None,
             });
         }
     }
@@ -275,7 +292,26 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
             profile: "full".into(),
             dims,
             query_profiles: Vec::new(),
+            adapt: None,
         });
+    }
+    if args.adapt {
+        let adapt = Adapt {
+            threshold: args.adapt_threshold,
+        };
+        let adapted: Vec<Run> = runs
+            .iter()
+            .filter(|r| r.kind != "naive")
+            .map(|r| Run {
+                kind: r.kind,
+                embedder: r.embedder,
+                profile: r.profile.clone(),
+                dims: r.dims.clone(),
+                query_profiles: r.query_profiles.clone(),
+                adapt: Some(adapt),
+            })
+            .collect();
+        runs.extend(adapted);
     }
 
     let mut rows: Vec<Row> = Vec::new();
@@ -313,14 +349,15 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
 fn evaluate_run(
     run: &Run,
     data: &BeirDataset,
-    store: &EdgeStore,
+    store: &Arc<dyn VectorStore>,
     data_dir: &Path,
     (corpus_path, dataset_name): (&Path, &str),
     funnels: &[(usize, usize)],
     exact: bool,
     shas: &mut HashMap<PathBuf, String>,
 ) -> Result<Vec<Row>> {
-    let embeddings = Embeddings::inline(run.embedder.clone(), Policy::LIBRARY);
+    let embeddings = Arc::new(Embeddings::inline(run.embedder.clone(), Policy::LIBRARY));
+    let collections = Collections::new(store.clone(), embeddings.clone());
     let e: &Embedder = run.embedder;
     let profile = e.profile(Some(&run.profile))?;
     let width = e.model().output_width(&profile);
@@ -343,21 +380,23 @@ fn evaluate_run(
         &stored,
         e.tokenizer().max_len(),
         corpus_path,
-        dataset_name,
+        &match run.adapt {
+            Some(a) => format!("{dataset_name}-adapt{}", a.threshold),
+            None => dataset_name.to_string(),
+        },
     );
-    let label = format!("{} {}", model_name(e), run.profile);
+    let label = format!(
+        "{} {}{}",
+        model_name(e),
+        run.profile,
+        if run.adapt.is_some() { " adapted" } else { "" }
+    );
     let opts = IndexOptions::new(data_dir.join("jobs"))
         .dims(Some(stored.clone()))
-        .profile(Some(run.profile.clone()));
-    let summary = indexer::index_file(
-        &embeddings,
-        store,
-        &name,
-        corpus_path,
-        &opts,
-        &bar(&label, 0),
-    )
-    .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
+        .profile(Some(run.profile.clone()))
+        .adapt(run.adapt);
+    let summary = indexer::index_file(&collections, &name, corpus_path, &opts, &bar(&label, 0))
+        .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
     if summary.count != data.corpus.len() {
         bail!(
             "collection {name} holds {} documents, the corpus {}; delete {} to rebuild",
@@ -367,6 +406,26 @@ fn evaluate_run(
         );
     }
     let reused = summary.indexed_now == 0;
+    let collection = collections.open(&name)?;
+    // A reused collection may still be due the re-nest a crash interrupted.
+    collection.finish_adapting()?;
+    // The adapted rows are those of a fit on the whole corpus: the last automatic fit came
+    // when the collection had doubled, before the last documents arrived.
+    let rotation = match run.adapt {
+        Some(_) => match collection.info()?.rotation {
+            Some(r) if r.points == summary.count => Some(r),
+            _ => Some(collection.renest_now()?),
+        },
+        None => None,
+    };
+    if let Some(r) = &rotation {
+        eprintln!(
+            "{label}: rotation {} fitted on {} of {} documents; that re-nest took {:.2} s",
+            r.version, r.sample, r.points, r.seconds
+        );
+    }
+    let adapted = rotation.as_ref().map(|r| r.version);
+    let renest_seconds = rotation.as_ref().map(|r| r.seconds);
     eprintln!(
         "{label}: {} documents {} ({:.1} docs/s)",
         summary.count,
@@ -399,10 +458,17 @@ fn evaluate_run(
             let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
             let mut search_ms = Vec::with_capacity(vectors.len());
             for (q, v) in data.queries.iter().zip(&vectors) {
-                let mut query = VectorQuery::nested(v, dim, 100, funnel)?;
-                query.exact = exact;
+                let query = SearchQuery {
+                    full: v.clone(),
+                    dim,
+                    limit: 100,
+                    funnel,
+                    filter: None,
+                    exact,
+                    params: Default::default(),
+                };
                 let t = Instant::now();
-                let hits = store.search(&name, &query)?;
+                let hits = collection.run(&query)?;
                 search_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 results.insert(
                     q.id.clone(),
@@ -421,6 +487,8 @@ fn evaluate_run(
                 relative_flops: cost,
                 dim,
                 funnel: funnel.map(|(d, k)| format!("{d}:{k}")),
+                adapted,
+                renest_seconds,
                 search: if exact { "exact" } else { "hnsw" },
                 metrics: evaluate(&results, &data.qrels),
                 search_p50_ms,
@@ -437,10 +505,14 @@ fn evaluate_run(
 
 /// `profile`, or `queries → documents` for an asymmetric row.
 fn label(r: &Row) -> String {
-    if r.query_profile == r.profile {
+    let base = if r.query_profile == r.profile {
         r.profile.clone()
     } else {
         format!("{} → {}", r.query_profile, r.profile)
+    };
+    match r.adapted {
+        Some(v) => format!("{base} adapted (rotation {v})"),
+        None => base,
     }
 }
 
@@ -490,7 +562,11 @@ fn plot(rows: &[Row], title: &str) -> Result<String> {
         .filter(|r| r.funnel.is_none() && r.kind != "naive")
     {
         let label = if r.kind == "baseline" {
-            format!("baseline: {}", r.model)
+            format!(
+                "baseline: {}{}",
+                r.model,
+                if r.adapted.is_some() { " adapted" } else { "" }
+            )
         } else {
             label(r)
         };

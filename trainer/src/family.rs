@@ -767,7 +767,7 @@ fn fit_rotation(
                 .filter(|s| s.weight > 0.0)
                 .flat_map(|s| s.vectors["full"].0.iter().cloned())
                 .collect();
-            Rotation::fit(&docs)
+            Ok(Rotation::fit(&docs)?)
         }
         RotationFit::Qrels => {
             // Each source weighs by its share of batches, not by its number of qrels
@@ -792,7 +792,7 @@ fn fit_rotation(
                     fit_pairs.push((&queries[qi], &docs[di]));
                 }
             }
-            Rotation::fit_pairs(&fit_pairs)
+            Ok(Rotation::fit_pairs(&fit_pairs)?)
         }
     }
 }

@@ -22,7 +22,8 @@ pub mod family;
 pub mod importance;
 pub mod loss;
 pub mod optim;
-pub mod rotation;
+/// The closed-form rotation lives in the encoder, where collections use it too.
+pub use mrl_encoder::rotation;
 pub mod router;
 pub mod student;
 pub mod train;

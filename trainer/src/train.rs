@@ -200,7 +200,7 @@ pub fn fit_rotation(
     let picked: Vec<&str> = texts.iter().step_by(step).copied().collect();
     let tokens = crate::calibrate::cut(parent.tokenizer().encode(&picked)?, max_tokens);
     let vectors = parent.embed_tokens(&tokens, &Profile::full(parent.config()), 64)?;
-    Rotation::fit(&vectors)
+    Ok(Rotation::fit(&vectors)?)
 }
 
 /// Position of a run, saved with every checkpoint.

@@ -13,7 +13,8 @@
 //! - a panic inside the engine is caught and answered as a storage error.
 //!
 //! Reads do not take the write mutex. Optimization (HNSW build) runs on a background thread
-//! after bulk writes; writes wait for it, reads do not.
+//! after bulk writes; writes wait for it, reads do not. An adaptive collection's current
+//! rotation is `rotation.json` beside the spec, replaced by an atomic rename.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,18 +24,20 @@ use std::sync::{Arc, Mutex, RwLock};
 use qdrant_edge::SearchParams;
 use qdrant_edge::{
     Distance as EdgeDistance, EdgeConfigBuilder, EdgeShard, EdgeVectorParamsBuilder, Filter,
-    NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct, Prefetch, QueryEnum,
-    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal, Vectors,
-    WithPayloadInterface, WithVector,
+    NamedQuery, PointId, PointInsertOperations, PointOperations, PointStruct,
+    PointVectorsPersisted, Prefetch, QueryEnum, QueryRequest, ScoringQuery, ScrollRequest,
+    UpdateOperation, UpdateVectorsOp, VectorInternal, VectorOperations, VectorPersisted,
+    VectorStructInternal, VectorStructPersisted, Vectors, WithPayloadInterface, WithVector,
 };
 use serde_json::{Map, Value};
 
 use super::{
-    check_name, point_filter, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance,
-    Hit, Result, StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
+    check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Hit, Result,
+    StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery, VectorStore, ID_KEY,
 };
 
 const SPEC_FILE: &str = "collection.json";
+const ROTATION_FILE: &str = "rotation.json";
 /// Points written since the last optimize that trigger the next one.
 const OPTIMIZE_AFTER: usize = 1024;
 
@@ -52,6 +55,8 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
 struct Collection {
     name: String,
     spec: CollectionSpec,
+    /// The current rotation (adaptive collections), as in `rotation.json`.
+    rotation: RwLock<Option<StoredRotation>>,
     /// The open shard, `None` once the collection is deleted. Held (read side) by every
     /// operation for as long as it uses the shard.
     gate: RwLock<Option<Arc<EdgeShard>>>,
@@ -114,6 +119,15 @@ impl EdgeStore {
             let spec: CollectionSpec =
                 serde_json::from_slice(&std::fs::read(&spec_path).map_err(storage)?)
                     .map_err(storage)?;
+            let rotation_path = path.join(ROTATION_FILE);
+            let rotation: Option<StoredRotation> = if rotation_path.try_exists().map_err(storage)? {
+                Some(
+                    serde_json::from_slice(&std::fs::read(&rotation_path).map_err(storage)?)
+                        .map_err(storage)?,
+                )
+            } else {
+                None
+            };
             let shard_dir = path.join("shard");
             let shard =
                 guarded("loading", || EdgeShard::load(&shard_dir, None))?.map_err(storage)?;
@@ -121,7 +135,9 @@ impl EdgeStore {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            collections.insert(name.clone(), Arc::new(Collection::new(name, spec, shard)));
+            let c = Collection::new(name.clone(), spec, shard);
+            *c.rotation.write().unwrap_or_else(|e| e.into_inner()) = rotation;
+            collections.insert(name, Arc::new(c));
         }
         Ok(Self {
             dir: root,
@@ -173,6 +189,7 @@ impl Collection {
         Self {
             name,
             spec,
+            rotation: RwLock::new(None),
             gate: RwLock::new(Some(Arc::new(shard))),
             writes: Arc::new(Mutex::new(0)),
             optimizing: Arc::new(AtomicBool::new(false)),
@@ -205,6 +222,22 @@ impl Collection {
             Some(shard) => guarded("closing", move || drop(shard)),
             None => Err(StoreError::NoSuchCollection(self.name.clone())),
         }
+    }
+
+    /// The collection as listed: spec, count, current rotation.
+    fn info(&self) -> Result<CollectionInfo> {
+        Ok(CollectionInfo {
+            name: self.name.clone(),
+            spec: self.spec.clone(),
+            count: self.count()?,
+            rotation: self
+                .rotation
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|r| r.info.clone()),
+            renest: None,
+        })
     }
 
     fn count(&self) -> Result<usize> {
@@ -273,11 +306,31 @@ fn edge_distance(d: Distance) -> EdgeDistance {
     }
 }
 
-fn nearest(vector: &[f32], dim: usize) -> ScoringQuery {
+fn nearest(vector: &[f32], using: &str) -> ScoringQuery {
     ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
         query: VectorInternal::Dense(vector.to_vec()),
-        using: Some(vector_name(dim)),
+        using: Some(using.to_string()),
     }))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename: a crash leaves the old
+/// file or the new one.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp).map_err(storage)?;
+        f.write_all(bytes).map_err(storage)?;
+        f.sync_all().map_err(storage)?;
+    }
+    std::fs::rename(&tmp, path).map_err(storage)?;
+    if let Some(dir) = path.parent() {
+        // The rename itself is durable once the folder is synced.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(storage)?;
+    }
+    Ok(())
 }
 
 impl VectorStore for EdgeStore {
@@ -310,9 +363,9 @@ impl VectorStore for EdgeStore {
         let shard_dir = path.join("shard");
         std::fs::create_dir_all(&shard_dir).map_err(storage)?;
         let mut config = EdgeConfigBuilder::new().on_disk_payload(true);
-        for &d in &spec.dims {
+        for (vector, d) in spec.vectors() {
             config = config.vector(
-                vector_name(d),
+                vector,
                 EdgeVectorParamsBuilder::new(d, edge_distance(spec.distance)).build(),
             );
         }
@@ -343,12 +396,8 @@ impl VectorStore for EdgeStore {
             .collect();
         let mut out = Vec::with_capacity(all.len());
         for c in all {
-            match c.count() {
-                Ok(count) => out.push(CollectionInfo {
-                    name: c.name.clone(),
-                    spec: c.spec.clone(),
-                    count,
-                }),
+            match c.info() {
+                Ok(info) => out.push(info),
                 // Deleted while the list was being made.
                 Err(StoreError::NoSuchCollection(_)) => {}
                 Err(e) => return Err(e),
@@ -359,12 +408,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn info(&self, name: &str) -> Result<CollectionInfo> {
-        let c = self.get(name)?;
-        Ok(CollectionInfo {
-            name: name.to_string(),
-            spec: c.spec.clone(),
-            count: c.count()?,
-        })
+        self.get(name)?.info()
     }
 
     fn delete(&self, name: &str) -> Result<()> {
@@ -396,8 +440,7 @@ impl VectorStore for EdgeStore {
             .into_iter()
             .map(|mut d| {
                 let payload = d.full_payload();
-                let vectors =
-                    Vectors::new_named(d.vectors.into_iter().map(|(dim, v)| (vector_name(dim), v)));
+                let vectors = Vectors::new_named(d.vectors);
                 PointStruct::new(point_id(&d.id), vectors, Value::Object(payload)).into()
             })
             .collect::<Vec<_>>();
@@ -430,7 +473,7 @@ impl VectorStore for EdgeStore {
         let prefetches = match &q.funnel {
             Some(f) => vec![Prefetch {
                 prefetches: Vec::new(),
-                query: Some(nearest(&f.vector, f.dim)),
+                query: Some(nearest(&f.vector, &f.using)),
                 limit: f.candidates,
                 params,
                 filter: filter.clone(),
@@ -440,7 +483,7 @@ impl VectorStore for EdgeStore {
         };
         let request = QueryRequest {
             prefetches,
-            query: Some(nearest(&q.vector, q.dim)),
+            query: Some(nearest(&q.vector, &q.using)),
             filter,
             score_threshold: None,
             limit: q.limit,
@@ -507,6 +550,94 @@ impl VectorStore for EdgeStore {
             }
         })
     }
+
+    fn rotation(&self, name: &str) -> Result<Option<StoredRotation>> {
+        Ok(self
+            .get(name)?
+            .rotation
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+
+    fn set_rotation(&self, name: &str, rotation: &StoredRotation) -> Result<()> {
+        let c = self.get(name)?;
+        let bytes = serde_json::to_vec(rotation).map_err(storage)?;
+        // Inside the gate: a delete cannot remove the folder while the file is replaced.
+        c.with_shard(|_| replace_file(&self.dir.join(name).join(ROTATION_FILE), &bytes))?;
+        *c.rotation.write().unwrap_or_else(|e| e.into_inner()) = Some(rotation.clone());
+        Ok(())
+    }
+
+    fn scroll_vectors(
+        &self,
+        name: &str,
+        vector: &str,
+        offset: Option<String>,
+        limit: usize,
+    ) -> Result<VectorPage> {
+        let c = self.get(name)?;
+        let key = ID_KEY
+            .parse()
+            .map_err(|_| StoreError::Storage(format!("{ID_KEY} is not a JSON path")))?;
+        let offset = offset
+            .map(|o| {
+                uuid::Uuid::parse_str(&o)
+                    .map(PointId::Uuid)
+                    .map_err(|e| StoreError::Storage(format!("bad scroll offset {o:?}: {e}")))
+            })
+            .transpose()?;
+        let request = ScrollRequest {
+            offset,
+            limit: Some(limit),
+            filter: None,
+            with_payload: Some(WithPayloadInterface::Fields(vec![key])),
+            with_vector: WithVector::Selector(vec![vector.to_string()]),
+            order_by: None,
+        };
+        let (records, next) =
+            c.with_shard(|shard| guarded("scrolling", || shard.scroll(request))?.map_err(storage))?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let id = match r.payload.and_then(|mut p| p.0.remove(ID_KEY)) {
+                Some(Value::String(id)) => id,
+                _ => return Err(StoreError::Storage(format!("point {:?} has no id", r.id))),
+            };
+            if let Some(VectorStructInternal::Named(mut named)) = r.vector {
+                if let Some(VectorInternal::Dense(v)) = named.remove(vector) {
+                    out.push((id, v));
+                }
+            }
+        }
+        let next = next.map(|n| match n {
+            PointId::Uuid(u) => u.to_string(),
+            PointId::NumId(n) => n.to_string(),
+        });
+        Ok((out, next))
+    }
+
+    fn update_vectors(&self, name: &str, points: Vec<super::PointUpdate>) -> Result<()> {
+        let c = self.get(name)?;
+        let n = points.len();
+        let points = points
+            .into_iter()
+            .map(|(id, vectors)| PointVectorsPersisted {
+                id: point_id(&id),
+                vector: VectorStructPersisted::Named(
+                    vectors
+                        .into_iter()
+                        .map(|(k, v)| (k, VectorPersisted::Dense(v)))
+                        .collect(),
+                ),
+            })
+            .collect();
+        let op =
+            UpdateOperation::VectorOperation(VectorOperations::UpdateVectors(UpdateVectorsOp {
+                points,
+                update_filter: None,
+            }));
+        c.write(op, n)
+    }
 }
 
 /// The engine's search parameters for `q` (`None`: the engine's defaults).
@@ -541,7 +672,7 @@ mod tests {
             id: format!("doc-{i}"),
             text: format!("text {i}"),
             payload: Map::new(),
-            vectors: vec![(8, v)],
+            vectors: vec![("d8".into(), v)],
         }
     }
 
@@ -552,6 +683,7 @@ mod tests {
             model: "test".into(),
             distance: Distance::Cosine,
             layout: Default::default(),
+            adapt: None,
         }
     }
 
@@ -583,6 +715,7 @@ mod tests {
                     let q = VectorQuery {
                         vector: doc(7).vectors[0].1.clone(),
                         dim: 8,
+                        using: "d8".into(),
                         limit: 5,
                         filter: None,
                         funnel: None,

@@ -1,6 +1,8 @@
 //! Vector stores behind one trait: a collection keeps, for every document, one named vector per
-//! stored size (`d64`, `d256`, …) plus its id, text and payload. `edge` is Qdrant's own engine
-//! in-process (the default); `remote` is a Qdrant server or cluster.
+//! stored size (`d64`, `d256`, …; an adaptive collection two per size below its full width,
+//! one per rotation slot) plus its id, text and payload, and an adaptive collection its current
+//! rotation. `edge` is Qdrant's own engine in-process (the default); `remote` is a Qdrant server
+//! or cluster.
 
 pub mod edge;
 pub mod remote;
@@ -211,6 +213,89 @@ pub struct CollectionSpec {
     /// Storage for large collections (a Qdrant server); the default everywhere else.
     #[serde(default, skip_serializing_if = "Layout::is_default")]
     pub layout: Layout,
+    /// Re-nest the sizes below the widest onto the collection's own documents (`None`: the
+    /// model's prefixes as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt: Option<Adapt>,
+}
+
+/// An adaptive collection's option: once it holds `threshold` documents, and again whenever it
+/// has doubled since the last fit, it fits a rotation onto the uncentred principal axes of its
+/// stored full-width vectors and rewrites its smaller sizes from them (`core::adapt`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adapt {
+    /// Documents before the first fit (at least 1; default `DEFAULT_ADAPT_THRESHOLD`).
+    pub threshold: usize,
+}
+
+/// Documents an adaptive collection holds before its first fit: about 2,000 documents fit
+/// SciFact's rotation as well as all 5,183 did (measured 2026-11-29); 1,000 is where the
+/// gain at 64 dims is most of it.
+pub const DEFAULT_ADAPT_THRESHOLD: usize = 1000;
+
+/// A collection's fitted rotation, as it is shown (`GET /collections/{name}`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotationInfo {
+    /// 1 for the first fit, one more per re-nest; every point's rotated sizes are under it.
+    pub version: u64,
+    /// When it was fitted (RFC 3339, UTC).
+    pub fitted_at: String,
+    /// Documents the collection held when it was fitted (the next fit comes at twice this).
+    pub points: usize,
+    /// Documents whose full-width vectors it was fitted on (a sample of `points`).
+    pub sample: usize,
+    /// How long the re-nest took: the fit and the rewrite of every point's rotated sizes.
+    #[serde(default)]
+    pub seconds: f64,
+}
+
+/// A collection's fitted rotation as the store keeps it: what is shown, and the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRotation {
+    #[serde(flatten)]
+    pub info: RotationInfo,
+    /// The `w × w` rotation, row-major, f32 little-endian, base64 (standard alphabet).
+    pub matrix: String,
+}
+
+impl StoredRotation {
+    /// The rotation slot (0 or 1) whose named vectors hold this version's sizes; version 0
+    /// (no fit yet) is slot 0.
+    pub fn slot(version: u64) -> usize {
+        (version % 2) as usize
+    }
+
+    /// The stored form of a `w × w` row-major matrix.
+    pub fn new(info: RotationInfo, matrix: &[f32]) -> Self {
+        use base64::Engine as _;
+        let bytes: Vec<u8> = matrix.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Self {
+            info,
+            matrix: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    /// The matrix back as f32, row-major.
+    ///
+    /// Errors: `Storage` when it is not base64 of whole f32s.
+    pub fn matrix_f32(&self) -> Result<Vec<f32>> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.matrix)
+            .map_err(|e| StoreError::Storage(format!("a stored rotation is not base64: {e}")))?;
+        if bytes.len() % 4 != 0 {
+            return Err(StoreError::Storage(
+                "a stored rotation is not a whole number of f32s".into(),
+            ));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
 }
 
 /// How a large collection is laid out on a Qdrant server: sharding, replication, and per size
@@ -357,15 +442,33 @@ pub struct CollectionInfo {
     #[serde(flatten)]
     pub spec: CollectionSpec,
     pub count: usize,
+    /// An adaptive collection's current rotation (absent before its first fit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationInfo>,
+    /// A re-nest running now in this process (filled by the core, not the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renest: Option<RenestProgress>,
 }
 
-/// One document to store: its vectors per stored size (already cut and normalised).
+/// A re-nest in progress: the version it fills and how far it has got.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RenestProgress {
+    pub version: u64,
+    /// Points rewritten so far.
+    pub done: usize,
+    /// Points when it started.
+    pub total: usize,
+}
+
+/// One document to store: its named vectors (already cut, rotated and normalised; names from
+/// `CollectionSpec::vector_name`), at least one of each stored size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDocument {
     pub id: String,
     pub text: String,
     pub payload: Map<String, Value>,
-    pub vectors: Vec<(usize, Vec<f32>)>,
+    pub vectors: Vec<(String, Vec<f32>)>,
 }
 
 /// A nearest-neighbour query at one stored size, optionally through a funnel.
@@ -374,6 +477,8 @@ pub struct VectorQuery {
     /// The query vector at `dim` (cut and normalised).
     pub vector: Vec<f32>,
     pub dim: usize,
+    /// The named vector searched (`d{dim}`, or an adaptive collection's current slot).
+    pub using: String,
     pub limit: usize,
     /// Qdrant's filter JSON.
     pub filter: Option<Value>,
@@ -411,11 +516,13 @@ impl VectorQuery {
         Ok(Self {
             vector: cut(dim)?,
             dim,
+            using: vector_name(dim),
             limit,
             filter: None,
             funnel: match funnel {
                 Some((d, candidates)) => Some(Funnel {
                     dim: d,
+                    using: vector_name(d),
                     vector: cut(d)?,
                     candidates,
                 }),
@@ -430,6 +537,8 @@ impl VectorQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Funnel {
     pub dim: usize,
+    /// The named vector prefetched.
+    pub using: String,
     pub vector: Vec<f32>,
     pub candidates: usize,
 }
@@ -461,25 +570,96 @@ pub trait VectorStore: Send + Sync {
     fn optimize(&self, name: &str) -> Result<()>;
     /// Every document id in the collection, in no particular order.
     fn ids(&self, name: &str) -> Result<Vec<String>>;
+    /// An adaptive collection's current rotation, `None` before its first fit.
+    fn rotation(&self, name: &str) -> Result<Option<StoredRotation>>;
+    /// Makes `rotation` the collection's current one, durably and at once: a reader (or a
+    /// restart) sees the old one or the new one, never a mix.
+    fn set_rotation(&self, name: &str, rotation: &StoredRotation) -> Result<()>;
+    /// Up to `limit` points from `offset` (an opaque token from the previous page; `None`:
+    /// the start) with their caller ids and named vector `vector`, and the next page's token.
+    /// Points lacking the vector are left out.
+    fn scroll_vectors(
+        &self,
+        name: &str,
+        vector: &str,
+        offset: Option<String>,
+        limit: usize,
+    ) -> Result<VectorPage>;
+    /// Replaces the given named vectors of existing points by caller id, leaving their other
+    /// vectors and payload as they are; durable when it returns.
+    fn update_vectors(&self, name: &str, points: Vec<PointUpdate>) -> Result<()>;
 }
 
+/// Named vectors of one point, by caller id: `(id, [(vector name, values)])`.
+pub type PointUpdate = (String, Vec<(String, Vec<f32>)>);
+
+/// One page of `VectorStore::scroll_vectors`: (caller id, vector) pairs and the next token.
+pub type VectorPage = (Vec<(String, Vec<f32>)>, Option<String>);
+
 impl CollectionSpec {
-    /// Checks that `docs` carry exactly this collection's sizes, each of its length.
+    /// The widest stored size: an adaptive collection's full width, kept unrotated, from
+    /// which its other sizes are cut.
+    pub fn widest(&self) -> usize {
+        self.dims.last().copied().unwrap_or(0)
+    }
+
+    /// Whether size `dim` is rotated by the collection's fit (an adaptive collection's sizes
+    /// below its widest: the widest's cosines do not change under a rotation).
+    pub fn rotates(&self, dim: usize) -> bool {
+        self.adapt.is_some() && dim < self.widest()
+    }
+
+    /// The named vector holding size `dim` in rotation slot `slot` (0 or 1): `d{dim}`, and
+    /// `d{dim}_1` for slot 1 of a rotated size (a re-nest fills the slot not in use, then
+    /// switches to it).
+    pub fn vector_name(&self, dim: usize, slot: usize) -> String {
+        if slot == 1 && self.rotates(dim) {
+            format!("{}_1", vector_name(dim))
+        } else {
+            vector_name(dim)
+        }
+    }
+
+    /// Every named vector the collection has, with its size.
+    pub fn vectors(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for &d in &self.dims {
+            out.push((vector_name(d), d));
+            if self.rotates(d) {
+                out.push((self.vector_name(d, 1), d));
+            }
+        }
+        out
+    }
+
+    /// The size of named vector `name`, if the collection has it.
+    fn size_of(&self, name: &str) -> Option<usize> {
+        self.vectors()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+    }
+
+    /// Checks that `docs` carry only this collection's named vectors, each of its length,
+    /// and every stored size at least once.
     ///
     /// Errors: `Redefined` naming the first document that does not.
     pub(crate) fn check_documents(&self, name: &str, docs: &[StoredDocument]) -> Result<()> {
         for d in docs {
-            let fits = d.vectors.len() == self.dims.len()
-                && d.vectors
+            let fits = d
+                .vectors
+                .iter()
+                .all(|(n, v)| self.size_of(n) == Some(v.len()))
+                && self
+                    .dims
                     .iter()
-                    .zip(&self.dims)
-                    .all(|((dim, v), want)| dim == want && v.len() == *want);
+                    .all(|&dim| d.vectors.iter().any(|(_, v)| v.len() == dim));
             if !fits {
-                let sizes: Vec<usize> = d.vectors.iter().map(|(dim, _)| *dim).collect();
+                let names: Vec<&str> = d.vectors.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(StoreError::Redefined {
                     name: name.to_string(),
                     message: format!(
-                        "document {:?} has sizes {sizes:?}, the collection stores {:?}",
+                        "document {:?} has vectors {names:?}, the collection stores {:?}",
                         d.id, self.dims
                     ),
                 });
@@ -488,14 +668,14 @@ impl CollectionSpec {
         Ok(())
     }
 
-    /// Checks that the sizes `q` searches (and prefetches) are stored, each of its length.
+    /// Checks that the named vectors `q` searches (and prefetches) exist, each of its length.
     ///
-    /// Errors: `Redefined` naming the size that is not.
+    /// Errors: `Redefined` naming the size that does not.
     pub(crate) fn check_query(&self, name: &str, q: &VectorQuery) -> Result<()> {
-        let sizes = std::iter::once((q.dim, q.vector.len()))
-            .chain(q.funnel.iter().map(|f| (f.dim, f.vector.len())));
-        for (dim, len) in sizes {
-            if !self.dims.contains(&dim) || len != dim {
+        let sizes = std::iter::once((q.dim, &q.using, q.vector.len()))
+            .chain(q.funnel.iter().map(|f| (f.dim, &f.using, f.vector.len())));
+        for (dim, using, len) in sizes {
+            if self.size_of(using) != Some(len) || len != dim {
                 return Err(StoreError::Redefined {
                     name: name.to_string(),
                     message: format!("size {dim} is not stored; stored: {:?}", self.dims),
@@ -506,7 +686,7 @@ impl CollectionSpec {
     }
 }
 
-/// The named vector of a stored size.
+/// The named vector of a stored size (slot 0).
 pub fn vector_name(dim: usize) -> String {
     format!("d{dim}")
 }

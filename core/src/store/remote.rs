@@ -1,7 +1,10 @@
 //! A Qdrant server or cluster over gRPC (`qdrant-client`), behind the same trait as the
 //! embedded store. The collection's spec rides in Qdrant's collection metadata, so any
 //! client of that server sees what the vectors are; point ids and payload keys are the
-//! embedded store's, so data moves between the two unchanged.
+//! embedded store's, so data moves between the two unchanged. An adaptive collection's current
+//! rotation is in two parts: what is shown (version, time, points) in the metadata beside the
+//! spec, read with it on every call; its matrix in the payload of a point without vectors (one
+//! per rotation slot, at ids no caller id can hash to), read only when a collection is opened.
 //!
 //! The trait is synchronous (callers already run on blocking threads), so the store owns a
 //! small tokio runtime and blocks on each call. Every write waits for the server to apply
@@ -11,22 +14,45 @@ use std::collections::HashMap;
 
 use qdrant_client::qdrant::{
     condition::ConditionOneOf, r#match::MatchValue, Condition, CountPointsBuilder,
-    CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter,
-    HnswConfigDiffBuilder, PointId, PointStruct, PointsIdsList, PrefetchQueryBuilder,
+    CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter, GetPointsBuilder,
+    HnswConfigDiffBuilder, PointId, PointStruct, PointVectors, PointsIdsList, PrefetchQueryBuilder,
     QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder,
-    ScrollPointsBuilder, SearchParamsBuilder, UpsertPointsBuilder, Value as QValue,
-    VectorParamsBuilder, VectorsConfigBuilder,
+    ScrollPointsBuilder, SearchParamsBuilder, UpdateCollectionBuilder, UpdatePointVectorsBuilder,
+    UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, VectorsConfigBuilder,
+    VectorsSelector,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
 
 use super::{
-    check_name, point_filter, point_uuid, vector_name, CollectionInfo, CollectionSpec, Distance,
-    Hit, Result, StoreError, StoredDocument, VectorQuery, VectorStore, ID_KEY,
+    check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Hit, Result,
+    RotationInfo, StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery, VectorStore,
+    ID_KEY,
 };
 
 /// The metadata key that marks a collection as mrl's and holds its spec.
 const SPEC_KEY: &str = "mrl_spec";
+/// The metadata key of an adaptive collection's current rotation (`RotationInfo` JSON).
+const ROTATION_KEY: &str = "mrl_rotation";
+/// The payload keys of a rotation point: its version and its matrix.
+const ROTATION_VERSION_KEY: &str = "_mrl_rotation";
+const ROTATION_MATRIX_KEY: &str = "_mrl_matrix";
+
+/// The point that holds the matrix of rotation slot `slot`: a hash of bytes that are not
+/// UTF-8 (0xFF), so no caller id (a string) maps to it.
+fn rotation_point(slot: usize) -> PointId {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest([0xFF, b'r', b'o', b't', slot as u8]);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hash[..16]);
+    PointId::from(uuid::Uuid::from_bytes(bytes).to_string())
+}
+
+/// Whether `id` is one of the rotation points.
+fn is_rotation_point(id: &Option<PointId>) -> bool {
+    id.as_ref()
+        .is_some_and(|id| *id == rotation_point(0) || *id == rotation_point(1))
+}
 
 fn remote<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Storage(format!("qdrant server: {e}"))
@@ -107,6 +133,12 @@ impl RemoteStore {
     }
 
     fn spec_of(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        Ok(self.meta_of(name)?.map(|(spec, _)| spec))
+    }
+
+    /// The collection's spec and current rotation from its metadata; `None` when it does not
+    /// exist or is not mrl's.
+    fn meta_of(&self, name: &str) -> Result<Option<(CollectionSpec, Option<RotationInfo>)>> {
         if !self
             .block_on(self.client.collection_exists(name))
             .map_err(|e| self.server_error(e))?
@@ -121,11 +153,22 @@ impl RemoteStore {
             .and_then(|r| r.config)
             .map(|c| c.metadata)
             .unwrap_or_default();
-        match metadata.get(SPEC_KEY).map(to_json) {
-            Some(Value::String(s)) => serde_json::from_str(&s).map(Some).map_err(remote),
+        let spec: CollectionSpec = match metadata.get(SPEC_KEY).map(to_json) {
+            Some(Value::String(s)) => serde_json::from_str(&s).map_err(remote)?,
             // Someone else's collection: not one this store manages.
-            _ => Ok(None),
-        }
+            _ => return Ok(None),
+        };
+        let rotation = match metadata.get(ROTATION_KEY).map(to_json) {
+            Some(Value::String(s)) => Some(serde_json::from_str(&s).map_err(remote)?),
+            _ => None,
+        };
+        Ok(Some((spec, rotation)))
+    }
+
+    /// The collection's spec and current rotation, or `NoSuchCollection`.
+    fn meta(&self, name: &str) -> Result<(CollectionSpec, Option<RotationInfo>)> {
+        self.meta_of(name)?
+            .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))
     }
 
     /// A failed call on collection `name`: `NoSuchCollection` when the collection is gone
@@ -158,11 +201,34 @@ impl RemoteStore {
             .ok_or_else(|| StoreError::NoSuchCollection(name.to_string()))
     }
 
-    fn count(&self, name: &str) -> Result<usize> {
+    /// Documents in the collection (an adaptive collection's rotation points left out).
+    fn count(&self, name: &str, spec: &CollectionSpec) -> Result<usize> {
+        let mut request = CountPointsBuilder::new(name).exact(true);
+        if spec.adapt.is_some() {
+            request = request.filter(Filter::must_not([Condition::has_id([
+                rotation_point(0),
+                rotation_point(1),
+            ])]));
+        }
         let r = self
-            .block_on(self.client.count(CountPointsBuilder::new(name).exact(true)))
+            .block_on(self.client.count(request))
             .map_err(|e| self.failed(name, e))?;
         Ok(r.result.map_or(0, |c| c.count as usize))
+    }
+
+    fn info_of(
+        &self,
+        name: &str,
+        spec: CollectionSpec,
+        rotation: Option<RotationInfo>,
+    ) -> Result<CollectionInfo> {
+        Ok(CollectionInfo {
+            name: name.to_string(),
+            count: self.count(name, &spec)?,
+            spec,
+            rotation,
+            renest: None,
+        })
     }
 }
 
@@ -203,7 +269,7 @@ impl VectorStore for RemoteStore {
         let layout = &spec.layout;
         let widest = spec.dims.iter().copied().max();
         let mut vectors = VectorsConfigBuilder::default();
-        for &d in &spec.dims {
+        for (vector, d) in spec.vectors() {
             let mut params = VectorParamsBuilder::new(d as u64, distance(spec.distance))
                 .on_disk(layout.on_disk && Some(d) == widest);
             if layout.quantize.contains(&d) {
@@ -223,7 +289,7 @@ impl VectorStore for RemoteStore {
                 }
                 params = params.hnsw_config(hnsw);
             }
-            vectors.add_named_vector_params(vector_name(d), params);
+            vectors.add_named_vector_params(vector, params);
         }
         let mut create = CreateCollectionBuilder::new(name)
             .vectors_config(vectors)
@@ -262,13 +328,8 @@ impl VectorStore for RemoteStore {
             .map_err(|e| self.server_error(e))?;
         let mut out = Vec::new();
         for c in all.collections {
-            if let Some(spec) = self.spec_of(&c.name)? {
-                let count = self.count(&c.name)?;
-                out.push(CollectionInfo {
-                    name: c.name,
-                    spec,
-                    count,
-                });
+            if let Some((spec, rotation)) = self.meta_of(&c.name)? {
+                out.push(self.info_of(&c.name, spec, rotation)?);
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -276,12 +337,8 @@ impl VectorStore for RemoteStore {
     }
 
     fn info(&self, name: &str) -> Result<CollectionInfo> {
-        let spec = self.spec(name)?;
-        Ok(CollectionInfo {
-            name: name.to_string(),
-            spec,
-            count: self.count(name)?,
-        })
+        let (spec, rotation) = self.meta(name)?;
+        self.info_of(name, spec, rotation)
     }
 
     fn delete(&self, name: &str) -> Result<()> {
@@ -297,11 +354,7 @@ impl VectorStore for RemoteStore {
             .into_iter()
             .map(|mut d| {
                 let payload = d.full_payload();
-                let vectors: HashMap<String, Vec<f32>> = d
-                    .vectors
-                    .into_iter()
-                    .map(|(dim, v)| (vector_name(dim), v))
-                    .collect();
+                let vectors: HashMap<String, Vec<f32>> = d.vectors.into_iter().collect();
                 PointStruct::new(
                     PointId::from(point_uuid(&d.id).to_string()),
                     vectors,
@@ -344,14 +397,14 @@ impl VectorStore for RemoteStore {
         let params = search_params(q);
         let mut request = QueryPointsBuilder::new(name)
             .query(Query::new_nearest(q.vector.clone()))
-            .using(vector_name(q.dim))
+            .using(q.using.clone())
             .limit(q.limit as u64)
             .with_payload(true)
             .params(params.clone());
         if let Some(f) = &q.funnel {
             let mut prefetch = PrefetchQueryBuilder::default()
                 .query(Query::new_nearest(f.vector.clone()))
-                .using(vector_name(f.dim))
+                .using(f.using.clone())
                 .limit(f.candidates as u64)
                 .params(params);
             if let Some(filter) = &filter {
@@ -399,6 +452,9 @@ impl VectorStore for RemoteStore {
                 .block_on(self.client.scroll(request))
                 .map_err(|e| self.failed(name, e))?;
             for p in page.result {
+                if is_rotation_point(&p.id) {
+                    continue;
+                }
                 match p.payload.get(ID_KEY).map(to_json) {
                     Some(Value::String(id)) => out.push(id),
                     _ => return Err(remote(format!("point {:?} has no id", p.id))),
@@ -409,6 +465,140 @@ impl VectorStore for RemoteStore {
                 None => return Ok(out),
             }
         }
+    }
+
+    fn rotation(&self, name: &str) -> Result<Option<StoredRotation>> {
+        let Some(info) = self.meta(name)?.1 else {
+            return Ok(None);
+        };
+        let point = rotation_point(StoredRotation::slot(info.version));
+        let got = self
+            .block_on(
+                self.client
+                    .get_points(GetPointsBuilder::new(name, vec![point]).with_payload(true)),
+            )
+            .map_err(|e| self.failed(name, e))?;
+        let payload = got.result.into_iter().next().map(|p| p.payload);
+        let version = payload
+            .as_ref()
+            .and_then(|p| p.get(ROTATION_VERSION_KEY))
+            .map(to_json);
+        match (
+            payload
+                .as_ref()
+                .and_then(|p| p.get(ROTATION_MATRIX_KEY))
+                .map(to_json),
+            version,
+        ) {
+            (Some(Value::String(matrix)), Some(v)) if v.as_u64() == Some(info.version) => {
+                Ok(Some(StoredRotation { info, matrix }))
+            }
+            _ => Err(remote(format!(
+                "collection {name:?} names rotation version {} but its matrix is missing",
+                info.version
+            ))),
+        }
+    }
+
+    fn set_rotation(&self, name: &str, rotation: &StoredRotation) -> Result<()> {
+        self.spec(name)?;
+        // The matrix first, in the slot no reader uses; the metadata then switches to it.
+        let payload = Payload::from(Map::from_iter([
+            (
+                ROTATION_VERSION_KEY.to_string(),
+                Value::from(rotation.info.version),
+            ),
+            (
+                ROTATION_MATRIX_KEY.to_string(),
+                Value::String(rotation.matrix.clone()),
+            ),
+        ]));
+        let point = PointStruct::new(
+            rotation_point(StoredRotation::slot(rotation.info.version)),
+            HashMap::<String, Vec<f32>>::new(),
+            payload,
+        );
+        self.block_on(
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(name, vec![point]).wait(true)),
+        )
+        .map_err(|e| self.failed(name, e))?;
+        let metadata = HashMap::from([(
+            ROTATION_KEY.to_string(),
+            Value::String(serde_json::to_string(&rotation.info).map_err(remote)?),
+        )]);
+        self.block_on(
+            self.client
+                .update_collection(UpdateCollectionBuilder::new(name).metadata(metadata)),
+        )
+        .map_err(|e| self.failed(name, e))?;
+        Ok(())
+    }
+
+    fn scroll_vectors(
+        &self,
+        name: &str,
+        vector: &str,
+        offset: Option<String>,
+        limit: usize,
+    ) -> Result<VectorPage> {
+        use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
+        let mut request = ScrollPointsBuilder::new(name)
+            .limit(limit as u32)
+            .with_payload(true)
+            .with_vectors(VectorsSelector {
+                names: vec![vector.to_string()],
+            });
+        if let Some(o) = offset {
+            request = request.offset(PointId::from(o));
+        }
+        let page = self
+            .block_on(self.client.scroll(request))
+            .map_err(|e| self.failed(name, e))?;
+        let mut out = Vec::with_capacity(page.result.len());
+        for p in page.result {
+            if is_rotation_point(&p.id) {
+                continue;
+            }
+            let id = match p.payload.get(ID_KEY).map(to_json) {
+                Some(Value::String(id)) => id,
+                _ => return Err(remote(format!("point {:?} has no id", p.id))),
+            };
+            let dense = match p.vectors.and_then(|v| v.vectors_options) {
+                Some(VectorsOptions::Vectors(mut named)) => named.vectors.remove(vector),
+                _ => None,
+            }
+            .map(|v| v.into_vector());
+            if let Some(vector_output::Vector::Dense(d)) = dense {
+                out.push((id, d.data));
+            }
+        }
+        let next = page
+            .next_page_offset
+            .and_then(|p| match p.point_id_options {
+                Some(qdrant_client::qdrant::point_id::PointIdOptions::Uuid(u)) => Some(u),
+                Some(qdrant_client::qdrant::point_id::PointIdOptions::Num(n)) => {
+                    Some(n.to_string())
+                }
+                None => None,
+            });
+        Ok((out, next))
+    }
+
+    fn update_vectors(&self, name: &str, points: Vec<super::PointUpdate>) -> Result<()> {
+        let points: Vec<PointVectors> = points
+            .into_iter()
+            .map(|(id, vectors)| PointVectors {
+                id: Some(PointId::from(point_uuid(&id).to_string())),
+                vectors: Some(vectors.into_iter().collect::<HashMap<_, _>>().into()),
+            })
+            .collect();
+        self.block_on(
+            self.client
+                .update_vectors(UpdatePointVectorsBuilder::new(name, points).wait(true)),
+        )
+        .map_err(|e| self.failed(name, e))?;
+        Ok(())
     }
 }
 

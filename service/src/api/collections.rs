@@ -5,7 +5,7 @@
 //! field), await the model thread for embeddings and run store calls on the blocking pool.
 
 use actix_web::{web, HttpResponse};
-use mrl_core::store::{caller_id, CollectionInfo, Distance, Hit, HnswSize, Layout};
+use mrl_core::store::{caller_id, Adapt, CollectionInfo, Distance, Hit, HnswSize, Layout};
 use mrl_core::{CreateRequest, Document, SearchRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,6 +30,13 @@ pub struct CreateBody {
     pub on_disk: Option<bool>,
     pub quantize: Option<Vec<usize>>,
     pub hnsw: Option<Vec<HnswSize>>,
+    /// Re-nest the sizes below the full width onto the collection's own documents' principal
+    /// axes as it grows (no labels; full-width results unchanged); the full width is stored
+    /// too.
+    pub adapt: Option<bool>,
+    /// Documents before an adaptive collection's first fit (at least 1; default 1000); it
+    /// re-nests again whenever it has doubled since.
+    pub adapt_threshold: Option<usize>,
 }
 
 impl CreateBody {
@@ -58,6 +65,8 @@ impl CreateBody {
                 quantize: self.quantize.unwrap_or_default(),
                 hnsw: self.hnsw.unwrap_or_default(),
             },
+            adapt: self.adapt.unwrap_or(false),
+            adapt_threshold: self.adapt_threshold,
         })
     }
 }
@@ -73,6 +82,8 @@ pub struct Created {
     pub created: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<Layout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapt: Option<Adapt>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -165,6 +176,7 @@ pub async fn create(
         distance: spec.distance,
         created,
         layout: (!spec.layout.is_default()).then_some(spec.layout),
+        adapt: spec.adapt,
     };
     Ok(if created {
         HttpResponse::Created().json(answer)
@@ -184,7 +196,8 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     Ok(HttpResponse::Ok().json(CollectionList { collections: all }))
 }
 
-/// One collection's spec and count.
+/// One collection's spec and count; an adaptive one's rotation (version, when it was fitted,
+/// on how many points) and a re-nest running now.
 #[utoipa::path(get, path = "/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "the collection")),
     responses((status = 200, description = "the collection", body = CollectionInfo),

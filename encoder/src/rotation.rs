@@ -12,7 +12,7 @@
 
 use nalgebra::{DMatrix, SymmetricEigen};
 
-use crate::error::{Result, TrainerError};
+use crate::error::{EncoderError, Result};
 
 /// An orthogonal `dim × dim` rotation onto a set's principal axes, most energetic first.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +48,7 @@ impl Rotation {
             fitted += 1;
         }
         if fitted == 0 {
-            return Err(TrainerError::Invalid(
+            return Err(EncoderError::InvalidVectors(
                 "every vector is zero or not finite".into(),
             ));
         }
@@ -80,7 +80,7 @@ impl Rotation {
             fitted += 1;
         }
         if fitted == 0 {
-            return Err(TrainerError::Invalid(
+            return Err(EncoderError::InvalidVectors(
                 "no pair has two non-zero finite vectors".into(),
             ));
         }
@@ -127,13 +127,42 @@ impl Rotation {
         self.rows.iter().map(|&x| x as f32).collect()
     }
 
+    /// A rotation from its `d × d` row-major matrix as `matrix_f32` gives it (a stored fit):
+    /// applying it gives what the stored matrix gives, wherever it is applied. Its energies
+    /// are unknown (`energy` answers 0).
+    ///
+    /// Errors: `InvalidVectors` when the length is not a square's or a value is not finite.
+    pub fn from_matrix_f32(matrix: &[f32]) -> Result<Self> {
+        let dim = (matrix.len() as f64).sqrt().round() as usize;
+        if dim == 0 || dim * dim != matrix.len() || matrix.iter().any(|x| !x.is_finite()) {
+            return Err(EncoderError::InvalidVectors(format!(
+                "a rotation matrix needs d × d finite values, got {}",
+                matrix.len()
+            )));
+        }
+        Ok(Self {
+            dim,
+            rows: matrix.iter().map(|&x| f64::from(x)).collect(),
+            eigenvalues: Vec::new(),
+        })
+    }
+
     /// `R v` for one vector of width `d` (f64 accumulation).
     ///
     /// Panics if `v` is not `d` wide.
     pub fn apply(&self, v: &[f32]) -> Vec<f32> {
+        self.apply_prefix(v, self.dim)
+    }
+
+    /// The first `k` coordinates of `R v` (all that a `k`-wide prefix needs), f64
+    /// accumulation.
+    ///
+    /// Panics if `v` is not `d` wide or `k > d`.
+    pub fn apply_prefix(&self, v: &[f32], k: usize) -> Vec<f32> {
         assert_eq!(v.len(), self.dim, "the rotation is {} wide", self.dim);
         self.rows
             .chunks_exact(self.dim)
+            .take(k)
             .map(|axis| {
                 axis.iter()
                     .zip(v)
@@ -158,14 +187,14 @@ impl Rotation {
 fn width_of<'a>(mut rows: impl Iterator<Item = &'a [f32]>) -> Result<usize> {
     rows.next()
         .map(<[f32]>::len)
-        .ok_or_else(|| TrainerError::Invalid("no vectors to fit a rotation on".into()))
+        .ok_or_else(|| EncoderError::InvalidVectors("no vectors to fit a rotation on".into()))
 }
 
 /// Row `i` in f64 at unit length; `None` for a zero or non-finite row.
 /// Errors: `Invalid` when it is not `dim` wide.
 fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
     if v.len() != dim {
-        return Err(TrainerError::Invalid(format!(
+        return Err(EncoderError::InvalidVectors(format!(
             "vector {i} has {} values, the first has {dim}",
             v.len()
         )));
@@ -180,7 +209,23 @@ fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::Rng;
+
+    /// SplitMix64, enough for test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn new(seed: u64) -> Self {
+            Self(seed)
+        }
+
+        fn uniform(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (((z ^ (z >> 31)) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+    }
 
     fn cosine(a: &[f32], b: &[f32]) -> f64 {
         let dot: f64 = a

@@ -1,0 +1,524 @@
+//! Nesting: the one place a raw full vector becomes a collection's stored and searched vectors,
+//! and adaptive collections, which re-nest their smaller sizes onto their own documents.
+//!
+//! A generic collection stores each size as the model's prefix, renormalised. An adaptive one
+//! keeps its widest size (the full width) as the model gives it and cuts every smaller size from
+//! `R v`, where `R` is an orthogonal rotation onto the uncentred principal axes of the
+//! collection's own stored full-width vectors (`mrl_encoder::rotation`; no labels). Full-width
+//! cosines cannot change under `R`; short prefixes keep more of them.
+//!
+//! A re-nest (`Adapter::renest`): sample the stored full-width vectors → fit `R` (f64) → wait
+//! for searches that may still read the idle rotation slot → rewrite that slot page by page from
+//! each point's stored full-width vector (no re-embedding) while writers fill both slots → store
+//! the rotation (the switch: atomic and durable) → searches use the new slot.
+//!
+//! What holds, and why:
+//! - a search takes one `Current` (a rotation and its slot) and searches only that slot, so it
+//!   sees every point under one rotation; a re-nest never writes the slot a search may read
+//!   (it writes the idle one, after draining searches that started before the last switch);
+//! - every write of documents holds `writes` and fills the current slot, and during a re-nest
+//!   the idle slot too; each page a re-nest rewrites is read and written under the same lock,
+//!   so a page never overwrites a newer document with an older one's vectors;
+//! - kill -9 before the switch leaves the old rotation in force (the half-written idle slot is
+//!   never read); the next open sees the collection is still due and re-nests again.
+//!
+//! The coordination is per process: two processes writing one adaptive collection on a Qdrant
+//! server do not see each other's re-nests.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use mrl_encoder::nested::nest;
+use mrl_encoder::rotation::Rotation;
+use serde_json::Value;
+
+use crate::documents::Document;
+use crate::error::{Error, Result};
+use crate::store::{
+    CollectionInfo, CollectionSpec, Funnel, Hit, RenestProgress, RotationInfo, SearchParams,
+    StoreError, StoredDocument, StoredRotation, VectorQuery, VectorStore,
+};
+
+/// Points read and rewritten per step of a re-nest (one store write each).
+const PAGE: usize = 256;
+/// Points read per page while sampling for a fit.
+const SAMPLE_PAGE: usize = 1024;
+/// The most full-width vectors a fit reads: the scroll runs in point-id order, a hash of the
+/// caller's id, so the first ones are a uniform sample.
+const MAX_SAMPLE: usize = 20_000;
+
+/// A search before it is cut for a collection: the query's full vector (the raw embedding of a
+/// text, or a caller's vector) and what to ask the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchQuery {
+    /// The vector every searched size is cut from: `dim` values for a generic collection's
+    /// vector query, else the full width.
+    pub full: Vec<f32>,
+    pub dim: usize,
+    pub limit: usize,
+    /// `(dim, candidates)` of a prefetch.
+    pub funnel: Option<(usize, usize)>,
+    pub filter: Option<Value>,
+    pub exact: bool,
+    pub params: SearchParams,
+}
+
+/// The rotation the collection's points are under now, and its slot.
+#[derive(Debug)]
+struct Current {
+    /// 0 before the first fit (the model's prefixes, slot 0).
+    version: u64,
+    rotation: Option<Rotation>,
+}
+
+impl Current {
+    fn slot(&self) -> usize {
+        StoredRotation::slot(self.version)
+    }
+
+    /// The named vectors of size `dims` cut from raw full vector `full` into this slot: the
+    /// sizes `spec` rotates from `R·full`, the others from `full` itself, each renormalised.
+    fn nest(
+        &self,
+        spec: &CollectionSpec,
+        full: &[f32],
+        dims: &[usize],
+    ) -> Result<Vec<(String, Vec<f32>)>> {
+        let internal = |e: mrl_encoder::EncoderError| Error::Internal(e.to_string());
+        let rotated = match &self.rotation {
+            Some(r) if dims.iter().any(|&d| spec.rotates(d)) => {
+                if full.len() != r.dim() {
+                    return Err(Error::Internal(format!(
+                        "a {}-wide vector for a {}-wide rotation; this is a bug",
+                        full.len(),
+                        r.dim()
+                    )));
+                }
+                let widest = dims
+                    .iter()
+                    .copied()
+                    .filter(|&d| spec.rotates(d))
+                    .max()
+                    .unwrap_or(0);
+                Some(r.apply_prefix(full, widest))
+            }
+            _ => None,
+        };
+        dims.iter()
+            .map(|&d| {
+                let source = match &rotated {
+                    Some(r) if spec.rotates(d) => r.as_slice(),
+                    _ => full,
+                };
+                Ok((
+                    spec.vector_name(d, self.slot()),
+                    nest(source, d, true).map_err(internal)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The store's query for `q` under this rotation.
+    fn query(&self, spec: &CollectionSpec, q: &SearchQuery) -> Result<VectorQuery> {
+        let sizes: Vec<usize> = std::iter::once(q.dim)
+            .chain(q.funnel.map(|(d, _)| d))
+            .collect();
+        let mut cut = self.nest(spec, &q.full, &sizes)?.into_iter();
+        let (using, vector) = cut
+            .next()
+            .ok_or_else(|| Error::Internal("a query without sizes; this is a bug".into()))?;
+        let funnel = match (q.funnel, cut.next()) {
+            (Some((dim, candidates)), Some((using, vector))) => Some(Funnel {
+                dim,
+                using,
+                vector,
+                candidates,
+            }),
+            _ => None,
+        };
+        Ok(VectorQuery {
+            vector,
+            dim: q.dim,
+            using,
+            limit: q.limit,
+            filter: q.filter.clone(),
+            funnel,
+            exact: q.exact,
+            params: q.params,
+        })
+    }
+}
+
+/// One collection's nesting in this process: its current rotation, and for an adaptive one
+/// what coordinates its re-nests with its searches and writes. Shared by every handle on the
+/// collection (`Collections` keeps one per name).
+pub struct Adapter {
+    store: Arc<dyn VectorStore>,
+    name: String,
+    spec: CollectionSpec,
+    current: RwLock<Arc<Current>>,
+    /// Read side: a search, from taking `current` to its answer. Write side: taken (and let go)
+    /// by a re-nest before it writes the idle slot, which searches from before the last switch
+    /// may still read.
+    searches: RwLock<()>,
+    /// Held by every document write or delete and by each page of a re-nest; holds the
+    /// rotation being filled while a re-nest runs.
+    writes: Mutex<Option<Arc<Current>>>,
+    running: AtomicBool,
+    progress: Mutex<Option<RenestProgress>>,
+}
+
+impl Adapter {
+    /// The nesting of collection `name` as the store holds it now (its current rotation).
+    ///
+    /// Errors: `Store` when the rotation cannot be read or is malformed.
+    pub fn load(store: Arc<dyn VectorStore>, name: &str, spec: CollectionSpec) -> Result<Self> {
+        let current = match spec.adapt {
+            Some(_) => match store.rotation(name)? {
+                Some(stored) => Current {
+                    version: stored.info.version,
+                    rotation: Some(
+                        Rotation::from_matrix_f32(&stored.matrix_f32()?)
+                            .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?,
+                    ),
+                },
+                None => Current {
+                    version: 0,
+                    rotation: None,
+                },
+            },
+            None => Current {
+                version: 0,
+                rotation: None,
+            },
+        };
+        Ok(Self {
+            store,
+            name: name.to_string(),
+            spec,
+            current: RwLock::new(Arc::new(current)),
+            searches: RwLock::new(()),
+            writes: Mutex::new(None),
+            running: AtomicBool::new(false),
+            progress: Mutex::new(None),
+        })
+    }
+
+    pub fn spec(&self) -> &CollectionSpec {
+        &self.spec
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The write lock, for an adaptive collection (a generic one's writes need no order).
+    fn lock_writes(&self) -> Option<MutexGuard<'_, Option<Arc<Current>>>> {
+        self.spec
+            .adapt
+            .map(|_| self.writes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stores documents with their raw full vectors (one per document): every size cut under
+    /// the current rotation, and during a re-nest under the one being filled too. Durable when
+    /// it returns; may start a re-nest in the background.
+    ///
+    /// Errors: `Store` errors; `Internal` when a vector is narrower than a stored size.
+    pub fn store(self: &Arc<Self>, docs: Vec<Document>, vectors: Vec<Vec<f32>>) -> Result<usize> {
+        let n = docs.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        {
+            let pending = self.lock_writes();
+            let current = self.current();
+            let filling = pending.as_ref().and_then(|g| g.as_ref().cloned());
+            let stored = docs
+                .into_iter()
+                .zip(vectors)
+                .map(|(d, v)| {
+                    let mut named = current.nest(&self.spec, &v, &self.spec.dims)?;
+                    if let Some(next) = &filling {
+                        let rotated: Vec<usize> = self
+                            .spec
+                            .dims
+                            .iter()
+                            .copied()
+                            .filter(|&d| self.spec.rotates(d))
+                            .collect();
+                        named.extend(next.nest(&self.spec, &v, &rotated)?);
+                    }
+                    Ok(StoredDocument {
+                        id: d.id,
+                        text: d.text,
+                        payload: d.payload,
+                        vectors: named,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.store.upsert(&self.name, stored)?;
+        }
+        self.after_write();
+        Ok(n)
+    }
+
+    /// Deletes documents by caller id; durable when it returns.
+    pub fn delete(&self, ids: &[String]) -> Result<()> {
+        let _writes = self.lock_writes();
+        Ok(self.store.delete_documents(&self.name, ids)?)
+    }
+
+    /// Runs a search under the current rotation: every point it ranks is under it.
+    ///
+    /// Errors: `Store` errors.
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
+        let _searching = self.searches.read().unwrap_or_else(|e| e.into_inner());
+        let query = self.current().query(&self.spec, q)?;
+        Ok(self.store.search(&self.name, &query)?)
+    }
+
+    /// The collection's definition and size now, with a re-nest running in this process.
+    pub fn info(&self) -> Result<CollectionInfo> {
+        let mut info = self.store.info(&self.name)?;
+        info.renest = *self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(info)
+    }
+
+    /// Whether a collection of `count` documents under fit `info` is due a re-nest: it adapts,
+    /// holds its threshold, and has doubled since the last fit.
+    fn due(&self, count: usize, info: Option<&RotationInfo>) -> bool {
+        match self.spec.adapt {
+            Some(a) => count >= a.threshold && info.is_none_or(|i| count >= 2 * i.points),
+            None => false,
+        }
+    }
+
+    /// Starts a re-nest on a thread of its own when the collection is due one and none runs.
+    pub fn after_write(self: &Arc<Self>) {
+        if self.spec.adapt.is_none() || self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mrl-renest".into())
+            .spawn(move || {
+                me.renest_while_due();
+                me.running.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a re-nest of {:?}: {e}", self.name);
+            self.running.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits for a running re-nest, then runs any that is due on this thread: returns once
+    /// the collection is under the rotation its size calls for (bulk loaders end with it).
+    ///
+    /// Errors: the failed re-nest's.
+    pub fn finish(&self) -> Result<()> {
+        while self.running.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let done = self.renest_due();
+        self.running.store(false, Ordering::SeqCst);
+        done
+    }
+
+    /// Re-nests now, whatever the collection's size (after a bulk load that has not doubled
+    /// since the last fit, say), once any running re-nest is done; returns the new rotation.
+    ///
+    /// Errors: `InvalidField` (`adapt`) for a collection that does not adapt; a failed
+    /// re-nest's (the old rotation stays in force).
+    pub fn renest_now(&self) -> Result<RotationInfo> {
+        if self.spec.adapt.is_none() {
+            return Err(Error::field(
+                "adapt",
+                format!("collection {:?} does not adapt", self.name),
+            ));
+        }
+        while self.running.swap(true, Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let done = self
+            .store
+            .info(&self.name)
+            .map_err(Error::from)
+            .and_then(|info| self.renest(info.count, info.rotation.map_or(0, |r| r.version)));
+        self.running.store(false, Ordering::SeqCst);
+        done
+    }
+
+    fn renest_while_due(&self) {
+        if let Err(e) = self.renest_due() {
+            metrics::counter!("mrl_renest_failures_total").increment(1);
+            tracing::warn!("re-nesting {:?} failed: {e}", self.name);
+        }
+    }
+
+    /// Re-nests while the collection is due (it may have doubled again meanwhile).
+    fn renest_due(&self) -> Result<()> {
+        loop {
+            let info = self.store.info(&self.name)?;
+            if !self.due(info.count, info.rotation.as_ref()) {
+                return Ok(());
+            }
+            self.renest(info.count, info.rotation.map_or(0, |r| r.version))?;
+        }
+    }
+
+    /// Fits version `from + 1` on the collection's `count` documents and switches to it.
+    fn renest(&self, count: usize, from: u64) -> Result<RotationInfo> {
+        let start = Instant::now();
+        let version = from + 1;
+        let widest = self.spec.widest();
+        let full_name = self.spec.vector_name(widest, 0);
+        self.set_progress(Some(RenestProgress {
+            version,
+            done: 0,
+            total: count,
+        }));
+        let result = (|| -> Result<RotationInfo> {
+            let mut sample = Vec::new();
+            let mut offset = None;
+            loop {
+                let (page, next) =
+                    self.store
+                        .scroll_vectors(&self.name, &full_name, offset, SAMPLE_PAGE)?;
+                sample.extend(page.into_iter().map(|(_, v)| v));
+                match next {
+                    Some(n) if sample.len() < MAX_SAMPLE => offset = Some(n),
+                    _ => break,
+                }
+            }
+            sample.truncate(MAX_SAMPLE);
+            let fitted = Rotation::fit(&sample).map_err(|e| Error::Internal(e.to_string()))?;
+            let matrix = fitted.matrix_f32();
+            let next = Arc::new(Current {
+                version,
+                rotation: Some(
+                    Rotation::from_matrix_f32(&matrix)
+                        .map_err(|e| Error::Internal(e.to_string()))?,
+                ),
+            });
+            let mut info = RotationInfo {
+                version,
+                fitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                points: count,
+                sample: sample.len(),
+                seconds: 0.0,
+            };
+            drop(sample);
+            // Searches from before the last switch may read the slot about to be written.
+            drop(self.searches.write().unwrap_or_else(|e| e.into_inner()));
+            *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+            let rotated: Vec<usize> = self
+                .spec
+                .dims
+                .iter()
+                .copied()
+                .filter(|&d| self.spec.rotates(d))
+                .collect();
+            let mut offset = None;
+            let mut done = 0;
+            loop {
+                let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                let (page, next_page) = self
+                    .store
+                    .scroll_vectors(&self.name, &full_name, offset, PAGE)?;
+                done += page.len();
+                let updates = page
+                    .into_iter()
+                    .map(|(id, v)| Ok((id, next.nest(&self.spec, &v, &rotated)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                if !updates.is_empty() {
+                    self.store.update_vectors(&self.name, updates)?;
+                }
+                drop(_writes);
+                self.set_progress(Some(RenestProgress {
+                    version,
+                    done,
+                    total: count,
+                }));
+                match next_page {
+                    Some(n) => offset = Some(n),
+                    None => break,
+                }
+            }
+            let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            info.seconds = start.elapsed().as_secs_f64();
+            self.store
+                .set_rotation(&self.name, &StoredRotation::new(info.clone(), &matrix))?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+            *writes = None;
+            Ok(info)
+        })();
+        *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.set_progress(None);
+        let info = result?;
+        let seconds = start.elapsed().as_secs_f64();
+        metrics::counter!("mrl_renests_total").increment(1);
+        metrics::histogram!("mrl_renest_seconds").record(seconds);
+        tracing::info!(
+            "re-nested {:?} to rotation {} on {} of {} documents in {seconds:.2} s",
+            self.name,
+            info.version,
+            info.sample,
+            info.points
+        );
+        Ok(info)
+    }
+
+    fn set_progress(&self, p: Option<RenestProgress>) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Adapt, Distance};
+
+    fn spec(adapt: bool) -> CollectionSpec {
+        CollectionSpec {
+            dims: vec![2, 4],
+            profile: "full".into(),
+            model: "test".into(),
+            distance: Distance::Cosine,
+            layout: Default::default(),
+            adapt: adapt.then_some(Adapt { threshold: 1 }),
+        }
+    }
+
+    /// A generic collection cuts prefixes into `d{dim}`; an adaptive one keeps the widest size
+    /// as it is and cuts the others from the rotated vector into the current slot.
+    #[test]
+    fn nesting_cuts_prefixes_or_rotated_prefixes_into_the_current_slot() {
+        let full = [3.0, 4.0, 0.0, 12.0];
+        let generic = Current {
+            version: 0,
+            rotation: None,
+        };
+        let named = generic.nest(&spec(false), &full, &[2, 4]).unwrap();
+        assert_eq!(named[0], ("d2".to_string(), vec![0.6, 0.8]));
+        assert_eq!(named[1].0, "d4");
+        // A rotation that swaps axes 0 and 3.
+        let mut m = vec![0f32; 16];
+        for (r, c) in [(0, 3), (1, 1), (2, 2), (3, 0)] {
+            m[r * 4 + c] = 1.0;
+        }
+        let adapted = Current {
+            version: 1,
+            rotation: Some(Rotation::from_matrix_f32(&m).unwrap()),
+        };
+        let named = adapted.nest(&spec(true), &full, &[2, 4]).unwrap();
+        let (name, v) = &named[0];
+        assert_eq!(name, "d2_1");
+        assert!((v[0] - 12.0 / 12.369317).abs() < 1e-5 && (v[1] - 4.0 / 12.369317).abs() < 1e-5);
+        assert_eq!(named[1].0, "d4", "the full width is never rotated");
+        assert!((named[1].1[0] - 3.0 / 13.0).abs() < 1e-6);
+    }
+}
