@@ -158,17 +158,13 @@ impl IndexConfig {
             ..Policy::LIBRARY
         };
         let embeddings = Arc::new(Embeddings::inline(embedder, policy));
-        let adapt = match self.adapt {
-            Some(a) => mrl_core::collection::adapt_option(true, Some(a.threshold))?,
-            None => None,
-        };
         let spec = indexer::resolve_spec(
             &embeddings,
             store.as_ref(),
             &self.name,
             self.dims.as_deref(),
             self.profile.as_deref(),
-            adapt,
+            self.adapt,
         )?;
         // An existing collection with another spec is refused here, not overwritten.
         let collections = Collections::new(store, embeddings);

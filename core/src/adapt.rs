@@ -70,6 +70,8 @@ struct Current {
     /// 0 before the first fit (the model's prefixes, slot 0).
     version: u64,
     rotation: Option<Rotation>,
+    /// What was fitted (`None` before the first fit).
+    info: Option<RotationInfo>,
 }
 
 impl Current {
@@ -124,7 +126,17 @@ impl Current {
         let sizes: Vec<usize> = std::iter::once(q.dim)
             .chain(q.funnel.map(|(d, _)| d))
             .collect();
-        let mut cut = self.nest(spec, &q.full, &sizes)?.into_iter();
+        let cut = self.nest(spec, &q.full, &sizes)?;
+        if let Some((_, zero)) = cut.iter().find(|(_, v)| v.iter().all(|&x| x == 0.0)) {
+            return Err(Error::field(
+                "vector",
+                format!(
+                    "the query's first {} values are all zero (as float32, as the collection cuts it)",
+                    zero.len()
+                ),
+            ));
+        }
+        let mut cut = cut.into_iter();
         let (using, vector) = cut
             .next()
             .ok_or_else(|| Error::Internal("a query without sizes; this is a bug".into()))?;
@@ -167,30 +179,62 @@ pub struct Adapter {
     writes: Mutex<Option<Arc<Current>>>,
     running: AtomicBool,
     progress: Mutex<Option<RenestProgress>>,
+    /// Set when the collection is deleted through `Collections`: a re-nest in flight stops
+    /// before its next page, so it never writes into a collection recreated under the name.
+    closed: AtomicBool,
+    /// Documents written since the count was last taken, added to it: an upper bound of the
+    /// collection's size (replaced ids count twice), so the store is counted only when a
+    /// re-nest may be due.
+    estimate: Mutex<usize>,
+}
+
+/// Clears the `running` flag when dropped, a panic included, so waiters never spin forever.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Adapter {
     /// The nesting of collection `name` as the store holds it now (its current rotation).
+    /// One per collection per process: re-nests coordinate with searches and writes through
+    /// it (`Collections` keeps it; two would not see each other's).
     ///
-    /// Errors: `Store` when the rotation cannot be read or is malformed.
+    /// Errors: `Store` when the collection or its rotation cannot be read, or the rotation
+    /// is malformed or not as wide as the collection's full width.
     pub fn load(store: Arc<dyn VectorStore>, name: &str, spec: CollectionSpec) -> Result<Self> {
+        let count = store.info(name)?.count;
         let current = match spec.adapt {
             Some(_) => match store.rotation(name)? {
-                Some(stored) => Current {
-                    version: stored.info.version,
-                    rotation: Some(
-                        Rotation::from_matrix_f32(&stored.matrix_f32()?)
-                            .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?,
-                    ),
-                },
+                Some(stored) => {
+                    let rotation = Rotation::from_matrix_f32(&stored.matrix_f32()?)
+                        .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
+                    if rotation.dim() != spec.widest() {
+                        return Err(StoreError::Storage(format!(
+                            "{name:?}: its rotation is {} wide, its full width {}",
+                            rotation.dim(),
+                            spec.widest()
+                        ))
+                        .into());
+                    }
+                    Current {
+                        version: stored.info.version,
+                        rotation: Some(rotation),
+                        info: Some(stored.info),
+                    }
+                }
                 None => Current {
                     version: 0,
                     rotation: None,
+                    info: None,
                 },
             },
             None => Current {
                 version: 0,
                 rotation: None,
+                info: None,
             },
         };
         Ok(Self {
@@ -202,9 +246,25 @@ impl Adapter {
             writes: Mutex::new(None),
             running: AtomicBool::new(false),
             progress: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            estimate: Mutex::new(count),
         })
     }
 
+    /// Stops this nesting for good (its collection is being deleted): writes, searches and a
+    /// re-nest in flight answer `NoSuchCollection` from here on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::NoSuchCollection(self.name.clone()).into());
+        }
+        Ok(())
+    }
+
+    /// The collection's spec, as it was when loaded.
     pub fn spec(&self) -> &CollectionSpec {
         &self.spec
     }
@@ -235,6 +295,7 @@ impl Adapter {
         }
         {
             let pending = self.lock_writes();
+            self.check_open()?;
             let current = self.current();
             let filling = pending.as_ref().and_then(|g| g.as_ref().cloned());
             let stored = docs
@@ -243,14 +304,7 @@ impl Adapter {
                 .map(|(d, v)| {
                     let mut named = current.nest(&self.spec, &v, &self.spec.dims)?;
                     if let Some(next) = &filling {
-                        let rotated: Vec<usize> = self
-                            .spec
-                            .dims
-                            .iter()
-                            .copied()
-                            .filter(|&d| self.spec.rotates(d))
-                            .collect();
-                        named.extend(next.nest(&self.spec, &v, &rotated)?);
+                        named.extend(next.nest(&self.spec, &v, &self.spec.rotated_dims())?);
                     }
                     Ok(StoredDocument {
                         id: d.id,
@@ -262,13 +316,17 @@ impl Adapter {
                 .collect::<Result<Vec<_>>>()?;
             self.store.upsert(&self.name, stored)?;
         }
+        *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) += n;
         self.after_write();
         Ok(n)
     }
 
     /// Deletes documents by caller id; durable when it returns.
+    ///
+    /// Errors: `Store` errors.
     pub fn delete(&self, ids: &[String]) -> Result<()> {
         let _writes = self.lock_writes();
+        self.check_open()?;
         Ok(self.store.delete_documents(&self.name, ids)?)
     }
 
@@ -277,11 +335,14 @@ impl Adapter {
     /// Errors: `Store` errors.
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
         let _searching = self.searches.read().unwrap_or_else(|e| e.into_inner());
+        self.check_open()?;
         let query = self.current().query(&self.spec, q)?;
         Ok(self.store.search(&self.name, &query)?)
     }
 
     /// The collection's definition and size now, with a re-nest running in this process.
+    ///
+    /// Errors: `Store` errors (`NoSuchCollection` once it is deleted).
     pub fn info(&self) -> Result<CollectionInfo> {
         let mut info = self.store.info(&self.name)?;
         info.renest = *self.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,22 +353,45 @@ impl Adapter {
     /// holds its threshold, and has doubled since the last fit.
     fn due(&self, count: usize, info: Option<&RotationInfo>) -> bool {
         match self.spec.adapt {
-            Some(a) => count >= a.threshold && info.is_none_or(|i| count >= 2 * i.points),
+            Some(a) => count >= a.threshold.max(1) && info.is_none_or(|i| count >= 2 * i.points),
             None => false,
         }
     }
 
-    /// Starts a re-nest on a thread of its own when the collection is due one and none runs.
-    pub fn after_write(self: &Arc<Self>) {
-        if self.spec.adapt.is_none() || self.running.swap(true, Ordering::SeqCst) {
+    /// The size past which the next re-nest is due: the threshold, then twice the size at
+    /// the last fit.
+    fn next_due(&self) -> usize {
+        let threshold = self.spec.adapt.map_or(usize::MAX, |a| a.threshold.max(1));
+        match &self.current().info {
+            Some(i) => threshold.max(2 * i.points),
+            None => threshold,
+        }
+    }
+
+    /// Starts a re-nest on a thread of its own when the collection may be due one and none
+    /// runs (the thread counts the documents and re-nests while it is due).
+    pub(crate) fn after_write(self: &Arc<Self>) {
+        if self.spec.adapt.is_none()
+            || *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) < self.next_due()
+            || self.running.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("mrl-renest".into())
             .spawn(move || {
-                me.renest_while_due();
-                me.running.store(false, Ordering::SeqCst);
+                {
+                    let _running = Running(&me.running);
+                    if let Err(e) = me.renest_due() {
+                        metrics::counter!("mrl_renest_failures_total").increment(1);
+                        tracing::warn!("re-nesting {:?} failed: {e}", me.name);
+                        return;
+                    }
+                }
+                // A write that came after the last count but before the flag cleared saw a
+                // re-nest running and left it to this one.
+                me.after_write();
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a re-nest of {:?}: {e}", self.name);
@@ -315,17 +399,21 @@ impl Adapter {
         }
     }
 
-    /// Waits for a running re-nest, then runs any that is due on this thread: returns once
-    /// the collection is under the rotation its size calls for (bulk loaders end with it).
-    ///
-    /// Errors: the failed re-nest's.
-    pub fn finish(&self) -> Result<()> {
+    /// Takes the `running` flag, waiting for a re-nest in flight to finish.
+    fn wait_running(&self) -> Running<'_> {
         while self.running.swap(true, Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let done = self.renest_due();
-        self.running.store(false, Ordering::SeqCst);
-        done
+        Running(&self.running)
+    }
+
+    /// Waits for a running re-nest, then runs any that is due on this thread: returns once
+    /// the collection is under the rotation its size calls for (bulk loaders end with it).
+    ///
+    /// Errors: the failed re-nest's (the old rotation stays in force).
+    pub fn finish(&self) -> Result<()> {
+        let _running = self.wait_running();
+        self.renest_due()
     }
 
     /// Re-nests now, whatever the collection's size (after a bulk load that has not doubled
@@ -340,40 +428,27 @@ impl Adapter {
                 format!("collection {:?} does not adapt", self.name),
             ));
         }
-        while self.running.swap(true, Ordering::SeqCst) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let done = self
-            .store
-            .info(&self.name)
-            .map_err(Error::from)
-            .and_then(|info| self.renest(info.count, info.rotation.map_or(0, |r| r.version)));
-        self.running.store(false, Ordering::SeqCst);
-        done
-    }
-
-    fn renest_while_due(&self) {
-        if let Err(e) = self.renest_due() {
-            metrics::counter!("mrl_renest_failures_total").increment(1);
-            tracing::warn!("re-nesting {:?} failed: {e}", self.name);
-        }
+        let _running = self.wait_running();
+        let count = self.store.info(&self.name)?.count;
+        self.renest(count)
     }
 
     /// Re-nests while the collection is due (it may have doubled again meanwhile).
     fn renest_due(&self) -> Result<()> {
         loop {
-            let info = self.store.info(&self.name)?;
-            if !self.due(info.count, info.rotation.as_ref()) {
+            let count = self.store.info(&self.name)?.count;
+            *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) = count;
+            if !self.due(count, self.current().info.as_ref()) {
                 return Ok(());
             }
-            self.renest(info.count, info.rotation.map_or(0, |r| r.version))?;
+            self.renest(count)?;
         }
     }
 
-    /// Fits version `from + 1` on the collection's `count` documents and switches to it.
-    fn renest(&self, count: usize, from: u64) -> Result<RotationInfo> {
+    /// Fits the next version on the collection's `count` documents and switches to it.
+    fn renest(&self, count: usize) -> Result<RotationInfo> {
         let start = Instant::now();
-        let version = from + 1;
+        let version = self.current().version + 1;
         let widest = self.spec.widest();
         let full_name = self.spec.vector_name(widest, 0);
         self.set_progress(Some(RenestProgress {
@@ -397,13 +472,9 @@ impl Adapter {
             sample.truncate(MAX_SAMPLE);
             let fitted = Rotation::fit(&sample).map_err(|e| Error::Internal(e.to_string()))?;
             let matrix = fitted.matrix_f32();
-            let next = Arc::new(Current {
-                version,
-                rotation: Some(
-                    Rotation::from_matrix_f32(&matrix)
-                        .map_err(|e| Error::Internal(e.to_string()))?,
-                ),
-            });
+            let rotation = Some(
+                Rotation::from_matrix_f32(&matrix).map_err(|e| Error::Internal(e.to_string()))?,
+            );
             let mut info = RotationInfo {
                 version,
                 fitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -411,28 +482,29 @@ impl Adapter {
                 sample: sample.len(),
                 seconds: 0.0,
             };
+            // Filled without the final `info` (its time is known at the switch).
+            let filling = Arc::new(Current {
+                version,
+                rotation: rotation.clone(),
+                info: None,
+            });
             drop(sample);
             // Searches from before the last switch may read the slot about to be written.
             drop(self.searches.write().unwrap_or_else(|e| e.into_inner()));
-            *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
-            let rotated: Vec<usize> = self
-                .spec
-                .dims
-                .iter()
-                .copied()
-                .filter(|&d| self.spec.rotates(d))
-                .collect();
+            *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = Some(filling.clone());
+            let rotated = self.spec.rotated_dims();
             let mut offset = None;
             let mut done = 0;
             loop {
                 let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                self.check_open()?;
                 let (page, next_page) = self
                     .store
                     .scroll_vectors(&self.name, &full_name, offset, PAGE)?;
                 done += page.len();
                 let updates = page
                     .into_iter()
-                    .map(|(id, v)| Ok((id, next.nest(&self.spec, &v, &rotated)?)))
+                    .map(|(id, v)| Ok((id, filling.nest(&self.spec, &v, &rotated)?)))
                     .collect::<Result<Vec<_>>>()?;
                 if !updates.is_empty() {
                     self.store.update_vectors(&self.name, updates)?;
@@ -449,10 +521,15 @@ impl Adapter {
                 }
             }
             let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_open()?;
             info.seconds = start.elapsed().as_secs_f64();
             self.store
                 .set_rotation(&self.name, &StoredRotation::new(info.clone(), &matrix))?;
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
+                version,
+                rotation,
+                info: Some(info.clone()),
+            });
             *writes = None;
             Ok(info)
         })();
@@ -501,6 +578,7 @@ mod tests {
         let generic = Current {
             version: 0,
             rotation: None,
+            info: None,
         };
         let named = generic.nest(&spec(false), &full, &[2, 4]).unwrap();
         assert_eq!(named[0], ("d2".to_string(), vec![0.6, 0.8]));
@@ -513,11 +591,12 @@ mod tests {
         let adapted = Current {
             version: 1,
             rotation: Some(Rotation::from_matrix_f32(&m).unwrap()),
+            info: None,
         };
         let named = adapted.nest(&spec(true), &full, &[2, 4]).unwrap();
         let (name, v) = &named[0];
         assert_eq!(name, "d2_1");
-        assert!((v[0] - 12.0 / 12.369317).abs() < 1e-5 && (v[1] - 4.0 / 12.369317).abs() < 1e-5);
+        assert!((v[0] - 12.0 / 12.649111).abs() < 1e-5 && (v[1] - 4.0 / 12.649111).abs() < 1e-5);
         assert_eq!(named[1].0, "d4", "the full width is never rotated");
         assert!((named[1].1[0] - 3.0 / 13.0).abs() < 1e-6);
     }

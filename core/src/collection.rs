@@ -140,9 +140,7 @@ impl Collections {
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
         let width = self.embeddings.embedder().model().output_width(&profile);
-        if adapt.is_some() && !dims.contains(&width) {
-            dims.push(width);
-        }
+        let dims = adaptive_dims(dims, width, adapt)?;
         Ok(CollectionSpec {
             dims,
             profile: profile_name,
@@ -196,18 +194,61 @@ impl Collections {
         self.open(name)
     }
 
+    /// Opens every adaptive collection, so that a re-nest a crash interrupted (or one due)
+    /// runs now rather than at the collection's first request; servers call it at start.
+    ///
+    /// Errors: the store's, listing.
+    pub fn resume_adapting(&self) -> Result<()> {
+        for info in self.list()? {
+            if info.spec.adapt.is_some() {
+                if let Err(e) = self.open(&info.name) {
+                    tracing::warn!("opening adaptive collection {:?}: {e}", info.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn list(&self) -> Result<Vec<CollectionInfo>> {
         Ok(self.store.list()?)
     }
 
+    /// Deletes the collection. Its nesting closes first (a re-nest in flight stops), and
+    /// no handle opens it meanwhile, so nothing of it writes into a collection recreated under
+    /// the name.
     pub fn delete(&self, name: &str) -> Result<()> {
-        self.store.delete(name)?;
-        self.adapters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-        Ok(())
+        let mut adapters = self.adapters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = adapters.remove(name) {
+            a.close();
+        }
+        Ok(self.store.delete(name)?)
     }
+}
+
+/// The sizes of a collection under `adapt`: an adaptive one also stores the profile's full
+/// `width` (it re-nests from it) and needs a size below it (one to adapt), and a threshold of
+/// at least 1. `dims` ascending, each at most `width`; a generic collection's pass unchanged.
+///
+/// Errors: `InvalidField` naming `dims` (nothing below the full width) or `adapt_threshold`.
+pub fn adaptive_dims(
+    mut dims: Vec<usize>,
+    width: usize,
+    adapt: Option<Adapt>,
+) -> Result<Vec<usize>> {
+    let Some(a) = adapt else {
+        return Ok(dims);
+    };
+    adapt_option(true, Some(a.threshold))?;
+    if !dims.iter().any(|&d| d < width) {
+        return Err(Error::field(
+            "dims",
+            format!("an adaptive collection needs a size below the full width {width} to adapt"),
+        ));
+    }
+    if !dims.contains(&width) {
+        dims.push(width);
+    }
+    Ok(dims)
 }
 
 /// The adapt option a create asks for: `adapt` with an optional threshold of at least 1.
@@ -275,19 +316,18 @@ impl SearchPlan {
     /// `None` for a vector query, which brought its own); `Collection::run` cuts it under the
     /// collection's current rotation.
     ///
-    /// Errors: `InvalidField` (`vector`) when a searched prefix is all zeros: it has no
-    /// direction to rank by.
+    /// Errors: `Internal` when the vector is narrower than `dim` (plans check widths). A
+    /// searched prefix of zeros is refused when it is cut (`Collection::run`).
     pub fn query(&self, full: Option<&[f32]>) -> Result<SearchQuery> {
         let full = full.or(self.vector.as_deref()).ok_or_else(|| {
             Error::Internal("a text query needs its embedding; this is a bug".into())
         })?;
-        for d in std::iter::once(self.dim).chain(self.funnel.map(|(fdim, _)| fdim)) {
-            if full.len() < d || full[..d].iter().all(|&x| x == 0.0) {
-                return Err(Error::field(
-                    "vector",
-                    format!("the query's first {d} values are all zero (as float32)"),
-                ));
-            }
+        if full.len() < self.dim {
+            return Err(Error::Internal(format!(
+                "a {}-wide query for dim {}; this is a bug",
+                full.len(),
+                self.dim
+            )));
         }
         Ok(SearchQuery {
             full: full.to_vec(),
@@ -347,10 +387,15 @@ impl Collection {
     /// vector: its `dim` prefix, or for an adaptive collection the full vector itself (a
     /// rotation needs every value).
     pub fn vector_for(&self, full: &[f32], dim: usize) -> Vec<f32> {
+        full[..self.query_width(dim).min(full.len())].to_vec()
+    }
+
+    /// Values a vector query at `dim` sends: `dim`, or an adaptive collection's full width.
+    fn query_width(&self, dim: usize) -> usize {
         if self.spec.adapt.is_some() {
-            full.to_vec()
+            self.spec.widest()
         } else {
-            full[..dim.min(full.len())].to_vec()
+            dim
         }
     }
 
@@ -518,11 +563,7 @@ impl Collection {
                     ));
                 }
                 // A rotation needs every value: an adaptive collection takes the full vector.
-                let want = if self.spec.adapt.is_some() {
-                    self.spec.widest()
-                } else {
-                    dim
-                };
+                let want = self.query_width(dim);
                 if v.len() != want {
                     let why = if want == dim {
                         format!("dim is {dim}")
@@ -547,6 +588,9 @@ impl Collection {
     }
 
     /// Runs a planned query against the store, every size cut under one rotation.
+    ///
+    /// Errors: `InvalidField` (`vector`) when a searched cut is all zeros (it has no
+    /// direction to rank by); `Store` errors.
     pub fn run(&self, query: &SearchQuery) -> Result<Vec<Hit>> {
         self.adapter.search(query)
     }

@@ -300,7 +300,7 @@ pub fn resolve_spec(
         .or_else(|| existing.as_ref().map(|s| s.profile.clone()))
         .unwrap_or_else(|| "full".into());
     let profile = embedder.profile(Some(&profile_name))?;
-    let mut dims = match (dims, &existing) {
+    let dims = match (dims, &existing) {
         (Some(d), _) => {
             let mut d = d.to_vec();
             d.sort_unstable();
@@ -323,12 +323,8 @@ pub fn resolve_spec(
         embeddings.check_dim(d, &profile, "dims")?;
     }
     let adapt = adapt.or_else(|| existing.as_ref().and_then(|s| s.adapt));
-    // An adaptive collection re-nests from the full width, so it stores it (as `Collections`
-    // does for a create over HTTP).
     let width = embedder.model().output_width(&profile);
-    if adapt.is_some() && !dims.contains(&width) {
-        dims.push(width);
-    }
+    let dims = crate::collection::adaptive_dims(dims, width, adapt)?;
     let spec = CollectionSpec {
         dims,
         profile: profile_name,

@@ -150,7 +150,8 @@ fn threshold_doubling_and_full_width(store: Arc<dyn VectorStore>, tag: &str) {
     let (d, v) = docs(99..100);
     a.store(d.clone(), v.clone()).unwrap();
     generic.store(d, v).unwrap();
-    // Full-width results do not depend on the rotation, whenever they are taken.
+    // Full-width results do not depend on the rotation, whenever they are taken (here while
+    // the re-nest the last write started may be running).
     let during: Vec<Vec<Hit>> = (0..20)
         .map(|q| search(&a, vector(q * 5), WIDTH, 10))
         .collect();

@@ -81,8 +81,18 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
     )
     .map_err(std::io::Error::other)?;
     let (host, port, workers) = (config.host.clone(), config.port, config.workers);
+    let collections = Collections::new(store, embeddings.clone());
+    let resuming = collections.clone();
+    // Off the start path: a Qdrant server may be slow to list, and nothing waits for it.
+    std::thread::Builder::new()
+        .name("mrl-resume".into())
+        .spawn(move || {
+            if let Err(e) = resuming.resume_adapting() {
+                tracing::warn!("resuming adaptive collections: {e}");
+            }
+        })?;
     let state = web::Data::new(AppState {
-        collections: Collections::new(store, embeddings.clone()),
+        collections,
         embeddings,
         metrics,
         config,

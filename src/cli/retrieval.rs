@@ -296,8 +296,9 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
         });
     }
     if args.adapt {
-        let adapt = Adapt {
-            threshold: args.adapt_threshold,
+        let Some(adapt) = mrl_core::collection::adapt_option(true, Some(args.adapt_threshold))?
+        else {
+            bail!("--adapt gives an adapt option");
         };
         let adapted: Vec<Run> = runs
             .iter()

@@ -609,6 +609,15 @@ impl CollectionSpec {
         self.adapt.is_some() && dim < self.widest()
     }
 
+    /// The sizes the collection's fit rotates, ascending (none for a generic collection).
+    pub fn rotated_dims(&self) -> Vec<usize> {
+        self.dims
+            .iter()
+            .copied()
+            .filter(|&d| self.rotates(d))
+            .collect()
+    }
+
     /// The named vector holding size `dim` in rotation slot `slot` (0 or 1): `d{dim}`, and
     /// `d{dim}_1` for slot 1 of a rotated size (a re-nest fills the slot not in use, then
     /// switches to it).

@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use qdrant_client::qdrant::{
     condition::ConditionOneOf, r#match::MatchValue, Condition, CountPointsBuilder,
     CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter, GetPointsBuilder,
-    HnswConfigDiffBuilder, PointId, PointStruct, PointVectors, PointsIdsList, PrefetchQueryBuilder,
-    QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder,
-    ScrollPointsBuilder, SearchParamsBuilder, UpdateCollectionBuilder, UpdatePointVectorsBuilder,
-    UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, VectorsConfigBuilder,
-    VectorsSelector,
+    HnswConfigDiffBuilder, PayloadIncludeSelector, PointId, PointStruct, PointVectors,
+    PointsIdsList, PrefetchQueryBuilder, QuantizationType, Query, QueryPointsBuilder, Range,
+    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpdateCollectionBuilder,
+    UpdatePointVectorsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder,
+    VectorsConfigBuilder, VectorsSelector,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
@@ -545,7 +545,9 @@ impl VectorStore for RemoteStore {
         use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
         let mut request = ScrollPointsBuilder::new(name)
             .limit(limit as u32)
-            .with_payload(true)
+            .with_payload(PayloadIncludeSelector {
+                fields: vec![ID_KEY.to_string()],
+            })
             .with_vectors(VectorsSelector {
                 names: vec![vector.to_string()],
             });
