@@ -64,19 +64,21 @@ pub struct SearchQuery {
     pub params: SearchParams,
 }
 
-/// The rotation the collection's points are under now, and its slot.
-#[derive(Debug)]
+/// The rotation the collection's points are under now (none before the first fit: the
+/// model's prefixes, version 0, slot 0), and what was fitted.
+#[derive(Debug, Default)]
 struct Current {
-    /// 0 before the first fit (the model's prefixes, slot 0).
-    version: u64,
     rotation: Option<Rotation>,
-    /// What was fitted (`None` before the first fit).
     info: Option<RotationInfo>,
 }
 
 impl Current {
+    fn version(&self) -> u64 {
+        self.info.as_ref().map_or(0, |i| i.version)
+    }
+
     fn slot(&self) -> usize {
-        StoredRotation::slot(self.version)
+        StoredRotation::slot(self.version())
     }
 
     /// The named vectors of size `dims` cut from raw full vector `full` into this slot: the
@@ -88,8 +90,9 @@ impl Current {
         dims: &[usize],
     ) -> Result<Vec<(String, Vec<f32>)>> {
         let internal = |e: mrl_encoder::EncoderError| Error::Internal(e.to_string());
-        let rotated = match &self.rotation {
-            Some(r) if dims.iter().any(|&d| spec.rotates(d)) => {
+        let widest_rotated = dims.iter().copied().filter(|&d| spec.rotates(d)).max();
+        let rotated = match (&self.rotation, widest_rotated) {
+            (Some(r), Some(widest)) => {
                 if full.len() != r.dim() {
                     return Err(Error::Internal(format!(
                         "a {}-wide vector for a {}-wide rotation; this is a bug",
@@ -97,12 +100,6 @@ impl Current {
                         r.dim()
                     )));
                 }
-                let widest = dims
-                    .iter()
-                    .copied()
-                    .filter(|&d| spec.rotates(d))
-                    .max()
-                    .unwrap_or(0);
                 Some(r.apply_prefix(full, widest))
             }
             _ => None,
@@ -198,48 +195,43 @@ impl Drop for Running<'_> {
 }
 
 impl Adapter {
-    /// The nesting of collection `name` as the store holds it now (its current rotation).
+    /// The nesting of a collection as the store holds it now (`info`: its name, spec and
+    /// count, as `VectorStore::info` gave them; its current rotation is read here).
     /// One per collection per process: re-nests coordinate with searches and writes through
     /// it (`Collections` keeps it; two would not see each other's).
     ///
-    /// Errors: `Store` when the collection or its rotation cannot be read, or the rotation
-    /// is malformed or not as wide as the collection's full width.
-    pub fn load(store: Arc<dyn VectorStore>, name: &str, spec: CollectionSpec) -> Result<Self> {
-        let count = store.info(name)?.count;
-        let current = match spec.adapt {
-            Some(_) => match store.rotation(name)? {
-                Some(stored) => {
-                    let rotation = Rotation::from_matrix_f32(&stored.matrix_f32()?)
-                        .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
-                    if rotation.dim() != spec.widest() {
-                        return Err(StoreError::Storage(format!(
-                            "{name:?}: its rotation is {} wide, its full width {}",
-                            rotation.dim(),
-                            spec.widest()
-                        ))
-                        .into());
-                    }
-                    Current {
-                        version: stored.info.version,
-                        rotation: Some(rotation),
-                        info: Some(stored.info),
-                    }
+    /// Errors: `Store` when its rotation cannot be read, or is malformed or not as wide as
+    /// the collection's full width.
+    pub fn load(store: Arc<dyn VectorStore>, info: CollectionInfo) -> Result<Self> {
+        let CollectionInfo {
+            name, spec, count, ..
+        } = info;
+        let stored = match spec.adapt {
+            Some(_) => store.rotation(&name)?,
+            None => None,
+        };
+        let current = match stored {
+            Some(stored) => {
+                let rotation = Rotation::from_matrix_f32(&stored.matrix_f32()?)
+                    .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
+                if rotation.dim() != spec.widest() {
+                    return Err(StoreError::Storage(format!(
+                        "{name:?}: its rotation is {} wide, its full width {}",
+                        rotation.dim(),
+                        spec.widest()
+                    ))
+                    .into());
                 }
-                None => Current {
-                    version: 0,
-                    rotation: None,
-                    info: None,
-                },
-            },
-            None => Current {
-                version: 0,
-                rotation: None,
-                info: None,
-            },
+                Current {
+                    rotation: Some(rotation),
+                    info: Some(stored.info),
+                }
+            }
+            None => Current::default(),
         };
         Ok(Self {
             store,
-            name: name.to_string(),
+            name,
             spec,
             current: RwLock::new(Arc::new(current)),
             searches: RwLock::new(()),
@@ -267,6 +259,15 @@ impl Adapter {
     /// The collection's spec, as it was when loaded.
     pub fn spec(&self) -> &CollectionSpec {
         &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The store the collection is in.
+    pub fn vector_store(&self) -> &Arc<dyn VectorStore> {
+        &self.store
     }
 
     fn current(&self) -> Arc<Current> {
@@ -349,17 +350,8 @@ impl Adapter {
         Ok(info)
     }
 
-    /// Whether a collection of `count` documents under fit `info` is due a re-nest: it adapts,
-    /// holds its threshold, and has doubled since the last fit.
-    fn due(&self, count: usize, info: Option<&RotationInfo>) -> bool {
-        match self.spec.adapt {
-            Some(a) => count >= a.threshold.max(1) && info.is_none_or(|i| count >= 2 * i.points),
-            None => false,
-        }
-    }
-
-    /// The size past which the next re-nest is due: the threshold, then twice the size at
-    /// the last fit.
+    /// The size from which the next re-nest is due: the threshold, then twice the size at the
+    /// last fit (`usize::MAX` for a collection that does not adapt).
     fn next_due(&self) -> usize {
         let threshold = self.spec.adapt.map_or(usize::MAX, |a| a.threshold.max(1));
         match &self.current().info {
@@ -438,7 +430,7 @@ impl Adapter {
         loop {
             let count = self.store.info(&self.name)?.count;
             *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) = count;
-            if !self.due(count, self.current().info.as_ref()) {
+            if count < self.next_due() {
                 return Ok(());
             }
             self.renest(count)?;
@@ -448,7 +440,7 @@ impl Adapter {
     /// Fits the next version on the collection's `count` documents and switches to it.
     fn renest(&self, count: usize) -> Result<RotationInfo> {
         let start = Instant::now();
-        let version = self.current().version + 1;
+        let version = self.current().version() + 1;
         let widest = self.spec.widest();
         let full_name = self.spec.vector_name(widest, 0);
         self.set_progress(Some(RenestProgress {
@@ -472,6 +464,7 @@ impl Adapter {
             sample.truncate(MAX_SAMPLE);
             let fitted = Rotation::fit(&sample).map_err(|e| Error::Internal(e.to_string()))?;
             let matrix = fitted.matrix_f32();
+            // Applied as it is stored (f32), so that a reload cuts the same vectors.
             let rotation = Some(
                 Rotation::from_matrix_f32(&matrix).map_err(|e| Error::Internal(e.to_string()))?,
             );
@@ -482,11 +475,9 @@ impl Adapter {
                 sample: sample.len(),
                 seconds: 0.0,
             };
-            // Filled without the final `info` (its time is known at the switch).
             let filling = Arc::new(Current {
-                version,
                 rotation: rotation.clone(),
-                info: None,
+                info: Some(info.clone()),
             });
             drop(sample);
             // Searches from before the last switch may read the slot about to be written.
@@ -526,7 +517,6 @@ impl Adapter {
             self.store
                 .set_rotation(&self.name, &StoredRotation::new(info.clone(), &matrix))?;
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
-                version,
                 rotation,
                 info: Some(info.clone()),
             });
@@ -575,11 +565,7 @@ mod tests {
     #[test]
     fn nesting_cuts_prefixes_or_rotated_prefixes_into_the_current_slot() {
         let full = [3.0, 4.0, 0.0, 12.0];
-        let generic = Current {
-            version: 0,
-            rotation: None,
-            info: None,
-        };
+        let generic = Current::default();
         let named = generic.nest(&spec(false), &full, &[2, 4]).unwrap();
         assert_eq!(named[0], ("d2".to_string(), vec![0.6, 0.8]));
         assert_eq!(named[1].0, "d4");
@@ -589,9 +575,14 @@ mod tests {
             m[r * 4 + c] = 1.0;
         }
         let adapted = Current {
-            version: 1,
             rotation: Some(Rotation::from_matrix_f32(&m).unwrap()),
-            info: None,
+            info: Some(RotationInfo {
+                version: 1,
+                fitted_at: String::new(),
+                points: 4,
+                sample: 4,
+                seconds: 0.0,
+            }),
         };
         let named = adapted.nest(&spec(true), &full, &[2, 4]).unwrap();
         let (name, v) = &named[0];

@@ -172,7 +172,7 @@ impl Collections {
             // The same collection (a recreation with another spec gets a new one).
             Some(a) if *a.spec() == info.spec => a.clone(),
             _ => {
-                let a = Arc::new(Adapter::load(self.store.clone(), name, info.spec.clone())?);
+                let a = Arc::new(Adapter::load(self.store.clone(), info)?);
                 adapters.insert(name.to_string(), a.clone());
                 // A re-nest that a crash interrupted (or one due on arrival) runs now.
                 a.after_write();
@@ -180,10 +180,7 @@ impl Collections {
             }
         };
         Ok(Collection {
-            store: self.store.clone(),
             embeddings: self.embeddings.clone(),
-            name: name.to_string(),
-            spec: info.spec,
             adapter,
         })
     }
@@ -274,10 +271,8 @@ pub fn adapt_option(adapt: bool, threshold: Option<usize>) -> Result<Option<Adap
 /// One collection: its spec as it was when opened, and what fills and searches it.
 #[derive(Clone)]
 pub struct Collection {
-    store: Arc<dyn VectorStore>,
     embeddings: Arc<Embeddings>,
-    name: String,
-    spec: CollectionSpec,
+    /// Its name, spec and store, and how its vectors are cut.
     adapter: Arc<Adapter>,
 }
 
@@ -343,12 +338,12 @@ impl SearchPlan {
 
 impl Collection {
     pub fn name(&self) -> &str {
-        &self.name
+        self.adapter.name()
     }
 
     /// Stored sizes, profile, model, distance, layout.
     pub fn spec(&self) -> &CollectionSpec {
-        &self.spec
+        self.adapter.spec()
     }
 
     pub fn embeddings(&self) -> &Arc<Embeddings> {
@@ -356,12 +351,12 @@ impl Collection {
     }
 
     pub fn store(&self) -> &Arc<dyn VectorStore> {
-        &self.store
+        self.adapter.vector_store()
     }
 
     /// Documents in the collection now.
     pub fn count(&self) -> Result<usize> {
-        Ok(self.store.info(&self.name)?.count)
+        Ok(self.store().info(self.name())?.count)
     }
 
     /// The collection's definition and size now, its rotation and a re-nest running here.
@@ -392,8 +387,8 @@ impl Collection {
 
     /// Values a vector query at `dim` sends: `dim`, or an adaptive collection's full width.
     fn query_width(&self, dim: usize) -> usize {
-        if self.spec.adapt.is_some() {
-            self.spec.widest()
+        if self.spec().adapt.is_some() {
+            self.spec().widest()
         } else {
             dim
         }
@@ -425,7 +420,7 @@ impl Collection {
         }
         let profile = self
             .embeddings
-            .profile(Some(&self.spec.profile), "profile")?;
+            .profile(Some(&self.spec().profile), "profile")?;
         Ok(DocumentBatch { docs, profile })
     }
 
@@ -475,7 +470,7 @@ impl Collection {
 
     /// Every document id, in no particular order.
     pub fn ids(&self) -> Result<Vec<String>> {
-        Ok(self.store.ids(&self.name)?)
+        Ok(self.store().ids(self.name())?)
     }
 
     /// Checks a search against the collection: `dim` stored, `limit` in range, a funnel's
@@ -486,7 +481,7 @@ impl Collection {
     /// Errors: `InvalidField` naming `dim`, `limit`, `funnel.dim`, `funnel.candidates`,
     /// `query`, `vector`, `vector[i]` or `profile`.
     pub fn plan_search(&self, req: SearchRequest) -> Result<SearchPlan> {
-        let dims = &self.spec.dims;
+        let dims = &self.spec().dims;
         let widest = *dims
             .last()
             .ok_or_else(|| Error::Internal("a collection without dims; this is a bug".into()))?;
@@ -496,7 +491,7 @@ impl Collection {
                 "dim",
                 format!(
                     "dim {dim} is not stored in {:?}; stored: {dims:?}",
-                    self.name
+                    self.name()
                 ),
             ));
         }
@@ -538,10 +533,10 @@ impl Collection {
     ) -> Result<QueryInput> {
         match (query, vector) {
             (Some(q), None) if !q.trim().is_empty() => {
-                let profile_name = profile.unwrap_or_else(|| self.spec.profile.clone());
+                let profile_name = profile.unwrap_or_else(|| self.spec().profile.clone());
                 let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
                 self.embeddings
-                    .check_aligned(&profile_name, &self.spec.profile, "profile")?;
+                    .check_aligned(&profile_name, &self.spec().profile, "profile")?;
                 let width = self.embeddings.embedder().model().output_width(&profile);
                 if width < dim {
                     return Err(Error::field(
@@ -571,7 +566,7 @@ impl Collection {
                         format!(
                             "{:?} adapts its sizes to its documents, so a vector query sends \
                              the full {want} values (rotated, then cut to dim {dim})",
-                            self.name
+                            self.name()
                         )
                     };
                     return Err(Error::field(

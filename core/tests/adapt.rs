@@ -88,7 +88,7 @@ fn spec(adapt: Option<usize>) -> CollectionSpec {
 fn fresh(store: &Arc<dyn VectorStore>, name: &str, adapt: Option<usize>) -> Arc<Adapter> {
     let _ = store.delete(name);
     store.create(name, &spec(adapt)).unwrap();
-    Arc::new(Adapter::load(store.clone(), name, spec(adapt)).unwrap())
+    Arc::new(Adapter::load(store.clone(), store.info(name).unwrap()).unwrap())
 }
 
 fn search(a: &Adapter, full: Vec<f32>, dim: usize, limit: usize) -> Vec<Hit> {
@@ -200,7 +200,7 @@ fn threshold_doubling_and_full_width(store: Arc<dyn VectorStore>, tag: &str) {
         finds_itself(&a, i, 16).unwrap();
     }
     // Reopened (as after a restart), the collection is under the same rotation.
-    let again = Adapter::load(store.clone(), &name, spec(Some(100))).unwrap();
+    let again = Adapter::load(store.clone(), store.info(&name).unwrap()).unwrap();
     assert_eq!(version(&again), 2);
     finds_itself(&again, 7, 8).unwrap();
     assert_eq!(
@@ -404,7 +404,7 @@ fn kill9_mid_renest(target: &str, store: impl Fn() -> Arc<dyn VectorStore>, tag:
     );
 
     let store = store();
-    let a = Arc::new(Adapter::load(store.clone(), &name, spec(Some(1000))).unwrap());
+    let a = Arc::new(Adapter::load(store.clone(), store.info(&name).unwrap()).unwrap());
     let before = version(&a);
     let ids: HashSet<String> = store.ids(&name).unwrap().into_iter().collect();
     let lost: Vec<usize> = (0..acked)

@@ -109,6 +109,7 @@ struct Row {
 }
 
 /// What to evaluate: a model under a profile, at some sizes.
+#[derive(Clone)]
 struct Run<'a> {
     kind: &'static str,
     embedder: &'a Arc<Embedder>,
@@ -296,20 +297,16 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
         });
     }
     if args.adapt {
-        let Some(adapt) = mrl_core::collection::adapt_option(true, Some(args.adapt_threshold))?
-        else {
-            bail!("--adapt gives an adapt option");
+        // Checked (at least 1) with the collection's spec, as on every path.
+        let adapt = Adapt {
+            threshold: args.adapt_threshold,
         };
         let adapted: Vec<Run> = runs
             .iter()
             .filter(|r| r.kind != "naive")
             .map(|r| Run {
-                kind: r.kind,
-                embedder: r.embedder,
-                profile: r.profile.clone(),
-                dims: r.dims.clone(),
-                query_profiles: r.query_profiles.clone(),
                 adapt: Some(adapt),
+                ..r.clone()
             })
             .collect();
         runs.extend(adapted);
