@@ -43,6 +43,7 @@ fn every_command_has_help() {
         vec!["model", "fetch", "--help"],
         vec!["bench", "encode", "--help"],
         vec!["bench", "retrieval", "--help"],
+        vec!["bench", "train", "--help"],
         vec!["calibrate", "--help"],
         vec!["index", "--help"],
         vec!["serve", "--help"],
@@ -222,4 +223,97 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
         .unwrap()
         .count();
     assert_eq!(collections, 2);
+}
+
+/// `mrl bench train` at tiny shapes on the shipped checkpoint: both kernel sets run the same
+/// steps to the same losses (fused vs primitive within 1e-3, gated profile included), the
+/// table and JSON are written, a rerun measures nothing twice, and a bad kernel name is an
+/// error naming the flag.
+#[test]
+fn bench_train_measures_both_kernel_sets_to_the_same_losses_and_resumes() {
+    let out_dir = std::env::temp_dir().join(format!("mrl-cli-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let model = common::root().join("models/mrl-minilm-elastic");
+    let data = common::shared().join("data/scifact");
+    let args = |kernels: &str| {
+        vec![
+            "bench".to_string(),
+            "train".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--batch".into(),
+            "4".into(),
+            "--max-tokens".into(),
+            "24".into(),
+            "--steps".into(),
+            "1".into(),
+            "--warmup".into(),
+            "1".into(),
+            "--profiles".into(),
+            "full,b50".into(),
+            "--kernels".into(),
+            kernels.into(),
+            "--out".into(),
+            out_dir.display().to_string(),
+        ]
+    };
+    let run = |kernels: &str| {
+        let a = args(kernels);
+        mrl(&a.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    };
+    let out = run("fused,primitive");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| full | mrl fused |",
+        "| full | mrl primitive |",
+        "| b50 | mrl fused |",
+    ] {
+        assert!(table.contains(row), "{row} missing from\n{table}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("train.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for profile in ["full", "b50"] {
+        let losses = |engine: &str| -> Vec<f64> {
+            let row = rows
+                .iter()
+                .find(|r| r["engine"] == engine && r["profile"] == profile)
+                .unwrap_or_else(|| panic!("no {engine} {profile} row"));
+            serde_json::from_value(row["losses"].clone()).unwrap()
+        };
+        let (fused, primitive) = (losses("mrl fused"), losses("mrl primitive"));
+        assert_eq!(fused.len(), 2, "warm-up and timed step");
+        for (a, b) in fused.iter().zip(&primitive) {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "{profile}: fused {a} vs primitive {b}"
+            );
+        }
+    }
+    let measured = || {
+        std::fs::read_to_string(out_dir.join("rows.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(measured(), 4);
+    let again = run("fused,primitive");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(measured(), 4, "a rerun re-measured rows it had");
+    let bad = run("fused,turbo");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--kernels"));
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

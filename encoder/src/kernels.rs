@@ -182,11 +182,13 @@ fn matmul_blas(
         .all(|ok| ok)
 }
 
-/// Runs `$generic` compiled with AVX2 + FMA when the CPU has them.
+/// Runs `$generic` compiled with AVX2 + FMA when the CPU has them. Exported so the trainer's
+/// backward kernels are built the same way.
+#[macro_export]
 macro_rules! multiversion {
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $generic:ident) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $generic:ident) => {
         $(#[$meta])*
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
@@ -212,7 +214,7 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// exp(x) to about 2 ulp for x in [-87, 88], branch-free: x = n·ln2 + r, exp(r) by its
 /// degree-6 Taylor polynomial (|r| ≤ ln2/2), 2^n built in the exponent bits.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Adding 1.5·2^23 rounds to the nearest integer without a branch or a libm call.
     let shifter = 12_582_912.0f32;
@@ -231,7 +233,7 @@ fn exp(x: f32) -> f32 {
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+pub fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
@@ -255,7 +257,7 @@ multiversion! {
 
 /// Sum with 8 independent lanes, so the loop vectorises despite strict float ordering.
 #[inline(always)]
-fn sum8(xs: &[f32]) -> f32 {
+pub fn sum8(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();
@@ -283,8 +285,10 @@ fn max8(xs: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
+/// [`softmax_rows`] without the run-time feature pick, for kernels that are multiversioned
+/// as a whole.
 #[inline(always)]
-fn softmax_rows_generic(xs: &mut [f32], width: usize) {
+pub fn softmax_rows_generic(xs: &mut [f32], width: usize) {
     for row in xs.chunks_exact_mut(width) {
         let max = max8(row);
         row.iter_mut().for_each(|v| *v = exp(*v - max));
@@ -326,8 +330,9 @@ multiversion! {
     pub fn add_layer_norm(x: &mut [f32], residual: &[f32], weight: &[f32], bias: &[f32], eps: f32) => add_layer_norm_generic
 }
 
+/// Dot product with 8 independent lanes (vectorises like [`sum8`]).
 #[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca

@@ -2,6 +2,7 @@
 //! indexing and the benchmarks. One module per command; `common` holds what they share.
 
 mod bench;
+mod bench_train;
 mod common;
 mod embed;
 mod index;
@@ -56,7 +57,7 @@ enum Command {
     /// of the embedded store: one forward pass per document, every stored size; resumable
     /// after a crash (rerun the same command).
     Index(index::IndexArgs),
-    /// Measure encoder throughput or retrieval quality.
+    /// Measure encoder throughput, retrieval quality or training speed.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
@@ -99,6 +100,10 @@ enum BenchCommand {
     /// profile, nested dim and funnel, with query latency and indexing speed; writes JSON, a
     /// Markdown table and an SVG plot.
     Retrieval(retrieval::BenchRetrievalArgs),
+    /// Steps/s, tokens/s and peak RSS of a full training step (forward, backward, clipping,
+    /// AdamW) per kernel set and profile, beside PyTorch on the same batches (`--torch`, the
+    /// python that scripts/torch.sh prints); writes train.{json,md}.
+    Train(bench_train::BenchTrainArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -154,6 +159,9 @@ pub fn run() -> Result<()> {
         Command::Bench {
             command: BenchCommand::Retrieval(args),
         } => retrieval::run(args),
+        Command::Bench {
+            command: BenchCommand::Train(args),
+        } => bench_train::run(args),
         Command::Index(args) => index::run(args),
         Command::Train { config } => train::train(&config),
     }

@@ -48,6 +48,7 @@ pub(crate) fn train(config: &std::path::Path) -> Result<()> {
     if table.get("recipe").and_then(|v| v.as_str()) == Some("heads") {
         return train_heads(config);
     }
+    super::common::keep_freed_memory();
     let cfg = mrl_trainer::train::TrainConfig::load(config)?;
     let progress = bar("train", cfg.steps as u64);
     let summary = mrl_trainer::train::train(&cfg, &progress)?;

@@ -9,7 +9,7 @@ use mrl_encoder::BertConfig;
 
 use crate::loss::{cost_loss, matryoshka_info_nce, normalize_rows, similarity_distillation};
 use crate::router::{Choice, Rng, Router};
-use crate::student::{soft_prefix_mask, Gates, MatryoshkaHead, StudentBert};
+use crate::student::{soft_prefix_mask, Batch, Gates, MatryoshkaHead, StudentBert};
 
 /// Relative FLOPs of a sub-network at a sequence length: per layer, the head-proportional
 /// part (Q/K/V/output projections and attention scores) and the FFN part, as shares of a
@@ -156,6 +156,9 @@ pub struct StepLog {
     pub cost: f64,
     pub expected_cost: f64,
     pub picks: Vec<usize>,
+    /// Layers the drawn architecture closed (see `TaskLoss::closed_layers`).
+    #[serde(skip)]
+    pub closed_layers: Vec<usize>,
     /// Mean `1 − cos` to the teacher on the unlabeled batch, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub align: Option<f64>,
@@ -171,23 +174,40 @@ pub struct StepInputs<'a> {
     pub loss: &'a LossConfig,
 }
 
-/// The loss of one step on padded queries and positives (`(ids, mask)` each) with the
-/// teacher's embeddings of the same texts, for budget index `budget` (`None`: the full model,
-/// no router). `(temperature, scale)` drive the Gumbel-Softmax. `unlabeled` is an optional
-/// batch of plain texts `(ids, mask)` with the teacher's embeddings of them.
+/// What the task loss needs: the student, its head, the loss weights.
+pub struct TaskInputs<'a> {
+    pub student: &'a StudentBert,
+    pub head: Option<&'a MatryoshkaHead>,
+    pub loss: &'a LossConfig,
+}
+
+impl<'a> StepInputs<'a> {
+    fn task(&self) -> TaskInputs<'a> {
+        TaskInputs {
+            student: self.student,
+            head: self.head,
+            loss: self.loss,
+        }
+    }
+}
+
+/// The loss of one step on batches of queries and positives with the teacher's embeddings of
+/// the same texts (`[B, hidden]` each), for budget index `budget` (`None`: the full model, no
+/// router). `(temperature, scale)` drive the Gumbel-Softmax. `unlabeled` is an optional batch
+/// of plain texts with the teacher's embeddings of them.
 #[allow(clippy::too_many_arguments)]
 pub fn step_loss(
     inp: &StepInputs,
-    queries: (&Tensor, &Tensor),
-    positives: (&Tensor, &Tensor),
+    queries: &Batch,
+    positives: &Batch,
     teacher: (&Tensor, &Tensor),
-    unlabeled: Option<((&Tensor, &Tensor), &Tensor)>,
+    unlabeled: Option<(&Batch, &Tensor)>,
     budget: Option<usize>,
     (temperature, scale): (f64, f64),
     rng: &mut Rng,
 ) -> Result<(Tensor, StepLog)> {
-    let dtype = queries.1.dtype();
-    let device: &Device = queries.0.device();
+    let dtype = teacher.0.dtype();
+    let device: &Device = teacher.0.device();
     let (gates, router_loss, log_cost) = match budget {
         Some(b) => {
             let Choice {
@@ -211,8 +231,51 @@ pub fn step_loss(
         }
         None => (Gates::default(), None, (1.0, (1.0, 1.0), Vec::new())),
     };
-    let embed = |(ids, mask): (&Tensor, &Tensor)| -> Result<Tensor> {
-        let pooled = inp.student.forward(ids, mask, &gates)?;
+    let task = task_loss(&inp.task(), &gates, queries, positives, teacher, unlabeled)?;
+    let cfg = inp.loss;
+    let total = match &router_loss {
+        Some(r) => (&task.total + (r * cfg.cost_weight)?)?,
+        None => task.total,
+    };
+    let (budget_value, (cost, expected_cost), picks) = log_cost;
+    let log = StepLog {
+        budget: budget_value,
+        info_nce: task.info_nce,
+        distill: task.distill,
+        cost,
+        expected_cost,
+        picks,
+        closed_layers: task.closed_layers,
+        align: task.align,
+    };
+    Ok((total, log))
+}
+
+/// The task part of a step's loss under fixed `gates`, and its terms for the log.
+pub struct TaskLoss {
+    /// InfoNCE over the nested prefixes + weighted distillation (+ weighted alignment).
+    pub total: Tensor,
+    /// Layers the gates closed: after the backward pass, `StudentBert::fill_closed_layers`.
+    pub closed_layers: Vec<usize>,
+    pub info_nce: f64,
+    pub distill: f64,
+    pub align: Option<f64>,
+}
+
+/// Matryoshka InfoNCE of the student's queries against its positives, distillation of both
+/// sides' in-batch similarities toward the teacher's (`[B, hidden]` each), and with an
+/// `unlabeled` batch the alignment `1 − cos` to the teacher, weighted as `inp.loss` says;
+/// the student runs under `gates` (through its head when it has one).
+pub fn task_loss(
+    inp: &TaskInputs,
+    gates: &Gates,
+    queries: &Batch,
+    positives: &Batch,
+    teacher: (&Tensor, &Tensor),
+    unlabeled: Option<(&Batch, &Tensor)>,
+) -> Result<TaskLoss> {
+    let embed = |batch: &Batch| -> Result<Tensor> {
+        let pooled = inp.student.forward(batch, gates)?;
         match inp.head {
             Some(h) => h.forward(&pooled),
             None => Ok(pooled),
@@ -232,9 +295,6 @@ pub fn step_loss(
                 cfg.distill_temperature,
             )?)?;
     let mut total = (&nce + (&distill * cfg.distill_weight)?)?;
-    if let Some(r) = &router_loss {
-        total = (total + (r * cfg.cost_weight)?)?;
-    }
     let mut align = None;
     if let Some((texts, want)) = unlabeled {
         let got = embed(texts)?;
@@ -245,25 +305,22 @@ pub fn step_loss(
         total = (total + (loss * cfg.align_weight)?)?;
     }
     let scalar = |t: &Tensor| -> Result<f64> { t.to_dtype(DType::F64)?.to_scalar::<f64>() };
-    let (budget_value, (cost, expected_cost), picks) = log_cost;
-    let log = StepLog {
-        budget: budget_value,
+    Ok(TaskLoss {
+        closed_layers: StudentBert::closed_layers(gates)?,
         info_nce: scalar(&nce)?,
         distill: scalar(&distill)?,
-        cost,
-        expected_cost,
-        picks,
         align,
-    };
-    Ok((total, log))
+        total,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
-    use crate::optim::{clip_grad_norm, params_of, AdamW};
+    use crate::optim::{clip_factor, grad_norm, params_of, AdamW};
     use crate::router::schedule;
+    use crate::student::Kernels;
     use candle_nn::VarMap;
     use mrl_encoder::model::BertModel;
     use mrl_encoder::Profile;
@@ -329,10 +386,11 @@ mod tests {
         assert!((cost as f64 - m.relative(0.5, 0.25, 1.0)).abs() < 1e-6);
     }
 
-    /// Elastic steps on a tiny model with a frozen teacher (its own initial self): the task
-    /// loss falls, the router and every model variable train.
-    #[test]
-    fn elastic_steps_train_the_model_and_the_router() {
+    /// `steps` elastic steps on a tiny model with a frozen teacher (its own initial self),
+    /// budgets alternating with the full model, run by `kernels`: each step's total loss and
+    /// log. At step 0 it checks that every variable gets a gradient and that, ungated, the
+    /// student starts aligned with the teacher.
+    fn tiny_elastic_run(kernels: Kernels, steps: usize) -> Vec<(f64, StepLog)> {
         let cfg = tiny_config();
         let tensors = tiny_tensors(&cfg, 31);
         let teacher = BertModel::from_tensors(tensors.clone(), &cfg).unwrap();
@@ -375,9 +433,7 @@ mod tests {
         let (model_params, router_params) = (params_of(&model_vars), params_of(&router_vars));
         let (mut opt, mut ropt) = (AdamW::new(0.0), AdamW::new(0.0));
         let seqs = tiny_seqs();
-        let mut first = Vec::new();
-        let mut last = Vec::new();
-        let steps = 40;
+        let mut out = Vec::new();
         for step in 0..steps {
             let start = (step * 5) % 6;
             let q: Vec<Vec<u32>> = (0..6).map(|k| seqs[(start + k) % 12].clone()).collect();
@@ -389,15 +445,15 @@ mod tests {
                 Tensor::from_vec(flat, (s.len(), 16), &dev).unwrap()
             };
             let (tq, td) = (pooled(&q), pooled(&d));
-            let (qi, qm) = StudentBert::pad(&q, DType::F32, &dev).unwrap();
-            let (di, dm) = StudentBert::pad(&d, DType::F32, &dev).unwrap();
+            let qb = Batch::new(&q, kernels, &dev).unwrap();
+            let db = Batch::new(&d, kernels, &dev).unwrap();
             let budget = if step % 2 == 0 { Some(0) } else { None };
             let (loss, log) = step_loss(
                 &inputs,
-                (&qi, &qm),
-                (&di, &dm),
+                &qb,
+                &db,
                 (&tq, &td),
-                Some(((&qi, &qm), &tq)),
+                Some((&qb, &tq)),
                 budget,
                 schedule(step, steps),
                 &mut rng,
@@ -408,10 +464,10 @@ mod tests {
                 // Ungated, the student starts as the teacher: nothing to align yet.
                 let (_, ungated) = step_loss(
                     &inputs,
-                    (&qi, &qm),
-                    (&di, &dm),
+                    &qb,
+                    &db,
                     (&tq, &td),
-                    Some(((&qi, &qm), &tq)),
+                    Some((&qb, &tq)),
                     None,
                     schedule(step, steps),
                     &mut Rng::new(0),
@@ -421,6 +477,9 @@ mod tests {
                 assert!(a.abs() < 1e-4 && a < align, "ungated {a}, gated {align}");
             }
             let mut grads = loss.backward().unwrap();
+            student
+                .fill_closed_layers(&log.closed_layers, &mut grads)
+                .unwrap();
             if step == 0 {
                 let missing: Vec<&String> = model_params
                     .iter()
@@ -430,17 +489,38 @@ mod tests {
                 assert!(missing.is_empty(), "no gradient: {missing:?}");
                 assert!(router_params.iter().all(|(_, v)| grads.get(v).is_some()));
             }
-            clip_grad_norm(&model_params, &mut grads, 1.0).unwrap();
-            opt.update(&model_params, &grads, 3e-3).unwrap();
-            ropt.update(&router_params, &grads, 1e-2).unwrap();
-            if step < 6 {
-                first.push(log.info_nce);
-            }
-            if step >= steps - 6 {
-                last.push(log.info_nce);
-            }
+            let scale = clip_factor(grad_norm(&model_params, &grads).unwrap(), 1.0);
+            opt.update(&model_params, &grads, 3e-3, scale).unwrap();
+            ropt.update(&router_params, &grads, 1e-2, 1.0).unwrap();
+            out.push((loss.to_scalar::<f32>().unwrap() as f64, log));
         }
+        out
+    }
+
+    /// Elastic steps train: the task loss falls, the router and every model variable train.
+    #[test]
+    fn elastic_steps_train_the_model_and_the_router() {
+        let steps = 40;
+        let run = tiny_elastic_run(Kernels::default(), steps);
+        let nce: Vec<f64> = run.iter().map(|(_, log)| log.info_nce).collect();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        assert!(mean(&last) < 0.8 * mean(&first), "{first:?} → {last:?}");
+        let (first, last) = (&nce[..6], &nce[steps - 6..]);
+        assert!(mean(last) < 0.8 * mean(first), "{first:?} → {last:?}");
+    }
+
+    /// Twenty elastic steps (router draws, gates, head, distillation, alignment, clipping,
+    /// AdamW) on the fused path give the primitive path's losses within 1e-3, and the same
+    /// architecture draws.
+    #[test]
+    fn twenty_fused_steps_reproduce_the_primitive_losses() {
+        let fused = tiny_elastic_run(Kernels::Fused, 20);
+        let primitive = tiny_elastic_run(Kernels::Primitive, 20);
+        for (step, ((a, la), (b, lb))) in fused.iter().zip(&primitive).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-3,
+                "step {step}: fused {a} vs primitive {b}"
+            );
+            assert_eq!(la.picks, lb.picks, "step {step}");
+        }
     }
 }

@@ -1527,7 +1527,8 @@ impl HeadRun<'_> {
         for step in first..=hp.steps {
             if let Some(l) = loss(var.as_tensor(), &mut rng)? {
                 let grads = l.backward()?;
-                opt.update(&params, &grads, lr_at(step - 1, hp.warmup, hp.steps, hp.lr))?;
+                let lr = lr_at(step - 1, hp.warmup, hp.steps, hp.lr);
+                opt.update(&params, &grads, lr, 1.0)?;
                 let v = f64::from(l.to_scalar::<f32>()?);
                 running = if running.is_nan() {
                     v

@@ -5,11 +5,14 @@
 //! (`calibrate`) → retrieval metrics (`eval`). Elastic training's parts so far: differentiable
 //! losses (`loss`), the budget router with straight-through Gumbel-Softmax (`router`), the
 //! budget curriculum (`curriculum`), the trainable, gated encoder with its Matryoshka head
-//! (`student`), AdamW with checkpoints (`optim`), training pairs (`data`) and one elastic
+//! (`student`) and its fused ops with backward passes (`fused`), AdamW with checkpoints
+//! (`optim`), training pairs (`data`) and one elastic
 //! step's loss (`elastic`), and the closed-form rotation onto a set's principal axes that a
-//! Matryoshka head can start from (`rotation`); `train` runs the loop. `family` is the
+//! Matryoshka head can start from (`rotation`); `train` runs the loop, and `bench` is the
+//! training-step workload `mrl bench train` times. `family` is the
 //! cached-teacher recipe: a frozen parent, heads fitted on its cached embeddings.
 
+pub mod bench;
 pub mod calibrate;
 pub mod curriculum;
 pub mod data;
@@ -19,6 +22,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod family;
+pub mod fused;
 pub mod importance;
 pub mod loss;
 pub mod optim;

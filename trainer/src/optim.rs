@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::cell::RefCell;
+
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::{Result, TrainerError};
 
@@ -36,7 +39,9 @@ pub fn params_of(varmap: &candle_nn::VarMap) -> Params {
     p
 }
 
-/// AdamW (decoupled weight decay) over named variables; each group has its own rate scale.
+/// AdamW (decoupled weight decay; Loshchilov & Hutter, 2019) over named f32 variables, its
+/// moments kept as plain vectors and each update one fused pass over parameter, gradient and
+/// both moments, in place.
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
@@ -44,8 +49,51 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Steps taken.
     pub step: usize,
-    m: HashMap<String, Tensor>,
-    v: HashMap<String, Tensor>,
+    m: HashMap<String, Vec<f32>>,
+    v: HashMap<String, Vec<f32>>,
+}
+
+/// One variable's AdamW step, applied to its storage in place.
+struct AdamStep<'a> {
+    grad: &'a [f32],
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+    /// `(β1, β2, ε, 1 − lr·λ, lr / (1 − β1ᵗ), 1 / (1 − β2ᵗ), gradient scale)`.
+    k: [f32; 7],
+}
+
+/// Elements per rayon task of the update.
+const ADAM_CHUNK: usize = 64 * 1024;
+
+impl InplaceOp1 for AdamStep<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let [b1, b2, eps, decay, step_size, inv_c2, scale] = self.k;
+        let p = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(p), Some((start, end))) => &mut p[start..end],
+            _ => candle_core::bail!("AdamW updates contiguous f32 variables"),
+        };
+        let (mut m, mut v) = (self.m.borrow_mut(), self.v.borrow_mut());
+        if p.len() != self.grad.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!("AdamW: a gradient or moment of another size");
+        }
+        p.par_chunks_mut(ADAM_CHUNK)
+            .zip(self.grad.par_chunks(ADAM_CHUNK))
+            .zip(m.par_chunks_mut(ADAM_CHUNK))
+            .zip(v.par_chunks_mut(ADAM_CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    let g = g * scale;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *p = *p * decay - step_size * *m / ((*v * inv_c2).sqrt() + eps);
+                }
+            });
+        Ok(())
+    }
 }
 
 impl AdamW {
@@ -61,55 +109,84 @@ impl AdamW {
         }
     }
 
-    /// One update of `params` with learning rate `lr` from `grads` (variables without a
-    /// gradient are left as they are).
-    pub fn update(&mut self, params: &Params, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update of `params` with learning rate `lr` from `grads` times `grad_scale` (the
+    /// clipping factor, [`clip_factor`]); variables without a gradient are left as they are.
+    ///
+    /// Errors: a variable that is not f32 on the CPU, or a gradient of another shape.
+    pub fn update(
+        &mut self,
+        params: &Params,
+        grads: &GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
+        let k = [
+            self.beta1 as f32,
+            self.beta2 as f32,
+            self.eps as f32,
+            (1.0 - lr * self.weight_decay) as f32,
+            (lr / c1) as f32,
+            (1.0 / c2) as f32,
+            grad_scale as f32,
+        ];
         for (name, var) in params {
             let Some(g) = grads.get(var) else { continue };
-            let m = match self.m.get(name) {
-                Some(m) => ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?,
-                None => (g * (1.0 - self.beta1))?,
-            };
-            let v = match self.v.get(name) {
-                Some(v) => ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?,
-                None => (g.sqr()? * (1.0 - self.beta2))?,
-            };
-            let step = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * self.weight_decay))?;
-            var.set(&(decayed - (step * lr)?)?)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
+            let n = var.elem_count();
+            let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
+            let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
+            with_f32(g, |grad| {
+                Ok(var.as_tensor().inplace_op1(&AdamStep {
+                    grad,
+                    m: RefCell::new(m),
+                    v: RefCell::new(v),
+                    k,
+                })?)
+            })?;
         }
         Ok(())
     }
 }
 
-/// Scales the gradients of `params` so their global L2 norm is at most `max`; returns the
-/// norm before clipping.
-pub fn clip_grad_norm(params: &Params, grads: &mut GradStore, max: f64) -> Result<f64> {
+/// Runs `f` on the f32 values of `t` (contiguous, on the CPU).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => f(&data[start..end]),
+        _ => Err(TrainerError::Invalid(
+            "the optimizer takes f32 gradients on the CPU".into(),
+        )),
+    }
+}
+
+/// The global L2 norm of the gradients of `params` (f64 sums).
+///
+/// Errors: a gradient that is not f32 on the CPU.
+pub fn grad_norm(params: &Params, grads: &GradStore) -> Result<f64> {
     let mut total = 0.0f64;
     for (_, var) in params {
         if let Some(g) = grads.get(var) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
+            total += with_f32(g, |v| {
+                Ok(v.par_chunks(ADAM_CHUNK)
+                    .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                    .sum::<f64>())
+            })?;
         }
     }
-    let norm = total.sqrt();
+    Ok(total.sqrt())
+}
+
+/// The factor global-norm clipping multiplies every gradient by: `max / norm` when `norm`
+/// exceeds `max`, else 1 (Pascanu et al., 2013).
+pub fn clip_factor(norm: f64, max: f64) -> f64 {
     if norm > max && norm > 0.0 {
-        let scale = max / norm;
-        for (_, var) in params {
-            if let Some(g) = grads.remove(var) {
-                grads.insert(var, (g * scale)?);
-            }
-        }
+        max / norm
+    } else {
+        1.0
     }
-    Ok(norm)
 }
 
 /// Adds `more`'s gradients of `params` into `into` (gradient accumulation over micro-batches).
@@ -132,11 +209,12 @@ pub fn save_checkpoint(path: &Path, params: &Params, opt: &AdamW) -> Result<()> 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, var) in params {
         tensors.insert(format!("param.{name}"), var.as_tensor().clone());
+        let moment = |m: &Vec<f32>| Tensor::from_slice(m, var.shape(), &Device::Cpu);
         if let Some(m) = opt.m.get(name) {
-            tensors.insert(format!("adam_m.{name}"), m.clone());
+            tensors.insert(format!("adam_m.{name}"), moment(m)?);
         }
         if let Some(v) = opt.v.get(name) {
-            tensors.insert(format!("adam_v.{name}"), v.clone());
+            tensors.insert(format!("adam_v.{name}"), moment(v)?);
         }
     }
     tensors.insert(
@@ -160,11 +238,16 @@ pub fn load_checkpoint(path: &Path, params: &Params, opt: &mut AdamW) -> Result<
             TrainerError::Invalid(format!("{}: no parameter {name}", path.display()))
         })?;
         var.set(&t)?;
+        let moment = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
         if let Some(m) = tensors.remove(&format!("adam_m.{name}")) {
-            opt.m.insert(name.clone(), m);
+            opt.m.insert(name.clone(), moment(m)?);
         }
         if let Some(v) = tensors.remove(&format!("adam_v.{name}")) {
-            opt.v.insert(name.clone(), v);
+            opt.v.insert(name.clone(), moment(v)?);
         }
     }
     let step = tensors
@@ -179,7 +262,7 @@ mod tests {
     use super::*;
     use crate::importance::tests::{tiny_config, tiny_seqs, tiny_tensors};
     use crate::router::Rng;
-    use crate::student::{Gates, StudentBert};
+    use crate::student::{Batch, Gates, Kernels, StudentBert};
     use candle_core::DType;
     use candle_nn::VarMap;
 
@@ -259,15 +342,14 @@ mod tests {
             }
             let q: Vec<Vec<u32>> = batch.iter().map(|&i| self.seqs[i].clone()).collect();
             let d: Vec<Vec<u32>> = q.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
-            let (qi, qm) = StudentBert::pad(&q, DType::F32, &dev).unwrap();
-            let (di, dm) = StudentBert::pad(&d, DType::F32, &dev).unwrap();
-            let qe = self.student.forward(&qi, &qm, &Gates::default()).unwrap();
-            let de = self.student.forward(&di, &dm, &Gates::default()).unwrap();
+            let batch = |s: &[Vec<u32>]| Batch::new(s, Kernels::default(), &dev).unwrap();
+            let qe = self.student.forward(&batch(&q), &Gates::default()).unwrap();
+            let de = self.student.forward(&batch(&d), &Gates::default()).unwrap();
             let loss = crate::loss::info_nce(&qe, &de, 0.1).unwrap();
-            let mut grads = loss.backward().unwrap();
-            clip_grad_norm(&self.params, &mut grads, 1.0).unwrap();
+            let grads = loss.backward().unwrap();
+            let scale = clip_factor(grad_norm(&self.params, &grads).unwrap(), 1.0);
             let lr = lr_at(self.opt.step, 2, total, 3e-3);
-            self.opt.update(&self.params, &grads, lr).unwrap();
+            self.opt.update(&self.params, &grads, lr, scale).unwrap();
             loss.to_scalar::<f32>().unwrap()
         }
 

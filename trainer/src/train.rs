@@ -5,6 +5,7 @@
 //! every N steps (weights, optimizer moments, router, step, RNG states) from which a killed
 //! run resumes on the same trajectory → the output checkpoint with the router's profiles.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,12 +22,12 @@ use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair
 use crate::dev::{DevSet, EvalConfig};
 use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs, StepLog};
 use crate::optim::{
-    accumulate_grads, clip_grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint, AdamW,
-    Params,
+    accumulate_grads, clip_factor, grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint,
+    AdamW, Params,
 };
 use crate::rotation::Rotation;
 use crate::router::{schedule, Rng, Router};
-use crate::student::{MatryoshkaHead, StudentBert};
+use crate::student::{Batch, Kernels, MatryoshkaHead, StudentBert};
 use crate::{Result, TrainerError};
 
 /// Where training pairs come from.
@@ -83,6 +84,10 @@ pub struct TrainConfig {
     /// How the Matryoshka head starts (`[head]`; identity when absent).
     #[serde(default)]
     pub head: HeadConfig,
+    /// The student's kernels: `"fused"` (packed sequences, fused ops; the default) or
+    /// `"primitive"` (padded batches of primitive ops, the first path, for comparison).
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 /// `[head]`: the Matryoshka head's start.
@@ -223,13 +228,56 @@ pub struct TrainSummary {
     pub profiles: Vec<(f64, Profile)>,
 }
 
-fn pad_rows(rows: &[Vec<f32>], device: &Device) -> Result<Tensor> {
-    let width = rows.first().map_or(0, Vec::len);
-    Ok(Tensor::from_vec(
-        rows.concat(),
-        (rows.len(), width),
-        device,
-    )?)
+/// The frozen parent's full-profile embeddings, computed once per distinct text (its token
+/// ids) and kept for the run: the parent never changes, so a text seen again (a document
+/// judged for several queries, a query with several judged documents, the next epoch) costs
+/// a lookup instead of a forward pass.
+#[derive(Default)]
+struct TeacherCache {
+    rows: HashMap<Vec<u32>, Vec<f32>>,
+}
+
+impl TeacherCache {
+    /// `[seqs.len(), width]`: the cached row of each sequence, after `forward` has embedded
+    /// the missing ones (each distinct sequence once, in one call).
+    ///
+    /// Errors: what `forward` returns, or rows of unequal widths.
+    fn embed(
+        &mut self,
+        seqs: &[Vec<u32>],
+        device: &Device,
+        forward: impl FnOnce(&[Vec<u32>]) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<Tensor> {
+        let mut missing: Vec<Vec<u32>> = Vec::new();
+        for s in seqs {
+            if !self.rows.contains_key(s) && !missing.contains(s) {
+                missing.push(s.clone());
+            }
+        }
+        if !missing.is_empty() {
+            let vectors = forward(&missing)?;
+            self.rows.extend(missing.into_iter().zip(vectors));
+        }
+        let mut flat = Vec::new();
+        let mut width = None;
+        for s in seqs {
+            let row = self
+                .rows
+                .get(s)
+                .ok_or_else(|| TrainerError::Invalid("the teacher returned too few rows".into()))?;
+            if *width.get_or_insert(row.len()) != row.len() {
+                return Err(TrainerError::Invalid(
+                    "teacher rows of unequal widths".into(),
+                ));
+            }
+            flat.extend_from_slice(row);
+        }
+        Ok(Tensor::from_vec(
+            flat,
+            (seqs.len(), width.unwrap_or(0)),
+            device,
+        )?)
+    }
 }
 
 /// Runs (or resumes) the recipe.
@@ -275,6 +323,7 @@ struct Trainer<'a> {
     dev: Option<(&'a EvalConfig, DevSet)>,
     /// The current epoch's batches, rebuilt when a micro-step crosses into the next epoch.
     epoch_batches: Option<(usize, Vec<Vec<usize>>)>,
+    teacher_cache: TeacherCache,
 }
 
 /// The trained variables and their optimizers: what a checkpoint saves and a resume loads.
@@ -372,6 +421,7 @@ impl<'a> Trainer<'a> {
             full,
             dev,
             epoch_batches: None,
+            teacher_cache: TeacherCache::default(),
         })
     }
 
@@ -394,7 +444,9 @@ impl<'a> Trainer<'a> {
                 loss
             };
             total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            let g = loss.backward()?;
+            let mut g = loss.backward()?;
+            self.student
+                .fill_closed_layers(&micro_log.closed_layers, &mut g)?;
             match &mut grads {
                 None => grads = Some(g),
                 Some(acc) => {
@@ -404,15 +456,17 @@ impl<'a> Trainer<'a> {
             }
             log = Some(micro_log);
         }
-        let mut grads = grads.expect("accumulate ≥ 1 is validated");
+        let grads = grads.expect("accumulate ≥ 1 is validated");
         let log = log.expect("accumulate ≥ 1 is validated");
         let learner = &mut self.learner;
-        let grad_norm = clip_grad_norm(&learner.model, &mut grads, cfg.clip)?;
+        // The model's gradients are clipped; the router's are not.
+        let grad_norm = grad_norm(&learner.model, &grads)?;
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
-        learner.opt.update(&learner.model, &grads, lr)?;
+        let scale = clip_factor(grad_norm, cfg.clip);
+        learner.opt.update(&learner.model, &grads, lr, scale)?;
         learner
             .ropt
-            .update(&learner.router, &grads, cfg.router_lr)?;
+            .update(&learner.router, &grads, cfg.router_lr, 1.0)?;
         self.state.step += 1;
         self.metrics.write(&serde_json::json!({
             "step": self.state.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
@@ -447,10 +501,16 @@ impl<'a> Trainer<'a> {
         };
         let q = tokenize(batch.iter().map(|&i| pairs[i].query.as_str()).collect())?;
         let d = tokenize(batch.iter().map(|&i| pairs[i].positive.as_str()).collect())?;
-        let tq = pad_rows(&teacher.model().forward_all(&q, full, cfg.batch)?, device)?;
-        let td = pad_rows(&teacher.model().forward_all(&d, full, cfg.batch)?, device)?;
-        let (qi, qm) = StudentBert::pad(&q, DType::F32, device)?;
-        let (di, dm) = StudentBert::pad(&d, DType::F32, device)?;
+        let cache = &mut self.teacher_cache;
+        let parent = |batch: usize| {
+            move |seqs: &[Vec<u32>]| -> Result<Vec<Vec<f32>>> {
+                Ok(teacher.model().forward_all(seqs, full, batch)?)
+            }
+        };
+        let tq = cache.embed(&q, device, parent(cfg.batch))?;
+        let td = cache.embed(&d, device, parent(cfg.batch))?;
+        let qb = Batch::new(&q, cfg.kernels, device)?;
+        let db = Batch::new(&d, cfg.kernels, device)?;
         let unlabeled = &self.unlabeled;
         let plain = match &cfg.unlabeled {
             Some(u) if !unlabeled.is_empty() => {
@@ -458,9 +518,8 @@ impl<'a> Trainer<'a> {
                     .map(|k| unlabeled[(micro * u.batch + k) % unlabeled.len()].as_str())
                     .collect();
                 let t = tokenize(texts)?;
-                let want = pad_rows(&teacher.model().forward_all(&t, full, u.batch)?, device)?;
-                let (ti, tm) = StudentBert::pad(&t, DType::F32, device)?;
-                Some((ti, tm, want))
+                let want = cache.embed(&t, device, parent(u.batch))?;
+                Some((Batch::new(&t, cfg.kernels, device)?, want))
             }
             _ => None,
         };
@@ -474,10 +533,10 @@ impl<'a> Trainer<'a> {
         };
         Ok(step_loss(
             &inputs,
-            (&qi, &qm),
-            (&di, &dm),
+            &qb,
+            &db,
             (&tq, &td),
-            plain.as_ref().map(|(i, m, w)| ((i, m), w)),
+            plain.as_ref().map(|(b, w)| (b, w)),
             budget,
             anneal,
             &mut self.state.noise,
@@ -881,6 +940,32 @@ fn write_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each distinct text reaches the teacher once over the run; rows come back in the
+    /// batch's order, repeats included.
+    #[test]
+    fn the_teacher_embeds_each_text_once() {
+        let mut cache = TeacherCache::default();
+        let mut seen: Vec<Vec<u32>> = Vec::new();
+        let mut run = |seqs: &[Vec<u32>]| {
+            cache
+                .embed(seqs, &Device::Cpu, |missing| {
+                    seen.extend(missing.iter().cloned());
+                    Ok(missing
+                        .iter()
+                        .map(|s| vec![s[0] as f32, s.len() as f32])
+                        .collect())
+                })
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let first = run(&[vec![1, 2], vec![3], vec![1, 2]]);
+        assert_eq!(first, [[1.0, 2.0], [3.0, 1.0], [1.0, 2.0]]);
+        let second = run(&[vec![3], vec![4, 5, 6]]);
+        assert_eq!(second, [[3.0, 1.0], [4.0, 3.0]]);
+        assert_eq!(seen, [vec![1, 2], vec![3], vec![4, 5, 6]]);
+    }
 
     #[test]
     fn recipes_parse_and_are_checked() {
