@@ -285,10 +285,8 @@ fn max8(xs: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// [`softmax_rows`] without the run-time feature pick, for kernels that are multiversioned
-/// as a whole.
 #[inline(always)]
-pub fn softmax_rows_generic(xs: &mut [f32], width: usize) {
+fn softmax_rows_generic(xs: &mut [f32], width: usize) {
     for row in xs.chunks_exact_mut(width) {
         let max = max8(row);
         row.iter_mut().for_each(|v| *v = exp(*v - max));

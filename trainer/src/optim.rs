@@ -8,9 +8,10 @@ use std::path::Path;
 use std::cell::RefCell;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::fused::with_values;
 use crate::{Result, TrainerError};
 
 /// Warmup from 0 to `peak` over `warmup` steps, then cosine decay to 0 at `total`.
@@ -137,28 +138,16 @@ impl AdamW {
             let n = var.elem_count();
             let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
             let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
-            with_f32(g, |grad| {
-                Ok(var.as_tensor().inplace_op1(&AdamStep {
+            with_values(g, |grad| {
+                var.as_tensor().inplace_op1(&AdamStep {
                     grad,
                     m: RefCell::new(m),
                     v: RefCell::new(v),
                     k,
-                })?)
+                })
             })?;
         }
         Ok(())
-    }
-}
-
-/// Runs `f` on the f32 values of `t` (contiguous, on the CPU).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => f(&data[start..end]),
-        _ => Err(TrainerError::Invalid(
-            "the optimizer takes f32 gradients on the CPU".into(),
-        )),
     }
 }
 
@@ -169,7 +158,7 @@ pub fn grad_norm(params: &Params, grads: &GradStore) -> Result<f64> {
     let mut total = 0.0f64;
     for (_, var) in params {
         if let Some(g) = grads.get(var) {
-            total += with_f32(g, |v| {
+            total += with_values(g, |v| {
                 Ok(v.par_chunks(ADAM_CHUNK)
                     .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
                     .sum::<f64>())

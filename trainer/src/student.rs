@@ -561,6 +561,28 @@ mod tests {
     use mrl_encoder::model::BertModel;
     use mrl_encoder::Profile;
 
+    /// Both kernel sets give `want` (the inference encoder's rows) within 1e-4 for `seqs`.
+    fn assert_both_kernels_compute(
+        student: &StudentBert,
+        seqs: &[Vec<u32>],
+        gates: &Gates,
+        want: &[Vec<f32>],
+    ) {
+        for kernels in [Kernels::Fused, Kernels::Primitive] {
+            let batch = Batch::new(seqs, kernels, &Device::Cpu).unwrap();
+            let got = student
+                .forward(&batch, gates)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (g, w) in got.iter().zip(want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() < 1e-4, "{kernels:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
     /// Ungated, the training forward computes what the inference encoder computes.
     #[test]
     fn matches_the_inference_encoder() {
@@ -573,19 +595,7 @@ mod tests {
         let seqs = tiny_seqs();
         let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let want = reference.forward(&rows, &Profile::full(&cfg)).unwrap();
-        for kernels in [Kernels::Fused, Kernels::Primitive] {
-            let batch = Batch::new(&seqs, kernels, &Device::Cpu).unwrap();
-            let got = student
-                .forward(&batch, &Gates::default())
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                for (a, b) in g.iter().zip(w) {
-                    assert!((a - b).abs() < 1e-4, "{kernels:?}: {a} vs {b}");
-                }
-            }
-        }
+        assert_both_kernels_compute(&student, &seqs, &Gates::default(), &want);
     }
 
     /// Gates at 0/1 compute the profile the inference encoder runs by slicing.
@@ -620,19 +630,7 @@ mod tests {
         );
         let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let want = reference.forward(&rows, &profile).unwrap();
-        for kernels in [Kernels::Fused, Kernels::Primitive] {
-            let batch = Batch::new(&seqs, kernels, &dev).unwrap();
-            let got = student
-                .forward(&batch, &gates)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            for (g, w) in got.iter().zip(&want) {
-                for (a, b) in g.iter().zip(w) {
-                    assert!((a - b).abs() < 1e-4, "{kernels:?}: {a} vs {b}");
-                }
-            }
-        }
+        assert_both_kernels_compute(&student, &seqs, &gates, &want);
     }
 
     #[test]
