@@ -56,7 +56,8 @@ fn stored_ids(s: &Server, collection: &str) -> BTreeSet<String> {
 type DocWrite = (String, Instant, Instant, bool);
 
 /// Field report 1: two clients add one document at a time while a third deletes and
-/// recreates the collection for as long as they write. Every answer is a success or a 404
+/// recreates the collection for as long as they write (each incarnation stays up until a write
+/// lands in it, however slow the machine). Every answer is a success or a 404
 /// (both happen), the process lives, and after a kill -9 and a restart the collection holds
 /// every document acknowledged after its last recreation, nothing that was not acknowledged,
 /// and nothing acknowledged before the last delete began.
@@ -96,6 +97,7 @@ fn deleting_and_recreating_under_writes_never_kills_the_server() {
         .collect();
     let churn = {
         let writing = writing.clone();
+        let writes = writes.clone();
         std::thread::spawn(move || {
             let (mut last_delete, mut last_create) = (Instant::now(), Instant::now());
             while writing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -110,8 +112,15 @@ fn deleting_and_recreating_under_writes_never_kills_the_server() {
                 );
                 assert!(status == 200 || status == 201, "create: {status} {v}");
                 last_create = Instant::now();
-                // Leave the collection up a while between deletes, so writes land in it too.
+                // Leave the collection up a while between deletes, and until a write has landed
+                // in it: on a loaded machine one write can take longer than any fixed pause, and
+                // a storm where every write meets a delete would test nothing of the writes.
                 std::thread::sleep(Duration::from_millis(20));
+                let landed =
+                    |created: Instant| writes.lock().unwrap().iter().any(|w| w.3 && w.2 > created);
+                while writing.load(std::sync::atomic::Ordering::SeqCst) && !landed(last_create) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
             (last_delete, last_create)
         })
