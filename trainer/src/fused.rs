@@ -5,6 +5,9 @@
 //! no padding). Each replaces a chain of primitive candle ops that allocates a tensor per
 //! link; the tests check values and gradients against those chains and finite differences.
 //!
+//! Products over a zero suffix of columns (a gated step's masked FFN neurons and heads) are
+//! skipped: exact, since those terms are exactly zero.
+//!
 //! Backward passes recompute what they need (layer-norm statistics, attention probabilities)
 //! from the saved inputs instead of keeping it, as FlashAttention does (Dao et al., 2022):
 //! the recomputation costs less than the memory traffic of storing it.
@@ -84,15 +87,18 @@ impl CustomOp3 for Linear {
         for _ in 0..rows {
             y.extend_from_slice(b);
         }
-        kernels::matmul(
-            &mut y,
-            out,
-            MatRef::rows(x, rows, inp, inp),
-            MatRef::rows(w, out, inp, inp).t(),
-            1.0,
-            true,
-            threads(),
-        );
+        let live = live_columns(x, inp);
+        if live > 0 {
+            kernels::matmul(
+                &mut y,
+                out,
+                MatRef::rows(x, rows, live, inp),
+                MatRef::rows(w, out, live, inp).t(),
+                1.0,
+                true,
+                threads(),
+            );
+        }
         let mut dims = xl.shape().dims().to_vec();
         *dims.last_mut().expect("rows_of checked the rank") = out;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -111,27 +117,35 @@ impl CustomOp3 for Linear {
         let (dx, dw, db) = with_values(grad, |g| {
             with_values(x, |xv| {
                 with_values(w, |wv| {
-                    let g_mat = MatRef::rows(g, rows, out, out);
+                    // Outputs whose gradient is zero (masked neurons and heads downstream)
+                    // add nothing to dx or dw; inputs that are zero add nothing to dw. dx
+                    // stays whole: a masked input's gradient is its mask's gradient.
+                    let (live_out, live_in) = (live_columns(g, out), live_columns(xv, inp));
+                    let g_mat = MatRef::rows(g, rows, live_out, out);
                     let mut dx = vec![0f32; rows * inp];
-                    kernels::matmul(
-                        &mut dx,
-                        inp,
-                        g_mat,
-                        MatRef::rows(wv, out, inp, inp),
-                        1.0,
-                        false,
-                        threads(),
-                    );
                     let mut dw = vec![0f32; out * inp];
-                    kernels::matmul(
-                        &mut dw,
-                        inp,
-                        g_mat.t(),
-                        MatRef::rows(xv, rows, inp, inp),
-                        1.0,
-                        false,
-                        threads(),
-                    );
+                    if live_out > 0 {
+                        kernels::matmul(
+                            &mut dx,
+                            inp,
+                            g_mat,
+                            MatRef::rows(wv, live_out, inp, inp),
+                            1.0,
+                            false,
+                            threads(),
+                        );
+                    }
+                    if live_out > 0 && live_in > 0 {
+                        kernels::matmul(
+                            &mut dw,
+                            inp,
+                            g_mat.t(),
+                            MatRef::rows(xv, rows, live_in, inp),
+                            1.0,
+                            false,
+                            threads(),
+                        );
+                    }
                     Ok((dx, dw, column_sums(g, out)))
                 })
             })
@@ -142,6 +156,28 @@ impl CustomOp3 for Linear {
             Some(Tensor::from_vec(db, out, w.device())?),
         ))
     }
+}
+
+/// One past the last column of a row-major `[rows, width]` matrix with a non-zero entry in
+/// any row (0 when all are zero): the columns after it contribute exactly nothing to a
+/// product. A gated step's masked FFN neurons and heads are such a suffix (profiles keep
+/// prefixes), so the dense layers on either side of a mask skip them; the scan of a row stops
+/// at the first non-zero from the end, so a matrix with no zero suffix costs one read a row.
+fn live_columns(m: &[f32], width: usize) -> usize {
+    if width == 0 {
+        return 0;
+    }
+    m.par_chunks(ROWS_PER_TASK * width)
+        .map(|block| {
+            block.chunks_exact(width).fold(0, |live, row| {
+                match row[live..].iter().rposition(|&v| v != 0.0) {
+                    Some(j) => live + j + 1,
+                    None => live,
+                }
+            })
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Σ over rows of a row-major `[rows, width]` matrix.
@@ -617,6 +653,13 @@ impl CustomOp3 for Attention {
                                 let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
                                 for i in 0..self.heads {
                                     let at = start * h + i * d;
+                                    // A masked head's output gets no gradient, and so
+                                    // gives none: its dq, dk and dv stay zero.
+                                    if (0..t).all(|r| {
+                                        g[at + r * h..at + r * h + d].iter().all(|&x| x == 0.0)
+                                    }) {
+                                        continue;
+                                    }
                                     let col = i * d;
                                     head.backward(
                                         (&qv[at..], &kv[at..], &vv[at..], &g[at..]),
@@ -771,6 +814,44 @@ mod tests {
         );
     }
 
+    /// A zero suffix of columns, as a gated step's masks leave: `len` values, the first
+    /// `live` of them 1.
+    fn prefix_ones(len: usize, live: usize) -> Tensor {
+        let v: Vec<f32> = (0..len).map(|i| if i < live { 1.0 } else { 0.0 }).collect();
+        Tensor::from_vec(v, len, &Device::Cpu).unwrap()
+    }
+
+    /// A masked FFN (`linear → gelu → ⊙ mask → linear`, 5 of 16 neurons live) skips the dead
+    /// neurons' products and still gives every input, the mask's dead entries included, the
+    /// primitive chain's gradient.
+    #[test]
+    fn a_masked_ffn_skips_its_dead_neurons_exactly() {
+        check(
+            "masked ffn",
+            vec![
+                random(&[2, 7, 12], 11, 1.0),
+                random(&[16, 12], 12, 0.5),
+                random(&[16], 13, 0.5),
+                prefix_ones(16, 5),
+                random(&[12, 16], 14, 0.5),
+                random(&[12], 15, 0.5),
+            ],
+            |t| {
+                let f = gelu(&linear(&t[0], &t[1], &t[2]).unwrap()).unwrap();
+                linear(&f.broadcast_mul(&t[3]).unwrap(), &t[4], &t[5]).unwrap()
+            },
+            |t| {
+                let dense = |w: &Tensor, b: &Tensor, x: &Tensor| {
+                    candle_nn::Linear::new(w.clone(), Some(b.clone()))
+                        .forward(x)
+                        .unwrap()
+                };
+                let f = dense(&t[1], &t[2], &t[0]).gelu_erf().unwrap();
+                dense(&t[4], &t[5], &f.broadcast_mul(&t[3]).unwrap())
+            },
+        );
+    }
+
     #[test]
     fn layer_norm_matches_the_primitive_chain_and_finite_differences() {
         check(
@@ -851,6 +932,47 @@ mod tests {
             move |t| attention(&t[0], &t[1], &t[2], &spans, heads).unwrap(),
             move |t| primitive_attention(&t[0], &t[1], &t[2], &s2, heads),
         );
+    }
+
+    /// Attention whose last head is masked (its columns times 0, as a gated step's head mask
+    /// does) skips that head's backward pass and still matches the reference, the mask's
+    /// gradient included.
+    #[test]
+    fn a_masked_head_skips_its_backward_pass_exactly() {
+        let spans = Arc::new(Spans::from_lengths([4, 7, 2]));
+        let n = spans.tokens();
+        let s2 = spans.clone();
+        check(
+            "masked attention",
+            vec![
+                random(&[n, 12], 16, 1.5),
+                random(&[n, 12], 17, 1.5),
+                random(&[n, 12], 18, 1.0),
+                prefix_ones(12, 8),
+            ],
+            move |t| {
+                attention(&t[0], &t[1], &t[2], &spans, 3)
+                    .unwrap()
+                    .broadcast_mul(&t[3])
+                    .unwrap()
+            },
+            move |t| {
+                primitive_attention(&t[0], &t[1], &t[2], &s2, 3)
+                    .broadcast_mul(&t[3])
+                    .unwrap()
+            },
+        );
+    }
+
+    #[test]
+    fn live_columns_end_at_the_last_non_zero_of_any_row() {
+        let m = [
+            0.0, 1.0, 0.0, 0.0, /**/ 0.0, 0.0, 0.0, 0.0, /**/ 2.0, 0.0, -3.0, 0.0,
+        ];
+        assert_eq!(live_columns(&m, 4), 3);
+        assert_eq!(live_columns(&[0.0; 8], 4), 0);
+        assert_eq!(live_columns(&[0.0, f32::NAN], 2), 2);
+        assert_eq!(live_columns(&[], 0), 0);
     }
 
     #[test]

@@ -792,17 +792,29 @@ mod tests {
     /// both branches of each gate carry gradient), within 1e-4 of the largest entry.
     #[test]
     fn packed_fused_and_padded_primitive_agree_in_values_and_gradients() {
+        let dev = Device::Cpu;
+        let ffn = Tensor::rand(0f32, 1.0, 32, &dev).unwrap();
+        agree_in_values_and_gradients([0.9, 0.3, 1.0, 0.6], [1.0, 0.8, 0.5, 0.2], ffn);
+    }
+
+    /// The same under a sampled profile's hard masks (half the heads, a quarter of the FFN
+    /// neurons: the zero suffixes the fused path skips), the masks' gradients included.
+    #[test]
+    fn packed_fused_and_padded_primitive_agree_under_hard_masks() {
+        let ffn = (0..32).map(|i| if i < 8 { 1f32 } else { 0.0 });
+        let ffn = Tensor::from_iter(ffn, &Device::Cpu).unwrap();
+        agree_in_values_and_gradients([1.0, 0.7, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], ffn);
+    }
+
+    fn agree_in_values_and_gradients(layers: [f32; 4], heads: [f32; 4], ffn: Tensor) {
         let cfg = tiny_config();
         let tensors = tiny_tensors(&cfg, 8);
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let student = StudentBert::from_tensors(&tensors, &cfg, &varmap, DType::F32, &dev).unwrap();
-        let layer_gates: Vec<Var> = [0.9f32, 0.3, 1.0, 0.6]
-            .iter()
-            .map(|&g| Var::new(g, &dev).unwrap())
-            .collect();
-        let heads = Var::new(&[1f32, 0.8, 0.5, 0.2], &dev).unwrap();
-        let ffn = Var::from_tensor(&Tensor::rand(0f32, 1.0, 32, &dev).unwrap()).unwrap();
+        let layer_gates: Vec<Var> = layers.iter().map(|&g| Var::new(g, &dev).unwrap()).collect();
+        let heads = Var::new(&heads, &dev).unwrap();
+        let ffn = Var::from_tensor(&ffn).unwrap();
         let gates = Gates {
             layers: Some(layer_gates.iter().map(|g| g.as_tensor().clone()).collect()),
             heads: Some(heads.as_tensor().clone()),
