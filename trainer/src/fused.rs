@@ -6,7 +6,8 @@
 //! link; the tests check values and gradients against those chains and finite differences.
 //!
 //! Products over a zero suffix of columns (a gated step's masked FFN neurons and heads) are
-//! skipped: exact, since those terms are exactly zero.
+//! skipped: exact for finite values, since those terms are zeros (a NaN or infinity inside a
+//! skipped product no longer spreads through it; it still shows in the other gradients).
 //!
 //! Backward passes recompute what they need (layer-norm statistics, attention probabilities)
 //! from the saved inputs instead of keeping it, as FlashAttention does (Dao et al., 2022):
