@@ -100,6 +100,8 @@ fn deleting_and_recreating_under_writes_never_kills_the_server() {
         let writes = writes.clone();
         std::thread::spawn(move || {
             let (mut last_delete, mut last_create) = (Instant::now(), Instant::now());
+            let landed =
+                |created: Instant| writes.lock().unwrap().iter().any(|w| w.3 && w.2 > created);
             while writing.load(std::sync::atomic::Ordering::SeqCst) {
                 last_delete = Instant::now();
                 let (status, v) = call(addr, "DELETE", "/collections/race", None);
@@ -116,8 +118,6 @@ fn deleting_and_recreating_under_writes_never_kills_the_server() {
                 // in it: on a loaded machine one write can take longer than any fixed pause, and
                 // a storm where every write meets a delete would test nothing of the writes.
                 std::thread::sleep(Duration::from_millis(20));
-                let landed =
-                    |created: Instant| writes.lock().unwrap().iter().any(|w| w.3 && w.2 > created);
                 while writing.load(std::sync::atomic::Ordering::SeqCst) && !landed(last_create) {
                     std::thread::sleep(Duration::from_millis(2));
                 }

@@ -807,19 +807,20 @@ mod tests {
                 random(&[7], 3, 0.5),
             ],
             |t| linear(&t[0], &t[1], &t[2]).unwrap(),
-            |t| {
-                candle_nn::Linear::new(t[1].clone(), Some(t[2].clone()))
-                    .forward(&t[0])
-                    .unwrap()
-            },
+            |t| candle_linear(&t[0], &t[1], &t[2]),
         );
     }
 
-    /// A zero suffix of columns, as a gated step's masks leave: `len` values, the first
-    /// `live` of them 1.
-    fn prefix_ones(len: usize, live: usize) -> Tensor {
-        let v: Vec<f32> = (0..len).map(|i| if i < live { 1.0 } else { 0.0 }).collect();
-        Tensor::from_vec(v, len, &Device::Cpu).unwrap()
+    /// A gated step's hard mask: the first `keep` of `len` entries 1, a zero suffix after.
+    fn prefix_mask(keep: usize, len: usize) -> Tensor {
+        crate::student::prefix_mask(keep, len, candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// The reference dense layer, `candle_nn::Linear`.
+    fn candle_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+        candle_nn::Linear::new(w.clone(), Some(b.clone()))
+            .forward(x)
+            .unwrap()
     }
 
     /// A masked FFN (`linear → gelu → ⊙ mask → linear`, 5 of 16 neurons live) skips the dead
@@ -833,7 +834,7 @@ mod tests {
                 random(&[2, 7, 12], 11, 1.0),
                 random(&[16, 12], 12, 0.5),
                 random(&[16], 13, 0.5),
-                prefix_ones(16, 5),
+                prefix_mask(5, 16),
                 random(&[12, 16], 14, 0.5),
                 random(&[12], 15, 0.5),
             ],
@@ -842,13 +843,8 @@ mod tests {
                 linear(&f.broadcast_mul(&t[3]).unwrap(), &t[4], &t[5]).unwrap()
             },
             |t| {
-                let dense = |w: &Tensor, b: &Tensor, x: &Tensor| {
-                    candle_nn::Linear::new(w.clone(), Some(b.clone()))
-                        .forward(x)
-                        .unwrap()
-                };
-                let f = dense(&t[1], &t[2], &t[0]).gelu_erf().unwrap();
-                dense(&t[4], &t[5], &f.broadcast_mul(&t[3]).unwrap())
+                let f = candle_linear(&t[0], &t[1], &t[2]).gelu_erf().unwrap();
+                candle_linear(&f.broadcast_mul(&t[3]).unwrap(), &t[4], &t[5])
             },
         );
     }
@@ -949,7 +945,7 @@ mod tests {
                 random(&[n, 12], 16, 1.5),
                 random(&[n, 12], 17, 1.5),
                 random(&[n, 12], 18, 1.0),
-                prefix_ones(12, 8),
+                prefix_mask(8, 12),
             ],
             move |t| {
                 attention(&t[0], &t[1], &t[2], &spans, 3)

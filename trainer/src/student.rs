@@ -801,8 +801,7 @@ mod tests {
     /// neurons: the zero suffixes the fused path skips), the masks' gradients included.
     #[test]
     fn packed_fused_and_padded_primitive_agree_under_hard_masks() {
-        let ffn = (0..32).map(|i| if i < 8 { 1f32 } else { 0.0 });
-        let ffn = Tensor::from_iter(ffn, &Device::Cpu).unwrap();
+        let ffn = prefix_mask(8, 32, DType::F32, &Device::Cpu).unwrap();
         agree_in_values_and_gradients([1.0, 0.7, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], ffn);
     }
 
