@@ -147,6 +147,61 @@ impl Rotation {
         })
     }
 
+    /// The orthogonal matrix nearest to a `d × d` row-major matrix in Frobenius norm: its
+    /// polar factor `U Vᵀ` for `M = U Σ Vᵀ` (Higham, "Computing the polar decomposition",
+    /// 1986). A trained head is projected back onto the orthogonal matrices with this after
+    /// each step, so full-width cosines stay the parent's. Near an orthogonal matrix (a small
+    /// step away) the Newton–Schulz iteration `X ← X (3I − XᵀX) / 2` converges quadratically
+    /// and costs a few matrix products; elsewhere the SVD answers.
+    ///
+    /// Errors: `InvalidVectors` when the length is not a square's, a value is not finite, or
+    /// the matrix is singular (no unique polar factor).
+    pub fn nearest(matrix: &[f32]) -> Result<Self> {
+        let start = Self::from_matrix_f32(matrix)?;
+        let dim = start.dim;
+        let m = DMatrix::<f64>::from_row_slice(dim, dim, &start.rows);
+        let identity = DMatrix::<f64>::identity(dim, dim);
+        let off = |x: &DMatrix<f64>| (x.transpose() * x - &identity).amax();
+        let mut x = m.clone();
+        // Newton–Schulz converges when every singular value is in (0, √3); 0.5 keeps it
+        // quick. A few rounds past 1e-13 fix the last bits.
+        let mut converged = off(&x) < 0.5;
+        if converged {
+            for _ in 0..30 {
+                let gram = x.transpose() * &x;
+                x = &x * (&identity * 3.0 - gram) * 0.5;
+                if off(&x) < 1e-13 {
+                    break;
+                }
+            }
+            converged = off(&x) < 1e-12;
+        }
+        if !converged {
+            let svd = m.svd(true, true);
+            let smallest = svd.singular_values.min();
+            let (Some(u), Some(v_t)) = (svd.u, svd.v_t) else {
+                return Err(EncoderError::InvalidVectors(
+                    "the SVD did not converge".into(),
+                ));
+            };
+            if smallest.is_nan() || smallest <= 1e-12 {
+                return Err(EncoderError::InvalidVectors(
+                    "a singular matrix has no unique nearest rotation".into(),
+                ));
+            }
+            x = u * v_t;
+        }
+        let mut rows = Vec::with_capacity(dim * dim);
+        for i in 0..dim {
+            rows.extend(x.row(i).iter().copied());
+        }
+        Ok(Self {
+            dim,
+            rows,
+            eigenvalues: Vec::new(),
+        })
+    }
+
     /// `R v` for one vector of width `d` (f64 accumulation).
     ///
     /// Panics if `v` is not `d` wide.
@@ -363,6 +418,50 @@ mod tests {
             let (before, after) = (cosine(q, d), cosine(&by_pairs.apply(q), &by_pairs.apply(d)));
             assert!((before - after).abs() <= 1e-6, "{before} vs {after}");
         }
+    }
+
+    #[test]
+    fn the_nearest_rotation_is_orthogonal_and_fixes_rotations() {
+        let data = anisotropic(300, 3);
+        let r = Rotation::fit(&data).unwrap().matrix_f32();
+        let d = 32;
+        let worst = |m: &[f64]| {
+            let mut w = 0f64;
+            for a in 0..d {
+                for b in 0..d {
+                    let dot: f64 = (0..d).map(|j| m[a * d + j] * m[b * d + j]).sum();
+                    w = w.max((dot - if a == b { 1.0 } else { 0.0 }).abs());
+                }
+            }
+            w
+        };
+        // A rotation is its own nearest (up to f32 rounding of the input).
+        let same = Rotation::nearest(&r).unwrap();
+        for (a, b) in same.rows.iter().zip(&r) {
+            assert!((a - f64::from(*b)).abs() < 1e-6, "{a} vs {b}");
+        }
+        // A small step away (Newton–Schulz) and a far one (SVD) both land on an orthogonal
+        // matrix; the small step's stays near where it was.
+        let mut rng = Rng::new(9);
+        for scale in [1e-2, 2.0] {
+            let moved: Vec<f32> = r
+                .iter()
+                .map(|&x| x + ((rng.uniform() - 0.5) * scale) as f32)
+                .collect();
+            let q = Rotation::nearest(&moved).unwrap();
+            assert!(worst(&q.rows) < 1e-10, "scale {scale}: {}", worst(&q.rows));
+            if scale < 1.0 {
+                let dist: f64 = q
+                    .rows
+                    .iter()
+                    .zip(&moved)
+                    .map(|(a, &b)| (a - f64::from(b)).abs())
+                    .fold(0.0, f64::max);
+                assert!(dist < 0.05, "moved by {dist}");
+            }
+        }
+        assert!(Rotation::nearest(&[0.0; 16]).is_err());
+        assert!(Rotation::nearest(&[1.0; 3]).is_err());
     }
 
     #[test]

@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Judge a checkpoint on data it never trained on (SciFact test, NFCorpus dev, STS-B dev
+    /// by default): every profile and nested size, symmetric and against `full` documents,
+    /// beside the base model's plain prefix and its rotation onto each set; `--write` records
+    /// which sub-encoders earned alignment with `full` in the model's mrl.json.
+    Judge(train::JudgeArgs),
     /// Index a JSONL corpus (BEIR corpus.jsonl or {id, text, payload} lines) into a collection
     /// of the embedded store: one forward pass per document, every stored size; resumable
     /// after a crash (rerun the same command).
@@ -164,5 +169,6 @@ pub fn run() -> Result<()> {
         } => bench_train::run(args),
         Command::Index(args) => index::run(args),
         Command::Train { config } => train::train(&config),
+        Command::Judge(args) => train::judge(args),
     }
 }

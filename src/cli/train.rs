@@ -45,8 +45,10 @@ pub(crate) fn train(config: &std::path::Path) -> Result<()> {
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("{}: not TOML", config.display()))?;
-    if table.get("recipe").and_then(|v| v.as_str()) == Some("heads") {
-        return train_heads(config);
+    match table.get("recipe").and_then(|v| v.as_str()) {
+        Some("heads") => return train_heads(config),
+        Some("distill") => return train_distill(config),
+        _ => {}
     }
     super::common::keep_freed_memory();
     let cfg = mrl_trainer::train::TrainConfig::load(config)?;
@@ -104,6 +106,171 @@ fn train_heads(config: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn train_distill(config: &std::path::Path) -> Result<()> {
+    let cfg = mrl_trainer::distill::DistillConfig::load(config)?;
+    let progress = bar("distill", 0);
+    let summary = mrl_trainer::distill::fit_distill(&cfg, &progress)?;
+    progress.finish_and_clear();
+    eprintln!(
+        "fitted the heads on {} texts ({} held out) in {:.0}s (chosen steps {:?}); checkpoint in {}",
+        summary.texts.0,
+        summary.texts.1,
+        summary.seconds,
+        summary.chosen_steps,
+        cfg.out.join("model").display()
+    );
+    println!("Held-out neighbour recall@10 against the parent's full width:\n");
+    println!("| queries | documents | dim | recall@10 | start | plain |");
+    println!("|---|---|---|---|---|---|");
+    for r in &summary.report {
+        println!(
+            "| {} | {} | {} | {:.4} | {:.4} | {:.4} |",
+            r.query_profile,
+            r.profile,
+            r.dim,
+            r.recall_at_10,
+            r.start_recall_at_10,
+            r.plain_recall_at_10
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct JudgeArgs {
+    /// The checkpoint to judge.
+    #[arg(long)]
+    model: PathBuf,
+    /// The base model it was cut from (default: the fetched all-MiniLM-L6-v2).
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Another checkpoint judged beside it (e.g. the previous default).
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// BEIR splits to judge on, DIR:SPLIT; repeatable.
+    #[arg(long, value_name = "DIR:SPLIT", default_values = ["../shared/data/scifact:test", "../shared/data/nfcorpus:dev"])]
+    beir: Vec<String>,
+    /// STS-B-format files to judge on; repeatable.
+    #[arg(long, default_values = ["../shared/data/stsbenchmark/sts-dev.csv"])]
+    sts: Vec<PathBuf>,
+    /// The alignment rule, PROFILE=SHARE: that profile's queries against `full` documents
+    /// must keep SHARE of the symmetric `full` score on every set at every size; repeatable.
+    #[arg(long, value_name = "PROFILE=SHARE", default_values = ["b50=0.95", "b25=0.90"])]
+    align: Vec<String>,
+    /// Write the verdicts into the model's mrl.json (`aligned_with`).
+    #[arg(long)]
+    write: bool,
+    /// Where embeddings are cached.
+    #[arg(long, default_value = "runs/embeddings")]
+    cache: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
+    use mrl_trainer::judge::{JudgeOptions, JudgeSet};
+    let mut sets = Vec::new();
+    for b in &args.beir {
+        let (dir, split) = b
+            .rsplit_once(':')
+            .with_context(|| format!("--beir {b:?}: expected DIR:SPLIT"))?;
+        sets.push(JudgeSet::Beir {
+            dir: dir.into(),
+            split: split.into(),
+        });
+    }
+    sets.extend(args.sts.iter().map(|p| JudgeSet::Sts { path: p.clone() }));
+    let mut align = Vec::new();
+    for a in &args.align {
+        let (p, share) = a
+            .split_once('=')
+            .with_context(|| format!("--align {a:?}: expected PROFILE=SHARE"))?;
+        let share: f64 = share
+            .parse()
+            .with_context(|| format!("--align {a:?}: SHARE is not a number"))?;
+        align.push((p.to_string(), share));
+    }
+    let base = match args.base {
+        Some(b) => b,
+        None => Fetcher::default().ensure(&DEFAULT_MODEL)?,
+    };
+    let opts = JudgeOptions {
+        model: args.model.clone(),
+        base,
+        previous: args.previous,
+        sets,
+        cache: args.cache,
+        align,
+    };
+    let progress = bar("judge", 0);
+    let report = mrl_trainer::judge::judge(&opts, &progress)?;
+    progress.finish_and_clear();
+    print_judgement(&report.rows);
+    println!();
+    for v in &report.alignment {
+        println!(
+            "{} -> full: worst {:.1}% of full ({}), threshold {:.0}%: {}",
+            v.profile,
+            100.0 * v.worst_share,
+            v.worst_at,
+            100.0 * v.threshold,
+            if v.earned { "aligned" } else { "not aligned" }
+        );
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| out.display().to_string())?;
+    }
+    if args.write {
+        mrl_trainer::judge::write_alignment(&args.model, &report.alignment)?;
+        eprintln!(
+            "wrote the verdicts into {}",
+            args.model.join("mrl.json").display()
+        );
+    }
+    Ok(())
+}
+
+/// The judgement as one Markdown table: a row per set × size, a column per (model, query
+/// profile → document profile), each cell the score and its share of the base model's full
+/// width.
+fn print_judgement(rows: &[mrl_trainer::judge::JudgeRow]) {
+    let label = |r: &mrl_trainer::judge::JudgeRow| match r.model.as_str() {
+        "base" => "base (plain prefix)".to_string(),
+        "rotation" => "rotation baseline".to_string(),
+        m if r.query_profile == r.profile => format!("{m} {}", r.profile),
+        m => format!("{m} {} → {}", r.query_profile, r.profile),
+    };
+    let mut columns: Vec<String> = Vec::new();
+    let mut keys: Vec<(String, &'static str, usize)> = Vec::new();
+    for r in rows {
+        let c = label(r);
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+        let k = (r.set.clone(), r.metric, r.dim);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    println!("| set | metric | dim | {} |", columns.join(" | "));
+    println!("|---|---|---|{}", "---|".repeat(columns.len()));
+    for (set, metric, dim) in &keys {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                rows.iter()
+                    .find(|r| r.set == *set && r.dim == *dim && label(r) == *c)
+                    .map_or("–".to_string(), |r| {
+                        format!("{:.4} ({:.1}%)", r.score, 100.0 * r.share_of_base)
+                    })
+            })
+            .collect();
+        println!("| {set} | {metric} | {dim} | {} |", cells.join(" | "));
+    }
 }
 
 pub(crate) fn calibrate(args: CalibrateArgs) -> Result<()> {

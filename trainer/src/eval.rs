@@ -130,6 +130,8 @@ pub fn exact_search(queries: &[f32], docs: &[f32], dim: usize, k: usize) -> Vec<
                 scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
                 scored.truncate(k);
             }
+            // Each query's hits would otherwise keep a slot per document alive.
+            scored.shrink_to_fit();
             scored
         })
         .collect()

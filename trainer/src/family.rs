@@ -13,8 +13,8 @@
 //! shared head after a closed-form map of its pooled space onto the full profile's (ridge
 //! least squares on the cached vectors: distillation toward the parent, so a sub-encoder's
 //! query vectors search full-profile documents) → the checkpoint: the parent's weights,
-//! `head.*`, `heads.NAME.*`, and an `mrl.json` that declares each sub-encoder aligned with
-//! `full`.
+//! `head.*`, `heads.NAME.*`, and an `mrl.json`; `mrl judge --write` then declares each
+//! sub-encoder aligned with `full` only where it earned it on dev sets (`judge`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -245,12 +245,12 @@ struct Guard {
 }
 
 /// What one check of a head found.
-struct Check {
-    /// NDCG@10 per held-out set × nested dim.
-    scores: Vec<Vec<f64>>,
+pub(crate) struct Check {
+    /// The check's scores (NDCG@10 or neighbour recall) per held-out set × nested dim.
+    pub(crate) scores: Vec<Vec<f64>>,
     /// Spearman's ρ per guard × nested dim.
-    guard: Vec<Vec<f64>>,
-    eligible: bool,
+    pub(crate) guard: Vec<Vec<f64>>,
+    pub(crate) eligible: bool,
 }
 
 /// What a fit reports: the per-check scores and the chosen step.
@@ -306,7 +306,7 @@ fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
 }
 
 /// `x Wᵀ` for each row `x` (`W` is `out × in`, row-major).
-fn apply(w: &[f32], out: usize, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+pub(crate) fn apply(w: &[f32], out: usize, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let inp = w.len() / out;
     rows.par_iter()
         .map(|x| {
@@ -317,7 +317,7 @@ fn apply(w: &[f32], out: usize, rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn unit_rows(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+pub(crate) fn unit_rows(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
     rows.iter()
         .map(|r| {
             let n = r.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -385,7 +385,7 @@ pub fn fit_linear_map(sub: &[Vec<f32>], full: &[Vec<f32>], ridge: f64) -> Result
 }
 
 /// `A B` for row-major `A` (`n × k`) and `B` (`k × m`).
-fn matmul(a: &[f32], n: usize, b: &[f32], m: usize) -> Vec<f32> {
+pub(crate) fn matmul(a: &[f32], n: usize, b: &[f32], m: usize) -> Vec<f32> {
     let k = a.len() / n;
     let mut out = vec![0f32; n * m];
     for i in 0..n {
@@ -418,7 +418,7 @@ fn ndcg(split: &Split, qrels: &Qrels, q: &[Vec<f32>], d: &[Vec<f32>], dim: usize
 /// Runs the recipe: caches, fits, checks, writes `OUT/model`. Rerunning reuses the caches.
 pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySummary> {
     let start = Instant::now();
-    let parent = Parent::load(cfg)?;
+    let parent = Parent::load(&cfg.parent, &cfg.nested_dims, &cfg.profiles)?;
 
     // Every profile's pooled vectors of every corpus and query, cached once.
     let cache_dir = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
@@ -467,40 +467,40 @@ pub fn fit_family(cfg: &FamilyConfig, progress: &ProgressBar) -> Result<FamilySu
 }
 
 /// The frozen parent: its encoder and manifest, and the profiles the family carries.
-struct Parent {
-    embedder: Embedder,
+pub(crate) struct Parent {
+    pub(crate) embedder: Embedder,
     manifest: Manifest,
     bert: BertConfig,
-    hidden: usize,
+    pub(crate) hidden: usize,
     /// The widest nested dim: the heads' rows.
-    width: usize,
+    pub(crate) width: usize,
     /// `full` first, then the recipe's sub-encoders in its order.
-    profiles: Vec<(String, Profile)>,
+    pub(crate) profiles: Vec<(String, Profile)>,
 }
 
 impl Parent {
-    /// Loads `cfg.parent` and the sub-encoders the recipe names.
+    /// Loads the calibrated parent `dir` and the sub-encoders named in `subs`.
     ///
     /// Errors: the encoder's load errors, or `Invalid` when the parent is not calibrated,
     /// lacks a named profile, or is wider than the widest nested dim or than a sub-encoder.
-    fn load(cfg: &FamilyConfig) -> Result<Self> {
-        let embedder = Embedder::load(&cfg.parent)?;
+    pub(crate) fn load(dir: &Path, nested_dims: &[usize], subs: &[String]) -> Result<Self> {
+        let embedder = Embedder::load(dir)?;
         let manifest = embedder.manifest().cloned().ok_or_else(|| {
             TrainerError::Invalid(format!(
                 "{} has no mrl.json: calibrate it first (mrl calibrate)",
-                cfg.parent.display()
+                dir.display()
             ))
         })?;
         let bert = embedder.config().clone();
         let hidden = bert.hidden_size;
-        let width = *cfg.nested_dims.iter().max().expect("validated non-empty");
+        let width = nested_dims.iter().copied().max().unwrap_or(0);
         if width < hidden {
             return Err(TrainerError::Invalid(format!(
                 "the widest nested dim {width} is below the parent's width {hidden}"
             )));
         }
         let mut profiles: Vec<(String, Profile)> = vec![("full".into(), Profile::full(&bert))];
-        for name in &cfg.profiles {
+        for name in subs {
             let p = manifest.profile(name).ok_or_else(|| {
                 TrainerError::Invalid(format!("the parent has no profile {name:?}"))
             })?;
@@ -524,7 +524,7 @@ impl Parent {
 
     /// Every profile's pooled vectors of `a` and of `b`, through the cache; `what` names
     /// the texts in the progress message.
-    fn embed(
+    pub(crate) fn embed(
         &self,
         what: &str,
         (a, b): (&[String], &[String]),
@@ -622,9 +622,9 @@ impl Parent {
         Ok(guards)
     }
 
-    /// The checkpoint, `OUT/model`: the parent's weights with `head.*` and `heads.NAME.*`,
-    /// and a manifest that declares each sub-encoder aligned with `full`. A previous
-    /// `OUT/model` is replaced.
+    /// The checkpoint, `OUT/model`: the parent's weights with `head.*` and `heads.NAME.*`;
+    /// no sub-encoder is declared aligned with `full` until `judge` finds it earned. A
+    /// previous `OUT/model` is replaced.
     fn write_model(
         &self,
         cfg: &FamilyConfig,
@@ -632,9 +632,41 @@ impl Parent {
         report: &[ReportRow],
         guard_rows: &[GuardRow],
     ) -> Result<()> {
+        let subs: Vec<(String, Vec<f32>)> = self
+            .profiles
+            .iter()
+            .skip(1)
+            .map(|(n, _)| (n.clone(), heads.head_of(n)))
+            .collect();
+        self.write_heads(
+            &cfg.parent,
+            &cfg.out.join("model"),
+            &cfg.nested_dims,
+            &heads.shared,
+            &subs,
+            self.provenance(cfg, heads, report, guard_rows),
+        )
+    }
+
+    /// Writes a checkpoint to `model_dir` (replaced if present): the parent's weights (read
+    /// from `parent_dir`) with the shared head `shared` (`width × hidden`, row-major) and
+    /// each sub-encoder's own head; the manifest keeps the parent's ranking and the budgets
+    /// of the profiles carried, and declares no alignment (alignment is earned on dev sets
+    /// by `judge`, never declared by a fit).
+    ///
+    /// Errors: `Io` and the tensors' errors.
+    pub(crate) fn write_heads(
+        &self,
+        parent_dir: &Path,
+        model_dir: &Path,
+        nested_dims: &[usize],
+        shared: &[f32],
+        subs: &[(String, Vec<f32>)],
+        provenance: serde_json::Value,
+    ) -> Result<()> {
         let (width, hidden, bert) = (self.width, self.hidden, &self.bert);
         let mut tensors =
-            candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &Device::Cpu)?;
+            candle_core::safetensors::load(parent_dir.join("model.safetensors"), &Device::Cpu)?;
         let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
         let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
             t.insert(
@@ -644,43 +676,43 @@ impl Parent {
             t.insert(format!("{name}.bias"), zeros.clone());
             Ok(())
         };
-        put(&mut tensors, "head", heads.shared.clone())?;
+        put(&mut tensors, "head", shared.to_vec())?;
         let mut named = vec![crate::calibrate::named(
             "full".into(),
             Profile::full(bert),
             bert,
             None,
         )];
-        for (pname, profile) in self.profiles.iter().skip(1) {
-            put(
-                &mut tensors,
-                &format!("heads.{pname}"),
-                heads.head_of(pname),
-            )?;
-            let mut p = crate::calibrate::named(pname.clone(), profile.clone(), bert, None);
+        for (pname, head) in subs {
+            let profile = self
+                .profiles
+                .iter()
+                .find(|(n, _)| n == pname)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| TrainerError::Invalid(format!("no profile {pname:?}")))?;
+            put(&mut tensors, &format!("heads.{pname}"), head.clone())?;
+            let mut p = crate::calibrate::named(pname.clone(), profile, bert, None);
             p.fidelity = self.manifest.profile(pname).and_then(|q| q.fidelity);
             p.head = Some(pname.clone());
-            p.aligned_with = vec!["full".into()];
             named.push(p);
         }
         let out_manifest = Manifest {
-            nested_dims: cfg.nested_dims.clone(),
+            nested_dims: nested_dims.to_vec(),
             profiles: named,
             budgets: self
                 .manifest
                 .budgets
                 .iter()
-                .filter(|b| cfg.profiles.contains(&b.profile))
+                .filter(|b| subs.iter().any(|(n, _)| *n == b.profile))
                 .cloned()
                 .collect(),
-            provenance: self.provenance(cfg, heads, report, guard_rows),
+            provenance,
             ..self.manifest.clone()
         };
-        let model_dir = cfg.out.join("model");
         if model_dir.exists() {
-            std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
+            std::fs::remove_dir_all(model_dir).map_err(|e| TrainerError::io(model_dir, e))?;
         }
-        crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &out_manifest)
+        crate::calibrate::write_checkpoint(parent_dir, model_dir, &tensors, &out_manifest)
     }
 
     /// The checkpoint's provenance: how it was fitted, the chosen steps and what the held-out
@@ -862,7 +894,7 @@ fn recipe_key(
 }
 
 /// `OUT/metrics.jsonl`: one JSON line per check of every head fit.
-struct Metrics {
+pub(crate) struct Metrics {
     file: std::fs::File,
     path: PathBuf,
 }
@@ -871,7 +903,7 @@ impl Metrics {
     /// Opens the log: appended to when the head fits resume, else started afresh.
     ///
     /// Errors: `Io` when it cannot be opened.
-    fn open(path: &Path, resuming: bool) -> Result<Self> {
+    pub(crate) fn open(path: &Path, resuming: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(resuming)
@@ -886,7 +918,7 @@ impl Metrics {
     }
 
     /// Appends `line`.
-    fn write(&mut self, line: serde_json::Value) -> Result<()> {
+    pub(crate) fn write(&mut self, line: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{line}").map_err(|e| TrainerError::io(&self.path, e))
     }
 }
@@ -1380,11 +1412,13 @@ impl Fit<'_> {
     ) -> Result<(usize, Vec<f32>)> {
         let run = HeadRun {
             name,
-            hp: &self.cfg.head,
+            hp: self.cfg.head.schedule(),
             seed: self.cfg.seed,
             shape: (self.width, self.hidden),
             dims: &self.cfg.nested_dims,
             resume: self.resume,
+            metric: "ndcg_at_10",
+            orthogonal: false,
         };
         run.fit(init, progress, loss, check, log, sets)
     }
@@ -1394,10 +1428,10 @@ impl Fit<'_> {
 /// the parent: `NAME.json` (step, RNG, best so far) names the `NAME.STEP.safetensors` that
 /// holds the weights, the best weights and AdamW's moments at that step. The JSON is
 /// renamed into place last, so a kill -9 at any moment leaves the previous check's state.
-struct Resume {
+pub(crate) struct Resume {
     dir: PathBuf,
     /// Whether a previous run of the same recipe left state here.
-    resuming: bool,
+    pub(crate) resuming: bool,
 }
 
 /// A head fit's position at its last check.
@@ -1418,7 +1452,7 @@ impl Resume {
     /// Opens `dir` for the recipe `key`: state of another recipe (or none) is cleared.
     ///
     /// Errors: `Io` when the folder cannot be read, cleared or made.
-    fn open(dir: &Path, key: &str) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, key: &str) -> Result<Self> {
         let stamp = dir.join("recipe.key");
         let resuming = std::fs::read_to_string(&stamp).is_ok_and(|k| k == key);
         if !resuming {
@@ -1468,19 +1502,46 @@ impl Resume {
 }
 
 /// One head's fit: its settings and where it saves its state.
-struct HeadRun<'a> {
-    name: &'a str,
-    hp: &'a HeadTraining,
-    seed: u64,
+pub(crate) struct HeadRun<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) hp: Schedule,
+    pub(crate) seed: u64,
     /// `(rows, cols)` of the head.
-    shape: (usize, usize),
-    dims: &'a [usize],
-    resume: &'a Resume,
+    pub(crate) shape: (usize, usize),
+    pub(crate) dims: &'a [usize],
+    pub(crate) resume: &'a Resume,
+    /// The log's name for the checks' scores (`ndcg_at_10`, `neighbour_recall_at_10`).
+    pub(crate) metric: &'static str,
+    /// After every step, project the first `cols` rows back onto the orthogonal matrices
+    /// (`Rotation::nearest`) and zero the rest, so full-width cosines stay the parent's.
+    pub(crate) orthogonal: bool,
+}
+
+/// A head fit's optimiser schedule (AdamW, warmup then cosine) and check interval.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    pub(crate) steps: usize,
+    pub(crate) lr: f64,
+    pub(crate) warmup: usize,
+    pub(crate) weight_decay: f64,
+    pub(crate) eval_every: usize,
+}
+
+impl HeadTraining {
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            steps: self.steps,
+            lr: self.lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            eval_every: self.eval_every,
+        }
+    }
 }
 
 impl HeadRun<'_> {
     /// See `Fit::train`.
-    fn fit(
+    pub(crate) fn fit(
         &self,
         init: &[f32],
         progress: &ProgressBar,
@@ -1489,7 +1550,7 @@ impl HeadRun<'_> {
         log: &mut dyn FnMut(serde_json::Value) -> Result<()>,
         sets: &[&str],
     ) -> Result<(usize, Vec<f32>)> {
-        let (hp, name) = (self.hp, self.name);
+        let (hp, name) = (&self.hp, self.name);
         let tensor = |w: Vec<f32>| Tensor::from_vec(w, self.shape, &Device::Cpu);
         let var = Var::from_tensor(&tensor(init.to_vec())?)?;
         let best_var = Var::from_tensor(&tensor(init.to_vec())?)?;
@@ -1514,7 +1575,7 @@ impl HeadRun<'_> {
             None => {
                 let start = check(init)?;
                 log(serde_json::json!({"head": name, "step": 0, "sets": sets,
-                    "dims": self.dims, "ndcg_at_10": start.scores,
+                    "dims": self.dims, self.metric: start.scores,
                     "mean": mean(&start.scores), "guard_spearman": start.guard}))?;
                 let best = (0, mean(&start.scores));
                 self.save_at(0, &rng, f64::NAN, best, &saved, &opt)?;
@@ -1529,6 +1590,11 @@ impl HeadRun<'_> {
                 let grads = l.backward()?;
                 let lr = lr_at(step - 1, hp.warmup, hp.steps, hp.lr);
                 opt.update(&params, &grads, lr, 1.0)?;
+                if self.orthogonal {
+                    let mut w: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+                    project_orthogonal(&mut w, self.shape.1, false)?;
+                    var.set(&tensor(w)?)?;
+                }
                 let v = f64::from(l.to_scalar::<f32>()?);
                 running = if running.is_nan() {
                     v
@@ -1547,7 +1613,7 @@ impl HeadRun<'_> {
                 let m = mean(&scores);
                 log(
                     serde_json::json!({"head": name, "step": step, "loss": running,
-                    "ndcg_at_10": scores, "mean": m, "eligible": eligible,
+                    self.metric: scores, "mean": m, "eligible": eligible,
                     "guard_spearman": guard}),
                 )?;
                 tracing::info!("{name} step {step}: loss {running:.4}, held-out mean {m:.4}");
@@ -1584,13 +1650,13 @@ impl HeadRun<'_> {
 }
 
 /// The mean of every score (0 when there are none).
-fn mean(scores: &[Vec<f64>]) -> f64 {
+pub(crate) fn mean(scores: &[Vec<f64>]) -> f64 {
     let all: Vec<f64> = scores.iter().flatten().copied().collect();
     all.iter().sum::<f64>() / all.len().max(1) as f64
 }
 
 /// Cosine of the `dim`-wide prefixes of `a` and `b` (0 when either is zero there).
-fn prefix_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
+pub(crate) fn prefix_cosine(a: &[f32], b: &[f32], dim: usize) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a[..dim].iter().zip(&b[..dim]) {
         let (x, y) = (f64::from(x), f64::from(y));
@@ -1622,8 +1688,38 @@ fn drop_unearned_width(
     true
 }
 
+/// Projects the first `hidden` rows of `w` (`rows × hidden`, row-major) back onto the
+/// orthogonal matrices and zeroes the rows past them. Each training step moves the head a
+/// little, so three Newton–Schulz rounds `X ← X (3I − XᵀX) / 2` in f32 (candle's matmul)
+/// bring it back to about f32 rounding (Higham 1986, quadratic convergence); should a step
+/// have gone far, or with `exact`, `Rotation::nearest` (the f64 polar factor) answers.
+///
+/// Errors: `Invalid` when those rows are singular or not finite.
+pub(crate) fn project_orthogonal(w: &mut [f32], hidden: usize, exact: bool) -> Result<()> {
+    let square = hidden * hidden;
+    let q = if exact {
+        Rotation::nearest(&w[..square])?.matrix_f32()
+    } else {
+        let mut x = Tensor::from_slice(&w[..square], (hidden, hidden), &Device::Cpu)?;
+        for _ in 0..3 {
+            let gram = x.t()?.matmul(&x)?;
+            x = ((&x * 1.5)? - (x.matmul(&gram)? * 0.5)?)?;
+        }
+        let eye = Tensor::eye(hidden, DType::F32, &Device::Cpu)?;
+        let off: f32 = (x.t()?.matmul(&x)? - eye)?.abs()?.max_all()?.to_scalar()?;
+        if off.is_finite() && off < 1e-4 {
+            x.flatten_all()?.to_vec1()?
+        } else {
+            Rotation::nearest(&w[..square])?.matrix_f32()
+        }
+    };
+    w[..square].copy_from_slice(&q);
+    w[square..].fill(0.0);
+    Ok(())
+}
+
 /// Whether query `id` is held out: a seeded hash of the id, one in `every`.
-fn held(id: &str, seed: u64, every: usize) -> bool {
+pub(crate) fn held(id: &str, seed: u64, every: usize) -> bool {
     let mut h = Rng::new(seed);
     for b in id.bytes() {
         h.state ^= u64::from(b);
@@ -1793,11 +1889,13 @@ mod tests {
             let resume = Resume::open(dir, "recipe").unwrap();
             let head = HeadRun {
                 name: "head",
-                hp: &hp,
+                hp: hp.schedule(),
                 seed: 3,
                 shape: (3, 2),
                 dims: &dims,
                 resume: &resume,
+                metric: "ndcg_at_10",
+                orthogonal: false,
             };
             let mut log = |v: serde_json::Value| -> Result<()> {
                 lines.push(v.to_string());

@@ -10,13 +10,16 @@
 //! step's loss (`elastic`), and the closed-form rotation onto a set's principal axes that a
 //! Matryoshka head can start from (`rotation`); `train` runs the loop, and `bench` is the
 //! training-step workload `mrl bench train` times. `family` is the
-//! cached-teacher recipe: a frozen parent, heads fitted on its cached embeddings.
+//! cached-teacher recipe: a frozen parent, heads fitted on its cached embeddings; `distill`
+//! is its label-free twin on generic text (the shipped default), and `judge` scores a
+//! checkpoint on the zero-shot dev sets and earns its profiles' alignment there.
 
 pub mod bench;
 pub mod calibrate;
 pub mod curriculum;
 pub mod data;
 pub mod dev;
+pub mod distill;
 pub mod elastic;
 pub mod error;
 pub mod eval;
@@ -24,6 +27,7 @@ pub mod export;
 pub mod family;
 pub mod fused;
 pub mod importance;
+pub mod judge;
 pub mod loss;
 pub mod optim;
 /// The closed-form rotation lives in the encoder, where collections use it too.

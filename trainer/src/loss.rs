@@ -102,6 +102,46 @@ pub fn similarity_distillation(
     kl.mean_all()
 }
 
+/// Matryoshka-Adaptor's unsupervised losses (Yoon et al., "Matryoshka-Adaptor", EMNLP 2024,
+/// §3.1) on one batch at one nested size: how far the student's similarities `student`
+/// (`[n, m]`, e.g. cosines of the `k`-dim prefixes) are from the teacher's `teacher` (the
+/// same shape, e.g. full-width cosines; detached). `pairwise` weighs the mean absolute
+/// difference over every pair, `topk` the mean over each row's `k` largest teacher entries
+/// off the diagonal (its nearest neighbours, what a search returns). Zero when the student
+/// reproduces the teacher; the gradient reaches `student` wherever it does not.
+///
+/// Errors: shapes that differ, or `k` not below the number of columns.
+pub fn similarity_structure(
+    student: &Tensor,
+    teacher: &Tensor,
+    k: usize,
+    pairwise: f64,
+    topk: f64,
+) -> Result<Tensor> {
+    let (n, m) = teacher.dims2()?;
+    if student.dims2()? != (n, m) || k == 0 || k >= m {
+        candle_core::bail!(
+            "similarity_structure: student {:?}, teacher {:?}, k {k}",
+            student.dims(),
+            teacher.dims()
+        );
+    }
+    let teacher = teacher.detach();
+    let gap = (student - &teacher)?.abs()?;
+    let values: Vec<Vec<f32>> = teacher.to_dtype(DType::F32)?.to_vec2()?;
+    let mut mask = vec![0f32; n * m];
+    for (i, row) in values.iter().enumerate() {
+        let mut order: Vec<usize> = (0..m).filter(|&j| j != i).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for &j in order.iter().take(k) {
+            mask[i * m + j] = 1.0;
+        }
+    }
+    let mask = Tensor::from_vec(mask, (n, m), teacher.device())?.to_dtype(gap.dtype())?;
+    let near = ((&gap * &mask)?.sum_all()? / (n * k) as f64)?;
+    (gap.mean_all()? * pairwise)? + (near * topk)?
+}
+
 /// |cost − target|, the router's pull toward its budget.
 pub fn cost_loss(cost: &Tensor, target: f64) -> Result<Tensor> {
     (cost - target)?.abs()
@@ -187,6 +227,40 @@ mod tests {
         assert!((both - (at(2) + 3.0 * at(8)) / 4.0).abs() < 1e-10);
         assert!(matryoshka_info_nce(&q, &d, &[2], &[], 0.05).is_err());
         assert!(info_nce(&q, &d.narrow(0, 0, 3).unwrap(), 0.05).is_err());
+    }
+
+    #[test]
+    fn similarity_structure_is_zero_for_the_teacher_and_has_a_gradient_otherwise() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f64, 1.0, (6, 8), &dev).unwrap();
+        let n = normalize_rows(&x).unwrap();
+        let teacher = n.matmul(&n.t().unwrap()).unwrap();
+        let same = similarity_structure(&teacher, &teacher, 2, 1.0, 1.0).unwrap();
+        assert_eq!(same.to_scalar::<f64>().unwrap(), 0.0);
+        // A student that sees only a 3-dim prefix of the same rows.
+        let s = Var::from_tensor(&x.narrow(1, 0, 3).unwrap()).unwrap();
+        let sn = normalize_rows(s.as_tensor()).unwrap();
+        let student = sn.matmul(&sn.t().unwrap()).unwrap();
+        let loss = similarity_structure(&student, &teacher, 2, 1.0, 1.0).unwrap();
+        assert!(loss.to_scalar::<f64>().unwrap() > 0.0);
+        let g = loss.backward().unwrap();
+        let norm = g.get(&s).unwrap().sqr().unwrap().sum_all().unwrap();
+        assert!(norm.to_scalar::<f64>().unwrap() > 0.0);
+        // The top-k term alone is the mean gap over each row's two nearest: checked by hand.
+        let (t, st): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+            (teacher.to_vec2().unwrap(), student.to_vec2().unwrap());
+        let mut want = 0.0;
+        for i in 0..6 {
+            let mut order: Vec<usize> = (0..6).filter(|&j| j != i).collect();
+            order.sort_by(|&a, &b| t[i][b].total_cmp(&t[i][a]));
+            want += order[..2]
+                .iter()
+                .map(|&j| (st[i][j] - t[i][j]).abs())
+                .sum::<f64>();
+        }
+        let near = similarity_structure(&student, &teacher, 2, 0.0, 1.0).unwrap();
+        assert!((near.to_scalar::<f64>().unwrap() - want / 12.0).abs() < 1e-9);
+        assert!(similarity_structure(&student, &teacher, 6, 1.0, 1.0).is_err());
     }
 
     #[test]
