@@ -59,6 +59,43 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
     }
 }
 
+/// The shipped head keeps the full width exact: its first 384 rows are an orthogonal map of
+/// the parent's output, and the parent is the base model with its channels permuted, so
+/// full-width cosines are the base model's (to f16 rounding of the weights), and the widest
+/// size ranks as the full width (its extra rows are zero).
+#[test]
+fn full_width_cosines_are_the_base_models() {
+    let shipped = Embedder::load(shipped()).unwrap();
+    let base = common::embedder();
+    let texts = [
+        "A man is playing a guitar.",
+        "Someone strums a guitar on stage.",
+        "The stock market fell sharply on Monday.",
+        "Vitamin D is made in the skin under sunlight.",
+        "Qdrant stores vectors with payloads.",
+    ];
+    let ours = shipped.embed(&texts, &EmbedOptions::default()).unwrap();
+    let at384 = shipped
+        .embed(&texts, &EmbedOptions::default().dim(384))
+        .unwrap();
+    let theirs = base.embed(&texts, &EmbedOptions::default()).unwrap();
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for i in 0..texts.len() {
+        assert!(ours[i][384..].iter().all(|&x| x == 0.0), "rows past 384");
+        for j in i + 1..texts.len() {
+            let (a, b, c) = (
+                cos(&ours[i], &ours[j]),
+                cos(&at384[i], &at384[j]),
+                cos(&theirs[i], &theirs[j]),
+            );
+            assert!(
+                (a - c).abs() < 2e-3 && (b - c).abs() < 2e-3,
+                "{i},{j}: {a} {b} {c}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
     let e = Embedder::load(shipped()).unwrap();
@@ -110,8 +147,10 @@ fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() 
 }
 
 /// Queries may search another profile's documents only where `mrl.json` declares the two
-/// aligned (here every sub-encoder with `full`); the library and HTTP refuse the rest with an
-/// error naming both profiles.
+/// aligned. The judge (`mrl judge --write`, `trainer/src/judge.rs`) declares a sub-encoder
+/// aligned with `full` only when it earned it on the zero-shot dev sets, and records every
+/// verdict in the provenance; the library and HTTP refuse the rest with an error naming both
+/// profiles.
 #[test]
 fn only_declared_query_profiles_search_another_profiles_documents() {
     use common::server::Server;
@@ -121,11 +160,28 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
 
     let e = Embedder::load(shipped()).unwrap();
     let m = e.manifest().unwrap();
+    let verdicts = m.provenance["alignment"]
+        .as_array()
+        .expect("judged")
+        .clone();
+    let (mut declared, mut refused) = (Vec::new(), Vec::new());
     for p in m.profiles.iter().filter(|p| p.name != "full") {
-        assert_eq!(p.aligned_with, ["full"], "{}", p.name);
-        assert!(e.check_aligned(&p.name, "full").is_ok());
+        let verdict = verdicts
+            .iter()
+            .find(|v| v["profile"] == p.name.as_str())
+            .unwrap_or_else(|| panic!("{} was not judged", p.name));
+        if verdict["earned"] == true {
+            assert_eq!(p.aligned_with, ["full"], "{}", p.name);
+            assert!(e.check_aligned(&p.name, "full").is_ok());
+            declared.push(p.name.clone());
+        } else {
+            assert!(p.aligned_with.is_empty(), "{} did not earn it", p.name);
+            assert!(e.check_aligned(&p.name, "full").is_err());
+            refused.push(p.name.clone());
+        }
         assert!(e.check_aligned("full", &p.name).is_err());
     }
+    assert_eq!(declared.len() + refused.len(), 2, "b50 and b25 are judged");
     assert!(e.check_aligned("b50", "b25").is_err());
     assert!(e.check_aligned("layers=3", "full").is_err());
     // A spec that resolves to the documents' own profile is that profile.
@@ -142,13 +198,22 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
         .open(Arc::new(e))
         .unwrap();
     index.add_documents(docs.clone()).unwrap();
-    let hits = index
-        .search_with(
-            "sunlight and vitamins",
-            &SearchOptions::new(64, 2).profile("b50"),
-        )
-        .unwrap();
-    assert_eq!(hits[0].id, "sun");
+    for p in &declared {
+        let hits = index
+            .search_with(
+                "sunlight and vitamins",
+                &SearchOptions::new(64, 2).profile(p.clone()),
+            )
+            .unwrap();
+        assert_eq!(hits[0].id, "sun");
+    }
+    for p in &refused {
+        let err = index
+            .search_with("sunlight", &SearchOptions::new(64, 2).profile(p.clone()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(p.as_str()) && err.contains("full"), "{err}");
+    }
     let err = index
         .search_with("sunlight", &SearchOptions::new(64, 2).profile("layers=3"))
         .unwrap_err()
@@ -162,7 +227,9 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
         &["--model", shipped_dir.to_str().unwrap()],
     );
     let (_, health) = s.call("GET", "/health", None);
-    assert_eq!(health["aligned_with"]["b50"], json!(["full"]), "{health}");
+    for p in &declared {
+        assert_eq!(health["aligned_with"][p], json!(["full"]), "{health}");
+    }
     for (name, profile) in [("full_docs", "full"), ("b50_docs", "b50")] {
         s.ok(
             "PUT",
@@ -186,20 +253,20 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
             Some(json!({"query": "sunlight and vitamins", "dim": 64, "limit": 2, "profile": profile})),
         )
     };
-    for (name, profile) in [
-        ("full_docs", "b50"),
-        ("full_docs", "b25"),
-        ("b50_docs", "b50"),
-    ] {
+    let mut allowed = vec![("full_docs", "full"), ("b50_docs", "b50")];
+    allowed.extend(declared.iter().map(|p| ("full_docs", p.as_str())));
+    for (name, profile) in allowed {
         let (st, v) = search(name, profile);
         assert_eq!(st, 200, "{name} with {profile}: {v}");
         assert_eq!(v["hits"][0]["id"], "sun", "{name} with {profile}: {v}");
     }
-    for (name, profile, docs_profile) in [
+    let mut forbidden = vec![
         ("b50_docs", "b25", "b50"),
         ("b50_docs", "full", "b50"),
         ("full_docs", "layers=2", "full"),
-    ] {
+    ];
+    forbidden.extend(refused.iter().map(|p| ("full_docs", p.as_str(), "full")));
+    for (name, profile, docs_profile) in forbidden {
         let (st, v) = search(name, profile);
         assert_eq!(st, 400, "{name} with {profile}: {v}");
         assert_eq!(v["error"]["field"], "profile", "{v}");
