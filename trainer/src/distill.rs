@@ -598,22 +598,16 @@ impl DistillFit<'_> {
                     .index_select(&self.texts.batch(rng, hp.batch), 0)?;
                 let teacher = x.matmul(&x.t()?)?;
                 let y = x.matmul(&w.t()?)?;
-                let mut loss: Option<Tensor> = None;
-                for &(dim, weight) in &dims {
+                weighted_sum(&dims, |dim| {
                     let ym = y.narrow(1, 0, dim)?;
                     let s = cosines(&ym, &ym)?;
-                    let mut term = similarity_structure(&s, &teacher, hp.k, hp.pairwise, hp.topk)?;
-                    if hp.kl > 0.0 {
-                        let kl = similarity_distillation(&ym, &x, hp.temperature)?;
-                        term = (term + (kl * hp.kl)?)?;
+                    let term = similarity_structure(&s, &teacher, hp.k, hp.pairwise, hp.topk)?;
+                    if hp.kl == 0.0 {
+                        return Ok(term);
                     }
-                    let term = (term * weight)?;
-                    loss = Some(match loss {
-                        Some(l) => (l + term)?,
-                        None => term,
-                    });
-                }
-                Ok(loss)
+                    let kl = similarity_distillation(&ym, &x, hp.temperature)?;
+                    Ok((term + (kl * hp.kl)?)?)
+                })
             },
             |w| {
                 let y = apply(w, self.width, held_full);
@@ -653,8 +647,7 @@ impl DistillFit<'_> {
                 let xf = self.texts.train("full").index_select(&idx, 0)?;
                 let f = xf.matmul(&fixed.t()?)?;
                 let p = xs.matmul(&w.t()?)?;
-                let mut loss: Option<Tensor> = None;
-                for &(dim, weight) in &dims {
+                weighted_sum(&dims, |dim| {
                     let (fm, pm) = (f.narrow(1, 0, dim)?, p.narrow(1, 0, dim)?);
                     let teacher = cosines(&fm, &fm)?;
                     let cross = cosines(&pm, &fm)?;
@@ -666,13 +659,8 @@ impl DistillFit<'_> {
                         .sum(1)?
                         .mean_all()?;
                     let distance = ((diagonal.neg()? + 1.0)? * hp.cosine)?;
-                    let term = ((structure + distance)? * weight)?;
-                    loss = Some(match loss {
-                        Some(l) => (l + term)?,
-                        None => term,
-                    });
-                }
-                Ok(loss)
+                    Ok((structure + distance)?)
+                })
             },
             |w| {
                 let q = apply(w, self.width, held_sub);
@@ -754,6 +742,22 @@ impl DistillFit<'_> {
             })
             .collect()
     }
+}
+
+/// `Σ weight · term(dim)` over the loss's nested sizes (`None` when there are none).
+fn weighted_sum(
+    dims: &[(usize, f64)],
+    mut term: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for &(dim, weight) in dims {
+        let t = (term(dim)? * weight)?;
+        sum = Some(match sum {
+            Some(acc) => (acc + t)?,
+            None => t,
+        });
+    }
+    Ok(sum)
 }
 
 fn rows_of(
