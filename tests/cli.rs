@@ -317,3 +317,196 @@ fn bench_train_measures_both_kernel_sets_to_the_same_losses_and_resumes() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--kernels"));
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// `mrl judge` end to end on a small set: every profile is scored symmetric and against
+/// `full` documents beside the base model and its rotation baseline, full width matches the
+/// base model (the shipped head is orthogonal), and `--write` declares exactly the
+/// sub-encoders that met their threshold and clears the others; bad rules name the flag.
+#[test]
+fn judge_scores_every_profile_and_writes_only_earned_alignment() {
+    let tmp = std::env::temp_dir().join(format!("mrl-cli-judge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let set = tmp.join("set");
+    std::fs::create_dir_all(set.join("qrels")).unwrap();
+    let topics = [
+        (
+            "sun",
+            "Vitamin D is made in the skin under sunlight.",
+            "How do we get vitamin D?",
+        ),
+        (
+            "guitar",
+            "A man plays an acoustic guitar on a stage.",
+            "Someone playing music",
+        ),
+        (
+            "stocks",
+            "The stock market fell sharply on Monday.",
+            "Shares dropped this week",
+        ),
+        (
+            "rain",
+            "Heavy rain flooded the streets of the city.",
+            "Storm causes flooding",
+        ),
+        (
+            "code",
+            "The compiler rejects programs with type errors.",
+            "Why won't my program build?",
+        ),
+        (
+            "tea",
+            "Green tea contains caffeine and antioxidants.",
+            "Is there caffeine in tea?",
+        ),
+    ];
+    let (mut corpus, mut queries, mut qrels) = (String::new(), String::new(), String::new());
+    qrels.push_str("query-id\tcorpus-id\tscore\r\n");
+    for (i, (id, doc, query)) in topics.iter().enumerate() {
+        corpus.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"_id": id, "text": doc})
+        ));
+        queries.push_str(&format!(
+            "{}\n",
+            serde_json::json!({"_id": format!("q{i}"), "text": query})
+        ));
+        qrels.push_str(&format!("q{i}\t{id}\t1\r\n"));
+    }
+    std::fs::write(set.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(set.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(set.join("qrels/test.tsv"), qrels).unwrap();
+    let sts = tmp.join("sts.csv");
+    let pairs = [
+        (5.0, "A man is playing a guitar.", "A man plays the guitar."),
+        (0.2, "A man is playing a guitar.", "The stock market fell."),
+        (4.0, "It is raining in the city.", "Rain falls on the town."),
+        (
+            0.5,
+            "Green tea has caffeine.",
+            "The compiler found an error.",
+        ),
+        (
+            3.2,
+            "Vitamin D comes from sunlight.",
+            "Sunshine helps the body make vitamins.",
+        ),
+        (1.0, "A dog runs in the park.", "Shares dropped on Monday."),
+    ];
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|(s, a, b)| format!("main\tx\t2012\t1\t{s}\t{a}\t{b}"))
+        .collect();
+    std::fs::write(&sts, lines.join("\n")).unwrap();
+    // A copy of the shipped checkpoint, so --write touches nothing of the repository.
+    let model = tmp.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let shipped = common::root().join("models/mrl-minilm-elastic");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(model.join("1_Pooling")).unwrap();
+    std::fs::copy(
+        shipped.join("1_Pooling/config.json"),
+        model.join("1_Pooling/config.json"),
+    )
+    .unwrap();
+    let judge = |align: &[&str]| {
+        let (m, b, c) = (
+            model.display().to_string(),
+            common::model_dir().display().to_string(),
+            tmp.join("cache").display().to_string(),
+        );
+        let (beir, sts, out) = (
+            format!("{}:test", set.display()),
+            sts.display().to_string(),
+            tmp.join("judge.json").display().to_string(),
+        );
+        let mut args = vec![
+            "judge", "--model", &m, "--base", &b, "--beir", &beir, "--sts", &sts, "--cache", &c,
+            "--out", &out, "--write",
+        ];
+        for a in align {
+            args.extend(["--align", a]);
+        }
+        mrl(&args, None)
+    };
+    let out = judge(&["b50=0", "b25=5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("b50 -> full") && table.contains("not aligned"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.join("judge.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let find = |set: &str, model: &str, q: &str, d: &str, dim: u64| {
+        rows.iter()
+            .find(|r| {
+                r["set"].as_str().unwrap().starts_with(set)
+                    && r["model"] == model
+                    && r["query_profile"] == q
+                    && r["profile"] == d
+                    && r["dim"] == dim
+            })
+            .unwrap_or_else(|| panic!("no {set} {model} {q} -> {d} at {dim}"))
+            .clone()
+    };
+    for s in ["set/test", "sts.csv"] {
+        // Full width is the base model's.
+        let full = find(s, "model", "full", "full", 384)["share_of_base"]
+            .as_f64()
+            .unwrap();
+        assert!((full - 1.0).abs() < 0.02, "{s}: {full}");
+        assert_eq!(find(s, "base", "full", "full", 384)["share_of_base"], 1.0);
+        for (q, d) in [("b50", "b50"), ("b50", "full"), ("b25", "full")] {
+            let r = find(s, "model", q, d, 64);
+            assert!(r["score"].as_f64().unwrap().is_finite(), "{r}");
+        }
+        find(s, "rotation", "full", "full", 64);
+    }
+    let manifest = |dir: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("mrl.json")).unwrap()).unwrap()
+    };
+    let aligned = |name: &str| {
+        let m = manifest(&model);
+        let p = m["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone();
+        p.get("aligned_with").cloned()
+    };
+    assert_eq!(aligned("b50"), Some(serde_json::json!(["full"])));
+    assert_eq!(aligned("b25"), None);
+    assert_eq!(
+        manifest(&model)["provenance"]["alignment"][1]["earned"],
+        false
+    );
+    // A stricter rule takes it back.
+    let out = judge(&["b50=5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(aligned("b50"), None);
+    // Bad rules are errors naming the flag or the profile.
+    let err = judge(&["b50"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("--align"));
+    let err = judge(&["b75=0.9"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("b75"));
+    let _ = std::fs::remove_dir_all(&tmp);
+}
