@@ -434,7 +434,7 @@ fn judge_scores_every_profile_and_writes_only_earned_alignment() {
         }
         mrl(&args, None)
     };
-    let out = judge(&["b50=0", "b25=5"]);
+    let out = judge(&["b50=0", "b25=1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -487,26 +487,44 @@ fn judge_scores_every_profile_and_writes_only_earned_alignment() {
             .clone();
         p.get("aligned_with").cloned()
     };
-    assert_eq!(aligned("b50"), Some(serde_json::json!(["full"])));
-    assert_eq!(aligned("b25"), None);
+    // Each judged profile is declared exactly when its recorded verdict says it earned it.
+    let follows_verdicts = || {
+        let m = manifest(&model);
+        for v in m["provenance"]["alignment"].as_array().unwrap() {
+            let p = v["profile"].as_str().unwrap();
+            let declared = aligned(p) == Some(serde_json::json!(["full"]));
+            assert_eq!(declared, v["earned"] == true, "{p}: {v}");
+        }
+    };
     assert_eq!(
-        manifest(&model)["provenance"]["alignment"][1]["earned"],
-        false
+        aligned("b50"),
+        Some(serde_json::json!(["full"])),
+        "a rule of 0 is met"
     );
-    // A stricter rule takes it back.
-    let out = judge(&["b50=5"]);
+    assert_eq!(
+        aligned("b25"),
+        None,
+        "b25 kept less than all of full's score somewhere"
+    );
+    follows_verdicts();
+    // Another judgement rewrites only the profiles it has rules for.
+    let out = judge(&["b50=1"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(aligned("b50"), None);
+    follows_verdicts();
+    assert_eq!(aligned("b25"), None);
     // Bad rules are errors naming the flag or the profile.
     let err = judge(&["b50"]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("--align"));
-    let err = judge(&["b75=0.9"]);
-    assert!(!err.status.success());
-    assert!(String::from_utf8_lossy(&err.stderr).contains("b75"));
+    for bad in [&["b75=0.9"][..], &["b50=1.5"], &["b50=0.9", "b50=0.5"]] {
+        let err = judge(bad);
+        assert!(!err.status.success(), "{bad:?}");
+        let msg = String::from_utf8_lossy(&err.stderr);
+        assert!(msg.contains(bad[0].split('=').next().unwrap()), "{msg}");
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -150,9 +150,9 @@ impl Rotation {
     /// The orthogonal matrix nearest to a `d × d` row-major matrix in Frobenius norm: its
     /// polar factor `U Vᵀ` for `M = U Σ Vᵀ` (Higham, "Computing the polar decomposition",
     /// 1986). A trained head is projected back onto the orthogonal matrices with this after
-    /// each step, so full-width cosines stay the parent's. Near an orthogonal matrix (a small
-    /// step away) the Newton–Schulz iteration `X ← X (3I − XᵀX) / 2` converges quadratically
-    /// and costs a few matrix products; elsewhere the SVD answers.
+    /// each step, so full-width cosines stay the parent's. Near an orthogonal matrix
+    /// (‖MᵀM − I‖_F < 1) the Newton–Schulz iteration `X ← X (3I − XᵀX) / 2` converges
+    /// quadratically and costs a few matrix products; elsewhere the SVD answers.
     ///
     /// Errors: `InvalidVectors` when the length is not a square's, a value is not finite, or
     /// the matrix is singular (no unique polar factor).
@@ -163,9 +163,10 @@ impl Rotation {
         let identity = DMatrix::<f64>::identity(dim, dim);
         let off = |x: &DMatrix<f64>| (x.transpose() * x - &identity).amax();
         let mut x = m.clone();
-        // Newton–Schulz converges when every singular value is in (0, √3); 0.5 keeps it
-        // quick. A few rounds past 1e-13 fix the last bits.
-        let mut converged = off(&x) < 0.5;
+        // Newton–Schulz maps each singular value σ to σ(3 − σ²)/2: it converges to the polar
+        // factor for σ in (0, √3) and to a wrong sign past it. ‖XᵀX − I‖_F < 1 bounds every
+        // σ² in (0, 2), so only then does it start; elsewhere the SVD answers.
+        let mut converged = (x.transpose() * &x - &identity).norm() < 1.0;
         if converged {
             for _ in 0..30 {
                 let gram = x.transpose() * &x;
@@ -459,6 +460,16 @@ mod tests {
                     .fold(0.0, f64::max);
                 assert!(dist < 0.05, "moved by {dist}");
             }
+        }
+        // Entries of MᵀM − I all below 0.5 do not bound its singular values: M = I + 11ᵀ/8
+        // has one at 2, where Newton–Schulz would converge to a reflection. The answer is I.
+        let m: Vec<f32> = (0..64)
+            .map(|k| if k % 9 == 0 { 1.125 } else { 0.125 })
+            .collect();
+        let q = Rotation::nearest(&m).unwrap();
+        for (k, v) in q.rows.iter().enumerate() {
+            let want = if k % 9 == 0 { 1.0 } else { 0.0 };
+            assert!((v - want).abs() < 1e-9, "entry {k}: {v}");
         }
         assert!(Rotation::nearest(&[0.0; 16]).is_err());
         assert!(Rotation::nearest(&[1.0; 3]).is_err());

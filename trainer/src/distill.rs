@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - The shared head's first `hidden` rows stay an orthogonal matrix: the fit projects them
-//!   back after every step (`Rotation::nearest`), so full-width cosines are the parent's
-//!   whatever the training did (test: `full_width_cosines_stay_the_parents`).
+//!   back after every step (Newton–Schulz rounds, `family::project_orthogonal`) and the
+//!   chosen head onto its exact polar factor (`Rotation::nearest`), so full-width cosines are
+//!   the parent's whatever the training did (test: `full_width_cosines_stay_the_parents`).
 //! - Rows past the parent's width stay zero: without labels nothing can earn them, so the
 //!   widest size ranks exactly as the parent's width.
 //! - The recipe reads no text of a zero-shot dev set: a path naming SciFact or NFCorpus, or a
@@ -199,6 +200,12 @@ impl DistillConfig {
         if self.nested_dims.is_empty() || self.nested_dims.len() != self.dim_weights.len() {
             return bad("nested_dims and dim_weights must be non-empty and the same length");
         }
+        let ascending = self.nested_dims.windows(2).all(|w| w[0] < w[1]);
+        let weights_ok = self.dim_weights.iter().all(|w| *w >= 0.0)
+            && self.dim_weights.iter().sum::<f64>() > 0.0;
+        if self.nested_dims[0] == 0 || !ascending || !weights_ok {
+            return bad("nested_dims must ascend from ≥ 1; dim_weights ≥ 0 with a positive sum");
+        }
         if self.holdout < 2 || self.checks < 20 || self.neighbours == 0 {
             return bad("holdout ≥ 2, checks ≥ 20 and neighbours ≥ 1 are needed");
         }
@@ -357,26 +364,24 @@ struct Texts {
 }
 
 impl Texts {
-    fn train(&self, profile: &str) -> &Tensor {
-        &self
-            .train
+    fn train(&self, profile: &str) -> Result<&Tensor> {
+        self.train
             .iter()
             .find(|(n, _)| n == profile)
-            .expect("every profile is embedded")
-            .1
+            .map(|(_, t)| t)
+            .ok_or_else(|| not_embedded(profile))
     }
 
-    fn held(&self, profile: &str) -> &[Vec<f32>] {
-        &self
-            .held
+    fn held(&self, profile: &str) -> Result<&[Vec<f32>]> {
+        self.held
             .iter()
             .find(|(n, _)| n == profile)
-            .expect("every profile is embedded")
-            .1
+            .map(|(_, h)| h.as_slice())
+            .ok_or_else(|| not_embedded(profile))
     }
 
     /// `size` training rows: anchors, each followed by one of its neighbours, no row twice.
-    fn batch(&self, rng: &mut Rng, size: usize) -> Tensor {
+    fn batch(&self, rng: &mut Rng, size: usize) -> Result<Tensor> {
         let n = self.neighbours.len();
         let (mut seen, mut picked) = (HashSet::new(), Vec::with_capacity(size));
         for _ in 0..size * 4 {
@@ -396,8 +401,12 @@ impl Texts {
                 }
             }
         }
-        Tensor::new(picked, &Device::Cpu).expect("a vector of indices is a tensor")
+        Ok(Tensor::new(picked, &Device::Cpu)?)
     }
+}
+
+fn not_embedded(profile: &str) -> TrainerError {
+    TrainerError::Invalid(format!("profile {profile:?} was not embedded"))
 }
 
 /// Runs the recipe: caches, fits, checks, writes `OUT/model`. Rerunning resumes.
@@ -406,6 +415,7 @@ impl Texts {
 /// errors.
 pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<DistillSummary> {
     let start = Instant::now();
+    cfg.validate()?;
     let parent = Parent::load(&cfg.parent, &cfg.nested_dims, &cfg.profiles)?;
     // The parent's calibration read text too: it must not be a zero-shot set's either.
     let calibrated_on = parent_provenance(&parent)["calibration"]["files"].clone();
@@ -435,15 +445,15 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
         truth: Vec::new(),
     };
     for (pname, _) in &parent.profiles {
-        let (t, h) = &vectors[pname];
+        let (t, h) = vectors.get(pname).ok_or_else(|| not_embedded(pname))?;
         let rows = unit_rows(t);
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let tensor = Tensor::from_vec(flat, (rows.len(), parent.hidden), &Device::Cpu)?;
         texts.train.push((pname.clone(), tensor));
         texts.held.push((pname.clone(), unit_rows(h)));
     }
-    texts.neighbours = nearest_neighbours(texts.train("full"), cfg.neighbours)?;
-    let held_full = texts.held("full");
+    texts.neighbours = nearest_neighbours(texts.train("full")?, cfg.neighbours)?;
+    let held_full = texts.held("full")?;
     let flat: Vec<f32> = held_full.iter().flatten().copied().collect();
     texts.truth = nearest_neighbours(
         &Tensor::from_vec(flat, (held_full.len(), parent.hidden), &Device::Cpu)?,
@@ -451,7 +461,7 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     )?;
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
-    let key = recipe_key(cfg, &cache, &train, &held_out)?;
+    let key = recipe_key(cfg, &cache, &parent, &train, &held_out)?;
     let resume = Resume::open(&cfg.out.join("state"), &key)?;
     let mut log = Metrics::open(&cfg.out.join("metrics.jsonl"), resume.resuming)?;
     let fit = DistillFit {
@@ -471,8 +481,8 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     let mut report = fit.report_rows("full", &shared, &rotation)?;
     let mut subs = Vec::new();
     for (pname, _) in parent.profiles.iter().skip(1) {
-        let (sd, _) = &vectors[pname];
-        let (fd, _) = &vectors["full"];
+        let (sd, _) = vectors.get(pname).ok_or_else(|| not_embedded(pname))?;
+        let (fd, _) = vectors.get("full").ok_or_else(|| not_embedded("full"))?;
         let map = fit_linear_map(sd, fd, cfg.ridge)?;
         let init = matmul(&shared, parent.width, &map, parent.hidden);
         let (step, head) = fit.sub(pname, &init, &shared, progress, &mut log)?;
@@ -515,10 +525,11 @@ fn parent_provenance(parent: &Parent) -> serde_json::Value {
 }
 
 /// What the saved head state is keyed by: this build, the recipe, the parent's weights and
-/// the texts themselves.
+/// profiles (a recalibration can change a profile and keep the weights), and the texts.
 fn recipe_key(
     cfg: &DistillConfig,
     cache: &EmbeddingCache,
+    parent: &Parent,
     train: &[String],
     held_out: &[String],
 ) -> Result<String> {
@@ -526,6 +537,9 @@ fn recipe_key(
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
     h.update(cache.weights_sha256().as_bytes());
+    for (name, p) in &parent.profiles {
+        h.update(format!("{name}={p};").as_bytes());
+    }
     for t in train.iter().chain(held_out) {
         h.update((t.len() as u64).to_le_bytes());
         h.update(t.as_bytes());
@@ -546,7 +560,7 @@ impl DistillFit<'_> {
     /// The shared head's start: the rotation onto the training texts' uncentred principal
     /// axes (full profile), zero rows past the parent's width; `width × hidden`.
     fn rotation(&self) -> Result<Vec<f32>> {
-        let rows: Vec<Vec<f32>> = self.texts.train("full").to_vec2()?;
+        let rows: Vec<Vec<f32>> = self.texts.train("full")?.to_vec2()?;
         let mut w = Rotation::fit(&rows)?.matrix_f32();
         w.resize(self.width * self.hidden, 0.0);
         Ok(w)
@@ -587,15 +601,15 @@ impl DistillFit<'_> {
     ) -> Result<(usize, Vec<f32>)> {
         let hp = &self.cfg.head;
         let dims = self.dims(true);
-        let held_full = self.texts.held("full");
+        let held_full = self.texts.held("full")?;
         self.run("head", hp, true).fit(
             rotation,
             progress,
             |w, rng| {
                 let x = self
                     .texts
-                    .train("full")
-                    .index_select(&self.texts.batch(rng, hp.batch), 0)?;
+                    .train("full")?
+                    .index_select(&self.texts.batch(rng, hp.batch)?, 0)?;
                 let teacher = x.matmul(&x.t()?)?;
                 let y = x.matmul(&w.t()?)?;
                 weighted_sum(&dims, |dim| {
@@ -635,16 +649,16 @@ impl DistillFit<'_> {
         let hp = &self.cfg.sub;
         let dims = self.dims(false);
         let fixed = Tensor::from_vec(shared.to_vec(), (self.width, self.hidden), &Device::Cpu)?;
-        let held_docs = apply(shared, self.width, self.texts.held("full"));
-        let held_sub = self.texts.held(pname);
+        let held_docs = apply(shared, self.width, self.texts.held("full")?);
+        let held_sub = self.texts.held(pname)?;
         let name = format!("heads.{pname}");
         self.run(&name, hp, false).fit(
             init,
             progress,
             |w, rng| {
-                let idx = self.texts.batch(rng, hp.batch);
-                let xs = self.texts.train(pname).index_select(&idx, 0)?;
-                let xf = self.texts.train("full").index_select(&idx, 0)?;
+                let idx = self.texts.batch(rng, hp.batch)?;
+                let xs = self.texts.train(pname)?.index_select(&idx, 0)?;
+                let xf = self.texts.train("full")?.index_select(&idx, 0)?;
                 let f = xf.matmul(&fixed.t()?)?;
                 let p = xs.matmul(&w.t()?)?;
                 weighted_sum(&dims, |dim| {
@@ -684,7 +698,7 @@ impl DistillFit<'_> {
     /// The shared head's report rows: chosen, rotation, plain prefix.
     fn report_rows(&self, pname: &str, w: &[f32], start: &[f32]) -> Result<Vec<RecallRow>> {
         let (held, dims, truth) = (
-            self.texts.held(pname),
+            self.texts.held(pname)?,
             &self.cfg.nested_dims,
             &self.texts.truth,
         );
@@ -704,11 +718,11 @@ impl DistillFit<'_> {
         shared: &[f32],
     ) -> Result<Vec<RecallRow>> {
         let (held, dims, truth) = (
-            self.texts.held(pname),
+            self.texts.held(pname)?,
             &self.cfg.nested_dims,
             &self.texts.truth,
         );
-        let docs = apply(shared, self.width, self.texts.held("full"));
+        let docs = apply(shared, self.width, self.texts.held("full")?);
         let (q, q0) = (apply(w, self.width, held), apply(start, self.width, held));
         let mut rows = rows_of(
             pname,
@@ -716,7 +730,7 @@ impl DistillFit<'_> {
             dims,
             &neighbour_recall(&q, &docs, truth, dims)?,
             &neighbour_recall(&q0, &docs, truth, dims)?,
-            &self.plain(held, self.texts.held("full"))?,
+            &self.plain(held, self.texts.held("full")?)?,
         );
         rows.extend(rows_of(
             pname,

@@ -1697,21 +1697,28 @@ fn drop_unearned_width(
 /// Errors: `Invalid` when those rows are singular or not finite.
 pub(crate) fn project_orthogonal(w: &mut [f32], hidden: usize, exact: bool) -> Result<()> {
     let square = hidden * hidden;
-    let q = if exact {
-        Rotation::nearest(&w[..square])?.matrix_f32()
-    } else {
-        let mut x = Tensor::from_slice(&w[..square], (hidden, hidden), &Device::Cpu)?;
+    let eye = Tensor::eye(hidden, DType::F32, &Device::Cpu)?;
+    let mut x = Tensor::from_slice(&w[..square], (hidden, hidden), &Device::Cpu)?;
+    // ‖XᵀX − I‖_F < 1 keeps every singular value below √2, where the rounds converge to
+    // the polar factor (past √3 they would flip its sign); see `Rotation::nearest`.
+    let start: f32 = (x.t()?.matmul(&x)? - &eye)?
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar()?;
+    let mut near = !exact && start.is_finite() && start < 1.0;
+    if near {
         for _ in 0..3 {
             let gram = x.t()?.matmul(&x)?;
             x = ((&x * 1.5)? - (x.matmul(&gram)? * 0.5)?)?;
         }
-        let eye = Tensor::eye(hidden, DType::F32, &Device::Cpu)?;
-        let off: f32 = (x.t()?.matmul(&x)? - eye)?.abs()?.max_all()?.to_scalar()?;
-        if off.is_finite() && off < 1e-4 {
-            x.flatten_all()?.to_vec1()?
-        } else {
-            Rotation::nearest(&w[..square])?.matrix_f32()
-        }
+        let off: f32 = (x.t()?.matmul(&x)? - &eye)?.abs()?.max_all()?.to_scalar()?;
+        near = off.is_finite() && off < 1e-4;
+    }
+    let q = if near {
+        x.flatten_all()?.to_vec1()?
+    } else {
+        Rotation::nearest(&w[..square])?.matrix_f32()
     };
     w[..square].copy_from_slice(&q);
     w[square..].fill(0.0);

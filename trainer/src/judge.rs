@@ -101,11 +101,16 @@ pub struct JudgeReport {
 
 /// The alignment rule: `(asymmetric, symmetric full)` scores at every set × size, each
 /// labelled; earned when every asymmetric score is at least `threshold` × its symmetric one.
-/// Returns the smallest share, where it was, and the verdict.
+/// A score that is not finite, or a symmetric score that is not positive, cannot be judged
+/// and fails the rule. Returns the smallest share, where it was, and the verdict.
 pub fn earned(scores: &[(String, f64, f64)], threshold: f64) -> (f64, String, bool) {
     let mut worst = (f64::INFINITY, String::new());
     for (at, asym, sym) in scores {
-        let share = if *sym > 0.0 { asym / sym } else { 0.0 };
+        let share = if asym.is_finite() && sym.is_finite() && *sym > 0.0 {
+            asym / sym
+        } else {
+            f64::NEG_INFINITY
+        };
         if share < worst.0 {
             worst = (share, at.clone());
         }
@@ -214,6 +219,16 @@ impl Judged {
         })
     }
 
+    /// The nested sizes `profile`'s output holds (a profile narrower than the widest has
+    /// fewer, on a checkpoint without a head).
+    fn dims_of(&self, profile: &str) -> Result<Vec<usize>> {
+        let width = self
+            .embedder
+            .model()
+            .output_width(&self.embedder.profile(Some(profile))?);
+        Ok(self.dims.iter().copied().filter(|&d| d <= width).collect())
+    }
+
     fn vectors(&self, set: &SetTexts, profile: &str, progress: &ProgressBar) -> Result<Vectors> {
         let p = self.embedder.profile(Some(profile))?;
         progress.set_message(format!("embedding {} ({profile})", set.name));
@@ -290,7 +305,8 @@ pub fn judge(opts: &JudgeOptions, progress: &ProgressBar) -> Result<JudgeReport>
             }
             for p in m.profiles.iter().skip(1) {
                 let v = m.vectors(&texts, p, progress)?;
-                for (i, &dim) in m.dims.iter().enumerate() {
+                for dim in m.dims_of(p)? {
+                    let i = m.dims.iter().position(|&d| d == dim).unwrap_or_default();
                     rows.push(row(label, p, p, dim, texts.score(&v, &v, dim)?));
                     if m.embedder.check_aligned(p, "full").is_ok() || *label == "model" {
                         let asym = texts.score(&v, &full, dim)?;
@@ -342,15 +358,29 @@ pub fn write_alignment(model: &Path, verdicts: &[AlignmentVerdict]) -> Result<()
         .and_then(|p| p.as_array_mut())
         .ok_or_else(|| bad("no profiles".into()))?;
     for v in verdicts {
+        if v.profile == "full" {
+            return Err(bad(
+                "full is what the others align with, not a query profile".into(),
+            ));
+        }
         let entry = profiles
             .iter_mut()
             .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(v.profile.as_str()))
             .and_then(|p| p.as_object_mut())
             .ok_or_else(|| bad(format!("no profile {:?}", v.profile)))?;
+        // Only the pair judged changes; other declared document profiles stay.
+        let mut with: Vec<String> = entry
+            .get("aligned_with")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        with.retain(|p| p != "full");
         if v.earned {
-            entry.insert("aligned_with".into(), serde_json::json!(["full"]));
-        } else {
+            with.insert(0, "full".into());
+        }
+        if with.is_empty() {
             entry.remove("aligned_with");
+        } else {
+            entry.insert("aligned_with".into(), serde_json::json!(with));
         }
     }
     let provenance = manifest
@@ -358,6 +388,10 @@ pub fn write_alignment(model: &Path, verdicts: &[AlignmentVerdict]) -> Result<()
         .ok_or_else(|| bad("not an object".into()))?
         .entry("provenance")
         .or_insert_with(|| serde_json::json!({}));
+    if !provenance.is_object() {
+        // Keep whatever was there, beside the verdicts.
+        *provenance = serde_json::json!({ "earlier": provenance.take() });
+    }
     if let Some(p) = provenance.as_object_mut() {
         p.insert("alignment".into(), serde_json::json!(verdicts));
     }
@@ -391,6 +425,9 @@ mod tests {
         // Nothing judged earns nothing; a zero symmetric score counts as a zero share.
         assert!(!earned(&[], 0.9).2);
         assert!(!earned(&[(at("z"), 0.1, 0.0)], 0.9).2);
+        // A score that cannot be judged fails even a zero threshold.
+        assert!(!earned(&[(at("z"), f64::NAN, 0.5)], 0.0).2);
+        assert!(!earned(&[(at("a"), 0.5, 0.5), (at("z"), 0.5, f64::NAN)], 0.0).2);
     }
 
     #[test]
@@ -402,7 +439,7 @@ mod tests {
             "profiles": [
                 {"name": "full"},
                 {"name": "b50", "aligned_with": ["full"]},
-                {"name": "b25"},
+                {"name": "b25", "aligned_with": ["b50"]},
             ],
             "provenance": {"method": "x"},
         });
@@ -420,11 +457,12 @@ mod tests {
         assert!(back["profiles"][1].get("aligned_with").is_none());
         assert_eq!(
             back["profiles"][2]["aligned_with"],
-            serde_json::json!(["full"])
+            serde_json::json!(["full", "b50"])
         );
         assert_eq!(back["provenance"]["method"], "x");
         assert_eq!(back["provenance"]["alignment"][1]["earned"], true);
         assert!(write_alignment(&dir, &[verdict("b75", true)]).is_err());
+        assert!(write_alignment(&dir, &[verdict("full", true)]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -106,7 +106,8 @@ pub fn similarity_distillation(
 /// §3.1) on one batch at one nested size: how far the student's similarities `student`
 /// (`[n, m]`, e.g. cosines of the `k`-dim prefixes) are from the teacher's `teacher` (the
 /// same shape, e.g. full-width cosines; detached). `pairwise` weighs the mean absolute
-/// difference over every pair, `topk` the mean over each row's `k` largest teacher entries
+/// difference over every entry (the diagonal too: between two sets of vectors it is each
+/// text's cosine to its own teacher vector), `topk` the mean over each row's `k` largest teacher entries
 /// off the diagonal (its nearest neighbours, what a search returns). Zero when the student
 /// reproduces the teacher; the gradient reaches `student` wherever it does not.
 ///
