@@ -10,11 +10,13 @@
 //! - Rows past the parent's width stay zero: without labels nothing can earn them, so the
 //!   widest size ranks exactly as the parent's width.
 //! - The recipe reads no text of a zero-shot dev set: a path naming SciFact or NFCorpus, or a
-//!   dev or test split, is refused before anything runs (`check_zero_shot`).
+//!   dev or test split, is refused before anything runs (`check_zero_shot`). A path cannot
+//!   show shared content: the shipped recipe also leaves STS-B train out, whose sentences
+//!   include 249 of STS-B dev's.
 //! - No sub-encoder is declared aligned with `full` here: `judge` earns that on the zero-shot
 //!   dev sets, after training, and writes it.
 //!
-//! Pipeline: `[[texts]]` (passages drawn evenly, both sides of pairs, STS-B train
+//! Pipeline: `[[texts]]` (passages drawn evenly, both sides of pairs, optionally STS-format
 //! sentences), deduplicated, every `holdout`-th held out by a seeded hash of the text → each
 //! profile's pooled vectors, cached (`eval::embed_cached`, resumable) → each training text's
 //! `neighbours` nearest by the parent's full width → the shared head starts as the rotation
