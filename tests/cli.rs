@@ -5,6 +5,24 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+/// A BEIR folder in `dir`: document `d{i}` and query `q{i}` from `pairs[i]`, each query
+/// judging its own document relevant (split `test`).
+fn write_beir(dir: &std::path::Path, pairs: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let (mut corpus, mut queries) = (String::new(), String::new());
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\r\n");
+    for (i, (doc, query)) in pairs.iter().enumerate() {
+        let d = serde_json::json!({"_id": format!("d{i}"), "title": "", "text": doc});
+        let q = serde_json::json!({"_id": format!("q{i}"), "text": query});
+        corpus.push_str(&format!("{d}\n"));
+        queries.push_str(&format!("{q}\n"));
+        qrels.push_str(&format!("q{i}\td{i}\t1\r\n"));
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels").join("test.tsv"), qrels).unwrap();
+}
+
 fn mrl(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mrl"))
         .args(args)
@@ -140,7 +158,6 @@ fn errors_are_clear_and_nonzero() {
 fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
     let dir = std::env::temp_dir().join(format!("mrl-cli-beir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("qrels")).unwrap();
     let topics = [
         "The cat sat on the warm windowsill all afternoon.",
         "Quarterly revenue grew by twelve percent in Europe.",
@@ -149,23 +166,8 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
         "A new vaccine reduced influenza hospitalisations.",
         "Glaciers in the Alps are retreating every summer.",
     ];
-    let corpus: String = topics
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("{{\"_id\":\"d{i}\",\"title\":\"\",\"text\":\"{t}\"}}\n"))
-        .collect();
-    let queries: String = topics
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("{{\"_id\":\"q{i}\",\"text\":\"{t}\"}}\n"))
-        .collect();
-    let mut qrels = String::from("query-id\tcorpus-id\tscore\r\n");
-    for i in 0..topics.len() {
-        qrels.push_str(&format!("q{i}\td{i}\t1\r\n"));
-    }
-    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
-    std::fs::write(dir.join("qrels").join("test.tsv"), qrels).unwrap();
+    let pairs: Vec<(&str, &str)> = topics.iter().map(|t| (*t, *t)).collect();
+    write_beir(&dir, &pairs);
     let out_dir = dir.join("out");
     let json = out_dir.join("retrieval.json");
     let index = dir.join("index");
@@ -327,55 +329,35 @@ fn judge_scores_every_profile_and_writes_only_earned_alignment() {
     let tmp = std::env::temp_dir().join(format!("mrl-cli-judge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let set = tmp.join("set");
-    std::fs::create_dir_all(set.join("qrels")).unwrap();
-    let topics = [
-        (
-            "sun",
-            "Vitamin D is made in the skin under sunlight.",
-            "How do we get vitamin D?",
-        ),
-        (
-            "guitar",
-            "A man plays an acoustic guitar on a stage.",
-            "Someone playing music",
-        ),
-        (
-            "stocks",
-            "The stock market fell sharply on Monday.",
-            "Shares dropped this week",
-        ),
-        (
-            "rain",
-            "Heavy rain flooded the streets of the city.",
-            "Storm causes flooding",
-        ),
-        (
-            "code",
-            "The compiler rejects programs with type errors.",
-            "Why won't my program build?",
-        ),
-        (
-            "tea",
-            "Green tea contains caffeine and antioxidants.",
-            "Is there caffeine in tea?",
-        ),
-    ];
-    let (mut corpus, mut queries, mut qrels) = (String::new(), String::new(), String::new());
-    qrels.push_str("query-id\tcorpus-id\tscore\r\n");
-    for (i, (id, doc, query)) in topics.iter().enumerate() {
-        corpus.push_str(&format!(
-            "{}\n",
-            serde_json::json!({"_id": id, "text": doc})
-        ));
-        queries.push_str(&format!(
-            "{}\n",
-            serde_json::json!({"_id": format!("q{i}"), "text": query})
-        ));
-        qrels.push_str(&format!("q{i}\t{id}\t1\r\n"));
-    }
-    std::fs::write(set.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(set.join("queries.jsonl"), queries).unwrap();
-    std::fs::write(set.join("qrels/test.tsv"), qrels).unwrap();
+    write_beir(
+        &set,
+        &[
+            (
+                "Vitamin D is made in the skin under sunlight.",
+                "How do we get vitamin D?",
+            ),
+            (
+                "A man plays an acoustic guitar on a stage.",
+                "Someone playing music",
+            ),
+            (
+                "The stock market fell sharply on Monday.",
+                "Shares dropped this week",
+            ),
+            (
+                "Heavy rain flooded the streets of the city.",
+                "Storm causes flooding",
+            ),
+            (
+                "The compiler rejects programs with type errors.",
+                "Why won't my program build?",
+            ),
+            (
+                "Green tea contains caffeine and antioxidants.",
+                "Is there caffeine in tea?",
+            ),
+        ],
+    );
     let sts = tmp.join("sts.csv");
     let pairs = [
         (5.0, "A man is playing a guitar.", "A man plays the guitar."),
