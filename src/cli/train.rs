@@ -191,12 +191,6 @@ pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
         let share: f64 = share
             .parse()
             .with_context(|| format!("--align {a:?}: SHARE is not a number"))?;
-        if !(0.0..=1.0).contains(&share) {
-            anyhow::bail!("--align {a:?}: SHARE is a share of full's score, from 0 to 1");
-        }
-        if align.iter().any(|(q, _)| q == p) {
-            anyhow::bail!("--align {a:?}: {p} has a rule already");
-        }
         align.push((p.to_string(), share));
     }
     let base = match args.base {

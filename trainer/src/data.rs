@@ -138,18 +138,20 @@ pub fn sample_texts(paths: &[PathBuf], limit: usize) -> Result<Vec<String>> {
     let mut out = BTreeMap::new();
     for (f, path) in paths.iter().enumerate() {
         let docs = read_texts(path)?;
-        let take = per_file.min(docs.len());
-        if take == 0 {
-            continue;
-        }
-        let step = docs.len() as f64 / take as f64;
-        for k in 0..take {
-            let d = &docs[(k as f64 * step) as usize];
+        for (k, d) in evenly(&docs, per_file).enumerate() {
             // Interleave files so a prefix of the sample is still mixed.
             out.insert((k, f), d.text.clone());
         }
     }
     Ok(out.into_values().take(limit).collect())
+}
+
+/// Up to `take` of `items` spread evenly through them (every `len / take`-th, from the
+/// first), in order; all of them when `take` is at least their number.
+pub fn evenly<T>(items: &[T], take: usize) -> impl Iterator<Item = &T> {
+    let take = take.min(items.len());
+    let step = items.len() as f64 / take.max(1) as f64;
+    (0..take).map(move |k| &items[(k as f64 * step) as usize])
 }
 
 /// A training example: a query, its positive, and optionally a hard negative.

@@ -40,8 +40,8 @@ use sha2::{Digest, Sha256};
 
 use crate::eval::{exact_search, nested_matrix, EmbeddingCache};
 use crate::family::{
-    apply, fit_linear_map, held, matmul, project_orthogonal, unit_rows, Check, HeadRun, Metrics,
-    Parent, Resume, Schedule,
+    apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, HeadRun,
+    Metrics, Parent, Resume, Schedule,
 };
 use crate::loss::{normalize_rows, similarity_distillation, similarity_structure};
 use crate::rotation::Rotation;
@@ -275,10 +275,7 @@ pub fn load_texts(sources: &[TextSource]) -> Result<Vec<String>> {
                 .flat_map(|p| [p.a, p.b])
                 .collect(),
         };
-        let take = src.limit.unwrap_or(all.len()).min(all.len());
-        let step = all.len() as f64 / take.max(1) as f64;
-        for k in 0..take {
-            let t = &all[(k as f64 * step) as usize];
+        for t in crate::data::evenly(&all, src.limit.unwrap_or(all.len())) {
             if !t.trim().is_empty() && seen.insert(t.clone()) {
                 out.push(t.clone());
             }
@@ -448,19 +445,11 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     };
     for (pname, _) in &parent.profiles {
         let (t, h) = vectors.get(pname).ok_or_else(|| not_embedded(pname))?;
-        let rows = unit_rows(t);
-        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let tensor = Tensor::from_vec(flat, (rows.len(), parent.hidden), &Device::Cpu)?;
-        texts.train.push((pname.clone(), tensor));
+        texts.train.push((pname.clone(), matrix(&unit_rows(t))?));
         texts.held.push((pname.clone(), unit_rows(h)));
     }
     texts.neighbours = nearest_neighbours(texts.train("full")?, cfg.neighbours)?;
-    let held_full = texts.held("full")?;
-    let flat: Vec<f32> = held_full.iter().flatten().copied().collect();
-    texts.truth = nearest_neighbours(
-        &Tensor::from_vec(flat, (held_full.len(), parent.hidden), &Device::Cpu)?,
-        10,
-    )?;
+    texts.truth = nearest_neighbours(&matrix(texts.held("full")?)?, 10)?;
 
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
     let key = recipe_key(cfg, &cache, &parent, &train, &held_out)?;
@@ -976,6 +965,8 @@ mod tests {
             r#"{"query": "q", "positive": "t1"}"#,
         )
         .unwrap();
+        // STS-B's layout: score in column 5, the sentences in 6 and 7 (the score unused).
+        std::fs::write(dir.join("s.csv"), "g\tf\t2012\t1\t4.0\ts1\ts2\n").unwrap();
         let src = |path: &str, kind, limit| TextSource {
             path: dir.join(path),
             kind,
@@ -984,9 +975,10 @@ mod tests {
         let all = load_texts(&[
             src("p.jsonl", TextKind::Texts, None),
             src("pairs.jsonl", TextKind::Pairs, None),
+            src("s.csv", TextKind::Sts, None),
         ])
         .unwrap();
-        assert_eq!(all, ["t0", "t1", "t2", "t3", "t4", "q"]);
+        assert_eq!(all, ["t0", "t1", "t2", "t3", "t4", "q", "s1", "s2"]);
         let some = load_texts(&[src("p.jsonl", TextKind::Texts, Some(3))]).unwrap();
         assert_eq!(some, ["t0", "t3", "t1"]);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -299,7 +299,7 @@ pub struct GuardRow {
 }
 
 /// A `rows × cols` row-major matrix of f32 as a tensor.
-fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
+pub(crate) fn matrix(rows: &[Vec<f32>]) -> Result<Tensor> {
     let cols = rows.first().map_or(0, Vec::len);
     let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     Ok(Tensor::from_vec(flat, (rows.len(), cols), &Device::Cpu)?)
@@ -1513,7 +1513,7 @@ pub(crate) struct HeadRun<'a> {
     /// The log's name for the checks' scores (`ndcg_at_10`, `neighbour_recall_at_10`).
     pub(crate) metric: &'static str,
     /// After every step, project the first `cols` rows back onto the orthogonal matrices
-    /// (`Rotation::nearest`) and zero the rest, so full-width cosines stay the parent's.
+    /// (`project_orthogonal`) and zero the rest, so full-width cosines stay the parent's.
     pub(crate) orthogonal: bool,
 }
 
@@ -1650,7 +1650,7 @@ impl HeadRun<'_> {
 }
 
 /// The mean of every score (0 when there are none).
-pub(crate) fn mean(scores: &[Vec<f64>]) -> f64 {
+fn mean(scores: &[Vec<f64>]) -> f64 {
     let all: Vec<f64> = scores.iter().flatten().copied().collect();
     all.iter().sum::<f64>() / all.len().max(1) as f64
 }
@@ -1699,20 +1699,18 @@ pub(crate) fn project_orthogonal(w: &mut [f32], hidden: usize, exact: bool) -> R
     let square = hidden * hidden;
     let eye = Tensor::eye(hidden, DType::F32, &Device::Cpu)?;
     let mut x = Tensor::from_slice(&w[..square], (hidden, hidden), &Device::Cpu)?;
+    // One Gram matrix XᵀX per round serves the round and the check after it.
+    let mut gram = x.t()?.matmul(&x)?;
     // ‖XᵀX − I‖_F < 1 keeps every singular value below √2, where the rounds converge to
     // the polar factor (past √3 they would flip its sign); see `Rotation::nearest`.
-    let start: f32 = (x.t()?.matmul(&x)? - &eye)?
-        .sqr()?
-        .sum_all()?
-        .sqrt()?
-        .to_scalar()?;
+    let start: f32 = (&gram - &eye)?.sqr()?.sum_all()?.sqrt()?.to_scalar()?;
     let mut near = !exact && start.is_finite() && start < 1.0;
     if near {
         for _ in 0..3 {
-            let gram = x.t()?.matmul(&x)?;
             x = ((&x * 1.5)? - (x.matmul(&gram)? * 0.5)?)?;
+            gram = x.t()?.matmul(&x)?;
         }
-        let off: f32 = (x.t()?.matmul(&x)? - &eye)?.abs()?.max_all()?.to_scalar()?;
+        let off: f32 = (&gram - &eye)?.abs()?.max_all()?.to_scalar()?;
         near = off.is_finite() && off < 1e-4;
     }
     let q = if near {

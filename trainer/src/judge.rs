@@ -12,6 +12,7 @@
 //! Every model is embedded through its own encoder and heads (what a user gets), cached by
 //! its weights (`eval::embed_cached`), so a second judgement costs nothing.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -242,18 +243,27 @@ impl Judged {
 /// Judges `opts.model` (and `opts.previous`) on every set, with the base model's rows.
 ///
 /// Errors: the models' and data's errors; `Invalid` for an alignment rule on a profile the
-/// model lacks.
+/// model lacks, with a share outside 0..=1, or a second rule for one profile.
 pub fn judge(opts: &JudgeOptions, progress: &ProgressBar) -> Result<JudgeReport> {
     let base = Judged::load(&opts.base, &opts.cache)?;
     let mut models = vec![("model", Judged::load(&opts.model, &opts.cache)?)];
     if let Some(prev) = &opts.previous {
         models.push(("previous", Judged::load(prev, &opts.cache)?));
     }
-    for (p, _) in &opts.align {
+    for (k, (p, share)) in opts.align.iter().enumerate() {
+        let bad = |why: &str| {
+            Err(TrainerError::Invalid(format!(
+                "alignment rule for {p:?}: {why}"
+            )))
+        };
         if !models[0].1.profiles.contains(p) || p == "full" {
-            return Err(TrainerError::Invalid(format!(
-                "alignment rule for {p:?}: the model has no such sub-encoder"
-            )));
+            return bad("the model has no such sub-encoder");
+        }
+        if !(0.0..=1.0).contains(share) {
+            return bad("the share of full's score is from 0 to 1");
+        }
+        if opts.align[..k].iter().any(|(q, _)| q == p) {
+            return bad("a profile has one rule");
         }
     }
     let mut rows = Vec::new();
@@ -296,29 +306,33 @@ pub fn judge(opts: &JudgeOptions, progress: &ProgressBar) -> Result<JudgeReport>
             ));
         }
         for (label, m) in &models {
+            let judged = *label == "model";
             let full = m.vectors(&texts, "full", progress)?;
-            let mut sym_full = Vec::new();
+            let mut sym_full = HashMap::new();
             for &dim in &m.dims {
                 let s = texts.score(&full, &full, dim)?;
-                sym_full.push(s);
+                sym_full.insert(dim, s);
                 rows.push(row(label, "full", "full", dim, s));
             }
             for p in m.profiles.iter().skip(1) {
                 let v = m.vectors(&texts, p, progress)?;
+                // The judged model's every sub-encoder is scored against `full` (that is
+                // what earns alignment); another model's only where it declares it.
+                let against_full = judged || m.embedder.check_aligned(p, "full").is_ok();
+                let rule = opts
+                    .align
+                    .iter()
+                    .position(|(q, _)| q == p)
+                    .filter(|_| judged);
                 for dim in m.dims_of(p)? {
-                    let i = m.dims.iter().position(|&d| d == dim).unwrap_or_default();
                     rows.push(row(label, p, p, dim, texts.score(&v, &v, dim)?));
-                    if m.embedder.check_aligned(p, "full").is_ok() || *label == "model" {
-                        let asym = texts.score(&v, &full, dim)?;
-                        rows.push(row(label, p, "full", dim, asym));
-                        if *label == "model" {
-                            for (k, (ap, _)) in opts.align.iter().enumerate() {
-                                if ap == p {
-                                    let at = format!("{} at {dim}", texts.name);
-                                    align_scores[k].push((at, asym, sym_full[i]));
-                                }
-                            }
-                        }
+                    if !against_full {
+                        continue;
+                    }
+                    let asym = texts.score(&v, &full, dim)?;
+                    rows.push(row(label, p, "full", dim, asym));
+                    if let (Some(k), Some(&sym)) = (rule, sym_full.get(&dim)) {
+                        align_scores[k].push((format!("{} at {dim}", texts.name), asym, sym));
                     }
                 }
             }
