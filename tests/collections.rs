@@ -32,27 +32,6 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// The first `n` SciFact documents (title + text) with their ids.
-fn scifact(n: usize) -> Vec<(String, String)> {
-    let path = shared().join("data").join("scifact").join("corpus.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .take(n)
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let text = format!(
-                "{} {}",
-                v["title"].as_str().unwrap(),
-                v["text"].as_str().unwrap()
-            );
-            (
-                v["_id"].as_str().unwrap().to_string(),
-                text.trim().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn hit_ids(v: &Value) -> Vec<String> {
     v["hits"]
         .as_array()
@@ -93,7 +72,7 @@ fn restarts_of_mrl_and_of_qdrant_lose_nothing_and_outages_are_503() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let s = Server::start_with(&data, &args);
     s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
-    let docs = scifact(45);
+    let docs = common::scifact_corpus(45);
     add(&s, &docs[..40]);
     let query = json!({"query": "vitamin D and bone density", "limit": 5, "funnel": {"dim": 128, "candidates": 20}});
     let before = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
@@ -202,7 +181,7 @@ fn large_collection_options_over_http() {
         (400, Some("replicas")),
         "{v}"
     );
-    let docs = scifact(30);
+    let docs = common::scifact_corpus(30);
     add(&s, &docs);
     let v = s.ok(
         "POST",
@@ -352,7 +331,7 @@ fn lifecycle(s: &Server) {
 #[test]
 fn acknowledged_writes_survive_restart_and_kill_9() {
     let data = scratch("durable");
-    let docs = scifact(40);
+    let docs = common::scifact_corpus(40);
     let s = Server::start(&data);
     s.ok("PUT", "/collections/sci", json!({"dims": [128, 384]}));
     for chunk in docs.chunks(20) {
@@ -369,7 +348,7 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
         before
     );
     // One more acknowledged write, then kill -9 at once.
-    add(&s, &scifact(45)[40..]);
+    add(&s, &common::scifact_corpus(45)[40..]);
     s.kill();
 
     let s = Server::start(&data);
@@ -386,7 +365,7 @@ fn funnel_search_matches_exact_search_on_scifact() {
     let data = scratch("funnel");
     let s = Server::start(&data);
     s.ok("PUT", "/collections/sci", json!({"dims": [256, 384]}));
-    let docs = scifact(300);
+    let docs = common::scifact_corpus(300);
     for chunk in docs.chunks(100) {
         add(&s, chunk);
     }
@@ -429,7 +408,7 @@ fn search_params_reach_both_stores() {
     ] {
         let s = Server::start_with(&scratch(&format!("params-{label}")), &extra);
         s.ok("PUT", "/collections/sci", json!({"dims": [64, 384]}));
-        add(&s, &scifact(40));
+        add(&s, &common::scifact_corpus(40));
         let query = json!({"query": "vitamin D and bone density", "limit": 5});
         let plain = hit_ids(&s.ok("POST", "/collections/sci/search", query.clone()));
         for ef in [8, 128] {
@@ -498,7 +477,7 @@ fn adaptive(s: &Server) {
         "the full width is stored too"
     );
     s.ok("PUT", "/collections/gen", json!({"dims": [64, 128, 384]}));
-    let docs = scifact(30);
+    let docs = common::scifact_corpus(30);
     let batch: Vec<Value> = docs
         .iter()
         .map(|(id, t)| json!({"id": id, "text": t}))

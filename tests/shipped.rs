@@ -279,3 +279,98 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
     s.stop();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// An adaptive collection of the shipped checkpoint's `full` documents maps its cheap
+/// profiles on its own text (`core/src/adapt/maps.rs`), over HTTP: before the first fit a
+/// `b25` query is refused (the checkpoint declares no alignment); after it `GET` lists `b50`
+/// and `b25` with held-out figures where the map agrees better than the raw profile, and a
+/// `b25` search at 64 dims finds documents by their titles.
+#[test]
+fn an_adaptive_collection_maps_the_cheap_profiles_onto_its_documents() {
+    use common::server::Server;
+    use serde_json::{json, Value};
+
+    let data = std::env::temp_dir().join(format!("mrl-mapped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let shipped_dir = shipped();
+    let s = Server::start_with(&data, &["--model", shipped_dir.to_str().unwrap()]);
+    s.ok(
+        "PUT",
+        "/collections/ad",
+        json!({"dims": [64, 128], "adapt": true, "adapt_threshold": 240}),
+    );
+    let docs = common::scifact_corpus(240);
+    let search = |query: &str, profile: &str| {
+        s.call(
+            "POST",
+            "/collections/ad/search",
+            Some(json!({"query": query, "dim": 64, "limit": 3, "profile": profile})),
+        )
+    };
+    let first: Vec<Value> = docs[..100]
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    s.ok(
+        "POST",
+        "/collections/ad/documents",
+        json!({ "documents": first }),
+    );
+    let (st, v) = search("vitamin D", "b25");
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("profile")),
+        "{v}"
+    );
+    let rest: Vec<Value> = docs[100..]
+        .iter()
+        .map(|(id, t)| json!({"id": id, "text": t}))
+        .collect();
+    s.ok(
+        "POST",
+        "/collections/ad/documents",
+        json!({ "documents": rest }),
+    );
+    let start = std::time::Instant::now();
+    let info = loop {
+        let info = s.ok("GET", "/collections/ad", Value::Null);
+        if info["rotation"]["version"] == 1 && info.get("renest").is_none() {
+            break info;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no re-nest: {info}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let queries = info["rotation"]["queries"].as_array().expect("query maps");
+    let profiles: Vec<&str> = queries
+        .iter()
+        .map(|q| q["profile"].as_str().unwrap())
+        .collect();
+    assert_eq!(profiles, ["b50", "b25"], "{info}");
+    for q in queries {
+        let f = |k: &str| q[k].as_f64().unwrap();
+        assert!(q["held_out"].as_u64().unwrap() >= 64, "{q}");
+        assert!(f("mean_cosine") > 0.5, "{q}");
+        assert!(f("neighbour_overlap") > f("unmapped_overlap"), "{q}");
+    }
+    assert!(info["rotation"]["nesting"]["kept"].is_string(), "{info}");
+    let mut found = 0;
+    for (id, text) in docs.iter().step_by(12) {
+        let title: String = text
+            .split_whitespace()
+            .take(12)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (st, v) = search(&title, "b25");
+        assert_eq!(st, 200, "{v}");
+        found += usize::from(
+            v["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["id"] == id.as_str()),
+        );
+    }
+    assert!(found >= 16, "b25 titles found {found} of 20 documents");
+    s.stop();
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -68,8 +68,9 @@ pub struct SearchRequest {
     /// Qdrant's filter JSON over the payload; `has_id` takes the callers' document ids.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub filter: Option<Value>,
-    /// Embed the query with this profile instead of the collection's (only where the
-    /// checkpoint declares the two aligned).
+    /// Embed the query with this profile instead of the collection's: where an adaptive
+    /// collection's fit maps it into the documents' space (`rotation.queries` of its info),
+    /// or the checkpoint declares the two aligned.
     pub profile: Option<String>,
     /// Brute force instead of the HNSW index.
     #[serde(default)]
@@ -172,7 +173,8 @@ impl Collections {
             // The same collection (a recreation with another spec gets a new one).
             Some(a) if *a.spec() == info.spec => a.clone(),
             _ => {
-                let a = Arc::new(Adapter::load(self.store.clone(), info)?);
+                let encoder: Arc<dyn crate::adapt::QueryEncoder> = self.embeddings.clone();
+                let a = Arc::new(Adapter::load(self.store.clone(), info, Some(encoder))?);
                 adapters.insert(name.to_string(), a.clone());
                 // A re-nest that a crash interrupted (or one due on arrival) runs now.
                 a.after_write();
@@ -304,6 +306,8 @@ pub struct SearchPlan {
     filter: Option<Value>,
     exact: bool,
     params: SearchParams,
+    /// The query profile whose fitted map the search applies (`SearchQuery::profile`).
+    mapped: Option<String>,
 }
 
 impl SearchPlan {
@@ -317,7 +321,7 @@ impl SearchPlan {
         let full = full.or(self.vector.as_deref()).ok_or_else(|| {
             Error::Internal("a text query needs its embedding; this is a bug".into())
         })?;
-        if full.len() < self.dim {
+        if full.len() < self.dim && self.mapped.is_none() {
             return Err(Error::Internal(format!(
                 "a {}-wide query for dim {}; this is a bug",
                 full.len(),
@@ -332,6 +336,7 @@ impl SearchPlan {
             filter: self.filter.clone(),
             exact: self.exact,
             params: self.params,
+            profile: self.mapped.clone(),
         })
     }
 }
@@ -376,6 +381,12 @@ impl Collection {
     /// Errors: `InvalidField` (`adapt`) for a generic collection; a failed re-nest's.
     pub fn renest_now(&self) -> Result<RotationInfo> {
         self.adapter.renest_now()
+    }
+
+    /// Whether the collection's current fit maps queries of `profile` into its documents'
+    /// space (`SearchQuery::profile` may then name it).
+    pub fn maps_queries_of(&self, profile: &str) -> bool {
+        self.adapter.maps_queries_of(profile)
     }
 
     /// What a vector search of this collection takes (`SearchRequest::vector`) from a full
@@ -506,10 +517,11 @@ impl Collection {
             .funnel
             .map(|f| check_funnel(f, dim, limit, dims))
             .transpose()?;
-        let (embed, vector) = match self.query_input(req.query, req.vector, req.profile, dim)? {
-            QueryInput::Text(text, profile) => (Some((text, profile)), None),
-            QueryInput::Vector(v) => (None, Some(v)),
-        };
+        let (embed, vector, mapped) =
+            match self.query_input(req.query, req.vector, req.profile, dim)? {
+                QueryInput::Text(text, profile, mapped) => (Some((text, profile)), None, mapped),
+                QueryInput::Vector(v) => (None, Some(v), None),
+            };
         Ok(SearchPlan {
             embed,
             vector,
@@ -519,11 +531,15 @@ impl Collection {
             filter: req.filter.filter(|f| !f.is_null()),
             exact: req.exact,
             params: req.params,
+            mapped,
         })
     }
 
     /// What the search ranks by: a text to embed (with its profile, checked for alignment and
-    /// width) or a vector of `dim` finite values; exactly one of them.
+    /// width) or a vector of `dim` finite values; exactly one of them. A profile other than
+    /// the documents' is allowed where the collection's fit maps it into the documents'
+    /// space (an adaptive collection's query map, preferred: fitted on these documents) or
+    /// the checkpoint declares the two aligned.
     fn query_input(
         &self,
         query: Option<String>,
@@ -535,6 +551,11 @@ impl Collection {
             (Some(q), None) if !q.trim().is_empty() => {
                 let profile_name = profile.unwrap_or_else(|| self.spec().profile.clone());
                 let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
+                if profile_name != self.spec().profile
+                    && self.adapter.maps_queries_of(&profile_name)
+                {
+                    return Ok(QueryInput::Text(q, profile, Some(profile_name)));
+                }
                 self.embeddings
                     .check_aligned(&profile_name, &self.spec().profile, "profile")?;
                 let width = self.embeddings.embedder().model().output_width(&profile);
@@ -544,7 +565,7 @@ impl Collection {
                         format!("profile {profile_name:?} is {width} wide, below dim {dim}"),
                     ));
                 }
-                Ok(QueryInput::Text(q, profile))
+                Ok(QueryInput::Text(q, profile, None))
             }
             (None, Some(v)) => {
                 if let Some(i) = v.iter().position(|x| !x.is_finite()) {
@@ -610,8 +631,9 @@ impl Collection {
 
 /// What a search ranks by.
 enum QueryInput {
-    /// A text, and the profile that embeds it.
-    Text(String, Profile),
+    /// A text, the profile that embeds it, and that profile's name when the collection's
+    /// query map carries its vectors into the documents' space.
+    Text(String, Profile, Option<String>),
     /// A vector of the search's `dim` values.
     Vector(Vec<f32>),
 }

@@ -322,6 +322,40 @@ impl Embeddings {
     }
 }
 
+/// Re-nests embed sampled documents by the checkpoint's other profiles through the same path
+/// as every caller (the model thread when there is one), a few texts per call so searches
+/// interleave, waiting out a full queue instead of failing the fit.
+impl crate::adapt::QueryEncoder for Embeddings {
+    fn query_profiles(&self, documents: &str) -> Vec<String> {
+        self.embedder
+            .profile_names()
+            .into_iter()
+            .filter(|p| p != documents)
+            .collect()
+    }
+
+    fn encode(&self, texts: &[String], profile: &str) -> Result<Vec<Vec<f32>>> {
+        const CHUNK: usize = 16;
+        let profile = self.profile(Some(profile), "profile")?;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            loop {
+                match self.raw_blocking(chunk, &profile, "documents") {
+                    Ok((v, _)) => {
+                        out.extend(v);
+                        break;
+                    }
+                    Err(Error::QueueFull { .. }) => {
+                        std::thread::sleep(std::time::Duration::from_millis(50))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A model's name in responses and collection specs: its folder's name.
 pub fn model_name(embedder: &Embedder) -> String {
     embedder

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mrl_core::adapt::{Adapter, SearchQuery};
+use mrl_core::adapt::{Adapter, QueryEncoder, SearchQuery};
 use mrl_core::store::{Adapt, CollectionSpec, Distance, EdgeStore, Hit, RemoteStore, VectorStore};
 use mrl_core::Document;
 use qdrant::QdrantServer;
@@ -67,6 +67,35 @@ fn vector(i: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Document `i`'s vector under the stand-in cheap profile: its full vector reversed and
+/// negated, plus noise. A linear map away from the full vector that no prefix undoes: its
+/// raw prefixes do not find document `i`, a fitted map does.
+fn cheap(i: usize) -> Vec<f32> {
+    let v = vector(i);
+    let mut rng = Rng(i as u64 * 31 + 7);
+    (0..WIDTH)
+        .map(|j| -v[WIDTH - 1 - j] + (0.05 * rng.normal()) as f32)
+        .collect()
+}
+
+/// A checkpoint with one other profile, `cheap`, that embeds `doc {i}` as `cheap(i)`.
+struct Cheap;
+
+impl QueryEncoder for Cheap {
+    fn query_profiles(&self, documents: &str) -> Vec<String> {
+        assert_eq!(documents, "full");
+        vec!["cheap".into()]
+    }
+
+    fn encode(&self, texts: &[String], profile: &str) -> mrl_core::Result<Vec<Vec<f32>>> {
+        assert_eq!(profile, "cheap");
+        Ok(texts
+            .iter()
+            .map(|t| cheap(t.strip_prefix("doc ").unwrap().parse().unwrap()))
+            .collect())
+    }
+}
+
 fn docs(range: std::ops::Range<usize>) -> (Vec<Document>, Vec<Vec<f32>>) {
     range
         .map(|i| (Document::new(i.to_string(), format!("doc {i}")), vector(i)))
@@ -84,14 +113,32 @@ fn spec(adapt: Option<usize>) -> CollectionSpec {
     }
 }
 
-/// A fresh collection `name` with `adapt`'s threshold (`None`: generic).
+/// A fresh collection `name` with `adapt`'s threshold (`None`: generic), fitting maps for
+/// the `cheap` profile.
 fn fresh(store: &Arc<dyn VectorStore>, name: &str, adapt: Option<usize>) -> Arc<Adapter> {
     let _ = store.delete(name);
     store.create(name, &spec(adapt)).unwrap();
-    Arc::new(Adapter::load(store.clone(), store.info(name).unwrap()).unwrap())
+    open(store, name)
+}
+
+/// The collection as a process opens it, with the `cheap` profile's encoder.
+fn open(store: &Arc<dyn VectorStore>, name: &str) -> Arc<Adapter> {
+    let encoder: Arc<dyn QueryEncoder> = Arc::new(Cheap);
+    Arc::new(Adapter::load(store.clone(), store.info(name).unwrap(), Some(encoder)).unwrap())
 }
 
 fn search(a: &Adapter, full: Vec<f32>, dim: usize, limit: usize) -> Vec<Hit> {
+    search_by(a, full, dim, limit, None).unwrap()
+}
+
+/// A search whose query vector is of `profile` (`None`: the documents' own).
+fn search_by(
+    a: &Adapter,
+    full: Vec<f32>,
+    dim: usize,
+    limit: usize,
+    profile: Option<&str>,
+) -> mrl_core::Result<Vec<Hit>> {
     a.search(&SearchQuery {
         full,
         dim,
@@ -100,8 +147,17 @@ fn search(a: &Adapter, full: Vec<f32>, dim: usize, limit: usize) -> Vec<Hit> {
         filter: None,
         exact: true,
         params: Default::default(),
+        profile: profile.map(str::to_string),
     })
-    .unwrap()
+}
+
+/// Whether a `cheap` query for document `i` through the collection's map finds it first.
+fn cheap_finds_itself(a: &Adapter, i: usize, dim: usize) -> Result<(), String> {
+    let hits = search_by(a, cheap(i), dim, 1, Some("cheap")).map_err(|e| e.to_string())?;
+    match hits.first() {
+        Some(h) if h.id == i.to_string() && h.score >= 0.9 => Ok(()),
+        other => Err(format!("cheap query {i} at {dim}: top hit {other:?}")),
+    }
 }
 
 fn version(a: &Adapter) -> u64 {
@@ -200,7 +256,7 @@ fn threshold_doubling_and_full_width(store: Arc<dyn VectorStore>, tag: &str) {
         finds_itself(&a, i, 16).unwrap();
     }
     // Reopened (as after a restart), the collection is under the same rotation.
-    let again = Adapter::load(store.clone(), store.info(&name).unwrap()).unwrap();
+    let again = open(&store, &name);
     assert_eq!(version(&again), 2);
     finds_itself(&again, 7, 8).unwrap();
     assert_eq!(
@@ -255,7 +311,12 @@ fn searches_during_renests_never_mix(store: Arc<dyn VectorStore>, tag: &str) {
                         (rng.uniform() * n as f64) as usize
                     };
                     let dim = if rng.uniform() < 0.5 { 8 } else { 16 };
-                    if let Err(e) = finds_itself(&a, i, dim) {
+                    let found = if rng.uniform() < 0.3 {
+                        cheap_finds_itself(&a, i, dim)
+                    } else {
+                        finds_itself(&a, i, dim)
+                    };
+                    if let Err(e) = found {
                         failures.lock().unwrap().push(e);
                     }
                     if renesting {
@@ -300,6 +361,61 @@ fn searches_during_renests_never_mix(store: Arc<dyn VectorStore>, tag: &str) {
     store.delete(&name).unwrap();
 }
 
+/// A fit maps the checkpoint's other profile into the documents' space on the collection's
+/// own texts: `GET` shows it with held-out figures; a search by that profile embeds, maps and
+/// finds each document first at every size, where the same vector unmapped does not (a
+/// skipped map fails here); the map survives a reopen without an encoder; a profile with no
+/// map is refused by name.
+fn cheap_queries_use_the_fitted_map(store: Arc<dyn VectorStore>, tag: &str) {
+    let name = format!("adapt-map-{tag}");
+    let a = fresh(&store, &name, Some(400));
+    assert!(
+        search_by(&a, cheap(3), 8, 1, Some("cheap")).is_err(),
+        "no map before the first fit"
+    );
+    let (d, v) = docs(0..400);
+    a.store(d, v).unwrap();
+    a.finish().unwrap();
+    let rotation = a.info().unwrap().rotation.expect("a fit at the threshold");
+    let [map] = rotation.queries.as_slice() else {
+        panic!("one query map: {:?}", rotation.queries)
+    };
+    assert_eq!(map.profile, "cheap");
+    assert_eq!((map.sample, map.held_out), (300, 50));
+    assert!(map.mean_cosine > 0.95, "{map:?}");
+    assert!(map.neighbour_overlap > 0.7, "{map:?}");
+    assert!(map.unmapped_overlap < 0.2, "{map:?}");
+    assert!(a.maps_queries_of("cheap") && !a.maps_queries_of("full"));
+    let mut unmapped_found = 0;
+    for i in (0..400).step_by(20) {
+        for dim in DIMS {
+            cheap_finds_itself(&a, i, dim).unwrap();
+        }
+        let raw = search_by(&a, cheap(i), WIDTH, 1, None).unwrap();
+        unmapped_found += usize::from(raw[0].id == i.to_string());
+    }
+    assert!(
+        unmapped_found <= 2,
+        "unmapped cheap vectors found {unmapped_found} of 20"
+    );
+    let err = search_by(&a, cheap(3), 8, 1, Some("other")).unwrap_err();
+    assert!(err.to_string().contains("other"), "{err}");
+    let reopened =
+        Arc::new(Adapter::load(store.clone(), store.info(&name).unwrap(), None).unwrap());
+    for i in [0, 199, 399] {
+        cheap_finds_itself(&reopened, i, 8).unwrap();
+    }
+    store.delete(&name).unwrap();
+}
+
+#[test]
+fn embedded_store_maps_cheap_queries() {
+    let dir = std::env::temp_dir().join(format!("mrl-adapt-map-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    cheap_queries_use_the_fitted_map(Arc::new(EdgeStore::open(&dir).unwrap()), "edge");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn embedded_store_renests_at_threshold_and_doubling() {
     let dir = std::env::temp_dir().join(format!("mrl-adapt-grow-{}", std::process::id()));
@@ -321,6 +437,7 @@ fn qdrant_server_renests_like_the_embedded_store() {
     let server = QdrantServer::start(&shared());
     let store: Arc<dyn VectorStore> = Arc::new(RemoteStore::connect(&server.url(), None).unwrap());
     threshold_doubling_and_full_width(store.clone(), "remote");
+    cheap_queries_use_the_fitted_map(store.clone(), "remote");
     searches_during_renests_never_mix(store, "remote");
 }
 
@@ -404,7 +521,7 @@ fn kill9_mid_renest(target: &str, store: impl Fn() -> Arc<dyn VectorStore>, tag:
     );
 
     let store = store();
-    let a = Arc::new(Adapter::load(store.clone(), store.info(&name).unwrap()).unwrap());
+    let a = open(&store, &name);
     let before = version(&a);
     let ids: HashSet<String> = store.ids(&name).unwrap().into_iter().collect();
     let lost: Vec<usize> = (0..acked)
@@ -420,6 +537,7 @@ fn kill9_mid_renest(target: &str, store: impl Fn() -> Arc<dyn VectorStore>, tag:
     for i in (0..acked).step_by(acked / 50) {
         finds_itself(&a, i, 8).unwrap();
         finds_itself(&a, i, 16).unwrap();
+        cheap_finds_itself(&a, i, 16).unwrap();
     }
     // The interrupted re-nest is due again and completes.
     a.finish().unwrap();
@@ -430,6 +548,7 @@ fn kill9_mid_renest(target: &str, store: impl Fn() -> Arc<dyn VectorStore>, tag:
     );
     for i in (0..acked).step_by(acked / 50) {
         finds_itself(&a, i, 8).unwrap();
+        cheap_finds_itself(&a, i, 8).unwrap();
     }
     store.delete(&name).unwrap();
 }

@@ -10,6 +10,7 @@ pub mod embedder;
 pub mod error;
 pub mod fetch;
 pub mod kernels;
+pub mod linear;
 pub mod manifest;
 pub mod model;
 pub mod nested;

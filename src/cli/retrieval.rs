@@ -65,6 +65,10 @@ pub struct BenchRetrievalArgs {
     /// Documents an adaptive collection holds before its first fit.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_ADAPT_THRESHOLD, requires = "adapt")]
     adapt_threshold: usize,
+    /// Re-nest a reused adaptive collection now instead of keeping its last fit (after a
+    /// change to how collections fit, say); the rows then carry this fit's time.
+    #[arg(long, requires = "adapt")]
+    refit: bool,
     /// Where the benchmark's collections live (default: $MRL_CACHE_DIR/bench-index, else
     /// ~/.cache/mrl/bench-index); an index built before is reused.
     #[arg(long)]
@@ -94,6 +98,9 @@ struct Row {
     funnel: Option<String>,
     /// Searched in an adaptive collection (its rotation version; `None`: generic).
     adapted: Option<u64>,
+    /// The queries went through the adaptive collection's map from their profile into the
+    /// documents' space (fitted on the corpus's own documents, no labels).
+    query_map: bool,
     /// How long that rotation's re-nest took (fit + rewriting every point's rotated sizes).
     renest_seconds: Option<f64>,
     search: &'static str,
@@ -301,11 +308,28 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
         let adapt = Adapt {
             threshold: args.adapt_threshold,
         };
+        // An adaptive collection maps the checkpoint's other profiles into its documents'
+        // space, aligned or not: each gets its rows against it (or the ones asked for).
         let adapted: Vec<Run> = runs
             .iter()
             .filter(|r| r.kind != "naive")
             .map(|r| Run {
                 adapt: Some(adapt),
+                query_profiles: match (r.kind, args.query_profile.is_empty()) {
+                    ("profile", true) => r
+                        .embedder
+                        .profile_names()
+                        .into_iter()
+                        .filter(|p| *p != r.profile)
+                        .collect(),
+                    ("profile", false) => args
+                        .query_profile
+                        .iter()
+                        .filter(|p| **p != r.profile)
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                },
                 ..r.clone()
             })
             .collect();
@@ -322,7 +346,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
             &data_dir,
             (&corpus_path, &dataset_name),
             &funnels,
-            args.exact,
+            (args.exact, args.refit),
             &mut shas,
         )?);
     }
@@ -351,7 +375,7 @@ fn evaluate_run(
     data_dir: &Path,
     (corpus_path, dataset_name): (&Path, &str),
     funnels: &[(usize, usize)],
-    exact: bool,
+    (exact, refit): (bool, bool),
     shas: &mut HashMap<PathBuf, String>,
 ) -> Result<Vec<Row>> {
     let embeddings = Arc::new(Embeddings::inline(run.embedder.clone(), Policy::LIBRARY));
@@ -411,7 +435,7 @@ fn evaluate_run(
     // when the collection had doubled, before the last documents arrived.
     let rotation = match run.adapt {
         Some(_) => match collection.info()?.rotation {
-            Some(r) if r.points == summary.count => Some(r),
+            Some(r) if r.points == summary.count && !refit => Some(r),
             _ => Some(collection.renest_now()?),
         },
         None => None,
@@ -421,6 +445,19 @@ fn evaluate_run(
             "{label}: rotation {} fitted on {} of {} documents; that re-nest took {:.2} s",
             r.version, r.sample, r.points, r.seconds
         );
+        if let Some(n) = &r.nesting {
+            eprintln!(
+                "{label}: kept {} nesting at {:?}: held-out recall@10 PCA {:?}, learned {:?}",
+                n.kept, n.dims, n.pca_recall, n.learned_recall
+            );
+        }
+        for q in &r.queries {
+            eprintln!(
+                "{label}: {} queries mapped (ridge {}): held-out mean cosine {:.4}, \
+                 neighbour overlap {:.3} (unmapped {:.3})",
+                q.profile, q.ridge, q.mean_cosine, q.neighbour_overlap, q.unmapped_overlap
+            );
+        }
     }
     let adapted = rotation.as_ref().map(|r| r.version);
     let renest_seconds = rotation.as_ref().map(|r| r.seconds);
@@ -441,6 +478,15 @@ fn evaluate_run(
     let mut rows = Vec::new();
     for query_profile in std::iter::once(&run.profile).chain(&run.query_profiles) {
         let qp = e.profile(Some(query_profile))?;
+        // The collection's own map when it has one, else the checkpoint's declared alignment.
+        let mapped = (query_profile != &run.profile && collection.maps_queries_of(query_profile))
+            .then(|| query_profile.clone());
+        if query_profile != &run.profile && mapped.is_none() {
+            if let Err(err) = e.check_aligned(query_profile, &run.profile) {
+                eprintln!("skipping queries by {query_profile} on {label}: {err}");
+                continue;
+            }
+        }
         // Queries are embedded one at a time, as a search service sees them.
         let mut vectors = Vec::with_capacity(data.queries.len());
         let mut embed_ms = Vec::with_capacity(data.queries.len());
@@ -464,6 +510,7 @@ fn evaluate_run(
                     filter: None,
                     exact,
                     params: Default::default(),
+                    profile: mapped.clone(),
                 };
                 let t = Instant::now();
                 let hits = collection.run(&query)?;
@@ -486,6 +533,7 @@ fn evaluate_run(
                 dim,
                 funnel: funnel.map(|(d, k)| format!("{d}:{k}")),
                 adapted,
+                query_map: mapped.is_some(),
                 renest_seconds,
                 search: if exact { "exact" } else { "hnsw" },
                 metrics: evaluate(&results, &data.qrels),
@@ -506,7 +554,12 @@ fn label(r: &Row) -> String {
     let base = if r.query_profile == r.profile {
         r.profile.clone()
     } else {
-        format!("{} → {}", r.query_profile, r.profile)
+        format!(
+            "{} → {}{}",
+            r.query_profile,
+            r.profile,
+            if r.query_map { " mapped" } else { "" }
+        )
     };
     match r.adapted {
         Some(v) => format!("{base} adapted (rotation {v})"),

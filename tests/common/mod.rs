@@ -36,6 +36,28 @@ pub fn scifact_queries(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// SciFact's first `n` documents (in `corpus.jsonl` order) as (id, "title text").
+pub fn scifact_corpus(n: usize) -> Vec<(String, String)> {
+    let path = shared().join("data/scifact/corpus.jsonl");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path:?}: {e}"))
+        .lines()
+        .take(n)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let text = format!(
+                "{} {}",
+                v["title"].as_str().unwrap(),
+                v["text"].as_str().unwrap()
+            );
+            (
+                v["_id"].as_str().unwrap().to_string(),
+                text.trim().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

@@ -33,7 +33,8 @@ use serde_json::{Map, Value};
 
 use super::{
     check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery, VectorStore, ID_KEY,
+    ScrolledPoint, StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery,
+    VectorStore, ID_KEY, TEXT_KEY,
 };
 
 const SPEC_FILE: &str = "collection.json";
@@ -575,11 +576,17 @@ impl VectorStore for EdgeStore {
         vector: &str,
         offset: Option<String>,
         limit: usize,
+        text: bool,
     ) -> Result<VectorPage> {
         let c = self.get(name)?;
-        let key = ID_KEY
-            .parse()
-            .map_err(|_| StoreError::Storage(format!("{ID_KEY} is not a JSON path")))?;
+        let path = |key: &str| {
+            key.parse()
+                .map_err(|_| StoreError::Storage(format!("{key} is not a JSON path")))
+        };
+        let mut keys = vec![path(ID_KEY)?];
+        if text {
+            keys.push(path(TEXT_KEY)?);
+        }
         let offset = offset
             .map(|o| {
                 uuid::Uuid::parse_str(&o)
@@ -591,7 +598,7 @@ impl VectorStore for EdgeStore {
             offset,
             limit: Some(limit),
             filter: None,
-            with_payload: Some(WithPayloadInterface::Fields(vec![key])),
+            with_payload: Some(WithPayloadInterface::Fields(keys)),
             with_vector: WithVector::Selector(vec![vector.to_string()]),
             order_by: None,
         };
@@ -599,13 +606,22 @@ impl VectorStore for EdgeStore {
             c.with_shard(|shard| guarded("scrolling", || shard.scroll(request))?.map_err(storage))?;
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            let id = match r.payload.and_then(|mut p| p.0.remove(ID_KEY)) {
+            let mut payload = r.payload.map(|p| p.0).unwrap_or_default();
+            let id = match payload.remove(ID_KEY) {
                 Some(Value::String(id)) => id,
                 _ => return Err(StoreError::Storage(format!("point {:?} has no id", r.id))),
             };
+            let text = match payload.remove(TEXT_KEY) {
+                Some(Value::String(t)) => t,
+                _ => String::new(),
+            };
             if let Some(VectorStructInternal::Named(mut named)) = r.vector {
                 if let Some(VectorInternal::Dense(v)) = named.remove(vector) {
-                    out.push((id, v));
+                    out.push(ScrolledPoint {
+                        id,
+                        vector: v,
+                        text,
+                    });
                 }
             }
         }

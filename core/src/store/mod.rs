@@ -7,6 +7,7 @@
 pub mod edge;
 pub mod remote;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -250,6 +251,59 @@ pub struct RotationInfo {
     /// How long the re-nest took: the fit and the rewrite of every point's rotated sizes.
     #[serde(default)]
     pub seconds: f64,
+    /// The checkpoint's other profiles whose queries this fit maps into the documents' space,
+    /// with how well the map agrees with the documents' profile on documents held out of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<QueryMapInfo>,
+    /// Which nesting the fit kept (the PCA rotation or a learned projection) and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesting: Option<NestingInfo>,
+}
+
+/// How an adaptive collection's smaller sizes are cut (`core::adapt`): from the PCA rotation,
+/// or from a projection learned on the collection's own full-width vectors, kept only when
+/// it finds more of each held-out document's full-width neighbours at every rotated size.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NestingInfo {
+    /// `pca` or `learned`.
+    pub kept: String,
+    /// The rotated sizes the figures are for, ascending.
+    pub dims: Vec<usize>,
+    /// Documents held out of the fit that the figures are measured on.
+    pub held_out: usize,
+    /// Per size in `dims`: recall@10 of each held-out document's full-width neighbours
+    /// (among the held-out documents) under the PCA rotation.
+    pub pca_recall: Vec<f64>,
+    /// The same under the learned projection.
+    pub learned_recall: Vec<f64>,
+    /// Gradient steps the learned projection took.
+    pub steps: usize,
+}
+
+/// One query profile an adaptive collection maps into its documents' space (`core::adapt`):
+/// a ridge map fitted on the collection's own documents embedded by both profiles.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryMapInfo {
+    pub profile: String,
+    /// Texts the map was fitted on: sampled documents, and query-like spans cut from them.
+    pub sample: usize,
+    /// Texts held out of the fit (and of choosing its ridge term), on which the figures
+    /// below are measured.
+    pub held_out: usize,
+    /// The ridge term kept (relative to the mean eigenvalue of the inputs' Gram matrix),
+    /// chosen on a third split of the sample.
+    pub ridge: f64,
+    /// Mean cosine between a held-out text's mapped vector and its documents'-profile
+    /// vector, at full width (1 = the same vector).
+    pub mean_cosine: f64,
+    /// Share of a held-out text's 10 nearest sampled documents (full width, by its
+    /// documents'-profile vector) that its mapped vector finds too: how far a search by this
+    /// profile agrees with one by the documents' profile.
+    pub neighbour_overlap: f64,
+    /// The same share with the profile's vector unmapped (its own prefix), for comparison.
+    pub unmapped_overlap: f64,
 }
 
 /// A collection's fitted rotation as the store keeps it: what is shown, and the matrix.
@@ -259,6 +313,10 @@ pub struct StoredRotation {
     pub info: RotationInfo,
     /// The `w × w` rotation, row-major, f32 little-endian, base64 (standard alphabet).
     pub matrix: String,
+    /// Per query profile (`info.queries`), its `w × c` map into the documents' space,
+    /// row-major (`c`: the profile's width), encoded as `matrix` is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub maps: BTreeMap<String, String>,
 }
 
 impl StoredRotation {
@@ -268,13 +326,12 @@ impl StoredRotation {
         (version % 2) as usize
     }
 
-    /// The stored form of a `w × w` row-major matrix.
+    /// The stored form of a `w × w` row-major matrix, without query maps.
     pub fn new(info: RotationInfo, matrix: &[f32]) -> Self {
-        use base64::Engine as _;
-        let bytes: Vec<u8> = matrix.iter().flat_map(|x| x.to_le_bytes()).collect();
         Self {
             info,
-            matrix: base64::engine::general_purpose::STANDARD.encode(bytes),
+            matrix: encode_f32(matrix),
+            maps: BTreeMap::new(),
         }
     }
 
@@ -282,20 +339,44 @@ impl StoredRotation {
     ///
     /// Errors: `Storage` when it is not base64 of whole f32s.
     pub fn matrix_f32(&self) -> Result<Vec<f32>> {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&self.matrix)
-            .map_err(|e| StoreError::Storage(format!("a stored rotation is not base64: {e}")))?;
-        if bytes.len() % 4 != 0 {
-            return Err(StoreError::Storage(
-                "a stored rotation is not a whole number of f32s".into(),
-            ));
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        decode_f32(&self.matrix)
     }
+
+    /// Each query map back as f32, row-major, by profile.
+    ///
+    /// Errors: `Storage` when one is not base64 of whole f32s.
+    pub fn maps_f32(&self) -> Result<BTreeMap<String, Vec<f32>>> {
+        self.maps
+            .iter()
+            .map(|(p, m)| Ok((p.clone(), decode_f32(m)?)))
+            .collect()
+    }
+}
+
+/// f32s as stored: little-endian bytes, base64 (standard alphabet).
+pub fn encode_f32(values: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `encode_f32` undone.
+///
+/// Errors: `Storage` when it is not base64 of whole f32s.
+fn decode_f32(text: &str) -> Result<Vec<f32>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| StoreError::Storage(format!("a stored matrix is not base64: {e}")))?;
+    if bytes.len() % 4 != 0 {
+        return Err(StoreError::Storage(
+            "a stored matrix is not a whole number of f32s".into(),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// How a large collection is laid out on a Qdrant server: sharding, replication, and per size
@@ -576,14 +657,15 @@ pub trait VectorStore: Send + Sync {
     /// restart) sees the old one or the new one, never a mix.
     fn set_rotation(&self, name: &str, rotation: &StoredRotation) -> Result<()>;
     /// Up to `limit` points from `offset` (an opaque token from the previous page; `None`:
-    /// the start) with their caller ids and named vector `vector`, and the next page's token.
-    /// Points lacking the vector are left out.
+    /// the start) with their caller ids, named vector `vector` and, when `text`, their text;
+    /// and the next page's token. Points lacking the vector are left out.
     fn scroll_vectors(
         &self,
         name: &str,
         vector: &str,
         offset: Option<String>,
         limit: usize,
+        text: bool,
     ) -> Result<VectorPage>;
     /// Replaces the given named vectors of existing points by caller id, leaving their other
     /// vectors and payload as they are; durable when it returns.
@@ -593,8 +675,18 @@ pub trait VectorStore: Send + Sync {
 /// Named vectors of one point, by caller id: `(id, [(vector name, values)])`.
 pub type PointUpdate = (String, Vec<(String, Vec<f32>)>);
 
-/// One page of `VectorStore::scroll_vectors`: (caller id, vector) pairs and the next token.
-pub type VectorPage = (Vec<(String, Vec<f32>)>, Option<String>);
+/// One point of a `VectorStore::scroll_vectors` page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrolledPoint {
+    /// The caller's id.
+    pub id: String,
+    pub vector: Vec<f32>,
+    /// The document's text, when asked for (else empty).
+    pub text: String,
+}
+
+/// One page of `VectorStore::scroll_vectors` and the next page's token.
+pub type VectorPage = (Vec<ScrolledPoint>, Option<String>);
 
 impl CollectionSpec {
     /// The widest stored size: an adaptive collection's full width, kept unrotated, from

@@ -26,8 +26,8 @@ use serde_json::{Map, Value};
 
 use super::{
     check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    RotationInfo, StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery, VectorStore,
-    ID_KEY,
+    RotationInfo, ScrolledPoint, StoreError, StoredDocument, StoredRotation, VectorPage,
+    VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
 };
 
 /// The metadata key that marks a collection as mrl's and holds its spec.
@@ -37,6 +37,8 @@ const ROTATION_KEY: &str = "mrl_rotation";
 /// The payload keys of a rotation point: its version and its matrix.
 const ROTATION_VERSION_KEY: &str = "_mrl_rotation";
 const ROTATION_MATRIX_KEY: &str = "_mrl_matrix";
+/// The rotation point's query maps: `{profile: base64 matrix}`.
+const ROTATION_MAPS_KEY: &str = "_mrl_maps";
 
 /// The point that holds the matrix of rotation slot `slot`: a hash of bytes that are not
 /// UTF-8 (0xFF), so no caller id (a string) maps to it.
@@ -491,7 +493,11 @@ impl VectorStore for RemoteStore {
             version,
         ) {
             (Some(Value::String(matrix)), Some(v)) if v.as_u64() == Some(info.version) => {
-                Ok(Some(StoredRotation { info, matrix }))
+                let maps = match payload.as_ref().and_then(|p| p.get(ROTATION_MAPS_KEY)) {
+                    Some(m) => serde_json::from_value(to_json(m)).map_err(remote)?,
+                    None => Default::default(),
+                };
+                Ok(Some(StoredRotation { info, matrix, maps }))
             }
             _ => Err(remote(format!(
                 "collection {name:?} names rotation version {} but its matrix is missing",
@@ -511,6 +517,10 @@ impl VectorStore for RemoteStore {
             (
                 ROTATION_MATRIX_KEY.to_string(),
                 Value::String(rotation.matrix.clone()),
+            ),
+            (
+                ROTATION_MAPS_KEY.to_string(),
+                serde_json::to_value(&rotation.maps).map_err(remote)?,
             ),
         ]));
         let point = PointStruct::new(
@@ -541,13 +551,16 @@ impl VectorStore for RemoteStore {
         vector: &str,
         offset: Option<String>,
         limit: usize,
+        text: bool,
     ) -> Result<VectorPage> {
         use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
+        let mut fields = vec![ID_KEY.to_string()];
+        if text {
+            fields.push(TEXT_KEY.to_string());
+        }
         let mut request = ScrollPointsBuilder::new(name)
             .limit(limit as u32)
-            .with_payload(PayloadIncludeSelector {
-                fields: vec![ID_KEY.to_string()],
-            })
+            .with_payload(PayloadIncludeSelector { fields })
             .with_vectors(VectorsSelector {
                 names: vec![vector.to_string()],
             });
@@ -571,8 +584,16 @@ impl VectorStore for RemoteStore {
                 _ => None,
             }
             .map(|v| v.into_vector());
+            let text = match p.payload.get(TEXT_KEY).map(to_json) {
+                Some(Value::String(t)) => t,
+                _ => String::new(),
+            };
             if let Some(vector_output::Vector::Dense(d)) = dense {
-                out.push((id, d.data));
+                out.push(ScrolledPoint {
+                    id,
+                    vector: d.data,
+                    text,
+                });
             }
         }
         let next = page

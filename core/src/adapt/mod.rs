@@ -7,6 +7,11 @@
 //! collection's own stored full-width vectors (`mrl_encoder::rotation`; no labels). Full-width
 //! cosines cannot change under `R`; short prefixes keep more of them.
 //!
+//! `R` need not be orthogonal: each fit also trains a projection from the PCA rotation on the
+//! same sample (`learn`: Matryoshka-Adaptor's similarity losses at every rotated size) and
+//! keeps it instead only when it beats PCA on held-out documents at every size. Either way
+//! the full width is never rotated, so full-width results do not change.
+//!
 //! A re-nest (`Adapter::renest`): sample the stored full-width vectors → fit `R` (f64) → wait
 //! for searches that may still read the idle rotation slot → rewrite that slot page by page from
 //! each point's stored full-width vector (no re-embedding) while writers fill both slots → store
@@ -24,20 +29,38 @@
 //!
 //! The coordination is per process: two processes writing one adaptive collection on a Qdrant
 //! server do not see each other's re-nests.
+//!
+//! Query maps: each fit also aligns the checkpoint's other profiles (`b50`, `b25`, …) with the
+//! documents' profile on the collection's own texts. Query-like spans cut from a sample of
+//! stored documents (the documents themselves where they are too short) are embedded by the
+//! documents' profile and by each other profile; a ridge map (`mrl_encoder::linear`) from
+//! that profile's space into the documents' is fitted on the spans of 6/8 of the documents,
+//! its ridge term chosen on 1/8 and its figures (mean cosine, overlap of the neighbours
+//! found among the sampled documents) measured on the last 1/8. The maps are versioned with the rotation (one record, one switch), so a search
+//! by a cheap profile embeds with it, maps under the same `Current` it cuts with, and never
+//! mixes a map of one fit with a rotation of another. A map only changes queries: stored
+//! points are never mapped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
+use std::collections::{BTreeMap, HashMap};
+
+use mrl_encoder::linear::LinearMap;
 use mrl_encoder::nested::nest;
 use mrl_encoder::rotation::Rotation;
 use serde_json::Value;
 
+mod learn;
+mod maps;
+
 use crate::documents::Document;
 use crate::error::{Error, Result};
 use crate::store::{
-    CollectionInfo, CollectionSpec, Funnel, Hit, RenestProgress, RotationInfo, SearchParams,
-    StoreError, StoredDocument, StoredRotation, VectorQuery, VectorStore,
+    encode_f32, CollectionInfo, CollectionSpec, Funnel, Hit, QueryMapInfo, RenestProgress,
+    RotationInfo, SearchParams, StoreError, StoredDocument, StoredRotation, VectorQuery,
+    VectorStore,
 };
 
 /// Points read and rewritten per step of a re-nest (one store write each).
@@ -47,6 +70,26 @@ const SAMPLE_PAGE: usize = 1024;
 /// The most full-width vectors a fit reads: the scroll runs in point-id order, a hash of the
 /// caller's id, so the first ones are a uniform sample.
 const MAX_SAMPLE: usize = 20_000;
+/// Documents (with text) of the sample that query maps are fitted and judged on, with a
+/// query-like span of each: each is embedded once per query profile, which is most of a
+/// fit's time.
+const MAP_SAMPLE: usize = 1024;
+/// Fewer documents with text than this fit no query maps (a `w`-wide map from fewer pairs is
+/// mostly its ridge term).
+const MIN_MAP_SAMPLE: usize = 64;
+
+/// What a re-nest embeds the collection's own texts with, to map the checkpoint's other
+/// profiles into its documents' space. `Embeddings` is the one the service and the library
+/// use; anything that embeds texts by profile name will do.
+pub trait QueryEncoder: Send + Sync {
+    /// The profiles whose queries may be mapped onto documents embedded by `documents`.
+    fn query_profiles(&self, documents: &str) -> Vec<String>;
+
+    /// Raw (pooled, unnormalised) vectors of `texts` under `profile`, one per text.
+    ///
+    /// Errors: the encoder's (an unknown profile, a failed forward pass).
+    fn encode(&self, texts: &[String], profile: &str) -> Result<Vec<Vec<f32>>>;
+}
 
 /// A search before it is cut for a collection: the query's full vector (the raw embedding of a
 /// text, or a caller's vector) and what to ask the store.
@@ -62,14 +105,19 @@ pub struct SearchQuery {
     pub filter: Option<Value>,
     pub exact: bool,
     pub params: SearchParams,
+    /// The query profile whose fitted map carries `full` into the documents' space first
+    /// (`None`: `full` is in it already).
+    pub profile: Option<String>,
 }
 
 /// The rotation the collection's points are under now (none before the first fit: the
-/// model's prefixes, version 0, slot 0), and what was fitted.
+/// model's prefixes, version 0, slot 0), what was fitted, and the query maps fitted with it.
 #[derive(Debug, Default)]
 struct Current {
     rotation: Option<Rotation>,
     info: Option<RotationInfo>,
+    /// By query profile: its `w × c` map into the documents' full-width space.
+    maps: HashMap<String, LinearMap>,
 }
 
 impl Current {
@@ -118,12 +166,33 @@ impl Current {
             .collect()
     }
 
-    /// The store's query for `q` under this rotation.
+    /// The store's query for `q` under this rotation (and this fit's map for `q.profile`).
     fn query(&self, spec: &CollectionSpec, q: &SearchQuery) -> Result<VectorQuery> {
         let sizes: Vec<usize> = std::iter::once(q.dim)
             .chain(q.funnel.map(|(d, _)| d))
             .collect();
-        let cut = self.nest(spec, &q.full, &sizes)?;
+        let mapped;
+        let full = match &q.profile {
+            None => q.full.as_slice(),
+            Some(p) => {
+                let map = self.maps.get(p).ok_or_else(|| {
+                    Error::field(
+                        "profile",
+                        format!("this collection's current fit maps no {p:?} queries"),
+                    )
+                })?;
+                if map.cols() != q.full.len() {
+                    return Err(Error::Internal(format!(
+                        "a {}-wide {p:?} query for a map from {}; this is a bug",
+                        q.full.len(),
+                        map.cols()
+                    )));
+                }
+                mapped = map.apply(&q.full);
+                mapped.as_slice()
+            }
+        };
+        let cut = self.nest(spec, full, &sizes)?;
         if let Some((_, zero)) = cut.iter().find(|(_, v)| v.iter().all(|&x| x == 0.0)) {
             return Err(Error::field(
                 "vector",
@@ -183,6 +252,8 @@ pub struct Adapter {
     /// collection's size (replaced ids count twice), so the store is counted only when a
     /// re-nest may be due.
     estimate: Mutex<usize>,
+    /// What fits query maps (`None`: no maps, e.g. a collection opened without a model).
+    encoder: Option<Arc<dyn QueryEncoder>>,
 }
 
 /// Clears the `running` flag when dropped, a panic included, so waiters never spin forever.
@@ -202,7 +273,11 @@ impl Adapter {
     ///
     /// Errors: `Store` when its rotation cannot be read, or is malformed or not as wide as
     /// the collection's full width.
-    pub fn load(store: Arc<dyn VectorStore>, info: CollectionInfo) -> Result<Self> {
+    pub fn load(
+        store: Arc<dyn VectorStore>,
+        info: CollectionInfo,
+        encoder: Option<Arc<dyn QueryEncoder>>,
+    ) -> Result<Self> {
         let CollectionInfo {
             name, spec, count, ..
         } = info;
@@ -222,9 +297,17 @@ impl Adapter {
                     ))
                     .into());
                 }
+                let mut maps = HashMap::new();
+                for (profile, matrix) in stored.maps_f32()? {
+                    let w = spec.widest();
+                    let map = LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix)
+                        .map_err(|e| StoreError::Storage(format!("{name:?} {profile}: {e}")))?;
+                    maps.insert(profile, map);
+                }
                 Current {
                     rotation: Some(rotation),
                     info: Some(stored.info),
+                    maps,
                 }
             }
             None => Current::default(),
@@ -240,7 +323,14 @@ impl Adapter {
             progress: Mutex::new(None),
             closed: AtomicBool::new(false),
             estimate: Mutex::new(count),
+            encoder,
         })
+    }
+
+    /// Whether the current fit maps queries of `profile` into the documents' space (then a
+    /// search by that profile is allowed whatever the checkpoint declares).
+    pub fn maps_queries_of(&self, profile: &str) -> bool {
+        self.current().maps.contains_key(profile)
     }
 
     /// Stops this nesting for good (its collection is being deleted): writes, searches and a
@@ -450,34 +540,68 @@ impl Adapter {
         }));
         let result = (|| -> Result<RotationInfo> {
             let mut sample = Vec::new();
+            // (text, index into `sample`) of the first documents with text.
+            let mut texts: Vec<(String, usize)> = Vec::new();
+            let want_texts = self.encoder.is_some();
             let mut offset = None;
             loop {
-                let (page, next) =
-                    self.store
-                        .scroll_vectors(&self.name, &full_name, offset, SAMPLE_PAGE)?;
-                sample.extend(page.into_iter().map(|(_, v)| v));
+                let (page, next) = self.store.scroll_vectors(
+                    &self.name,
+                    &full_name,
+                    offset,
+                    SAMPLE_PAGE,
+                    want_texts && texts.len() < MAP_SAMPLE,
+                )?;
+                for p in page {
+                    if texts.len() < MAP_SAMPLE && !p.text.trim().is_empty() {
+                        texts.push((p.text, sample.len()));
+                    }
+                    sample.push(p.vector);
+                }
                 match next {
                     Some(n) if sample.len() < MAX_SAMPLE => offset = Some(n),
                     _ => break,
                 }
             }
             sample.truncate(MAX_SAMPLE);
+            texts.retain(|(_, i)| *i < sample.len());
             let fitted = Rotation::fit(&sample).map_err(|e| Error::Internal(e.to_string()))?;
-            let matrix = fitted.matrix_f32();
+            let stage = Instant::now();
+            let nesting = learn::learn(&sample, &fitted.matrix_f32(), &self.spec.rotated_dims());
+            tracing::info!(
+                "{:?}: nesting kept {} in {:.2} s",
+                self.name,
+                nesting.info.kept,
+                stage.elapsed().as_secs_f64()
+            );
+            let matrix = nesting.matrix.unwrap_or_else(|| fitted.matrix_f32());
             // Applied as it is stored (f32), so that a reload cuts the same vectors.
             let rotation = Some(
                 Rotation::from_matrix_f32(&matrix).map_err(|e| Error::Internal(e.to_string()))?,
             );
+            let stage = Instant::now();
+            let (maps, queries) = self.fit_maps(&texts, &sample);
+            if !queries.is_empty() {
+                tracing::info!(
+                    "{:?}: {} query maps in {:.2} s",
+                    self.name,
+                    queries.len(),
+                    stage.elapsed().as_secs_f64()
+                );
+            }
             let mut info = RotationInfo {
                 version,
                 fitted_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 points: count,
                 sample: sample.len(),
                 seconds: 0.0,
+                queries,
+                nesting: Some(nesting.info),
             };
             let filling = Arc::new(Current {
                 rotation: rotation.clone(),
                 info: Some(info.clone()),
+                maps: HashMap::new(),
             });
             drop(sample);
             // Searches from before the last switch may read the slot about to be written.
@@ -491,11 +615,11 @@ impl Adapter {
                 self.check_open()?;
                 let (page, next_page) = self
                     .store
-                    .scroll_vectors(&self.name, &full_name, offset, PAGE)?;
+                    .scroll_vectors(&self.name, &full_name, offset, PAGE, false)?;
                 done += page.len();
                 let updates = page
                     .into_iter()
-                    .map(|(id, v)| Ok((id, filling.nest(&self.spec, &v, &rotated)?)))
+                    .map(|p| Ok((p.id, filling.nest(&self.spec, &p.vector, &rotated)?)))
                     .collect::<Result<Vec<_>>>()?;
                 if !updates.is_empty() {
                     self.store.update_vectors(&self.name, updates)?;
@@ -514,11 +638,16 @@ impl Adapter {
             let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             self.check_open()?;
             info.seconds = start.elapsed().as_secs_f64();
-            self.store
-                .set_rotation(&self.name, &StoredRotation::new(info.clone(), &matrix))?;
+            let mut stored = StoredRotation::new(info.clone(), &matrix);
+            stored.maps = maps
+                .iter()
+                .map(|(p, m)| (p.clone(), encode_f32(&m.matrix_f32())))
+                .collect::<BTreeMap<_, _>>();
+            self.store.set_rotation(&self.name, &stored)?;
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
                 rotation,
                 info: Some(info.clone()),
+                maps,
             });
             *writes = None;
             Ok(info)
@@ -537,6 +666,77 @@ impl Adapter {
             info.points
         );
         Ok(info)
+    }
+
+    /// Query maps for the checkpoint's other profiles, fitted on query-like spans of `texts`
+    /// (`maps::span`, embedded by the documents' profile and each query profile; the texts
+    /// themselves where they are too short), each text with its index into `sample`, the
+    /// stored full-width vectors neighbours are found among; the ridge term chosen and the
+    /// figures measured on texts held out of the fit (`maps::fit_map`). A profile whose
+    /// embedding or fit fails is left unmapped (logged): the rotation matters more than any
+    /// one map.
+    fn fit_maps(
+        &self,
+        texts: &[(String, usize)],
+        sample: &[Vec<f32>],
+    ) -> (HashMap<String, LinearMap>, Vec<QueryMapInfo>) {
+        let mut maps = HashMap::new();
+        let mut infos = Vec::new();
+        let Some(encoder) = &self.encoder else {
+            return (maps, infos);
+        };
+        if texts.len() < MIN_MAP_SAMPLE {
+            return (maps, infos);
+        }
+        let (spans, span_of): (Vec<String>, Vec<usize>) = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(d, (t, _))| {
+                (0..maps::SPANS_PER_DOCUMENT)
+                    .filter_map(move |k| maps::span(t, d, k).map(|s| (s, d)))
+            })
+            .unzip();
+        let candidates: Vec<&[f32]> = texts.iter().map(|(_, i)| sample[*i].as_slice()).collect();
+        let span_targets;
+        let (strings, items) = if spans.len() >= MIN_MAP_SAMPLE {
+            // The spans' targets: what the documents' profile makes of them (a query by it).
+            span_targets = match encoder.encode(&spans, &self.spec.profile) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("{:?}: no query maps this fit: {e}", self.name);
+                    return (maps, infos);
+                }
+            };
+            let items = maps::MapSample {
+                targets: span_targets.iter().map(Vec::as_slice).collect(),
+                document: span_of,
+                candidates,
+                items_are_documents: false,
+            };
+            (spans, items)
+        } else {
+            let items = maps::MapSample {
+                targets: candidates.clone(),
+                document: (0..texts.len()).collect(),
+                candidates,
+                items_are_documents: true,
+            };
+            (texts.iter().map(|(t, _)| t.clone()).collect(), items)
+        };
+        for profile in encoder.query_profiles(&self.spec.profile) {
+            let fitted = encoder
+                .encode(&strings, &profile)
+                .and_then(|inputs| maps::fit_map(&inputs, &items));
+            match fitted {
+                Ok((map, mut info)) => {
+                    info.profile = profile.clone();
+                    maps.insert(profile, map);
+                    infos.push(info);
+                }
+                Err(e) => tracing::warn!("{:?}: no {profile:?} query map this fit: {e}", self.name),
+            }
+        }
+        (maps, infos)
     }
 
     fn set_progress(&self, p: Option<RenestProgress>) {
@@ -582,7 +782,10 @@ mod tests {
                 points: 4,
                 sample: 4,
                 seconds: 0.0,
+                queries: Vec::new(),
+                nesting: None,
             }),
+            maps: HashMap::new(),
         };
         let named = adapted.nest(&spec(true), &full, &[2, 4]).unwrap();
         let (name, v) = &named[0];
