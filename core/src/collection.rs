@@ -386,7 +386,7 @@ impl Collection {
     /// Whether the collection's current fit maps queries of `profile` into its documents'
     /// space (`SearchQuery::profile` may then name it).
     pub fn maps_queries_of(&self, profile: &str) -> bool {
-        self.adapter.maps_queries_of(profile)
+        self.adapter.maps_queries_of(profile).is_some()
     }
 
     /// What a vector search of this collection takes (`SearchRequest::vector`) from a full
@@ -551,14 +551,16 @@ impl Collection {
             (Some(q), None) if !q.trim().is_empty() => {
                 let profile_name = profile.unwrap_or_else(|| self.spec().profile.clone());
                 let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
+                let width = self.embeddings.embedder().model().output_width(&profile);
+                // A map fitted for a profile of another width (a checkpoint swapped under the
+                // same name) does not apply: the checkpoint's rule does.
                 if profile_name != self.spec().profile
-                    && self.adapter.maps_queries_of(&profile_name)
+                    && self.adapter.maps_queries_of(&profile_name) == Some(width)
                 {
                     return Ok(QueryInput::Text(q, profile, Some(profile_name)));
                 }
                 self.embeddings
                     .check_aligned(&profile_name, &self.spec().profile, "profile")?;
-                let width = self.embeddings.embedder().model().output_width(&profile);
                 if width < dim {
                     return Err(Error::field(
                         "profile",

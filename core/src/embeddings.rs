@@ -335,9 +335,12 @@ impl crate::adapt::QueryEncoder for Embeddings {
     }
 
     fn encode(&self, texts: &[String], profile: &str) -> Result<Vec<Vec<f32>>> {
-        const CHUNK: usize = 16;
+        // Big enough to batch well inline, small enough that a search's query waits behind at
+        // most one such batch on the model thread.
+        const CHUNK: usize = 64;
         let profile = self.profile(Some(profile), "profile")?;
         let mut out = Vec::with_capacity(texts.len());
+        let mut waited = 0;
         for chunk in texts.chunks(CHUNK) {
             loop {
                 match self.raw_blocking(chunk, &profile, "documents") {
@@ -345,7 +348,10 @@ impl crate::adapt::QueryEncoder for Embeddings {
                         out.extend(v);
                         break;
                     }
-                    Err(Error::QueueFull { .. }) => {
+                    // A full queue is the service's requests: the fit waits for them, a minute
+                    // at most, then gives the map up for this fit.
+                    Err(Error::QueueFull { .. }) if waited < 1200 => {
+                        waited += 1;
                         std::thread::sleep(std::time::Duration::from_millis(50))
                     }
                     Err(e) => return Err(e),

@@ -12,6 +12,7 @@
 use nalgebra::DMatrix;
 
 use crate::error::{EncoderError, Result};
+use crate::rotation::unit;
 
 /// A `rows × cols` linear map `y = A x` (`x`: `cols` wide, `y`: `rows` wide), f64 inside.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +87,8 @@ impl Ridge {
     /// The map for ridge term `lambda` (relative to the mean eigenvalue of `G`), shrunk
     /// towards the identity when `toward_identity`, else towards zero.
     ///
-    /// Errors: `InvalidVectors` when `lambda` is not positive and finite.
+    /// Errors: `InvalidVectors` when `lambda` is not positive and finite, or the system is
+    /// singular (only when `G` is zero: the ridge term makes it positive definite otherwise).
     pub fn solve(&self, lambda: f64, toward_identity: bool) -> Result<LinearMap> {
         if !(lambda > 0.0 && lambda.is_finite()) {
             return Err(EncoderError::InvalidVectors(format!(
@@ -192,22 +194,6 @@ impl LinearMap {
             })
             .collect()
     }
-}
-
-/// Row `i` in f64 at unit length; `None` for a zero or non-finite row.
-/// Errors: `InvalidVectors` when it is not `dim` wide.
-fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
-    if v.len() != dim {
-        return Err(EncoderError::InvalidVectors(format!(
-            "vector {i} has {} values, the first has {dim}",
-            v.len()
-        )));
-    }
-    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    if norm == 0.0 || !norm.is_finite() {
-        return Ok(None);
-    }
-    Ok(Some(v.iter().map(|&x| f64::from(x) / norm).collect()))
 }
 
 #[cfg(test)]

@@ -248,7 +248,7 @@ fn width_of<'a>(mut rows: impl Iterator<Item = &'a [f32]>) -> Result<usize> {
 
 /// Row `i` in f64 at unit length; `None` for a zero or non-finite row.
 /// Errors: `Invalid` when it is not `dim` wide.
-fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
+pub(crate) fn unit(v: &[f32], dim: usize, i: usize) -> Result<Option<Vec<f64>>> {
     if v.len() != dim {
         return Err(EncoderError::InvalidVectors(format!(
             "vector {i} has {} values, the first has {dim}",

@@ -498,7 +498,15 @@ fn evaluate_run(
         }
         let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
         let cost = qp.relative_cost(e.config(), mrl_encoder::manifest::COST_SEQ_LEN);
-        for &(dim, funnel) in &plan {
+        // A mapped profile as wide as the documents' also runs unmapped: what the map adds.
+        let mut variants = vec![mapped.clone()];
+        if mapped.is_some() && e.model().output_width(&qp) == width {
+            variants.push(None);
+        }
+        for (&(dim, funnel), mapped) in plan
+            .iter()
+            .flat_map(|p| variants.iter().map(move |m| (p, m)))
+        {
             let mut results: HashMap<String, Vec<(String, f32)>> = HashMap::new();
             let mut search_ms = Vec::with_capacity(vectors.len());
             for (q, v) in data.queries.iter().zip(&vectors) {
@@ -558,7 +566,11 @@ fn label(r: &Row) -> String {
             "{} → {}{}",
             r.query_profile,
             r.profile,
-            if r.query_map { " mapped" } else { "" }
+            match (r.query_map, r.adapted) {
+                (true, _) => " mapped",
+                (false, Some(_)) => " unmapped",
+                (false, None) => "",
+            }
         )
     };
     match r.adapted {

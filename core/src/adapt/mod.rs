@@ -3,14 +3,15 @@
 //!
 //! A generic collection stores each size as the model's prefix, renormalised. An adaptive one
 //! keeps its widest size (the full width) as the model gives it and cuts every smaller size from
-//! `R v`, where `R` is an orthogonal rotation onto the uncentred principal axes of the
-//! collection's own stored full-width vectors (`mrl_encoder::rotation`; no labels). Full-width
-//! cosines cannot change under `R`; short prefixes keep more of them.
+//! `R v`, where `R` is by default the orthogonal rotation onto the uncentred principal axes of
+//! the collection's own stored full-width vectors (`mrl_encoder::rotation`; no labels): short
+//! prefixes keep more of the full width's cosines than the model's own prefixes do.
 //!
 //! `R` need not be orthogonal: each fit also trains a projection from the PCA rotation on the
 //! same sample (`learn`: Matryoshka-Adaptor's similarity losses at every rotated size) and
-//! keeps it instead only when it beats PCA on held-out documents at every size. Either way
-//! the full width is never rotated, so full-width results do not change.
+//! keeps it instead only when it beats PCA on held-out documents (`learn::keeps_learned`).
+//! Either way the full width is never rotated, so full-width results do not change. (The
+//! type that carries `R` is `Rotation` in both cases.)
 //!
 //! A re-nest (`Adapter::renest`): sample the stored full-width vectors → fit `R` (f64) → wait
 //! for searches that may still read the idle rotation slot → rewrite that slot page by page from
@@ -298,11 +299,20 @@ impl Adapter {
                     .into());
                 }
                 let mut maps = HashMap::new();
-                for (profile, matrix) in stored.maps_f32()? {
-                    let w = spec.widest();
-                    let map = LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix)
-                        .map_err(|e| StoreError::Storage(format!("{name:?} {profile}: {e}")))?;
-                    maps.insert(profile, map);
+                // A map is an option, not the collection: one that cannot be read is left out
+                // (its profile's searches are refused, or ruled by the checkpoint) and the
+                // collection still opens.
+                let w = spec.widest();
+                for (profile, matrix) in stored.maps_f32().unwrap_or_else(|e| {
+                    tracing::warn!("{name:?}: its query maps cannot be read: {e}");
+                    Default::default()
+                }) {
+                    match LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix) {
+                        Ok(map) => {
+                            maps.insert(profile, map);
+                        }
+                        Err(e) => tracing::warn!("{name:?}: {profile:?} query map left out: {e}"),
+                    }
                 }
                 Current {
                     rotation: Some(rotation),
@@ -327,10 +337,11 @@ impl Adapter {
         })
     }
 
-    /// Whether the current fit maps queries of `profile` into the documents' space (then a
-    /// search by that profile is allowed whatever the checkpoint declares).
-    pub fn maps_queries_of(&self, profile: &str) -> bool {
-        self.current().maps.contains_key(profile)
+    /// The width of `profile`'s vectors that the current fit maps into the documents' space
+    /// (`None`: no map). A search by that profile, as wide as this, is allowed whatever the
+    /// checkpoint declares.
+    pub fn maps_queries_of(&self, profile: &str) -> Option<usize> {
+        self.current().maps.get(profile).map(LinearMap::cols)
     }
 
     /// Stops this nesting for good (its collection is being deleted): writes, searches and a
@@ -441,10 +452,14 @@ impl Adapter {
     }
 
     /// The size from which the next re-nest is due: the threshold, then twice the size at the
-    /// last fit (`usize::MAX` for a collection that does not adapt).
+    /// last fit, at once for a fit an older version made (`usize::MAX` for a collection that
+    /// does not adapt).
     fn next_due(&self) -> usize {
         let threshold = self.spec.adapt.map_or(usize::MAX, |a| a.threshold.max(1));
         match &self.current().info {
+            // A fit from before learned nesting and query maps (it records no nesting): due
+            // again at once, so an upgraded server fits them on its own.
+            Some(i) if i.nesting.is_none() => 0,
             Some(i) => threshold.max(2 * i.points),
             None => threshold,
         }
@@ -567,7 +582,7 @@ impl Adapter {
             texts.retain(|(_, i)| *i < sample.len());
             let fitted = Rotation::fit(&sample).map_err(|e| Error::Internal(e.to_string()))?;
             let stage = Instant::now();
-            let nesting = learn::learn(&sample, &fitted.matrix_f32(), &self.spec.rotated_dims());
+            let nesting = learn::learn(&sample, &self.spec.rotated_dims());
             tracing::info!(
                 "{:?}: nesting kept {} in {:.2} s",
                 self.name,
@@ -680,6 +695,27 @@ impl Adapter {
         texts: &[(String, usize)],
         sample: &[Vec<f32>],
     ) -> (HashMap<String, LinearMap>, Vec<QueryMapInfo>) {
+        let (mut maps, mut infos) = self.fit_new_maps(texts, sample);
+        // A profile this fit could not map keeps the last fit's map: maps carry queries into
+        // the unrotated full width, so they hold under any rotation, and a search planned
+        // under the last fit still runs under this one.
+        let previous = self.current();
+        for q in previous.info.iter().flat_map(|i| &i.queries) {
+            if let (false, Some(m)) = (maps.contains_key(&q.profile), previous.maps.get(&q.profile))
+            {
+                maps.insert(q.profile.clone(), m.clone());
+                infos.push(q.clone());
+            }
+        }
+        (maps, infos)
+    }
+
+    /// `fit_maps` without what the last fit carries forward.
+    fn fit_new_maps(
+        &self,
+        texts: &[(String, usize)],
+        sample: &[Vec<f32>],
+    ) -> (HashMap<String, LinearMap>, Vec<QueryMapInfo>) {
         let mut maps = HashMap::new();
         let mut infos = Vec::new();
         let Some(encoder) = &self.encoder else {
@@ -698,7 +734,9 @@ impl Adapter {
             .unzip();
         let candidates: Vec<&[f32]> = texts.iter().map(|(_, i)| sample[*i].as_slice()).collect();
         let span_targets;
-        let (strings, items) = if spans.len() >= MIN_MAP_SAMPLE {
+        let mut spanned = span_of.clone();
+        spanned.dedup();
+        let (strings, items) = if spanned.len() >= MIN_MAP_SAMPLE {
             // The spans' targets: what the documents' profile makes of them (a query by it).
             span_targets = match encoder.encode(&spans, &self.spec.profile) {
                 Ok(v) => v,
@@ -724,9 +762,19 @@ impl Adapter {
             (texts.iter().map(|(t, _)| t.clone()).collect(), items)
         };
         for profile in encoder.query_profiles(&self.spec.profile) {
+            // A deleted collection stops spending the model thread on its fit.
+            if self.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            // Applied as it is stored (f32), so that a reload maps queries the same.
             let fitted = encoder
                 .encode(&strings, &profile)
-                .and_then(|inputs| maps::fit_map(&inputs, &items));
+                .and_then(|inputs| maps::fit_map(&inputs, &items))
+                .and_then(|(map, info)| {
+                    LinearMap::from_matrix_f32(map.rows(), map.cols(), &map.matrix_f32())
+                        .map(|m| (m, info))
+                        .map_err(|e| Error::Internal(e.to_string()))
+                });
             match fitted {
                 Ok((map, mut info)) => {
                     info.profile = profile.clone();

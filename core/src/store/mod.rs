@@ -286,6 +286,7 @@ pub struct NestingInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryMapInfo {
+    /// The query profile (a name of the checkpoint's profiles).
     pub profile: String,
     /// Texts the map was fitted on: sampled documents, and query-like spans cut from them.
     pub sample: usize,
@@ -302,7 +303,8 @@ pub struct QueryMapInfo {
     /// documents'-profile vector) that its mapped vector finds too: how far a search by this
     /// profile agrees with one by the documents' profile.
     pub neighbour_overlap: f64,
-    /// The same share with the profile's vector unmapped (its own prefix), for comparison.
+    /// The same share with the profile's vector used as it is (unmapped), for comparison;
+    /// 0 when the profile's width differs from the documents'.
     pub unmapped_overlap: f64,
 }
 
@@ -680,6 +682,7 @@ pub type PointUpdate = (String, Vec<(String, Vec<f32>)>);
 pub struct ScrolledPoint {
     /// The caller's id.
     pub id: String,
+    /// The named vector asked for, as stored.
     pub vector: Vec<f32>,
     /// The document's text, when asked for (else empty).
     pub text: String,

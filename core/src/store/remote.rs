@@ -444,9 +444,14 @@ impl VectorStore for RemoteStore {
         let mut out = Vec::new();
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollPointsBuilder::new(name)
-                .limit(1024)
-                .with_payload(true);
+            // Only the id: every page would otherwise carry the texts, and the rotation
+            // point its matrices.
+            let mut request =
+                ScrollPointsBuilder::new(name)
+                    .limit(1024)
+                    .with_payload(PayloadIncludeSelector {
+                        fields: vec![ID_KEY.to_string()],
+                    });
             if let Some(o) = offset.take() {
                 request = request.offset(o);
             }
