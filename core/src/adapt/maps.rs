@@ -154,7 +154,7 @@ fn judge(
 }
 
 /// Query-like spans cut from each sampled document.
-pub(super) const SPANS_PER_DOCUMENT: usize = 4;
+pub(super) const SPANS_PER_DOCUMENT: usize = 3;
 
 /// Query-like span `k` (< `SPANS_PER_DOCUMENT`) of sampled document `i`'s text: 4 to 24
 /// consecutive words (by `i` and `k`; queries run from a few keywords to a sentence), where

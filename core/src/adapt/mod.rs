@@ -766,15 +766,9 @@ impl Adapter {
             if self.closed.load(Ordering::SeqCst) {
                 break;
             }
-            // Applied as it is stored (f32), so that a reload maps queries the same.
             let fitted = encoder
                 .encode(&strings, &profile)
-                .and_then(|inputs| maps::fit_map(&inputs, &items))
-                .and_then(|(map, info)| {
-                    LinearMap::from_matrix_f32(map.rows(), map.cols(), &map.matrix_f32())
-                        .map(|m| (m, info))
-                        .map_err(|e| Error::Internal(e.to_string()))
-                });
+                .and_then(|inputs| maps::fit_map(&inputs, &items));
             match fitted {
                 Ok((map, mut info)) => {
                     info.profile = profile.clone();
