@@ -270,13 +270,7 @@ mod tests {
     #[test]
     fn pca_stays_where_it_is_optimal() {
         let (w, k) = (32, 8);
-        let mut seed = 7u64;
-        let mut normal = || {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-        };
+        let mut normal = super::super::maps::uniforms(7);
         let basis: Vec<Vec<f32>> = (0..k).map(|_| (0..w).map(|_| normal()).collect()).collect();
         let sample: Vec<Vec<f32>> = (0..2000)
             .map(|_| {
@@ -302,13 +296,7 @@ mod tests {
     #[test]
     fn the_gradient_is_the_losss() {
         let (b, w, top) = (12, 6, 4);
-        let mut seed = 3u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-        };
+        let mut next = super::super::maps::uniforms(3);
         let rows: Vec<Vec<f32>> = (0..b)
             .map(|_| unit(&(0..w).map(|_| next()).collect::<Vec<_>>()))
             .collect();

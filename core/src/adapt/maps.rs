@@ -215,6 +215,18 @@ pub(super) fn overlap(truth: &[usize], found: &[usize]) -> f64 {
     truth.iter().filter(|t| found.contains(t)).count() as f64 / truth.len() as f64
 }
 
+/// Uniform draws in [-0.5, 0.5) from a fixed seed (a 64-bit LCG): test data that is the same
+/// on every run.
+#[cfg(test)]
+pub(super) fn uniforms(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,13 +254,7 @@ mod tests {
     #[test]
     fn a_map_undoes_a_linear_change_of_space() {
         let (w, n) = (12, 400);
-        let mut seed = 11u64;
-        let mut next = || {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-        };
+        let mut next = uniforms(11);
         let targets: Vec<Vec<f32>> = (0..n).map(|_| (0..w).map(|_| next()).collect()).collect();
         // Reversed and negated: a linear map no identity-like guess gets right.
         let inputs: Vec<Vec<f32>> = targets
