@@ -185,9 +185,22 @@ impl LinearMap {
     ///
     /// Panics if `x` is not `cols` wide.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.apply_prefix(x, self.rows)
+    }
+
+    /// The first `k` values of `A x` (all that a `k`-wide prefix needs).
+    ///
+    /// Panics if `x` is not `cols` wide or `k > rows`.
+    pub fn apply_prefix(&self, x: &[f32], k: usize) -> Vec<f32> {
         assert_eq!(x.len(), self.cols, "the map takes {} values", self.cols);
+        assert!(
+            k <= self.rows,
+            "the map gives {} values, not {k}",
+            self.rows
+        );
         self.a
             .chunks_exact(self.cols)
+            .take(k)
             .map(|row| crate::kernels::dot8(row, x))
             .collect()
     }

@@ -10,8 +10,7 @@
 //! `R` need not be orthogonal: each fit also trains a projection from the PCA rotation on the
 //! same sample (`learn`: Matryoshka-Adaptor's similarity losses at every rotated size) and
 //! keeps it instead only when it beats PCA on held-out documents (`learn::keeps_learned`).
-//! Either way the full width is never rotated, so full-width results do not change. (The
-//! type that carries `R` is `Rotation` in both cases.)
+//! Either way the full width is never rotated, so full-width results do not change.
 //!
 //! A re-nest (`Adapter::renest`): sample the stored full-width vectors → fit `R` (f64) → wait
 //! for searches that may still read the idle rotation slot → rewrite that slot page by page from
@@ -37,10 +36,13 @@
 //! documents' profile and by each other profile; a ridge map (`mrl_encoder::linear`) from
 //! that profile's space into the documents' is fitted on the spans of 6/8 of the documents,
 //! its ridge term chosen on 1/8 and its figures (mean cosine, overlap of the neighbours
-//! found among the sampled documents) measured on the last 1/8. The maps are versioned with the rotation (one record, one switch), so a search
-//! by a cheap profile embeds with it, maps under the same `Current` it cuts with, and never
-//! mixes a map of one fit with a rotation of another. A map only changes queries: stored
-//! points are never mapped.
+//! found among the sampled documents) measured on the last 1/8. The maps are versioned with
+//! the rotation (one record, one switch), so a search by a cheap profile embeds with it, maps
+//! under the same `Current` it cuts with, and never mixes a map of one fit with a rotation of
+//! another. A map only changes queries: stored points are never mapped.
+//!
+//! Every point written and every query cut goes through `R`, so it is applied as a
+//! `LinearMap` (f32, the 8-lane dot kernel): as stored, and cheap next to the search.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -115,7 +117,8 @@ pub struct SearchQuery {
 /// model's prefixes, version 0, slot 0), what was fitted, and the query maps fitted with it.
 #[derive(Debug, Default)]
 struct Current {
-    rotation: Option<Rotation>,
+    /// `R` (`w × w`), as stored.
+    rotation: Option<LinearMap>,
     info: Option<RotationInfo>,
     /// By query profile: its `w × c` map into the documents' full-width space.
     maps: HashMap<String, LinearMap>,
@@ -142,11 +145,11 @@ impl Current {
         let widest_rotated = dims.iter().copied().filter(|&d| spec.rotates(d)).max();
         let rotated = match (&self.rotation, widest_rotated) {
             (Some(r), Some(widest)) => {
-                if full.len() != r.dim() {
+                if full.len() != r.cols() {
                     return Err(Error::Internal(format!(
                         "a {}-wide vector for a {}-wide rotation; this is a bug",
                         full.len(),
-                        r.dim()
+                        r.cols()
                     )));
                 }
                 Some(r.apply_prefix(full, widest))
@@ -288,16 +291,17 @@ impl Adapter {
         };
         let current = match stored {
             Some(stored) => {
-                let rotation = Rotation::from_matrix_f32(&stored.matrix_f32()?)
-                    .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
-                if rotation.dim() != spec.widest() {
+                let matrix = stored.matrix_f32()?;
+                let w = spec.widest();
+                if matrix.len() != w * w {
                     return Err(StoreError::Storage(format!(
-                        "{name:?}: its rotation is {} wide, its full width {}",
-                        rotation.dim(),
-                        spec.widest()
+                        "{name:?}: its rotation has {} values, its full width is {w}",
+                        matrix.len(),
                     ))
                     .into());
                 }
+                let rotation = LinearMap::from_matrix_f32(w, w, &matrix)
+                    .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
                 let mut maps = HashMap::new();
                 // A map is an option, not the collection: one that cannot be read is left out
                 // (its profile's searches are refused, or ruled by the checkpoint) and the
@@ -592,7 +596,8 @@ impl Adapter {
             let matrix = nesting.matrix.unwrap_or_else(|| fitted.matrix_f32());
             // Applied as it is stored (f32), so that a reload cuts the same vectors.
             let rotation = Some(
-                Rotation::from_matrix_f32(&matrix).map_err(|e| Error::Internal(e.to_string()))?,
+                LinearMap::from_matrix_f32(widest, widest, &matrix)
+                    .map_err(|e| Error::Internal(e.to_string()))?,
             );
             let stage = Instant::now();
             let (maps, queries) = self.fit_maps(&texts, &sample);
@@ -817,7 +822,7 @@ mod tests {
             m[r * 4 + c] = 1.0;
         }
         let adapted = Current {
-            rotation: Some(Rotation::from_matrix_f32(&m).unwrap()),
+            rotation: Some(LinearMap::from_matrix_f32(4, 4, &m).unwrap()),
             info: Some(RotationInfo {
                 version: 1,
                 fitted_at: String::new(),
