@@ -583,6 +583,25 @@ fn the_openapi_document_lists_every_route_and_validates() {
     assert_eq!(documented, registered);
     assert!(registered.len() >= 12, "{registered:?}");
 
+    // The committed copy (docs/openapi.json, linked from docs/api.md) is the served one;
+    // `MRL_WRITE_OPENAPI=1 cargo test --release --test service openapi` rewrites it.
+    let committed = common::root().join("docs").join("openapi.json");
+    if std::env::var_os("MRL_WRITE_OPENAPI").is_some() {
+        std::fs::write(
+            &committed,
+            serde_json::to_string_pretty(&doc).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let on_disk: Value = serde_json::from_str(
+        &std::fs::read_to_string(&committed).unwrap_or_else(|e| panic!("{committed:?}: {e}")),
+    )
+    .unwrap();
+    assert!(
+        on_disk == doc,
+        "docs/openapi.json is stale: rerun with MRL_WRITE_OPENAPI=1 and commit it"
+    );
+
     let file = std::env::temp_dir().join(format!("mrl-openapi-{}.json", std::process::id()));
     std::fs::write(&file, r.body).unwrap();
     let out = std::process::Command::new("python3")
