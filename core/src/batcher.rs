@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use mrl_encoder::{Embedder, Profile};
 use tokio::sync::oneshot;
 
-use crate::error::{catch_panic, Error};
+use crate::error::Error;
+use crate::panic::catch_panic;
 
 /// What waits for the model thread: the admission counts, mirrored to the gauges.
 #[derive(Default)]

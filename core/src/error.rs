@@ -73,15 +73,3 @@ impl Fields {
         profile: "model",
     };
 }
-
-/// Runs `f`, turning a panic inside it into its message: code we call (the embedded engine,
-/// the forward pass) must fail a request, not the thread or process serving every request.
-pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into())
-    })
-}

@@ -9,7 +9,8 @@
 //! - `documents` — the one reader of documents as callers send them;
 //! - `store` — the vector stores (embedded qdrant-edge, a Qdrant server) behind one trait;
 //! - `indexer` — the resumable three-stage job that fills a collection from a JSONL file;
-//! - `error` — the core's errors, which each shell maps to its own form once.
+//! - `error` — the core's errors, which each shell maps to its own form once;
+//! - `panic` — panics of called code turned into errors.
 
 pub mod adapt;
 pub mod batcher;
@@ -19,6 +20,7 @@ pub mod documents;
 pub mod embeddings;
 pub mod error;
 pub mod indexer;
+pub mod panic;
 pub mod store;
 
 pub use adapt::SearchQuery;

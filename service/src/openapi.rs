@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{self, collections, embed, openai};
+use actix_web::HttpResponse;
+
+use crate::api::{self, collections, embed, openai, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +14,7 @@ use crate::api::{self, collections, embed, openai};
     paths(
         api::health,
         api::metrics,
-        api::openapi,
+        serve,
         embed::embed,
         openai::embeddings,
         collections::list,
@@ -46,4 +48,14 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
+}
+
+// Served from here, not from `api`, so that the document depends on the handlers it
+// describes and not the other way round (no import circle).
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "service", operation_id = "openapi",
+    responses((status = 200, description = "the OpenAPI document of every route", body = Object),
+              (status = 401, description = "missing or wrong API key", body = ErrorBody)))]
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().json(document())
 }

@@ -30,7 +30,7 @@ pub fn routes() -> Vec<(Method, &'static str, Route)> {
     vec![
         at(M::GET, "/health", api::health),
         at(M::GET, "/metrics", api::metrics),
-        at(M::GET, "/openapi.json", api::openapi),
+        at(M::GET, "/openapi.json", crate::openapi::serve),
         at(M::POST, "/embed", api::embed::embed),
         at(M::POST, "/v1/embeddings", api::openai::embeddings),
         at(M::GET, "/collections", collections::list),

@@ -49,7 +49,7 @@ fn storage<E: std::fmt::Display>(e: E) -> StoreError {
 /// Runs an engine call, turning a panic inside it into a storage error: the engine's
 /// `expect`s must not take the process down.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    crate::error::catch_panic(f)
+    crate::panic::catch_panic(f)
         .map_err(|msg| StoreError::Storage(format!("{what} failed inside the engine: {msg}")))
 }
 

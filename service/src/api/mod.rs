@@ -230,14 +230,6 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "service",
-    responses((status = 200, description = "the OpenAPI document of every route", body = Object),
-              (status = 401, description = "missing or wrong API key", body = ErrorBody)))]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::document())
-}
-
 pub async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, actix_web::Error> {
     Err(
         ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
