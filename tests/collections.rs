@@ -14,15 +14,7 @@ use serde_json::{json, Value};
 
 /// Stores `(id, text)` documents in the `sci` collection.
 fn add(s: &Server, docs: &[(String, String)]) {
-    let batch: Vec<Value> = docs
-        .iter()
-        .map(|(id, t)| json!({"id": id, "text": t}))
-        .collect();
-    s.ok(
-        "POST",
-        "/collections/sci/documents",
-        json!({ "documents": batch }),
-    );
+    s.add_documents("sci", docs);
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -307,25 +307,14 @@ fn an_adaptive_collection_maps_the_cheap_profiles_onto_its_documents() {
             Some(json!({"query": query, "dim": 64, "limit": 3, "profile": profile})),
         )
     };
-    let add = |docs: &[(String, String)]| {
-        let batch: Vec<Value> = docs
-            .iter()
-            .map(|(id, t)| json!({"id": id, "text": t}))
-            .collect();
-        s.ok(
-            "POST",
-            "/collections/ad/documents",
-            json!({ "documents": batch }),
-        );
-    };
-    add(&docs[..100]);
+    s.add_documents("ad", &docs[..100]);
     let (st, v) = search("vitamin D", "b25");
     assert_eq!(
         (st, v["error"]["field"].as_str()),
         (400, Some("profile")),
         "{v}"
     );
-    add(&docs[100..]);
+    s.add_documents("ad", &docs[100..]);
     let start = std::time::Instant::now();
     let info = loop {
         let info = s.ok("GET", "/collections/ad", Value::Null);

@@ -64,6 +64,19 @@ impl Server {
         v
     }
 
+    /// Stores `(id, text)` documents in `collection` (one request; asserts it succeeded).
+    pub fn add_documents(&self, collection: &str, docs: &[(String, String)]) {
+        let batch: Vec<Value> = docs
+            .iter()
+            .map(|(id, t)| serde_json::json!({"id": id, "text": t}))
+            .collect();
+        self.ok(
+            "POST",
+            &format!("/collections/{collection}/documents"),
+            serde_json::json!({ "documents": batch }),
+        );
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
