@@ -86,14 +86,16 @@ impl Ridge {
     }
 
     /// The map for ridge term `lambda` (relative to the mean eigenvalue of `G`), shrunk
-    /// towards the identity when `toward_identity`, else towards zero.
+    /// towards the identity when `toward_identity`, else towards zero; `lambda = 0` is plain
+    /// least squares.
     ///
-    /// Errors: `InvalidVectors` when `lambda` is not positive and finite, or the system is
-    /// singular (only when `G` is zero: the ridge term makes it positive definite otherwise).
+    /// Errors: `InvalidVectors` when `lambda` is negative or not finite, or the system is
+    /// singular (with `lambda > 0` only when `G` is zero; with `lambda = 0` whenever the
+    /// inputs do not span their width).
     pub fn solve(&self, lambda: f64, toward_identity: bool) -> Result<LinearMap> {
-        if !(lambda > 0.0 && lambda.is_finite()) {
+        if !(lambda >= 0.0 && lambda.is_finite()) {
             return Err(EncoderError::InvalidVectors(format!(
-                "the ridge term must be positive, got {lambda}"
+                "the ridge term must be zero or positive, got {lambda}"
             )));
         }
         let (a, b) = self.cross.shape();
@@ -131,7 +133,7 @@ impl LinearMap {
     /// identity when `toward_identity`, else zero (`Ridge::new` then `Ridge::solve`).
     ///
     /// Errors: `InvalidVectors` when the lists differ in length, widths differ within a list,
-    /// no pair is usable, or `lambda` is not positive and finite.
+    /// no pair is usable, `lambda` is negative or not finite, or the system is singular.
     pub fn ridge(
         x: &[Vec<f32>],
         y: &[Vec<f32>],
@@ -238,7 +240,16 @@ mod tests {
         assert_eq!(back, map, "stored as it applies");
         assert!(LinearMap::from_matrix_f32(2, 2, &map.matrix_f32()).is_err());
         assert!(LinearMap::ridge(&xs, &ys[1..], 1e-3, false).is_err());
-        assert!(LinearMap::ridge(&xs, &ys, 0.0, false).is_err());
+        assert!(LinearMap::ridge(&xs, &ys, -1e-3, false).is_err());
+        assert!(LinearMap::ridge(&xs, &ys, f64::NAN, false).is_err());
+        // No ridge term: plain least squares, exact on this full-rank, noiseless data.
+        let exact = LinearMap::ridge(&xs, &ys, 0.0, false).unwrap();
+        for (got, want) in exact.matrix_f32().iter().zip(&want) {
+            assert!((got - want).abs() < 1e-5, "{:?}", exact.matrix_f32());
+        }
+        // Inputs that span one axis of two: singular without a ridge term.
+        let flat: Vec<Vec<f32>> = xs.iter().map(|x| vec![x[0], 0.0]).collect();
+        assert!(LinearMap::ridge(&flat, &ys, 0.0, false).is_err());
         // A heavy ridge term leaves the prior: zero, or the identity.
         let zero = LinearMap::ridge(&xs, &ys, 1e6, false).unwrap();
         assert!(zero.matrix_f32().iter().all(|x| x.abs() < 1e-4));

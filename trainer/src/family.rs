@@ -23,9 +23,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use indicatif::ProgressBar;
+use mrl_encoder::linear::LinearMap;
 use mrl_encoder::manifest::Manifest;
 use mrl_encoder::{BertConfig, Embedder, Profile};
-use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -334,10 +334,13 @@ pub(crate) fn unit_rows(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The least-squares map `M` (`d × d`, row-major) with `M x̂_sub ≈ x̂_full` over paired rows,
-/// ridge `λ = ridge · tr(XᵀX)/d`: `M = (XᵀX + λI)⁻¹ XᵀY` transposed (f64, Cholesky).
+/// The least-squares map `M` (`d_full × d_sub`, row-major) with `M x̂_sub ≈ x̂_full` over
+/// paired rows, ridge `λ = ridge · tr(XᵀX)/d`: the encoder's closed form
+/// (`mrl_encoder::linear::LinearMap::ridge`, shrunk towards zero), which adaptive collections
+/// fit their query maps with too.
 ///
-/// Errors: `Invalid` when the rows differ in count or the system is singular.
+/// Errors: `Invalid` when the rows differ in count; the encoder's when the system is singular
+/// (raise `ridge`) or `ridge` is negative.
 pub fn fit_linear_map(sub: &[Vec<f32>], full: &[Vec<f32>], ridge: f64) -> Result<Vec<f32>> {
     if sub.len() != full.len() || sub.is_empty() {
         return Err(TrainerError::Invalid(format!(
@@ -346,42 +349,7 @@ pub fn fit_linear_map(sub: &[Vec<f32>], full: &[Vec<f32>], ridge: f64) -> Result
             full.len()
         )));
     }
-    let (x, y) = (unit_rows(sub), unit_rows(full));
-    let (di, dout) = (x[0].len(), y[0].len());
-    let mut xtx = DMatrix::<f64>::zeros(di, di);
-    let mut xty = DMatrix::<f64>::zeros(di, dout);
-    for (a, b) in x.iter().zip(&y) {
-        for i in 0..di {
-            let ai = f64::from(a[i]);
-            for j in i..di {
-                xtx[(i, j)] += ai * f64::from(a[j]);
-            }
-            for j in 0..dout {
-                xty[(i, j)] += ai * f64::from(b[j]);
-            }
-        }
-    }
-    for i in 0..di {
-        for j in 0..i {
-            xtx[(i, j)] = xtx[(j, i)];
-        }
-    }
-    let lambda = ridge * xtx.trace() / di as f64;
-    for i in 0..di {
-        xtx[(i, i)] += lambda;
-    }
-    let chol = xtx.cholesky().ok_or_else(|| {
-        TrainerError::Invalid("the sub-encoder's Gram matrix is singular: raise ridge".into())
-    })?;
-    let b = chol.solve(&xty);
-    // b is di × dout with y ≈ x b; the head multiplies column vectors, so M = bᵀ.
-    let mut m = Vec::with_capacity(di * dout);
-    for j in 0..dout {
-        for i in 0..di {
-            m.push(b[(i, j)] as f32);
-        }
-    }
-    Ok(m)
+    Ok(LinearMap::ridge(sub, full, ridge, false)?.matrix_f32())
 }
 
 /// `A B` for row-major `A` (`n × k`) and `B` (`k × m`).
