@@ -291,22 +291,14 @@ impl Adapter {
         };
         let current = match stored {
             Some(stored) => {
-                let matrix = stored.matrix_f32()?;
+                // A matrix not `w × w` (another full width) is refused here, by name.
                 let w = spec.widest();
-                if matrix.len() != w * w {
-                    return Err(StoreError::Storage(format!(
-                        "{name:?}: its rotation has {} values, its full width is {w}",
-                        matrix.len(),
-                    ))
-                    .into());
-                }
-                let rotation = LinearMap::from_matrix_f32(w, w, &matrix)
-                    .map_err(|e| StoreError::Storage(format!("{name:?}: {e}")))?;
+                let rotation = LinearMap::from_matrix_f32(w, w, &stored.matrix_f32()?)
+                    .map_err(|e| StoreError::Storage(format!("{name:?}'s rotation: {e}")))?;
                 let mut maps = HashMap::new();
                 // A map is an option, not the collection: one that cannot be read is left out
                 // (its profile's searches are refused, or ruled by the checkpoint) and the
                 // collection still opens.
-                let w = spec.widest();
                 for (profile, matrix) in stored.maps_f32().unwrap_or_else(|e| {
                     tracing::warn!("{name:?}: its query maps cannot be read: {e}");
                     Default::default()
