@@ -5,48 +5,17 @@
 //! or cluster.
 
 pub mod edge;
+mod open;
 pub mod remote;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edge::EdgeStore;
+pub use open::open;
 pub use remote::RemoteStore;
-
-/// The store a command asked for: the Qdrant server at `qdrant_url`, else the embedded
-/// store in `data_dir`. Embedded stores are shared within the process: opening a folder that
-/// is already open here returns the same store (two stores on one folder would write the same
-/// shards; across processes the folder's lock refuses the second).
-pub fn open(
-    data_dir: &std::path::Path,
-    qdrant_url: Option<&str>,
-    api_key: Option<String>,
-) -> Result<Arc<dyn VectorStore>> {
-    if let Some(url) = qdrant_url {
-        return Ok(Arc::new(RemoteStore::connect(url, api_key)?));
-    }
-    static OPEN: Mutex<Vec<(PathBuf, Weak<EdgeStore>)>> = Mutex::new(Vec::new());
-    let in_dir =
-        |e: &dyn std::fmt::Display| StoreError::Storage(format!("{}: {e}", data_dir.display()));
-    std::fs::create_dir_all(data_dir).map_err(|e| in_dir(&e))?;
-    let key = std::fs::canonicalize(data_dir).map_err(|e| in_dir(&e))?;
-    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
-    open.retain(|(_, store)| store.strong_count() > 0);
-    if let Some(store) = open
-        .iter()
-        .find(|(dir, _)| *dir == key)
-        .and_then(|(_, s)| s.upgrade())
-    {
-        return Ok(store);
-    }
-    let store = Arc::new(EdgeStore::open(&key).map_err(|e| in_dir(&e))?);
-    open.push((key, Arc::downgrade(&store)));
-    Ok(store)
-}
 
 impl StoredDocument {
     /// The point's payload: the caller's payload plus the id and text under the store's keys.
