@@ -41,9 +41,10 @@ use sha2::{Digest, Sha256};
 use crate::eval::{exact_search, nested_matrix, EmbeddingCache};
 use crate::family::{
     apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, HeadRun,
-    Metrics, Parent, Resume, Schedule,
+    Parent, Resume, Schedule,
 };
 use crate::loss::{normalize_rows, similarity_distillation, similarity_structure};
+use crate::metrics::MetricsLog;
 use crate::rotation::Rotation;
 use crate::router::Rng;
 use crate::{Result, TrainerError};
@@ -454,7 +455,7 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
     let key = recipe_key(cfg, &cache, &parent, &train, &held_out)?;
     let resume = Resume::open(&cfg.out.join("state"), &key)?;
-    let mut log = Metrics::open(&cfg.out.join("metrics.jsonl"), resume.resuming)?;
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), |_| resume.resuming)?;
     let fit = DistillFit {
         cfg,
         texts: &texts,
@@ -588,7 +589,7 @@ impl DistillFit<'_> {
         &self,
         rotation: &[f32],
         progress: &ProgressBar,
-        log: &mut Metrics,
+        log: &mut MetricsLog,
     ) -> Result<(usize, Vec<f32>)> {
         let hp = &self.cfg.head;
         let dims = self.dims(true);
@@ -623,7 +624,7 @@ impl DistillFit<'_> {
                     eligible: true,
                 })
             },
-            &mut |line| log.write(line),
+            &mut |line| log.write(&line),
             &["generic held-out"],
         )
     }
@@ -635,7 +636,7 @@ impl DistillFit<'_> {
         init: &[f32],
         shared: &[f32],
         progress: &ProgressBar,
-        log: &mut Metrics,
+        log: &mut MetricsLog,
     ) -> Result<(usize, Vec<f32>)> {
         let hp = &self.cfg.sub;
         let dims = self.dims(false);
@@ -678,7 +679,7 @@ impl DistillFit<'_> {
                     eligible: true,
                 })
             },
-            &mut |line| log.write(line),
+            &mut |line| log.write(&line),
             &[
                 &format!("{pname} → full held-out"),
                 &format!("{pname} held-out"),

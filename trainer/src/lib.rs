@@ -29,6 +29,7 @@ pub mod fused;
 pub mod importance;
 pub mod judge;
 pub mod loss;
+mod metrics;
 pub mod optim;
 /// The closed-form rotation lives in the encoder, where collections use it too.
 pub use mrl_encoder::rotation;

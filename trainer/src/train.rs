@@ -6,7 +6,6 @@
 //! run resumes on the same trajectory → the output checkpoint with the router's profiles.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,6 +20,7 @@ use crate::curriculum::Curriculum;
 use crate::data::{beir_pairs, jsonl_pairs, length_aware_batches, sts_pairs, Pair};
 use crate::dev::{DevSet, EvalConfig};
 use crate::elastic::{step_loss, CostModel, ElasticSpace, LossConfig, StepInputs, StepLog};
+use crate::metrics::MetricsLog;
 use crate::optim::{
     accumulate_grads, clip_factor, grad_norm, load_checkpoint, lr_at, params_of, save_checkpoint,
     AdamW, Params,
@@ -318,7 +318,8 @@ struct Trainer<'a> {
     ckpt: PathBuf,
     state: RunState,
     resumed_at: usize,
-    metrics: Metrics,
+    /// `metrics.jsonl`: a JSON line per step and per dev check.
+    metrics: MetricsLog,
     full: Profile,
     dev: Option<(&'a EvalConfig, DevSet)>,
     /// The current epoch's batches, rebuilt when a micro-step crosses into the next epoch.
@@ -332,12 +333,6 @@ struct Learner {
     router: Params,
     opt: AdamW,
     ropt: AdamW,
-}
-
-/// `metrics.jsonl`, appended a JSON line per step and per dev check.
-struct Metrics {
-    path: PathBuf,
-    file: std::fs::File,
 }
 
 impl<'a> Trainer<'a> {
@@ -389,7 +384,11 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
         let state = learner.resume(cfg, &ckpt)?;
         let resumed_at = state.step;
-        let metrics = Metrics::open(cfg.out.join("metrics.jsonl"), resumed_at)?;
+        // Steps logged after the last checkpoint are redone: their lines go, so each step
+        // appears once.
+        let metrics = MetricsLog::open(&cfg.out.join("metrics.jsonl"), |v| {
+            v["step"].as_u64().is_some_and(|s| s as usize <= resumed_at)
+        })?;
         progress.set_length(cfg.steps as u64);
         progress.set_position(state.step as u64);
         let full = Profile::full(&bert);
@@ -809,38 +808,6 @@ impl Learner {
             &self.ropt,
             state,
         )
-    }
-}
-
-impl Metrics {
-    /// Opens the log for appending, first dropping the lines of steps after `resumed_at`.
-    fn open(path: PathBuf, resumed_at: usize) -> Result<Self> {
-        // Steps logged after the last checkpoint are redone: drop their lines so each step
-        // appears once.
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= resumed_at)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&path, kept).map_err(|e| TrainerError::io(&path, e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| TrainerError::io(&path, e))?;
-        Ok(Self { path, file })
-    }
-
-    /// Appends `line`.
-    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{line}").map_err(|e| TrainerError::io(&self.path, e))
     }
 }
 
