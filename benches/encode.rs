@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mrl::{EmbedOptions, Embedder, Fetcher, DEFAULT_MODEL};
+use std::sync::Arc;
+
+use mrl::{EmbedSpec, Embedder, Embeddings, Fetcher, Fields, Policy, DEFAULT_MODEL};
 
 fn texts(kind: &str, limit: usize) -> Vec<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -42,7 +44,8 @@ fn encode(c: &mut Criterion) {
             .ensure(&DEFAULT_MODEL)
             .expect("fetching the default model"),
     };
-    let embedder = Embedder::load(dir).expect("loading the model");
+    let embedder = Arc::new(Embedder::load(dir).expect("loading the model"));
+    let embeddings = Embeddings::inline(embedder.clone(), Policy::LIBRARY);
     let spec = std::env::var("MRL_BENCH_PROFILES").unwrap_or_else(|_| "all".into());
     let profiles: Vec<String> = match spec.as_str() {
         "all" if embedder.manifest().is_some() => embedder.profile_names(),
@@ -58,9 +61,13 @@ fn encode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch.len() as u64));
         group.sample_size(10);
         for profile in &profiles {
-            let opts = EmbedOptions::default().profile(profile.clone());
+            let spec = EmbedSpec::default().profile(profile.clone());
             group.bench_with_input(BenchmarkId::from_parameter(profile), &batch, |b, t| {
-                b.iter(|| embedder.embed(t, &opts).expect("embedding"))
+                b.iter(|| {
+                    embeddings
+                        .embed_blocking(t, &spec, &Fields::NATIVE)
+                        .expect("embedding")
+                })
             });
         }
         group.finish();

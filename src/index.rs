@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use mrl_core::indexer::{self, IndexError, IndexOptions, IndexSummary};
-use mrl_core::store::{
-    self, Adapt, CollectionSpec, Hit, SearchParams, StoreError, DEFAULT_ADAPT_THRESHOLD,
-};
+use mrl_core::store::{self, CollectionSpec, Hit, SearchParams, StoreError};
 use mrl_core::{
-    Collection, Collections, DimPolicy, Document, Embeddings, FunnelRequest, Policy, SearchRequest,
+    Collection, Collections, CreateRequest, DimPolicy, Document, Embeddings, FunnelRequest, Policy,
+    SearchRequest,
 };
 use mrl_encoder::{Embedder, EncoderError};
 
@@ -92,11 +91,10 @@ impl SearchOptions {
 pub struct IndexConfig {
     data_dir: PathBuf,
     name: String,
-    dims: Option<Vec<usize>>,
-    profile: Option<String>,
+    /// The collection to open or create (see `Collections::open_or_create`).
+    collection: CreateRequest,
     qdrant: Option<(String, Option<String>)>,
     dim_policy: DimPolicy,
-    adapt: Option<Adapt>,
 }
 
 impl IndexConfig {
@@ -104,23 +102,21 @@ impl IndexConfig {
         Self {
             data_dir: data_dir.into(),
             name: name.into(),
-            dims: None,
-            profile: None,
+            collection: CreateRequest::default(),
             qdrant: None,
             dim_policy: Policy::LIBRARY.dims,
-            adapt: None,
         }
     }
-    /// Make a new collection adaptive: once it holds `threshold` documents (`None`: 1,000),
+    /// Make a new collection adaptive: once it holds `threshold` documents (`None`: an existing
+    /// adaptive collection's own, else 1,000),
     /// and again whenever it has doubled, its sizes below the full width are re-nested onto
     /// the principal axes of its own documents' vectors (no labels; full-width results do not
     /// change). The full width is stored too.
     ///
     /// Errors (at `open`): a threshold of 0.
     pub fn adapt(mut self, threshold: Option<usize>) -> Self {
-        self.adapt = Some(Adapt {
-            threshold: threshold.unwrap_or(DEFAULT_ADAPT_THRESHOLD),
-        });
+        self.collection.adapt = true;
+        self.collection.adapt_threshold = threshold;
         self
     }
     /// Which sizes a new collection may store (default: any prefix; `DimPolicy::Nested`
@@ -137,12 +133,12 @@ impl IndexConfig {
     }
     /// Sizes to store (default: the model's nested dims).
     pub fn dims(mut self, dims: Vec<usize>) -> Self {
-        self.dims = Some(dims);
+        self.collection.dims = Some(dims);
         self
     }
     /// The profile that embeds documents (default: `full`).
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
+        self.collection.profile = Some(profile.into());
         self
     }
 
@@ -158,17 +154,9 @@ impl IndexConfig {
             ..Policy::LIBRARY
         };
         let embeddings = Arc::new(Embeddings::inline(embedder, policy));
-        let spec = indexer::resolve_spec(
-            &embeddings,
-            store.as_ref(),
-            &self.name,
-            self.dims.as_deref(),
-            self.profile.as_deref(),
-            self.adapt,
-        )?;
-        // An existing collection with another spec is refused here, not overwritten.
         let collections = Collections::new(store, embeddings);
-        let collection = collections.open_or_create(&self.name, &spec)?;
+        // An existing collection with another spec is refused here, not overwritten.
+        let (collection, _) = collections.open_or_create(&self.name, &self.collection)?;
         Ok(Index {
             collection,
             collections,
@@ -242,7 +230,7 @@ impl Index {
         if docs.is_empty() {
             return Ok(0);
         }
-        Ok(self.collection.add_documents_blocking(docs)?)
+        Ok(self.collection.add_documents_blocking(docs)?.ids.len())
     }
 
     /// Indexes a JSONL file (BEIR `corpus.jsonl`, or `{id, text, payload}` lines) with the
@@ -275,33 +263,14 @@ impl Index {
             .search_blocking(opts.request(Some(query.to_string()), None))?)
     }
 
-    /// The raw (full-width, unnormalised) vector of `query`, under `profile` or the
-    /// collection's; [`search_vector`](Self::search_vector) cuts it to any stored size.
+    /// Searches with a query you embedded yourself: `vector` holds `opts.dim` values (an
+    /// adaptive collection's full width: it rotates before it cuts), finite as float32.
     ///
-    /// Errors: an empty query; a profile unknown or not aligned with the collection's.
-    pub fn embed_query(&self, query: &str, profile: Option<&str>) -> Result<Vec<f32>> {
-        let widest = self.spec().dims.last().copied();
-        let mut req = SearchOptions::new(widest.unwrap_or(1), 1).request(Some(query.into()), None);
-        req.profile = profile.map(String::from);
-        let plan = self.collection.plan_search(req)?;
-        match &plan.embed {
-            Some((text, profile)) => Ok(self.collection.embed_query_blocking(text, profile)?),
-            None => Err(mrl_core::Error::Internal(
-                "a text query plans an embedding; this is a bug".into(),
-            )
-            .into()),
-        }
-    }
-
-    /// Searches with an already embedded query (see [`embed_query`](Self::embed_query)); any
-    /// vector at least `opts.dim` long, of which the searched prefixes are used (an adaptive
-    /// collection takes the full vector).
-    pub fn search_vector(&self, full: &[f32], opts: &SearchOptions) -> Result<Vec<Hit>> {
-        let vector = self.collection.vector_for(full, opts.dim);
-        let plan = self
+    /// Errors: `Core(InvalidField)` naming `vector` for another length or a non-finite value.
+    pub fn search_vector(&self, vector: Vec<f32>, opts: &SearchOptions) -> Result<Vec<Hit>> {
+        Ok(self
             .collection
-            .plan_search(opts.request(None, Some(vector)))?;
-        Ok(self.collection.run(&plan.query(None)?)?)
+            .search_blocking(opts.request(None, Some(vector)))?)
     }
 
     /// Waits until an adaptive collection is under the rotation its size calls for (a

@@ -1,15 +1,17 @@
 //! mrl: elastic, Matryoshka-style text embeddings. This facade is what applications use:
 //! load a model (fetching the default one on first use) and embed at any profile and size,
 //! or keep documents in an [`Index`] (the embedded Qdrant store) and search them by text.
-//! It is built on mrl-core alone: without the `server` feature (the CLI and the HTTP
-//! service) nothing of actix-web is compiled.
+//! Both go through mrl-core's one path (the server's too): [`Embeddings`] for text →
+//! vectors, `Collection` for documents and searches. Without the `server` feature (the CLI
+//! and the HTTP service) nothing of actix-web is compiled.
 //!
 //! ```no_run
-//! use mrl::{EmbedOptions, Embedder};
-//! # fn main() -> Result<(), mrl::EncoderError> {
-//! let embedder = mrl::load_model(None)?; // the shipped model, else the base one, fetched once
-//! let vectors = embedder.embed(&["hello world"], &EmbedOptions::default().dim(128))?;
-//! assert_eq!(vectors[0].len(), 128);
+//! use mrl::{EmbedSpec, Fields};
+//! # fn main() -> Result<(), mrl::Error> {
+//! let embeddings = mrl::embeddings(None)?; // the shipped model, else the base one, fetched once
+//! let spec = EmbedSpec::default().dim(128); // `.profile("b50")`: a sub-encoder of the shipped model
+//! let out = embeddings.embed_blocking(&["hello world"], &spec, &Fields::NATIVE)?;
+//! assert_eq!(out.vectors[0].len(), 128);
 //! # Ok(()) }
 //! ```
 
@@ -23,8 +25,7 @@ pub use mrl_core::store::{Hit, SearchParams};
 pub use mrl_core::{DimPolicy, Document, EmbedSpec, Embeddings, Fields, Policy};
 
 pub use mrl_encoder::{
-    fetch, BertConfig, EmbedOptions, Embedder, EncoderError, Fetcher, ModelSpec, Profile,
-    DEFAULT_MODEL,
+    fetch, BertConfig, Embedder, EncoderError, Fetcher, ModelSpec, Profile, DEFAULT_MODEL,
 };
 
 /// The elastically trained checkpoint committed with the repository, under the models
@@ -46,4 +47,16 @@ pub fn load_model(dir: Option<&Path>) -> Result<Embedder, EncoderError> {
             }
         }
     }
+}
+
+/// The model in `dir` (as [`load_model`] finds it) behind the library's policy
+/// ([`Policy::LIBRARY`]: any prefix size, long texts truncated), embedding on the caller's
+/// thread: the one text → vector path, as the server takes it.
+///
+/// Errors: the model cannot be fetched or loaded.
+pub fn embeddings(dir: Option<&Path>) -> Result<Embeddings, EncoderError> {
+    Ok(Embeddings::inline(
+        std::sync::Arc::new(load_model(dir)?),
+        Policy::LIBRARY,
+    ))
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use common::{cosine, embedder, model_dir, references, shared};
-use mrl::{EmbedOptions, Embedder, EncoderError};
+use common::{cosine, embed, embedder, model_dir, references, shared};
+use mrl::{EmbedSpec, Embedder};
 use mrl_trainer::{calibrate, CalibrateOptions};
 
 fn scratch(name: &str) -> PathBuf {
@@ -27,15 +27,15 @@ fn options() -> CalibrateOptions {
         .search_texts(32)
 }
 
-fn elastic() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
+fn elastic() -> &'static Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
     E.get_or_init(|| {
         let out = scratch("checkpoint").join("ranked");
         calibrate(&model_dir(), &out, &options(), &|_, _| {
             indicatif::ProgressBar::hidden()
         })
         .expect("calibrating the base model");
-        Embedder::load(&out).expect("loading the calibrated checkpoint")
+        Arc::new(Embedder::load(&out).expect("loading the calibrated checkpoint"))
     })
 }
 
@@ -49,8 +49,8 @@ fn the_permuted_full_model_computes_the_same_embeddings() {
     sorted.sort_unstable();
     assert_eq!(sorted, (0..384).collect::<Vec<_>>(), "a permutation");
     assert_ne!(order, &sorted, "calibration reordered the channels");
-    let ours = e.embed(&texts, &EmbedOptions::default()).unwrap();
-    let base = embedder().embed(&texts, &EmbedOptions::default()).unwrap();
+    let ours = embed(e, &texts, &EmbedSpec::default()).unwrap();
+    let base = embed(embedder(), &texts, &EmbedSpec::default()).unwrap();
     for ((r, v), b) in refs.iter().zip(&ours).zip(&base) {
         // Output channel i of the permuted model is original channel order[i].
         let mut restored = vec![0f32; v.len()];
@@ -83,19 +83,19 @@ fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
         assert!(cost <= choice.budget + 1e-9, "{} costs {cost}", p.name);
         assert!(cost >= 0.5 * choice.budget, "{} costs {cost}", p.name);
         assert!(p.params <= m.profiles[0].params);
-        let v = e
-            .embed(
-                &["a query about vitamin D"],
-                &EmbedOptions::default().profile(&p.name),
-            )
-            .unwrap();
+        let v = embed(
+            e,
+            &["a query about vitamin D"],
+            &EmbedSpec::default().profile(&p.name),
+        )
+        .unwrap();
         assert_eq!(v[0].len(), p.profile.hidden);
-        let short = e
-            .embed(
-                &["a query"],
-                &EmbedOptions::default().profile(&p.name).dim(64),
-            )
-            .unwrap();
+        let short = embed(
+            e,
+            &["a query"],
+            &EmbedSpec::default().profile(&p.name).dim(64),
+        )
+        .unwrap();
         assert_eq!(short[0].len(), 64);
     }
     // Smaller budgets keep less of the full model's similarity structure.
@@ -112,10 +112,11 @@ fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
 
 #[test]
 fn unknown_profile_names_list_the_known_ones() {
-    let err = elastic()
-        .embed(&["x"], &EmbedOptions::default().profile("b10"))
-        .unwrap_err();
-    assert!(matches!(err, EncoderError::UnknownProfile { .. }), "{err}");
+    let err = embed(elastic(), &["x"], &EmbedSpec::default().profile("b10")).unwrap_err();
+    assert!(
+        matches!(&err, mrl_core::Error::InvalidField { field, .. } if field == "profile"),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("b10") && msg.contains("b50") && msg.contains("full"),
@@ -143,7 +144,7 @@ fn a_rotation_fitted_on_parent_embeddings_concentrates_the_prefix() {
     let (fit, held) = texts.split_at(200);
     let fit: Vec<&str> = fit.iter().map(String::as_str).collect();
     let r = mrl_trainer::train::fit_rotation(embedder(), &fit, 200, 128).unwrap();
-    let vectors = embedder().embed(held, &EmbedOptions::default()).unwrap();
+    let vectors = embed(embedder(), held, &EmbedSpec::default()).unwrap();
     let energy = |v: &[f32]| {
         v[..64].iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
             / v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{cosine, embedder, references};
-use mrl::{EmbedOptions, EncoderError};
+use common::{cosine, embed, embedder, references};
+use mrl::{EmbedSpec, Embeddings, Fields, Policy};
+use mrl_core::Error;
 
 #[test]
 fn token_ids_match_the_reference_exactly() {
@@ -33,10 +34,8 @@ fn embeddings_match_the_reference() {
     let refs = references();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
     let e = embedder();
-    let normed = e.embed(&texts, &EmbedOptions::default()).unwrap();
-    let raw = e
-        .embed(&texts, &EmbedOptions::default().normalize(false))
-        .unwrap();
+    let normed = embed(e, &texts, &EmbedSpec::default()).unwrap();
+    let raw = embed(e, &texts, &EmbedSpec::default().normalize(false)).unwrap();
     for ((r, n), u) in refs.iter().zip(&normed).zip(&raw) {
         assert_eq!(n.len(), 384);
         let c = cosine(n, &r.embedding);
@@ -69,12 +68,14 @@ fn batch_equals_single_and_keeps_input_order() {
     let e = embedder();
     let single: Vec<Vec<f32>> = texts
         .iter()
-        .map(|t| e.embed(&[*t], &EmbedOptions::default()).unwrap().remove(0))
+        .map(|t| embed(e, &[*t], &EmbedSpec::default()).unwrap().remove(0))
         .collect();
     for batch in [1, 7, 32] {
-        let got = e
-            .embed(&texts, &EmbedOptions::default().batch_size(batch))
-            .unwrap();
+        let got = Embeddings::inline(e.clone(), Policy::LIBRARY)
+            .batch_size(batch)
+            .embed_blocking(&texts, &EmbedSpec::default(), &Fields::NATIVE)
+            .unwrap()
+            .vectors;
         assert_eq!(got.len(), texts.len());
         for (i, (g, s)) in got.iter().zip(&single).enumerate() {
             let c = cosine(g, s);
@@ -83,7 +84,7 @@ fn batch_equals_single_and_keeps_input_order() {
     }
     // Reversed input must give reversed output: order comes from the input, not the sort.
     let reversed: Vec<&str> = texts.iter().rev().copied().collect();
-    let got = e.embed(&reversed, &EmbedOptions::default()).unwrap();
+    let got = embed(e, &reversed, &EmbedSpec::default()).unwrap();
     for (g, s) in got.iter().zip(single.iter().rev()) {
         assert!(cosine(g, s) >= 0.99999);
     }
@@ -93,11 +94,9 @@ fn batch_equals_single_and_keeps_input_order() {
 fn nested_dims_are_renormalised_prefixes() {
     let e = embedder();
     let text = ["Matryoshka embeddings nest smaller vectors inside larger ones."];
-    let full = e
-        .embed(&text, &EmbedOptions::default().normalize(false))
-        .unwrap();
+    let full = embed(e, &text, &EmbedSpec::default().normalize(false)).unwrap();
     for dim in [1, 64, 128, 256, 384] {
-        let v = e.embed(&text, &EmbedOptions::default().dim(dim)).unwrap();
+        let v = embed(e, &text, &EmbedSpec::default().dim(dim)).unwrap();
         assert_eq!(v[0].len(), dim);
         let norm: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "dim {dim}: norm {norm}");
@@ -109,30 +108,29 @@ fn nested_dims_are_renormalised_prefixes() {
 fn bad_dims_and_profiles_are_typed_errors_naming_the_value() {
     let e = embedder();
     for dim in [0, 385, 100_000] {
-        match e.embed(&["x"], &EmbedOptions::default().dim(dim)) {
-            Err(EncoderError::InvalidDim { dim: d, max: 384 }) => assert_eq!(d, dim),
+        match embed(e, &["x"], &EmbedSpec::default().dim(dim)) {
+            Err(Error::InvalidField { field, message }) => {
+                assert_eq!(field, "dim");
+                assert!(message.contains(&dim.to_string()) && message.contains("384"));
+            }
             other => panic!("dim {dim}: {other:?}"),
         }
     }
-    let err = e
-        .embed(&["x"], &EmbedOptions::default().profile("turbo"))
-        .unwrap_err();
+    let err = embed(e, &["x"], &EmbedSpec::default().profile("turbo")).unwrap_err();
     assert!(
-        matches!(err, EncoderError::UnknownProfile { .. }),
+        matches!(&err, Error::InvalidField { field, .. } if field == "profile"),
         "{err:?}"
     );
     assert!(err.to_string().contains("turbo") && err.to_string().contains("1..=6"));
-    let err = e
-        .embed(&["x"], &EmbedOptions::default().profile("layers=9"))
-        .unwrap_err();
+    let err = embed(e, &["x"], &EmbedSpec::default().profile("layers=9")).unwrap_err();
     assert!(err.to_string().contains("1..=6"), "{err}");
     // A profile narrower than the dim asked for is caught too.
-    let err = e
-        .embed(
-            &["x"],
-            &EmbedOptions::default().profile("hidden=128").dim(256),
-        )
-        .unwrap_err();
+    let err = embed(
+        e,
+        &["x"],
+        &EmbedSpec::default().profile("hidden=128").dim(256),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("1..=128"), "{err}");
 }
 
@@ -140,16 +138,16 @@ fn bad_dims_and_profiles_are_typed_errors_naming_the_value() {
 fn hostile_inputs_do_not_panic() {
     let e = embedder();
     let none: [&str; 0] = [];
-    assert!(e.embed(&none, &EmbedOptions::default()).unwrap().is_empty());
+    assert!(embed(e, &none, &EmbedSpec::default()).unwrap().is_empty());
     let huge = "lorem ipsum dolor sit amet ".repeat(4_000);
     assert!(huge.len() > 100_000);
     let weird = "\u{0}\u{FFFD}\u{202E}🚀".repeat(100);
-    let out = e
-        .embed(
-            &["", huge.as_str(), weird.as_str()],
-            &EmbedOptions::default(),
-        )
-        .unwrap();
+    let out = embed(
+        e,
+        &["", huge.as_str(), weird.as_str()],
+        &EmbedSpec::default(),
+    )
+    .unwrap();
     assert_eq!(out.len(), 3);
     for v in &out {
         assert!(v.iter().all(|x| x.is_finite()));
@@ -166,16 +164,14 @@ fn hostile_inputs_do_not_panic() {
 fn a_first_layers_profile_runs_and_differs_from_full() {
     let e = embedder();
     let text = ["Elastic encoders keep several sub-networks in one checkpoint."];
-    let full = e.embed(&text, &EmbedOptions::default()).unwrap();
-    let half = e
-        .embed(&text, &EmbedOptions::default().profile("layers=3"))
-        .unwrap();
-    let narrow = e
-        .embed(
-            &text,
-            &EmbedOptions::default().profile("layers=2,heads=6,ffn=512,hidden=192"),
-        )
-        .unwrap();
+    let full = embed(e, &text, &EmbedSpec::default()).unwrap();
+    let half = embed(e, &text, &EmbedSpec::default().profile("layers=3")).unwrap();
+    let narrow = embed(
+        e,
+        &text,
+        &EmbedSpec::default().profile("layers=2,heads=6,ffn=512,hidden=192"),
+    )
+    .unwrap();
     assert_eq!(half[0].len(), 384);
     assert_eq!(narrow[0].len(), 192);
     let c = cosine(&full[0], &half[0]);
@@ -185,8 +181,6 @@ fn a_first_layers_profile_runs_and_differs_from_full() {
     );
     assert!(narrow[0].iter().all(|x| x.is_finite()));
     // "full" by name is the same as no profile.
-    let named = e
-        .embed(&text, &EmbedOptions::default().profile("full"))
-        .unwrap();
+    let named = embed(e, &text, &EmbedSpec::default().profile("full")).unwrap();
     assert!(cosine(&named[0], &full[0]) > 0.999999);
 }

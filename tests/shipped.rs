@@ -7,9 +7,10 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
-use common::root;
-use mrl::{EmbedOptions, Embedder};
+use common::{embed, root};
+use mrl::{EmbedSpec, Embedder};
 
 fn shipped() -> PathBuf {
     root().join("models").join(mrl::SHIPPED_MODEL)
@@ -65,7 +66,7 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
 /// size ranks as the full width (its extra rows are zero).
 #[test]
 fn full_width_cosines_are_the_base_models() {
-    let shipped = Embedder::load(shipped()).unwrap();
+    let shipped = Arc::new(Embedder::load(shipped()).unwrap());
     let base = common::embedder();
     let texts = [
         "A man is playing a guitar.",
@@ -74,11 +75,9 @@ fn full_width_cosines_are_the_base_models() {
         "Vitamin D is made in the skin under sunlight.",
         "Qdrant stores vectors with payloads.",
     ];
-    let ours = shipped.embed(&texts, &EmbedOptions::default()).unwrap();
-    let at384 = shipped
-        .embed(&texts, &EmbedOptions::default().dim(384))
-        .unwrap();
-    let theirs = base.embed(&texts, &EmbedOptions::default()).unwrap();
+    let ours = embed(&shipped, &texts, &EmbedSpec::default()).unwrap();
+    let at384 = embed(&shipped, &texts, &EmbedSpec::default().dim(384)).unwrap();
+    let theirs = embed(base, &texts, &EmbedSpec::default()).unwrap();
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     for i in 0..texts.len() {
         assert!(ours[i][384..].iter().all(|&x| x == 0.0), "rows past 384");
@@ -98,7 +97,7 @@ fn full_width_cosines_are_the_base_models() {
 
 #[test]
 fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
-    let e = Embedder::load(shipped()).unwrap();
+    let e = Arc::new(Embedder::load(shipped()).unwrap());
     let texts = [
         "A man is playing a guitar.",
         "Someone strums a guitar on stage.",
@@ -106,8 +105,8 @@ fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
     ];
     for profile in e.profile_names() {
         for &dim in &e.nested_dims() {
-            let opts = EmbedOptions::default().profile(profile.clone()).dim(dim);
-            let v = e.embed(&texts, &opts).unwrap();
+            let opts = EmbedSpec::default().profile(profile.clone()).dim(dim);
+            let v = embed(&e, &texts, &opts).unwrap();
             let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
             let (near, far) = (cos(&v[0], &v[1]), cos(&v[0], &v[2]));
             assert!(near > far + 0.1, "{profile}@{dim}: {near} vs {far}");

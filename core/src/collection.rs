@@ -18,12 +18,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::adapt::{Adapter, SearchQuery};
-use crate::documents::Document;
+use crate::documents::{check_ids, read_documents, read_ids, Document};
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::store::{
     check_name, Adapt, CollectionInfo, CollectionSpec, Distance, Hit, Layout, RotationInfo,
-    SearchParams, VectorStore, DEFAULT_ADAPT_THRESHOLD,
+    SearchParams, StoreError, VectorStore, DEFAULT_ADAPT_THRESHOLD,
 };
 
 /// The most hits a search may return.
@@ -33,15 +33,19 @@ pub const MAX_CANDIDATES: usize = 100_000;
 /// Hits when the caller does not say.
 pub const DEFAULT_LIMIT: usize = 10;
 
-/// A collection to create, as a caller asks for it.
+/// A collection to create, as a caller asks for it. Every entry point (HTTP, the indexer, the
+/// library) builds its spec from one of these through [`Collections::spec`], so the rules
+/// (and their errors) are the same everywhere.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CreateRequest {
-    /// Sizes to store (any order, repeats allowed).
-    pub dims: Vec<usize>,
+    /// Sizes to store (any order, repeats allowed); `None`: the checkpoint's nested dims that
+    /// fit the profile.
+    pub dims: Option<Vec<usize>>,
     /// The profile that embeds the documents (default `full`).
     pub profile: Option<String>,
     /// Default cosine.
     pub distance: Option<Distance>,
+    /// Default: the store's defaults.
     pub layout: Layout,
     /// Re-nest the smaller sizes onto the collection's own documents (`adapt`); the full
     /// width is then stored too.
@@ -119,13 +123,35 @@ impl Collections {
     }
 
     /// The spec a create request asks for, checked: the name, the dims (non-empty, each
-    /// allowed by the dim policy for the profile), the profile, the adapt options. An
-    /// adaptive collection also stores the profile's full width, which it re-nests from.
+    /// allowed by the dim policy for the profile; by default the checkpoint's nested dims that
+    /// fit the profile), the profile, the adapt options. An adaptive collection also stores the
+    /// profile's full width, which it re-nests from. The one spec builder: every entry point
+    /// comes through here.
     ///
     /// Errors: `InvalidField` naming `name`, `dims`, `profile` or `adapt_threshold`.
     pub fn spec(&self, name: &str, req: &CreateRequest) -> Result<CollectionSpec> {
         check_name(name)?;
-        let mut dims = req.dims.clone();
+        let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
+        let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
+        let width = self.embeddings.embedder().model().output_width(&profile);
+        let mut dims = match &req.dims {
+            Some(d) => d.clone(),
+            None => {
+                let nested = self.embeddings.embedder().nested_dims();
+                let fit: Vec<usize> = nested.iter().copied().filter(|&d| d <= width).collect();
+                if fit.is_empty() {
+                    return Err(Error::field(
+                        "dims",
+                        format!(
+                            "no dims given, and none of the checkpoint's nested dims {nested:?} \
+                             fits profile {profile_name:?} ({width} wide); name the sizes to \
+                             store"
+                        ),
+                    ));
+                }
+                fit
+            }
+        };
         dims.sort_unstable();
         dims.dedup();
         if dims.is_empty() || dims[0] == 0 {
@@ -134,13 +160,10 @@ impl Collections {
                 "dims must be a non-empty array of positive integers",
             ));
         }
-        let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
-        let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
         for &d in &dims {
             self.embeddings.check_dim(d, &profile, "dims")?;
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
-        let width = self.embeddings.embedder().model().output_width(&profile);
         let dims = adaptive_dims(dims, width, adapt)?;
         Ok(CollectionSpec {
             dims,
@@ -187,10 +210,82 @@ impl Collections {
         })
     }
 
-    /// Opens the collection, creating it with `spec` first when it does not exist.
-    pub fn open_or_create(&self, name: &str, spec: &CollectionSpec) -> Result<Collection> {
-        self.store.create(name, spec)?;
-        self.open(name)
+    /// [`open`](Self::open) on the runtime's blocking pool, for an async caller.
+    pub async fn open_async(&self, name: &str) -> Result<Collection> {
+        let (this, name) = (self.clone(), name.to_string());
+        blocking(move || this.open(&name)).await
+    }
+
+    /// Adds documents as callers send them (JSON objects, see [`Document::from_json`]) to
+    /// collection `name`: opened, read, checked, embedded and stored in one call (the
+    /// service's `POST /collections/{name}/documents`).
+    ///
+    /// Errors: `Store(NoSuchCollection)`; as [`Collection::add_documents`], and
+    /// `documents[i]` for a document that is not an object.
+    pub async fn add_documents(&self, name: &str, documents: &[Value]) -> Result<Added> {
+        let collection = self.open_async(name).await?;
+        collection.add_documents(read_documents(documents)?).await
+    }
+
+    /// Deletes documents of collection `name` by the callers' ids as sent (strings or
+    /// numbers); durable when it returns.
+    ///
+    /// Errors: `InvalidField` (`ids`); `Store(NoSuchCollection)` and other store errors.
+    pub async fn delete_documents(&self, name: &str, ids: &[Value]) -> Result<usize> {
+        let ids = read_ids(ids)?;
+        let (this, name) = (self.clone(), name.to_string());
+        blocking(move || this.open(&name)?.delete_documents(&ids)).await
+    }
+
+    /// Searches collection `name` (see [`Collection::search`]).
+    ///
+    /// Errors: `Store(NoSuchCollection)`; as [`Collection::search`].
+    pub async fn search(&self, name: &str, req: SearchRequest) -> Result<Vec<Hit>> {
+        self.open_async(name).await?.search(req).await
+    }
+
+    /// Opens the collection, creating it first when it does not exist. What `req` leaves
+    /// open (`None` dims, profile or distance, the default layout, no `adapt`) is taken from
+    /// the existing collection, so a batch job or a library caller reopens it by name alone;
+    /// then the spec is built as [`spec`](Self::spec) builds it. Returns the collection and
+    /// whether this call created it.
+    ///
+    /// Errors: as [`spec`](Self::spec); `Store(Conflict)` when the request differs from the
+    /// existing collection's spec (another model's vectors included).
+    pub fn open_or_create(&self, name: &str, req: &CreateRequest) -> Result<(Collection, bool)> {
+        check_name(name)?;
+        let existing = match self.store.info(name) {
+            Ok(info) => Some(info.spec),
+            Err(StoreError::NoSuchCollection(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut req = req.clone();
+        if let Some(e) = existing {
+            // Said plainly: the spec's JSON would hide it among the fields.
+            if e.model != self.embeddings.model_name() {
+                return Err(StoreError::Conflict {
+                    name: name.to_string(),
+                    existing: format!(
+                        "it holds vectors of model {:?}, not {:?}",
+                        e.model,
+                        self.embeddings.model_name()
+                    ),
+                }
+                .into());
+            }
+            req.dims = req.dims.or_else(|| Some(e.dims.clone()));
+            req.profile = req.profile.or(Some(e.profile));
+            req.distance = req.distance.or(Some(e.distance));
+            if req.layout.is_default() {
+                req.layout = e.layout;
+            }
+            if let Some(a) = e.adapt {
+                req.adapt = true;
+                req.adapt_threshold = req.adapt_threshold.or(Some(a.threshold));
+            }
+        }
+        let (_, created) = self.create(name, &req)?;
+        Ok((self.open(name)?, created))
     }
 
     /// Opens every adaptive collection, so that a re-nest a crash interrupted (or one due)
@@ -229,11 +324,7 @@ impl Collections {
 /// at least 1. `dims` ascending, each at most `width`; a generic collection's pass unchanged.
 ///
 /// Errors: `InvalidField` naming `dims` (nothing below the full width) or `adapt_threshold`.
-pub fn adaptive_dims(
-    mut dims: Vec<usize>,
-    width: usize,
-    adapt: Option<Adapt>,
-) -> Result<Vec<usize>> {
+fn adaptive_dims(mut dims: Vec<usize>, width: usize, adapt: Option<Adapt>) -> Result<Vec<usize>> {
     let Some(a) = adapt else {
         return Ok(dims);
     };
@@ -253,7 +344,7 @@ pub fn adaptive_dims(
 /// The adapt option a create asks for: `adapt` with an optional threshold of at least 1.
 ///
 /// Errors: `InvalidField` (`adapt_threshold`) for 0, or a threshold without `adapt`.
-pub fn adapt_option(adapt: bool, threshold: Option<usize>) -> Result<Option<Adapt>> {
+fn adapt_option(adapt: bool, threshold: Option<usize>) -> Result<Option<Adapt>> {
     match (adapt, threshold) {
         (false, None) => Ok(None),
         (false, Some(_)) => Err(Error::field(
@@ -280,24 +371,24 @@ pub struct Collection {
 
 /// Documents checked for a collection, ready to embed with its profile.
 #[derive(Debug, Clone)]
-pub struct DocumentBatch {
-    pub docs: Vec<Document>,
+struct DocumentBatch {
+    docs: Vec<Document>,
     /// The collection's document profile.
-    pub profile: Profile,
+    profile: Profile,
 }
 
 impl DocumentBatch {
     /// The texts to embed, in order.
-    pub fn texts(&self) -> Vec<String> {
+    fn texts(&self) -> Vec<String> {
         self.docs.iter().map(|d| d.text.clone()).collect()
     }
 }
 
 /// A search checked against a collection: what (if anything) to embed, and how to query.
 #[derive(Debug, Clone)]
-pub struct SearchPlan {
+struct SearchPlan {
     /// The query text and the profile to embed it with, for a text query.
-    pub embed: Option<(String, Profile)>,
+    embed: Option<(String, Profile)>,
     /// The query vector, for a vector query.
     vector: Option<Vec<f32>>,
     dim: usize,
@@ -317,7 +408,7 @@ impl SearchPlan {
     ///
     /// Errors: `Internal` when the vector is narrower than `dim` (plans check widths). A
     /// searched prefix of zeros is refused when it is cut (`Collection::run`).
-    pub fn query(&self, full: Option<&[f32]>) -> Result<SearchQuery> {
+    fn query(&self, full: Option<&[f32]>) -> Result<SearchQuery> {
         let full = full.or(self.vector.as_deref()).ok_or_else(|| {
             Error::Internal("a text query needs its embedding; this is a bug".into())
         })?;
@@ -389,13 +480,6 @@ impl Collection {
         self.adapter.maps_queries_of(profile).is_some()
     }
 
-    /// What a vector search of this collection takes (`SearchRequest::vector`) from a full
-    /// vector: its `dim` prefix, or for an adaptive collection the full vector itself (a
-    /// rotation needs every value).
-    pub fn vector_for(&self, full: &[f32], dim: usize) -> Vec<f32> {
-        full[..self.query_width(dim).min(full.len())].to_vec()
-    }
-
     /// Values a vector query at `dim` sends: `dim`, or an adaptive collection's full width.
     fn query_width(&self, dim: usize) -> usize {
         if self.spec().adapt.is_some() {
@@ -405,23 +489,24 @@ impl Collection {
         }
     }
 
-    /// Checks documents before they are embedded: at least one, each valid, no id twice.
+    /// Checks documents before they are embedded: at least one, no more than the policy's
+    /// `max_inputs`, each valid, no id twice.
     ///
     /// Errors: `InvalidField` naming `documents`, `documents[i].text`, `documents[i].payload`
     /// or `documents[i].id`.
-    pub fn check_documents(&self, docs: Vec<Document>) -> Result<DocumentBatch> {
+    fn check_documents(&self, docs: Vec<Document>) -> Result<DocumentBatch> {
         if docs.is_empty() {
             return Err(Error::field(
                 "documents",
                 "documents must be a non-empty array",
             ));
         }
+        self.embeddings
+            .policy()
+            .check_count(docs.len(), "documents")?;
         let mut seen = HashSet::new();
         for (i, d) in docs.iter().enumerate() {
-            d.check().map_err(|e| {
-                let f = format!("documents[{i}].{}", e.field);
-                Error::field(&f, format!("{f}: {}", e.message))
-            })?;
+            d.check().map_err(|e| e.at(i))?;
             if !seen.insert(d.id.as_str()) {
                 return Err(Error::field(
                     &format!("documents[{i}].id"),
@@ -435,17 +520,13 @@ impl Collection {
         Ok(DocumentBatch { docs, profile })
     }
 
-    /// Stores checked documents with their raw pooled vectors (one per document, from the
-    /// collection's profile): every stored size is cut from each. Durable when it returns.
-    ///
-    /// Errors: `Store` errors; `Internal` when a vector is narrower than a stored size.
-    pub fn store_documents(&self, batch: DocumentBatch, vectors: Vec<Vec<f32>>) -> Result<usize> {
-        self.store_vectors(batch.docs, vectors)
-    }
-
     /// Stores documents already checked (or read by the indexer) with their raw pooled
     /// vectors; durable when it returns. An adaptive collection may start a re-nest.
-    pub fn store_vectors(&self, docs: Vec<Document>, vectors: Vec<Vec<f32>>) -> Result<usize> {
+    pub(crate) fn store_vectors(
+        &self,
+        docs: Vec<Document>,
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<usize> {
         if docs.len() != vectors.len() {
             return Err(Error::Internal(format!(
                 "{} documents, {} vectors; this is a bug",
@@ -456,25 +537,51 @@ impl Collection {
         self.adapter.store(docs, vectors)
     }
 
-    /// Checks, embeds (on the caller's thread or the model thread) and stores documents.
-    pub fn add_documents_blocking(&self, docs: Vec<Document>) -> Result<usize> {
+    /// Checks, embeds (awaiting the model thread) and stores documents (on the runtime's
+    /// blocking pool); durable when it returns. Must run inside a tokio runtime.
+    ///
+    /// Errors: as [`add_documents_blocking`](Self::add_documents_blocking).
+    pub async fn add_documents(&self, docs: Vec<Document>) -> Result<Added> {
         let batch = self.check_documents(docs)?;
-        let (vectors, _) =
+        let (vectors, tokens) = self
+            .embeddings
+            .raw(batch.texts(), batch.profile.clone(), "documents")
+            .await?;
+        let this = self.clone();
+        blocking(move || this.store_batch(batch, vectors, tokens.count)).await
+    }
+
+    /// Checks, embeds (on the caller's thread or the model thread) and stores documents;
+    /// durable when it returns.
+    ///
+    /// Errors: `InvalidField` naming `documents` (none, or more than the policy's
+    /// `max_inputs`), `documents[i].text`, `.payload` or `.id` (an id twice); `InputTooLong`,
+    /// `QueueFull` from embedding; `Store` errors.
+    pub fn add_documents_blocking(&self, docs: Vec<Document>) -> Result<Added> {
+        let batch = self.check_documents(docs)?;
+        let (vectors, tokens) =
             self.embeddings
                 .raw_blocking(&batch.texts(), &batch.profile, "documents")?;
-        self.store_documents(batch, vectors)
+        self.store_batch(batch, vectors, tokens.count)
+    }
+
+    /// The last step of both faces of adding documents.
+    fn store_batch(
+        &self,
+        batch: DocumentBatch,
+        vectors: Vec<Vec<f32>>,
+        tokens: usize,
+    ) -> Result<Added> {
+        let ids = batch.docs.iter().map(|d| d.id.clone()).collect();
+        self.store_vectors(batch.docs, vectors)?;
+        Ok(Added { ids, tokens })
     }
 
     /// Deletes documents by the caller's ids; durable when it returns.
     ///
-    /// Errors: `InvalidField` (`ids`) for no ids; `Store` errors.
+    /// Errors: `InvalidField` (`ids`) for no ids or an empty one; `Store` errors.
     pub fn delete_documents(&self, ids: &[String]) -> Result<usize> {
-        if ids.is_empty() || ids.iter().any(String::is_empty) {
-            return Err(Error::field(
-                "ids",
-                "ids must be a non-empty array of non-empty strings or numbers",
-            ));
-        }
+        check_ids(ids)?;
         self.adapter.delete(ids)?;
         Ok(ids.len())
     }
@@ -484,6 +591,44 @@ impl Collection {
         Ok(self.store().ids(self.name())?)
     }
 
+    /// Plans, embeds (awaiting the model thread) and runs a search (on the runtime's blocking
+    /// pool). Must run inside a tokio runtime.
+    ///
+    /// Errors: as [`search_blocking`](Self::search_blocking).
+    pub async fn search(&self, req: SearchRequest) -> Result<Vec<Hit>> {
+        let plan = self.plan_search(req)?;
+        let full = match &plan.embed {
+            Some((text, profile)) => {
+                let (mut v, _) = self
+                    .embeddings
+                    .raw(vec![text.clone()], profile.clone(), "query")
+                    .await?;
+                Some(one(v.pop())?)
+            }
+            None => None,
+        };
+        let query = plan.query(full.as_deref())?;
+        let this = self.clone();
+        blocking(move || this.run(&query)).await
+    }
+
+    /// Plans, embeds (on the caller's thread or the model thread) and runs a search.
+    ///
+    /// Errors: `InvalidField` naming `dim`, `limit`, `funnel.dim`, `funnel.candidates`,
+    /// `query`, `vector`, `vector[i]` or `profile` (and `vector` for a searched cut of
+    /// zeros); `InputTooLong`, `QueueFull` from embedding; `Store` errors.
+    pub fn search_blocking(&self, req: SearchRequest) -> Result<Vec<Hit>> {
+        let plan = self.plan_search(req)?;
+        let full = match &plan.embed {
+            Some((text, profile)) => {
+                let (mut v, _) = self.embeddings.raw_blocking(&[text], profile, "query")?;
+                Some(one(v.pop())?)
+            }
+            None => None,
+        };
+        self.run(&plan.query(full.as_deref())?)
+    }
+
     /// Checks a search against the collection: `dim` stored, `limit` in range, a funnel's
     /// size stored and smaller with enough candidates, exactly one of query and vector (a
     /// vector of `dim` finite values), a query profile aligned with the documents' and wide
@@ -491,7 +636,7 @@ impl Collection {
     ///
     /// Errors: `InvalidField` naming `dim`, `limit`, `funnel.dim`, `funnel.candidates`,
     /// `query`, `vector`, `vector[i]` or `profile`.
-    pub fn plan_search(&self, req: SearchRequest) -> Result<SearchPlan> {
+    fn plan_search(&self, req: SearchRequest) -> Result<SearchPlan> {
         let dims = &self.spec().dims;
         let widest = *dims
             .last()
@@ -605,30 +750,40 @@ impl Collection {
         }
     }
 
-    /// Runs a planned query against the store, every size cut under one rotation.
+    /// Runs a query already embedded and checked against the store, every size cut under one
+    /// rotation: the last step of a search, and what the retrieval benchmark times alone
+    /// (it embeds each query once and runs it at every size and funnel).
     ///
     /// Errors: `InvalidField` (`vector`) when a searched cut is all zeros (it has no
     /// direction to rank by); `Store` errors.
     pub fn run(&self, query: &SearchQuery) -> Result<Vec<Hit>> {
         self.adapter.search(query)
     }
+}
 
-    /// Plans, embeds (on the caller's thread or the model thread) and runs a search.
-    pub fn search_blocking(&self, req: SearchRequest) -> Result<Vec<Hit>> {
-        let plan = self.plan_search(req)?;
-        let full = match &plan.embed {
-            Some((text, profile)) => Some(self.embed_query_blocking(text, profile)?),
-            None => None,
-        };
-        self.run(&plan.query(full.as_deref())?)
-    }
+/// The one vector of one text.
+fn one(v: Option<Vec<f32>>) -> Result<Vec<f32>> {
+    v.ok_or_else(|| Error::Internal("one text gave no vector; this is a bug".into()))
+}
 
-    /// The raw (full-width, unnormalised) vector of a query text under `profile`.
-    pub fn embed_query_blocking(&self, text: &str, profile: &Profile) -> Result<Vec<f32>> {
-        let (mut v, _) = self.embeddings.raw_blocking(&[text], profile, "query")?;
-        v.pop()
-            .ok_or_else(|| Error::Internal("one text gave no vector; this is a bug".into()))
-    }
+/// Documents stored by one call: their ids (the callers' or the text hashes), in order, and
+/// the token ids their texts took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Added {
+    pub ids: Vec<String>,
+    pub tokens: usize,
+}
+
+/// Runs a blocking core call (a store operation) on the runtime's blocking pool, so an async
+/// caller's executor never waits on disk or network. Must run inside a tokio runtime.
+///
+/// Errors: `f`'s; `Internal` when it panicked.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// What a search ranks by.

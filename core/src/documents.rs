@@ -5,6 +5,7 @@ use mrl_encoder::text;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::store::caller_id;
 
 /// A parsed document, not yet embedded.
@@ -28,6 +29,56 @@ fn refuse(field: &'static str, message: impl Into<String>) -> DocumentError {
         field,
         message: message.into(),
     }
+}
+
+impl DocumentError {
+    /// The error as one of a request's `documents`: `InvalidField` naming
+    /// `documents[i].{field}` (`documents[i]` for the document itself).
+    pub fn at(self, i: usize) -> Error {
+        let f = match self.field {
+            "document" => format!("documents[{i}]"),
+            field => format!("documents[{i}].{field}"),
+        };
+        Error::field(&f, format!("{f}: {}", self.message))
+    }
+}
+
+/// Reads a request's documents as callers send them (see [`Document::from_json`]).
+///
+/// Errors: `InvalidField` naming `documents[i]` or `documents[i].{field}` for the first
+/// document that is refused.
+pub(crate) fn read_documents(values: &[Value]) -> Result<Vec<Document>, Error> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Document::from_json(v).map_err(|e| e.at(i)))
+        .collect()
+}
+
+/// Reads a request's document ids: each a non-empty string or a number ([`caller_id`]), at
+/// least one.
+///
+/// Errors: `InvalidField` naming `ids`.
+pub(crate) fn read_ids(values: &[Value]) -> Result<Vec<String>, Error> {
+    let ids: Vec<String> = values
+        .iter()
+        .map(|v| caller_id(v).unwrap_or_default())
+        .collect();
+    check_ids(&ids)?;
+    Ok(ids)
+}
+
+/// The rule for ids a caller deletes by: at least one, none empty.
+///
+/// Errors: `InvalidField` naming `ids`.
+pub(crate) fn check_ids(ids: &[String]) -> Result<(), Error> {
+    if ids.is_empty() || ids.iter().any(String::is_empty) {
+        return Err(Error::field(
+            "ids",
+            "ids must be a non-empty array of non-empty strings or numbers",
+        ));
+    }
+    Ok(())
 }
 
 /// The id of a document sent without one: the text's SHA-256, so re-sending the same text
@@ -76,9 +127,10 @@ impl Document {
         Ok(())
     }
 
-    /// Parses one document object. BEIR's convention (the one its published numbers use) is
-    /// followed for corpus lines: the embedded text is `title + " " + text`, trimmed; the title
-    /// and a non-empty `metadata` object are kept in the payload.
+    /// Parses one document object and checks it ([`check`](Self::check)). BEIR's convention
+    /// (the one its published numbers use) is followed for corpus lines: the embedded text is
+    /// `title + " " + text`, trimmed; the title and a non-empty `metadata` object are kept in
+    /// the payload.
     pub fn from_json(value: &Value) -> Result<Self, DocumentError> {
         let record = text::read(value, false).map_err(|e| {
             let field = if e.field == "record" {
@@ -92,23 +144,14 @@ impl Document {
             Some(o) => (o, record.title, record.text),
             None => return Err(refuse("document", "a document must be a JSON object")),
         };
-        if text.is_empty() {
-            return Err(refuse("text", "text must not be empty"));
-        }
         let id = match record.id {
             None => default_id(&text),
-            Some(v) => caller_id(v)
-                .ok_or_else(|| refuse("id", "id must be a non-empty string or a number"))?,
+            // Any other type reads as no id, which `check` refuses as it refuses an empty one.
+            Some(v) => caller_id(v).unwrap_or_default(),
         };
         let mut payload = match o.get("payload") {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) if !p.keys().any(|k| k.starts_with('_')) => p.clone(),
-            Some(Value::Object(_)) => {
-                return Err(refuse(
-                    "payload",
-                    "payload keys starting with '_' are reserved",
-                ))
-            }
+            Some(Value::Object(p)) => p.clone(),
             Some(_) => return Err(refuse("payload", "payload must be an object")),
         };
         if !title.is_empty() && !payload.contains_key("title") {
@@ -119,7 +162,9 @@ impl Document {
                 payload.insert("metadata".into(), Value::Object(m.clone()));
             }
         }
-        Ok(Self { id, text, payload })
+        let doc = Self { id, text, payload };
+        doc.check()?;
+        Ok(doc)
     }
 }
 

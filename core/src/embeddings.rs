@@ -15,26 +15,45 @@ use crate::batcher::{Batcher, QueueLimits};
 use crate::dims::DimPolicy;
 use crate::error::{Error, Fields, Result};
 
-/// How requests are judged: which sizes may be asked for, and what happens to a text longer
-/// than the model's token limit.
+/// How requests are judged: which sizes may be asked for, what happens to a text longer
+/// than the model's token limit, and how many texts one call may bring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
     pub dims: DimPolicy,
     /// Cut long inputs at the model's limit (true) or refuse them with `InputTooLong`.
     pub truncate: bool,
+    /// The most texts (inputs or documents) one call may embed; `None`: no limit.
+    pub max_inputs: Option<usize>,
 }
 
 impl Policy {
-    /// What the library and the CLI use unless told otherwise: any prefix, truncation.
+    /// What the library and the CLI use unless told otherwise: any prefix, truncation, no
+    /// limit on a call's texts.
     pub const LIBRARY: Self = Self {
         dims: DimPolicy::AnyPrefix,
         truncate: true,
+        max_inputs: None,
     };
-    /// What `mrl serve` uses unless told otherwise: nested dims only, truncation.
+    /// What `mrl serve` uses unless told otherwise: nested dims only, truncation, 512 texts
+    /// per request.
     pub const SERVER: Self = Self {
         dims: DimPolicy::Nested,
         truncate: true,
+        max_inputs: Some(512),
     };
+
+    /// Checks that `n` texts fit one call.
+    ///
+    /// Errors: `InvalidField` naming `field`, with the limit.
+    pub fn check_count(&self, n: usize, field: &str) -> Result<()> {
+        match self.max_inputs {
+            Some(max) if n > max => Err(Error::field(
+                field,
+                format!("{field} has {n} texts; the limit is {max} per request"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What to embed with, as a caller asks: a profile name or spec (`None`: `full`), an output
@@ -53,6 +72,21 @@ impl Default for EmbedSpec {
             dim: None,
             normalize: true,
         }
+    }
+}
+
+impl EmbedSpec {
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+    pub fn dim(mut self, dim: usize) -> Self {
+        self.dim = Some(dim);
+        self
+    }
+    pub fn normalize(mut self, normalize: bool) -> Self {
+        self.normalize = normalize;
+        self
     }
 }
 
@@ -302,6 +336,7 @@ impl Embeddings {
         spec: &EmbedSpec,
         fields: &Fields,
     ) -> Result<Embedded> {
+        self.policy.check_count(texts.len(), fields.texts)?;
         let resolved = self.resolve(spec, fields)?;
         let (raw, tokens) = self
             .raw(texts, resolved.profile.clone(), fields.texts)
@@ -316,6 +351,7 @@ impl Embeddings {
         spec: &EmbedSpec,
         fields: &Fields,
     ) -> Result<Embedded> {
+        self.policy.check_count(texts.len(), fields.texts)?;
         let resolved = self.resolve(spec, fields)?;
         let (raw, tokens) = self.raw_blocking(texts, &resolved.profile, fields.texts)?;
         resolved.answer(&raw, tokens.count)

@@ -19,10 +19,10 @@ use mrl_encoder::EncoderError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::collection::{Collection, Collections};
+use crate::collection::{Collection, Collections, CreateRequest};
 use crate::documents::Document;
 use crate::embeddings::Embeddings;
-use crate::store::{Adapt, CollectionSpec, Distance, StoreError, VectorStore};
+use crate::store::{CollectionSpec, StoreError};
 
 /// Skipped lines remembered by name; past this only the count grows.
 const MAX_SKIPS_KEPT: usize = 1000;
@@ -67,19 +67,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
 pub struct IndexOptions {
     /// Where progress records live (one per collection).
     pub state_dir: PathBuf,
-    /// Sizes to store; `None` takes the collection's, or for a new one the model's nested
-    /// dims that fit the profile.
-    pub dims: Option<Vec<usize>>,
-    /// Profile that embeds the documents; `None` takes the collection's, else `full`.
-    pub profile: Option<String>,
+    /// The collection to fill: what is left open (`None` dims or profile, no `adapt`) is the
+    /// existing collection's, or for a new one the defaults (the model's nested dims that fit
+    /// the profile, `full`, generic); see [`Collections::open_or_create`].
+    pub collection: CreateRequest,
     /// Documents per upsert (and per progress record).
     pub batch: usize,
     /// Stop at the first malformed line instead of skipping it.
     pub strict: bool,
     /// Index only this part of the input (`None`: all of it).
     pub part: Option<Part>,
-    /// Make a new collection adaptive (`None`: the existing collection's choice, else not).
-    pub adapt: Option<Adapt>,
 }
 
 /// One of `count` disjoint parts of an input, so that `count` workers can index it together:
@@ -138,20 +135,18 @@ impl IndexOptions {
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
         Self {
             state_dir: state_dir.into(),
-            dims: None,
-            profile: None,
+            collection: CreateRequest::default(),
             batch: 256,
             strict: false,
             part: None,
-            adapt: None,
         }
     }
     pub fn dims(mut self, dims: Option<Vec<usize>>) -> Self {
-        self.dims = dims;
+        self.collection.dims = dims;
         self
     }
     pub fn profile(mut self, profile: Option<String>) -> Self {
-        self.profile = profile;
+        self.collection.profile = profile;
         self
     }
     pub fn batch(mut self, batch: usize) -> Self {
@@ -167,9 +162,11 @@ impl IndexOptions {
         self.part = part;
         self
     }
-    /// Make a new collection adaptive (see `Adapt`).
-    pub fn adapt(mut self, adapt: Option<Adapt>) -> Self {
-        self.adapt = adapt;
+    /// Make a new collection adaptive, with `threshold` documents before its first fit
+    /// (`None`: an existing collection's, else `DEFAULT_ADAPT_THRESHOLD`); see `Adapt`.
+    pub fn adapt(mut self, adapt: bool, threshold: Option<usize>) -> Self {
+        self.collection.adapt = adapt;
+        self.collection.adapt_threshold = threshold;
         self
     }
 }
@@ -277,76 +274,6 @@ fn count_lines(path: &Path) -> Result<u64, IndexError> {
     Ok(n + u64::from(last != b'\n'))
 }
 
-/// The spec a collection filled by `embeddings` should have: what was asked (`dims`, `profile`),
-/// else the existing collection's, else the model's nested dims that fit the `full` profile.
-/// A collection of another model is refused; creating with the result refuses other specs.
-pub fn resolve_spec(
-    embeddings: &Embeddings,
-    store: &dyn VectorStore,
-    collection: &str,
-    dims: Option<&[usize]>,
-    profile: Option<&str>,
-    adapt: Option<Adapt>,
-) -> Result<CollectionSpec, IndexError> {
-    let embedder = embeddings.embedder();
-    let model = embeddings.model_name();
-    let existing = match store.info(collection) {
-        Ok(info) => Some(info.spec),
-        Err(StoreError::NoSuchCollection(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let profile_name = profile
-        .map(String::from)
-        .or_else(|| existing.as_ref().map(|s| s.profile.clone()))
-        .unwrap_or_else(|| "full".into());
-    let profile = embedder.profile(Some(&profile_name))?;
-    let dims = match (dims, &existing) {
-        (Some(d), _) => {
-            let mut d = d.to_vec();
-            d.sort_unstable();
-            d.dedup();
-            d
-        }
-        (None, Some(s)) => s.dims.clone(),
-        (None, None) => embedder
-            .nested_dims()
-            .into_iter()
-            .filter(|&d| d <= embedder.model().output_width(&profile))
-            .collect(),
-    };
-    if dims.is_empty() {
-        return Err(IndexError::Options(
-            "no dims to store: pass --dims".to_string(),
-        ));
-    }
-    for &d in &dims {
-        embeddings.check_dim(d, &profile, "dims")?;
-    }
-    let adapt = adapt.or_else(|| existing.as_ref().and_then(|s| s.adapt));
-    let width = embedder.model().output_width(&profile);
-    let dims = crate::collection::adaptive_dims(dims, width, adapt)?;
-    let spec = CollectionSpec {
-        dims,
-        profile: profile_name,
-        model,
-        distance: existing.as_ref().map_or(Distance::Cosine, |s| s.distance),
-        layout: existing
-            .as_ref()
-            .map(|s| s.layout.clone())
-            .unwrap_or_default(),
-        adapt,
-    };
-    if let Some(e) = existing {
-        if e.model != spec.model {
-            return Err(IndexError::Options(format!(
-                "collection {collection:?} holds vectors of model {:?}, not {:?}",
-                e.model, spec.model
-            )));
-        }
-    }
-    Ok(spec)
-}
-
 /// Indexes the JSONL file `input` into `collection` of `collections`, creating it if needed,
 /// resuming an unfinished run of the same job. `progress` gets the line count as its length.
 pub fn index_file(
@@ -368,16 +295,8 @@ pub fn index_file(
     }
     let input_len = std::fs::metadata(input).map_err(io(input))?.len();
     let input_abs = std::fs::canonicalize(input).map_err(io(input))?;
-    let spec = resolve_spec(
-        embeddings,
-        store,
-        collection,
-        opts.dims.as_deref(),
-        opts.profile.as_deref(),
-        opts.adapt,
-    )?;
-    let created = store.create(collection, &spec)?;
-    let handle = collections.open(collection)?;
+    let (handle, created) = collections.open_or_create(collection, &opts.collection)?;
+    let spec = handle.spec().clone();
     std::fs::create_dir_all(&opts.state_dir).map_err(io(&opts.state_dir))?;
     let record_path = opts.state_dir.join(match opts.part {
         None => format!("{collection}.index.json"),

@@ -25,9 +25,7 @@ pub mod store;
 
 pub use adapt::SearchQuery;
 pub use batcher::QueueLimits;
-pub use collection::{
-    Collection, Collections, CreateRequest, FunnelRequest, SearchPlan, SearchRequest,
-};
+pub use collection::{Added, Collection, Collections, CreateRequest, FunnelRequest, SearchRequest};
 pub use dims::DimPolicy;
 pub use documents::{Document, DocumentError};
 pub use embeddings::{EmbedSpec, Embedded, Embeddings, Policy, Resolved, Tokens};

@@ -1,5 +1,6 @@
-//! The public face of the encoder: load a model folder once, then embed texts at any profile
-//! and any nested size.
+//! The public face of the encoder: load a model folder once, resolve its profiles, and run
+//! any of them on token ids. Texts become vectors through mrl-core's `Embeddings` (the dim
+//! and truncation policies, the model thread), which calls [`Embedder::embed_tokens`].
 
 use std::path::{Path, PathBuf};
 
@@ -7,53 +8,11 @@ use crate::config::{self, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::manifest::Manifest;
 use crate::model::{BertModel, Weights};
-use crate::nested;
 use crate::profile::Profile;
 use crate::tokenize::TextTokenizer;
 
 /// Texts per forward pass unless the caller asks otherwise: sentence-transformers' default.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
-
-/// How to embed: output size, sub-encoder, normalisation, batch size.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EmbedOptions {
-    /// Output size; `None` is the profile's full width.
-    pub dim: Option<usize>,
-    /// A profile name or spec (see [`Profile::parse`]); `None` is the full encoder.
-    pub profile: Option<String>,
-    pub normalize: bool,
-    pub batch_size: usize,
-}
-
-impl Default for EmbedOptions {
-    fn default() -> Self {
-        Self {
-            dim: None,
-            profile: None,
-            normalize: true,
-            batch_size: DEFAULT_BATCH_SIZE,
-        }
-    }
-}
-
-impl EmbedOptions {
-    pub fn dim(mut self, dim: usize) -> Self {
-        self.dim = Some(dim);
-        self
-    }
-    pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
-        self
-    }
-    pub fn normalize(mut self, normalize: bool) -> Self {
-        self.normalize = normalize;
-        self
-    }
-    pub fn batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
-    }
-}
 
 /// A loaded model: tokenizer, weights and config. Cheap to share behind an `Arc`; every
 /// profile runs off the same tensors.
@@ -182,25 +141,6 @@ impl Embedder {
                 aligned: Vec::new(),
             }),
         }
-    }
-
-    /// Embeds `texts`, returning one vector per text in input order.
-    pub fn embed<S: AsRef<str> + Sync>(
-        &self,
-        texts: &[S],
-        opts: &EmbedOptions,
-    ) -> Result<Vec<Vec<f32>>> {
-        // Options are checked before any work so a bad request costs nothing.
-        let profile = self.profile(opts.profile.as_deref())?;
-        let width = self.model.output_width(&profile);
-        let dim = opts.dim.unwrap_or(width);
-        nested::check_dim(dim, width)?;
-        let tokens = self.tokenizer.encode(texts)?;
-        let pooled = self.embed_tokens(&tokens, &profile, opts.batch_size)?;
-        pooled
-            .iter()
-            .map(|v| nested::nest(v, dim, opts.normalize))
-            .collect()
     }
 
     /// Runs `profile` on already tokenized texts and returns the raw mean-pooled vectors

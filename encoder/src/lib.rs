@@ -21,7 +21,7 @@ pub mod text;
 pub mod tokenize;
 
 pub use config::BertConfig;
-pub use embedder::{EmbedOptions, Embedder, DEFAULT_BATCH_SIZE};
+pub use embedder::{Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{EncoderError, Result};
 pub use fetch::{Fetcher, ModelSpec, DEFAULT_MODEL};
 pub use manifest::{Manifest, NamedProfile, Ranking, MANIFEST_FILE};

@@ -45,7 +45,7 @@ impl Default for ServeConfig {
             max_batch_tokens: 16_384,
             queue_capacity: 64,
             max_queued_tokens: 65_536,
-            max_inputs: 512,
+            max_inputs: mrl_core::Policy::SERVER.max_inputs.unwrap_or(512),
             max_body_bytes: 4 << 20,
             truncate: true,
             workers: 2,
@@ -58,11 +58,12 @@ impl ServeConfig {
         Self::default()
     }
 
-    /// The core's policy these settings ask for (dims, truncation).
+    /// The core's policy these settings ask for (dims, truncation, texts per request).
     pub fn policy(&self) -> mrl_core::Policy {
         mrl_core::Policy {
             dims: mrl_core::DimPolicy::any_if(self.allow_any_dim),
             truncate: self.truncate,
+            max_inputs: Some(self.max_inputs),
         }
     }
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mrl::EmbedOptions;
+use std::sync::Arc;
+
+use mrl::{EmbedSpec, Embeddings, Fields, Policy};
 
 use super::common::{load, peak_rss_kib, profile_list, ModelArg};
 
@@ -29,7 +31,9 @@ pub(crate) struct BenchEncodeArgs {
 }
 
 pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
-    let embedder = load(&args.model)?;
+    let embedder = Arc::new(load(&args.model)?);
+    // The path every caller takes, texts to unit vectors, at the batch size asked for.
+    let embeddings = Embeddings::inline(embedder.clone(), Policy::LIBRARY).batch_size(args.batch);
     let file = std::fs::File::open(&args.texts)
         .with_context(|| format!("opening {}", args.texts.display()))?;
     let mut rows: Vec<(String, String)> = Vec::new();
@@ -43,9 +47,7 @@ pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
     let mut medians: Vec<(String, String, f64)> = Vec::new();
     for profile in profile_list(&embedder, &args.profiles) {
         let profile = profile.as_str();
-        let opts = EmbedOptions::default()
-            .profile(profile)
-            .batch_size(args.batch);
+        let spec = EmbedSpec::default().profile(profile);
         for kind in args.kinds.split(',') {
             let texts: Vec<&str> = rows
                 .iter()
@@ -56,11 +58,15 @@ pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
                 bail!("no texts of kind {kind:?} in {}", args.texts.display());
             }
             // Warm-up, as the peer script does.
-            embedder.embed(&texts[..texts.len().min(args.batch)], &opts)?;
+            embeddings.embed_blocking(
+                &texts[..texts.len().min(args.batch)],
+                &spec,
+                &Fields::NATIVE,
+            )?;
             let mut rates = Vec::new();
             for run in 0..args.runs.max(1) {
                 let start = Instant::now();
-                embedder.embed(&texts, &opts)?;
+                embeddings.embed_blocking(&texts, &spec, &Fields::NATIVE)?;
                 let dt = start.elapsed().as_secs_f64();
                 rates.push(texts.len() as f64 / dt);
                 eprintln!(

@@ -59,7 +59,6 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         dims: args.dim_policy.into(),
         ..Policy::LIBRARY
     };
-    let adapt = mrl_core::collection::adapt_option(args.adapt, args.adapt_threshold)?;
     let embeddings = Arc::new(Embeddings::inline(Arc::new(load(&args.model)?), policy));
     let store = mrl_core::store::open(
         &args.data_dir,
@@ -73,7 +72,7 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         .batch(args.batch)
         .strict(args.strict)
         .part(args.part)
-        .adapt(adapt);
+        .adapt(args.adapt, args.adapt_threshold);
     let progress = bar(&args.collection, 0);
     let collections = mrl_core::Collections::new(store, embeddings.clone());
     let s = mrl_core::indexer::index_file(

@@ -416,7 +416,7 @@ fn evaluate_run(
     let opts = IndexOptions::new(data_dir.join("jobs"))
         .dims(Some(stored.clone()))
         .profile(Some(run.profile.clone()))
-        .adapt(run.adapt);
+        .adapt(run.adapt.is_some(), run.adapt.map(|a| a.threshold));
     let summary = indexer::index_file(&collections, &name, corpus_path, &opts, &bar(&label, 0))
         .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
     if summary.count != data.corpus.len() {

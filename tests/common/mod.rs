@@ -7,9 +7,9 @@ pub mod qdrant;
 pub mod server;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use mrl::{Embedder, Fetcher, DEFAULT_MODEL};
+use mrl::{EmbedSpec, Embedder, Embeddings, Fetcher, Fields, Policy, DEFAULT_MODEL};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,9 +68,21 @@ pub fn model_dir() -> PathBuf {
     .clone()
 }
 
-pub fn embedder() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
-    E.get_or_init(|| Embedder::load(model_dir()).expect("loading the default model"))
+pub fn embedder() -> &'static Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
+    E.get_or_init(|| Arc::new(Embedder::load(model_dir()).expect("loading the default model")))
+}
+
+/// Vectors of `texts` by `e` through the one text → vector path every caller takes
+/// (mrl-core's `Embeddings`, the library's policy).
+pub fn embed<S: AsRef<str> + Sync>(
+    e: &Arc<Embedder>,
+    texts: &[S],
+    spec: &EmbedSpec,
+) -> Result<Vec<Vec<f32>>, mrl_core::Error> {
+    Ok(Embeddings::inline(e.clone(), Policy::LIBRARY)
+        .embed_blocking(texts, spec, &Fields::NATIVE)?
+        .vectors)
 }
 
 pub struct Reference {

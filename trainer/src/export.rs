@@ -6,9 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use mrl_encoder::{EmbedOptions, Embedder};
+use indicatif::ProgressBar;
+use mrl_encoder::{nested, Embedder};
 use serde::Serialize;
 
+use crate::eval::embed_cached;
 use crate::{Result, TrainerError};
 
 /// The measured cost of the cast, per profile.
@@ -49,10 +51,16 @@ pub fn export_f16(model: &Path, out: &Path, texts: &[String]) -> Result<ExportRe
             .map_err(|e| TrainerError::io(p, e))
     };
     let mut cosine = Vec::new();
+    // Unit vectors of the profile's full width, as the server returns them at its largest dim.
+    let unit = |e: &Embedder, name: &str| -> Result<Vec<Vec<f32>>> {
+        let profile = e.profile(Some(name))?;
+        let mut vectors = embed_cached(e, texts, &profile, None, &ProgressBar::hidden())?;
+        vectors.iter_mut().for_each(|v| nested::l2_normalize(v));
+        Ok(vectors)
+    };
     for name in source.profile_names() {
-        let opts = EmbedOptions::default().profile(name.clone());
-        let a = source.embed(texts, &opts)?;
-        let b = exported.embed(texts, &opts)?;
+        let a = unit(&source, &name)?;
+        let b = unit(&exported, &name)?;
         let cos: Vec<f64> = a
             .iter()
             .zip(&b)

@@ -1,12 +1,13 @@
 //! Collections: `PUT/GET/DELETE /collections/{name}`, `GET /collections`,
 //! `POST/DELETE /collections/{name}/documents` and `POST /collections/{name}/search`.
 //!
-//! Handlers parse, call mrl-core's `Collections`/`Collection` (whose rules answer for every
-//! field), await the model thread for embeddings and run store calls on the blocking pool.
+//! Handlers parse, make one call into mrl-core's `Collections` (whose rules answer for every
+//! field; it awaits the model thread and runs store calls on the blocking pool) and
+//! serialize what it answers.
 
 use actix_web::{web, HttpResponse};
-use mrl_core::store::{caller_id, Adapt, CollectionInfo, Distance, Hit, HnswSize, Layout};
-use mrl_core::{CreateRequest, Document, SearchRequest};
+use mrl_core::store::{Adapt, CollectionInfo, Distance, Hit, HnswSize, Layout};
+use mrl_core::{CreateRequest, SearchRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -54,7 +55,7 @@ impl CreateBody {
             }
         };
         Ok(CreateRequest {
-            dims: self.dims,
+            dims: Some(self.dims),
             profile: self.profile,
             distance,
             layout: Layout {
@@ -159,7 +160,6 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    mrl_core::store::check_name(&name)?;
     let req = parse::<CreateBody>(
         &body(payload, state.config.max_body_bytes).await?,
         FieldNames::TopLevel,
@@ -250,48 +250,18 @@ pub async fn add_documents(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let collections = state.collections.clone();
-    let collection = blocking(move || collections.open(&name)).await?;
     let req: AddDocuments = parse(
         &body(payload, state.config.max_body_bytes).await?,
         FieldNames::Path,
     )?;
-    if req.documents.len() > state.config.max_inputs {
-        return Err(ApiError::field(
-            "documents",
-            format!(
-                "{} documents; the limit is {} per request",
-                req.documents.len(),
-                state.config.max_inputs
-            ),
-        ));
-    }
-    let docs = req
-        .documents
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            Document::from_json(d).map_err(|e| {
-                let f = if e.field == "document" {
-                    format!("documents[{i}]")
-                } else {
-                    format!("documents[{i}].{}", e.field)
-                };
-                ApiError::field(&f, format!("{f}: {}", e.message))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let batch = collection.check_documents(docs)?;
-    let ids: Vec<String> = batch.docs.iter().map(|d| d.id.clone()).collect();
-    let (vectors, tokens) = state
-        .embeddings
-        .raw(batch.texts(), batch.profile.clone(), "documents")
+    let added = state
+        .collections
+        .add_documents(&name, &req.documents)
         .await?;
-    blocking(move || collection.store_documents(batch, vectors)).await?;
     Ok(HttpResponse::Ok().json(Added {
-        ids,
+        ids: added.ids,
         usage: super::embed::Usage {
-            tokens: tokens.count,
+            tokens: added.tokens,
         },
     }))
 }
@@ -314,19 +284,7 @@ pub async fn delete_documents(
         &body(payload, state.config.max_body_bytes).await?,
         FieldNames::TopLevel,
     )?;
-    let ids = req
-        .ids
-        .iter()
-        .map(|v| {
-            caller_id(v)
-                .ok_or_else(|| ApiError::field("ids", "ids must be non-empty strings or numbers"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
-        return Err(ApiError::field("ids", "ids must be a non-empty array"));
-    }
-    let collections = state.collections.clone();
-    let deleted = blocking(move || collections.open(&name)?.delete_documents(&ids)).await?;
+    let deleted = state.collections.delete_documents(&name, &req.ids).await?;
     Ok(HttpResponse::Ok().json(DocumentsDeleted { deleted }))
 }
 
@@ -346,24 +304,10 @@ pub async fn search(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let collections = state.collections.clone();
-    let collection = blocking(move || collections.open(&name)).await?;
     let req: SearchRequest = parse(
         &body(payload, state.config.max_body_bytes).await?,
         FieldNames::Path,
     )?;
-    let plan = collection.plan_search(req)?;
-    let full = match &plan.embed {
-        Some((text, profile)) => {
-            let (mut v, _) = state
-                .embeddings
-                .raw(vec![text.clone()], profile.clone(), "query")
-                .await?;
-            v.pop()
-        }
-        None => None,
-    };
-    let query = plan.query(full.as_deref())?;
-    let hits = blocking(move || collection.run(&query)).await?;
+    let hits = state.collections.search(&name, req).await?;
     Ok(HttpResponse::Ok().json(Hits { hits }))
 }

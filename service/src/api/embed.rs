@@ -53,7 +53,7 @@ pub async fn embed(
         &body(payload, state.config.max_body_bytes).await?,
         FieldNames::Path,
     )?;
-    let inputs = req.inputs.check("inputs", state.config.max_inputs)?;
+    let inputs = req.inputs.check("inputs")?;
     let spec = EmbedSpec {
         profile: req.profile,
         dim: req.dim,

@@ -117,23 +117,15 @@ impl<'de> Deserialize<'de> for Texts {
 }
 
 impl Texts {
-    /// The texts, checked: at least one, at most `max`, none blank; `field` names them.
-    pub fn check(self, field: &str, max: usize) -> Result<Vec<String>, ApiError> {
+    /// The texts, checked: at least one, none blank; `field` names them. How many one request
+    /// may bring is the core's policy (`Policy::max_inputs`).
+    pub fn check(self, field: &str) -> Result<Vec<String>, ApiError> {
         let texts = match self {
             Self::One(s) => vec![s],
             Self::Many(v) => v,
         };
         if texts.is_empty() {
             return Err(ApiError::field(field, format!("{field} must not be empty")));
-        }
-        if texts.len() > max {
-            return Err(ApiError::field(
-                field,
-                format!(
-                    "{field} has {} texts; the limit is {max} per request",
-                    texts.len()
-                ),
-            ));
         }
         if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
             return Err(ApiError::field(
@@ -162,14 +154,12 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-/// Runs a blocking core call (a store operation) on the blocking pool.
+/// Runs a blocking core call (a store operation) on the blocking pool (mrl-core's
+/// `collection::blocking`), its error in the service's terms.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, mrl_core::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
-    web::block(f)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::from)
+    Ok(mrl_core::collection::blocking(f).await?)
 }
 
 /// Reads the body up to the configured limit.

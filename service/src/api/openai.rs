@@ -111,7 +111,7 @@ async fn create(
         }
     }
     let req: OpenAiRequest = from_value(value, FieldNames::Path)?;
-    let input = req.input.check("input", state.config.max_inputs)?;
+    let input = req.input.check("input")?;
     let model = req.model.unwrap_or_else(|| state.model_name.clone());
     let spec = EmbedSpec {
         profile: model.rsplit_once(':').map(|(_, p)| p.to_string()),
