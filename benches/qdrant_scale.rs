@@ -107,6 +107,7 @@ fn main() {
             dims: DIMS.to_vec(),
             profile: "synthetic".into(),
             model: "synthetic".into(),
+            precision: Default::default(),
             distance: Distance::Cosine,
             layout: layout.clone(),
             adapt: None,

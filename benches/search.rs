@@ -47,6 +47,7 @@ fn open(points: usize) -> EdgeStore {
         dims: DIMS.to_vec(),
         profile: "synthetic".into(),
         model: "synthetic".into(),
+        precision: Default::default(),
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: None,

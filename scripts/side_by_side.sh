@@ -2,10 +2,12 @@
 # Speed against ONNX Runtime, measured the only fair way on a machine whose speed drifts:
 # alternate the engines ROUNDS times in one session and report per-round ratios and their
 # median. Each run is the median of RUNS passes (default 3) over ../shared/bench/texts.jsonl,
-# batch 32, 2 threads. Engines per round: ONNX Runtime, mrl on its built-in gemm, and mrl on
-# OpenBLAS when $MRL_OPENBLAS is set (export MRL_OPENBLAS=$(scripts/openblas.sh)).
-# Usage: scripts/side_by_side.sh [ROUNDS]; needs onnxruntime, tokenizers and numpy
-# (python3 -m pip install onnxruntime tokenizers numpy); MRL_BIN picks the mrl binary.
+# batch 32, 2 threads, base model (all-MiniLM-L6-v2). Engines per round: ONNX Runtime fp32,
+# ONNX Runtime int8 (its dynamic quantization of the same export: int8 weights per channel,
+# int8 activations; made once into models/ort/), mrl f32 on its built-in gemm, mrl int8, and
+# mrl f32 on OpenBLAS when $MRL_OPENBLAS is set (export MRL_OPENBLAS=$(scripts/openblas.sh)).
+# Usage: scripts/side_by_side.sh [ROUNDS]; needs onnxruntime, onnx, tokenizers and numpy
+# (python3 -m pip install onnxruntime onnx tokenizers numpy); MRL_BIN picks the mrl binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -17,23 +19,40 @@ model=models/all-MiniLM-L6-v2
 [ -d "$model" ] || "$mrl" model fetch >/dev/null
 shared=${MRL_SHARED_DIR:-../shared}
 openblas=${MRL_OPENBLAS:-}
+ort_int8=models/ort/minilm-l6-v2.int8.onnx
+if [ ! -f "$ort_int8" ]; then
+  mkdir -p models/ort
+  python3 - "$shared/peers/minilm-l6-v2.onnx" "$ort_int8" <<'PY'
+import sys
+from onnxruntime.quantization import QuantType, quantize_dynamic
+quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8, per_channel=True)
+PY
+fi
 # Only RESULT lines: mrl also prints RATIO lines that name the kind.
 rate() { grep "^RESULT.* kind=$1 " | head -n1 | sed -E 's/.*median_texts_per_s=([0-9.]+).*/\1/'; }
 rates() { local out; out=$("$@" 2>/dev/null); echo "$(echo "$out" | rate short) $(echo "$out" | rate long)"; }
 results=$(mktemp)
 for r in $(seq "$rounds"); do
   ort=$(rates python3 "$shared/peers/bench_ort.py" --model "$model" --threads 2 --runs "$runs")
-  gemm=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --runs "$runs")
+  ort8=$(rates python3 "$shared/peers/bench_ort.py" --model "$model" --onnx "$ort_int8" --threads 2 --runs "$runs")
+  f32=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --runs "$runs")
+  int8=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --precision int8 --runs "$runs")
   blas="0 0"
   [ -z "$openblas" ] || blas=$(rates env MRL_OPENBLAS="$openblas" "$mrl" bench encode --model "$model" --runs "$runs")
-  # Fields: round, ORT short, ORT long, gemm short, gemm long, OpenBLAS short, OpenBLAS long.
-  line="$r $ort $gemm $blas"
+  # Fields: round, then short and long texts/s of ORT fp32, ORT int8, mrl f32, mrl int8,
+  # mrl f32 on OpenBLAS.
+  line="$r $ort $ort8 $f32 $int8 $blas"
   echo "$line" >>"$results"
-  echo "$line" | awk '{printf "round %d (texts/s, short / long): ORT %.1f / %.1f; mrl %.1f / %.1f (ratio %.3f / %.3f)", $1, $2, $3, $4, $5, $4/$2, $5/$3;
-    if ($6 > 0) printf "; mrl+OpenBLAS %.1f / %.1f (ratio %.3f / %.3f)", $6, $7, $6/$2, $7/$3; printf "\n"}'
+  echo "$line" | awk '{printf "round %d (texts/s, short / long): ORT fp32 %.1f / %.1f; ORT int8 %.1f / %.1f; mrl f32 %.1f / %.1f; mrl int8 %.1f / %.1f", $1, $2, $3, $4, $5, $6, $7, $8, $9;
+    if ($10 > 0) printf "; mrl+OpenBLAS %.1f / %.1f", $10, $11; printf "\n"}'
 done
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 col() { awk -v a="$1" -v b="$2" '{printf "%.4f\n", $a/$b}' "$results" | median; }
-echo "median ratio to ORT over $rounds rounds: mrl short $(col 4 2), long $(col 5 3)"
-[ -z "$openblas" ] || echo "median ratio to ORT over $rounds rounds: mrl+OpenBLAS short $(col 6 2), long $(col 7 3)"
+echo "median ratios over $rounds rounds (short, long):"
+echo "  ORT int8 / ORT fp32:  $(col 4 2), $(col 5 3)"
+echo "  mrl f32 / ORT fp32:   $(col 6 2), $(col 7 3)"
+echo "  mrl int8 / ORT fp32:  $(col 8 2), $(col 9 3)"
+echo "  mrl int8 / ORT int8:  $(col 8 4), $(col 9 5)"
+echo "  mrl int8 / mrl f32:   $(col 8 6), $(col 9 7)"
+[ -z "$openblas" ] || echo "  mrl+OpenBLAS / ORT fp32: $(col 10 2), $(col 11 3)"
 rm -f "$results"

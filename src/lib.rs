@@ -25,7 +25,8 @@ pub use mrl_core::store::{Hit, SearchParams};
 pub use mrl_core::{DimPolicy, Document, EmbedSpec, Embeddings, Fields, Policy};
 
 pub use mrl_encoder::{
-    fetch, BertConfig, Embedder, EncoderError, Fetcher, ModelSpec, Profile, DEFAULT_MODEL,
+    fetch, BertConfig, Embedder, EncoderError, Fetcher, ModelSpec, Precision, Profile,
+    DEFAULT_MODEL,
 };
 
 /// The elastically trained checkpoint committed with the repository, under the models
@@ -36,14 +37,19 @@ pub const SHIPPED_MODEL: &str = "mrl-minilm-elastic";
 /// ([`SHIPPED_MODEL`] in `$MRL_MODELS_DIR`, else `./models`) if it is there, else the base
 /// model (fetched into that folder the first time).
 pub fn load_model(dir: Option<&Path>) -> Result<Embedder, EncoderError> {
+    load_model_with(dir, Precision::F32)
+}
+
+/// [`load_model`] with the dense layers at `precision` (`Int8`: quantized once, here).
+pub fn load_model_with(dir: Option<&Path>, precision: Precision) -> Result<Embedder, EncoderError> {
     match dir {
-        Some(d) => Embedder::load(d),
+        Some(d) => Embedder::load_with(d, precision),
         None => {
             let shipped = fetch::default_models_dir().join(SHIPPED_MODEL);
             if shipped.join("model.safetensors").is_file() {
-                Embedder::load(shipped)
+                Embedder::load_with(shipped, precision)
             } else {
-                Embedder::load(Fetcher::default().ensure(&DEFAULT_MODEL)?)
+                Embedder::load_with(Fetcher::default().ensure(&DEFAULT_MODEL)?, precision)
             }
         }
     }

@@ -75,6 +75,32 @@ fn every_command_has_help() {
     }
 }
 
+/// `--precision int8` runs the quantized encoder: its vector is the f32 one within the
+/// quantization's cosine bound; an unknown precision is refused naming the flag.
+#[test]
+fn int8_precision_embeds_close_to_f32_and_a_bad_one_names_the_flag() {
+    let text = "Vitamin D is made in the skin under sunlight.";
+    let vector = |precision: &str| -> Vec<f32> {
+        let rows = lines(&mrl(&["embed", "--precision", precision, text], None));
+        rows[0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (f32, int8) = (vector("f32"), vector("int8"));
+    let c = common::cosine(&f32, &int8);
+    assert!(
+        c > 0.99 && c < 0.999999,
+        "cosine {c}: int8 ran, and stayed close"
+    );
+    let out = mrl(&["embed", "--precision", "fp16", text], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--precision") && err.contains("int8"), "{err}");
+}
+
 #[test]
 fn embeds_arguments_at_the_asked_dim() {
     let out = mrl(&["embed", "--dim", "64", "hello", "world"], None);

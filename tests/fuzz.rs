@@ -384,6 +384,7 @@ fn store() -> &'static EdgeStore {
             dims: vec![4],
             profile: "full".into(),
             model: "m".into(),
+            precision: Default::default(),
             distance: Distance::Cosine,
             layout: Default::default(),
             adapt: None,

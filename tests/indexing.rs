@@ -394,3 +394,62 @@ fn the_library_index_adds_searches_funnels_and_reopens() {
     drop(index);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A collection records the precision its documents were embedded with. An int8 model does
+/// not reopen a collection of f32 documents, nor embed queries or documents for one; a
+/// collection it makes records int8 and searches.
+#[test]
+fn a_collection_keeps_the_precision_its_documents_were_embedded_with() {
+    use mrl::Precision;
+    let dir = scratch("precision");
+    let f32 = Arc::new(mrl::Embedder::load(common::model_dir()).unwrap());
+    let int8 = Arc::new(mrl::Embedder::load_with(common::model_dir(), Precision::Int8).unwrap());
+    let doc = || {
+        Document::new(
+            "sun",
+            "Vitamin D is made in the skin when sunlight hits it.",
+        )
+    };
+    let index = Index::open(&dir, "f32", f32).unwrap();
+    index.add_documents([doc()]).unwrap();
+    assert_eq!(index.spec().precision, Precision::F32);
+    drop(index);
+    let refused = Index::open(&dir, "f32", int8.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("f32") && refused.contains("int8"),
+        "{refused}"
+    );
+    // Through the core, as the server reaches it: a 400 naming `precision`.
+    let store = mrl_core::store::open(&dir, None, None).unwrap();
+    let embeddings = Arc::new(mrl::Embeddings::inline(int8.clone(), mrl::Policy::LIBRARY));
+    let collection = mrl_core::Collections::new(store, embeddings)
+        .open("f32")
+        .unwrap();
+    let query = mrl_core::SearchRequest {
+        query: Some("sunlight".into()),
+        ..Default::default()
+    };
+    for err in [
+        collection.search_blocking(query).unwrap_err(),
+        collection.add_documents_blocking(vec![doc()]).unwrap_err(),
+    ] {
+        match err {
+            mrl_core::Error::InvalidField { field, message } => {
+                assert_eq!(field, "precision");
+                assert!(
+                    message.contains("f32") && message.contains("int8"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let index = Index::open(&dir, "int8", int8).unwrap();
+    index.add_documents([doc()]).unwrap();
+    assert_eq!(index.spec().precision, Precision::Int8);
+    assert_eq!(index.search("sunlight", 384, 1).unwrap()[0].id, "sun");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

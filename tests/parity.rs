@@ -4,7 +4,9 @@
 mod common;
 
 use common::{cosine, embed, embedder, references};
-use mrl::{EmbedSpec, Embeddings, Fields, Policy};
+use std::sync::Arc;
+
+use mrl::{EmbedSpec, Embedder, Embeddings, Fields, Policy, Precision};
 use mrl_core::Error;
 
 #[test]
@@ -132,6 +134,38 @@ fn bad_dims_and_profiles_are_typed_errors_naming_the_value() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("1..=128"), "{err}");
+}
+
+/// The int8 encoder (dense layers quantized, the rest f32) keeps each embedding within
+/// cosine 0.99 of the f32 one on the fixtures, for sub-encoders and narrow widths too, and
+/// holds its dense weights in about a quarter of the bytes.
+#[test]
+fn int8_embeddings_stay_within_the_cosine_bound_of_f32() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let f32 = embedder();
+    let int8 = Arc::new(Embedder::load_with(common::model_dir(), Precision::Int8).unwrap());
+    assert_eq!(int8.precision(), Precision::Int8);
+    for profile in ["full", "layers=3", "layers=2,heads=6,ffn=512,hidden=192"] {
+        let spec = EmbedSpec::default().profile(profile);
+        let (a, b) = (
+            embed(f32, &texts, &spec).unwrap(),
+            embed(&int8, &texts, &spec).unwrap(),
+        );
+        let cos: Vec<f64> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+        let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+        let min = cos.iter().copied().fold(1.0, f64::min);
+        assert!(
+            mean >= 0.99 && min >= 0.97,
+            "{profile}: mean {mean}, min {min}"
+        );
+        assert!(mean < 0.999999, "{profile}: int8 did not run");
+    }
+    let (dense32, dense8) = (f32.model().dense_bytes(), int8.model().dense_bytes());
+    assert!(
+        dense8 * 10 < dense32 * 3,
+        "int8 dense weights {dense8} B vs f32 {dense32} B"
+    );
 }
 
 #[test]

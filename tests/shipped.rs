@@ -114,6 +114,29 @@ fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
     }
 }
 
+/// The shipped checkpoint in int8 stays within cosine 0.99 (mean) of its f32 self at every
+/// profile and nested size, heads included.
+#[test]
+fn int8_keeps_every_profile_and_size_of_the_shipped_checkpoint() {
+    let f32 = Arc::new(Embedder::load(shipped()).unwrap());
+    let int8 = Arc::new(Embedder::load_with(shipped(), mrl::Precision::Int8).unwrap());
+    let texts: Vec<String> = common::scifact_queries(40);
+    for profile in f32.profile_names() {
+        for &dim in &f32.nested_dims() {
+            let spec = EmbedSpec::default().profile(profile.clone()).dim(dim);
+            let a = embed(&f32, &texts, &spec).unwrap();
+            let b = embed(&int8, &texts, &spec).unwrap();
+            let mean = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| common::cosine(x, y))
+                .sum::<f64>()
+                / texts.len() as f64;
+            assert!(mean >= 0.99, "{profile}@{dim}: mean cosine {mean}");
+        }
+    }
+}
+
 #[test]
 fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() {
     let bin = env!("CARGO_BIN_EXE_mrl");

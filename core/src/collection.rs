@@ -169,6 +169,7 @@ impl Collections {
             dims,
             profile: profile_name,
             model: self.embeddings.model_name(),
+            precision: self.embeddings.embedder().precision(),
             distance: req.distance.unwrap_or(Distance::Cosine),
             layout: req.layout.clone(),
             adapt,
@@ -269,6 +270,17 @@ impl Collections {
                         "it holds vectors of model {:?}, not {:?}",
                         e.model,
                         self.embeddings.model_name()
+                    ),
+                }
+                .into());
+            }
+            let ours = self.embeddings.embedder().precision();
+            if e.precision != ours {
+                return Err(StoreError::Conflict {
+                    name: name.to_string(),
+                    existing: format!(
+                        "its documents were embedded in {}, this model runs in {ours}",
+                        e.precision
                     ),
                 }
                 .into());
@@ -480,6 +492,29 @@ impl Collection {
         self.adapter.maps_queries_of(profile).is_some()
     }
 
+    /// Checks that this process embeds as the collection's documents were embedded: at the
+    /// same precision (int8 queries are not searched against f32 documents, nor int8
+    /// documents added to them).
+    ///
+    /// Errors: `InvalidField` (`precision`) naming both.
+    fn check_precision(&self) -> Result<()> {
+        let (ours, theirs) = (
+            self.embeddings.embedder().precision(),
+            self.spec().precision,
+        );
+        if ours != theirs {
+            return Err(Error::field(
+                "precision",
+                format!(
+                    "collection {:?} holds documents embedded in {theirs}, and this model runs \
+                     in {ours}: run it with --precision {theirs}, or index into a new collection",
+                    self.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Values a vector query at `dim` sends: `dim`, or an adaptive collection's full width.
     fn query_width(&self, dim: usize) -> usize {
         if self.spec().adapt.is_some() {
@@ -504,6 +539,7 @@ impl Collection {
         self.embeddings
             .policy()
             .check_count(docs.len(), "documents")?;
+        self.check_precision()?;
         let mut seen = HashSet::new();
         for (i, d) in docs.iter().enumerate() {
             d.check().map_err(|e| e.at(i))?;
@@ -694,6 +730,7 @@ impl Collection {
     ) -> Result<QueryInput> {
         match (query, vector) {
             (Some(q), None) if !q.trim().is_empty() => {
+                self.check_precision()?;
                 let profile_name = profile.unwrap_or_else(|| self.spec().profile.clone());
                 let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
                 let width = self.embeddings.embedder().model().output_width(&profile);

@@ -107,6 +107,7 @@ fn spec(adapt: Option<usize>) -> CollectionSpec {
         dims: DIMS.to_vec(),
         profile: "full".into(),
         model: "synthetic".into(),
+        precision: Default::default(),
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: adapt.map(|threshold| Adapt { threshold }),

@@ -56,6 +56,7 @@ fn spec() -> CollectionSpec {
         dims: vec![8, 16],
         profile: "full".into(),
         model: "test-model".into(),
+        precision: Default::default(),
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: None,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{self, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::manifest::Manifest;
-use crate::model::{BertModel, Weights};
+use crate::model::{BertModel, Precision, Weights};
 use crate::profile::Profile;
 use crate::tokenize::TextTokenizer;
 
@@ -29,6 +29,12 @@ impl Embedder {
     /// `model.safetensors`, optionally `sentence_bert_config.json` and `1_Pooling/`), and the
     /// elastic manifest `mrl.json` when the folder has one.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(dir, Precision::F32)
+    }
+
+    /// [`load`](Self::load) with the dense layers at `precision` (int8 quantizes them once,
+    /// here).
+    pub fn load_with(dir: impl AsRef<Path>, precision: Precision) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("config.json");
         let config: BertConfig = config::read_json(&config_path)?;
@@ -45,6 +51,9 @@ impl Embedder {
         }
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
         let mut model = BertModel::load(&Weights::new(tensors), &config)?;
+        if precision == Precision::Int8 {
+            model.quantize_int8();
+        }
         let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
         for p in manifest.iter().flat_map(|m| &m.profiles) {
             if let Some(head) = &p.head {
@@ -68,6 +77,11 @@ impl Embedder {
     /// The model, for callers that feed token ids directly (calibration, benchmarks).
     pub fn model(&self) -> &BertModel {
         &self.model
+    }
+
+    /// The dense layers' arithmetic (see [`load_with`](Self::load_with)).
+    pub fn precision(&self) -> Precision {
+        self.model.precision()
     }
 
     /// Profile names this model knows: `full`, then the manifest's others.

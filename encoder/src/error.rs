@@ -39,6 +39,8 @@ pub enum EncoderError {
         documents: String,
         aligned: Vec<String>,
     },
+    #[error("unknown precision {0:?}: use f32 or int8")]
+    UnknownPrecision(String),
     #[error("model fetch failed: {0}")]
     Fetch(String),
     /// Vectors a rotation cannot be fitted on or applied to (none, zero, mixed widths).

@@ -45,6 +45,18 @@ impl<'a> MatRef<'a> {
         (self.rows, self.cols)
     }
 
+    /// Row `i` as a slice.
+    ///
+    /// Panics for a view whose columns are not contiguous (a transposed one) or a row past
+    /// the last: callers read rows of row-major activations they own.
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        assert!(
+            self.cs == 1 && i < self.rows,
+            "row of a strided view: this is a bug"
+        );
+        &self.data[i * self.rs..i * self.rs + self.cols]
+    }
+
     pub fn t(self) -> Self {
         Self {
             rows: self.cols,

@@ -17,8 +17,60 @@ use rayon::prelude::*;
 
 use crate::config::BertConfig;
 use crate::error::{EncoderError, Result};
+use crate::int8::{QuantizedRows, QuantizedWeights};
 use crate::kernels::{self, MatRef};
 use crate::profile::Profile;
+
+/// The arithmetic of the encoder's dense layers (attention scores, softmax, LayerNorm, GELU
+/// and the Matryoshka head stay f32 either way). Written `f32` / `int8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations: the exact-parity path.
+    #[default]
+    F32,
+    /// int8 weights (per output channel) and activations (per row), i32 accumulation
+    /// (`int8`); a quarter of the dense weights' bytes.
+    Int8,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Self::F32
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EncoderError;
+
+    /// `f32` or `int8`, any case.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            _ => Err(EncoderError::UnknownPrecision(s.to_string())),
+        }
+    }
+}
+
+thread_local! {
+    /// Quantized activations of the dense layer running on this thread, reused between
+    /// layers and batches.
+    static QUANTIZED: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
+}
 
 /// Receives intermediate activations of a forward pass. Calibration ranks heads, neurons and
 /// channels by these; inference passes [`NoObserver`]. Every method defaults to doing nothing.
@@ -113,9 +165,12 @@ impl Weights {
 /// at call time.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `outputs × inputs`, row-major; empty once quantized.
     weight: Vec<f32>,
     bias: Vec<f32>,
     inputs: usize,
+    /// The weight as int8, when the model runs at that precision.
+    int8: Option<QuantizedWeights>,
 }
 
 impl Linear {
@@ -124,7 +179,26 @@ impl Linear {
             weight: w.get(&format!("{name}.weight"), &[outputs, inputs])?,
             bias: w.get(&format!("{name}.bias"), &[outputs])?,
             inputs,
+            int8: None,
         })
+    }
+
+    /// Quantizes the weight to int8 and drops its f32 copy.
+    fn quantize(&mut self) {
+        if self.int8.is_none() {
+            let outputs = self.bias.len();
+            self.int8 = Some(QuantizedWeights::quantize(
+                &self.weight,
+                outputs,
+                self.inputs,
+            ));
+            self.weight = Vec::new();
+        }
+    }
+
+    /// Bytes of weights held (f32 or int8, and the bias).
+    fn bytes(&self) -> usize {
+        self.weight.len() * 4 + self.bias.len() * 4 + self.int8.as_ref().map_or(0, |q| q.bytes())
     }
 
     /// Interleaves layers that read the same input, `group` output rows at a time from each
@@ -143,6 +217,7 @@ impl Linear {
             weight,
             bias,
             inputs,
+            int8: None,
         }
     }
 
@@ -157,6 +232,18 @@ impl Linear {
             .take(rows)
             .with_min_len(64)
             .for_each(|row| row[..n].copy_from_slice(bias));
+        if let Some(q) = &self.int8 {
+            // Prefix views only: the profile cuts are the first outputs and inputs.
+            assert_eq!(
+                out.start, 0,
+                "int8 layers cut prefixes of outputs: this is a bug"
+            );
+            QUANTIZED.with_borrow_mut(|xq| {
+                xq.fill(x);
+                crate::int8::matmul_accumulate(dst, dst_rs, xq, q, out.end);
+            });
+            return;
+        }
         let w = MatRef::rows(
             &self.weight[out.start * self.inputs..],
             n,
@@ -456,6 +543,8 @@ pub struct BertModel {
     profile_heads: Vec<(Profile, Linear)>,
     /// Profile heads loaded but not yet bound, by name.
     unbound_heads: HashMap<String, Linear>,
+    /// The dense layers' arithmetic.
+    precision: Precision,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -470,8 +559,40 @@ impl BertModel {
             head: w.head("head", cfg.hidden_size)?,
             profile_heads: Vec::new(),
             unbound_heads: w.profile_heads(cfg.hidden_size)?,
+            precision: Precision::F32,
             workspaces: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs every layer's dense layers (QKV, attention output, FFN up and down) in int8 from
+    /// now on: their weights are quantized once and their f32 copies dropped, so the change
+    /// is one-way. The embeddings and the Matryoshka heads stay f32.
+    pub fn quantize_int8(&mut self) {
+        for l in &mut self.layers {
+            l.attention.qkv.quantize();
+            l.attention.output.quantize();
+            l.ffn.up.quantize();
+            l.ffn.down.quantize();
+        }
+        self.precision = Precision::Int8;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of the encoder layers' dense weights and biases as held now (f32, or int8 after
+    /// [`quantize_int8`](Self::quantize_int8)).
+    pub fn dense_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.attention.qkv.bytes()
+                    + l.attention.output.bytes()
+                    + l.ffn.up.bytes()
+                    + l.ffn.down.bytes()
+            })
+            .sum()
     }
 
     /// A model from named tensors (HF BERT names, with or without the `bert.` prefix), as

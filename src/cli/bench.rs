@@ -83,10 +83,14 @@ pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
             ));
             println!(
                 "RESULT engine=mrl profile={profile} kind={kind} n={} batch={} threads={threads} \
-                 matmul={} median_texts_per_s={:.1} runs={:?}",
+                 precision={} matmul={} median_texts_per_s={:.1} runs={:?}",
                 texts.len(),
                 args.batch,
-                mrl_encoder::kernels::matmul_backend(),
+                embedder.precision(),
+                match embedder.precision() {
+                    mrl::Precision::Int8 => mrl_encoder::int8::Kernel::best().name(),
+                    mrl::Precision::F32 => mrl_encoder::kernels::matmul_backend(),
+                },
                 sorted[sorted.len() / 2],
                 rates
                     .iter()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mrl::{DimPolicy, Embedder};
+use mrl::{DimPolicy, Embedder, Precision};
 
 #[derive(Args)]
 pub(crate) struct ModelArg {
@@ -15,6 +15,26 @@ pub(crate) struct ModelArg {
     /// first use).
     #[arg(long, env = "MRL_MODEL")]
     pub(crate) model: Option<PathBuf>,
+    /// The dense layers' arithmetic: f32 (parity with sentence-transformers) or int8
+    /// (weights quantized once at load, activations per row; VNNI kernels).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32, env = "MRL_PRECISION")]
+    pub(crate) precision: PrecisionArg,
+}
+
+/// `--precision`: the encoder's `Precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PrecisionArg {
+    F32,
+    Int8,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(a: PrecisionArg) -> Self {
+        match a {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Int8 => Precision::Int8,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -56,7 +76,7 @@ impl DimPolicyArg {
 }
 
 pub(crate) fn load(arg: &ModelArg) -> Result<Embedder> {
-    mrl::load_model(arg.model.as_deref()).context("loading the model")
+    mrl::load_model_with(arg.model.as_deref(), arg.precision.into()).context("loading the model")
 }
 
 /// `all` means every profile the model knows; otherwise names or specs separated by ';'.

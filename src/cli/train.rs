@@ -9,7 +9,7 @@ use clap::Args;
 use mrl::{Fetcher, DEFAULT_MODEL};
 use mrl_trainer::CalibrateOptions;
 
-use super::common::{bar, ModelArg};
+use super::common::{bar, ModelArg, PrecisionArg};
 
 #[derive(Args)]
 pub(crate) struct CalibrateArgs {
@@ -168,6 +168,10 @@ pub(crate) struct JudgeArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The dense layers' arithmetic of the judged checkpoints (the base model's rows stay
+    /// f32).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
 }
 
 pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
@@ -204,6 +208,7 @@ pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
         sets,
         cache: args.cache,
         align,
+        precision: args.precision.into(),
     };
     let progress = bar("judge", 0);
     let report = mrl_trainer::judge::judge(&opts, &progress)?;

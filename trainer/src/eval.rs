@@ -190,6 +190,10 @@ impl EmbeddingCache {
         h.update(self.weights_sha256.as_bytes());
         h.update(profile.to_string().as_bytes());
         h.update(embedder.tokenizer().max_len().to_le_bytes());
+        // f32 entries keep the keys they had before precisions existed.
+        if embedder.precision() != mrl_encoder::Precision::F32 {
+            h.update(format!("precision={}", embedder.precision()).as_bytes());
+        }
         for t in texts {
             h.update((t.len() as u64).to_le_bytes());
             h.update(t.as_bytes());

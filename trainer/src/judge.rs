@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use mrl_encoder::Embedder;
+use mrl_encoder::{Embedder, Precision};
 use serde::Serialize;
 
 use crate::data::{sts_scored, BeirDataset};
@@ -63,6 +63,9 @@ pub struct JudgeOptions {
     pub cache: PathBuf,
     /// `(profile, share)`: the alignment rule's threshold per sub-encoder.
     pub align: Vec<(String, f64)>,
+    /// The dense layers' arithmetic of `model` and `previous` (the base model's rows stay
+    /// f32: the reference).
+    pub precision: Precision,
 }
 
 /// One score of the judgement.
@@ -198,8 +201,8 @@ struct Judged {
 }
 
 impl Judged {
-    fn load(dir: &Path, cache: &Path) -> Result<Self> {
-        let embedder = Embedder::load(dir)?;
+    fn load(dir: &Path, cache: &Path, precision: Precision) -> Result<Self> {
+        let embedder = Embedder::load_with(dir, precision)?;
         let cache = EmbeddingCache::new(cache, &embedder)?;
         let mut profiles = vec!["full".to_string()];
         profiles.extend(embedder.profile_names().into_iter().filter(|n| n != "full"));
@@ -245,10 +248,13 @@ impl Judged {
 /// Errors: the models' and data's errors; `Invalid` for an alignment rule on a profile the
 /// model lacks, with a share outside 0..=1, or a second rule for one profile.
 pub fn judge(opts: &JudgeOptions, progress: &ProgressBar) -> Result<JudgeReport> {
-    let base = Judged::load(&opts.base, &opts.cache)?;
-    let mut models = vec![("model", Judged::load(&opts.model, &opts.cache)?)];
+    let base = Judged::load(&opts.base, &opts.cache, Precision::F32)?;
+    let mut models = vec![(
+        "model",
+        Judged::load(&opts.model, &opts.cache, opts.precision)?,
+    )];
     if let Some(prev) = &opts.previous {
-        models.push(("previous", Judged::load(prev, &opts.cache)?));
+        models.push(("previous", Judged::load(prev, &opts.cache, opts.precision)?));
     }
     for (k, (p, share)) in opts.align.iter().enumerate() {
         let bad = |why: &str| {

@@ -793,6 +793,7 @@ mod tests {
             dims: vec![2, 4],
             profile: "full".into(),
             model: "test".into(),
+            precision: Default::default(),
             distance: Distance::Cosine,
             layout: Default::default(),
             adapt: adapt.then_some(Adapt { threshold: 1 }),

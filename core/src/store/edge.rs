@@ -697,6 +697,7 @@ mod tests {
             dims: vec![8],
             profile: "full".into(),
             model: "test".into(),
+            precision: Default::default(),
             distance: Distance::Cosine,
             layout: Default::default(),
             adapt: None,

@@ -10,6 +10,7 @@ pub mod remote;
 
 use std::collections::BTreeMap;
 
+use mrl_encoder::Precision;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -179,6 +180,11 @@ pub struct CollectionSpec {
     /// The profile that embeds the documents.
     pub profile: String,
     pub model: String,
+    /// The dense layers' arithmetic the documents were embedded with (`f32`, and absent,
+    /// for collections made before there was a choice); queries are embedded the same way.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub precision: Precision,
     pub distance: Distance,
     /// Storage for large collections (a Qdrant server); the default everywhere else.
     #[serde(default, skip_serializing_if = "Layout::is_default")]

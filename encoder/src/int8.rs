@@ -1,0 +1,796 @@
+//! Integer matrix multiply for the dense layers (`--precision int8`): weights quantized once
+//! at load (symmetric int8 per output channel), activations quantized per row at run time
+//! (symmetric int8, stored shifted to u8), products accumulated in i32 and dequantized into
+//! the f32 output. The kernels are VNNI's `u8 × i8 → i32` dot products of four (AVX-512 VNNI,
+//! else AVX-VNNI), picked at run time; a portable loop computes the same integers elsewhere.
+//!
+//! The formula, for output `j` of row `i` over inputs `k < cols` (ONNX Runtime's dynamic
+//! quantization, with the activation's zero point fixed at 128 so that it stays symmetric):
+//!
+//! ```text
+//! x[i,k] ≈ sx[i]·a[i,k],  a ∈ [−127, 127],  sx[i] = max_k |x[i,k]| / 127
+//! w[j,k] ≈ sw[j]·q[j,k],  q ∈ [−127, 127],  sw[j] = max_k |w[j,k]| / 127
+//! y[i,j] += sx[i]·sw[j]·(Σ_k (a[i,k] + 128)·q[j,k] − 128·Σ_k q[j,k])
+//! ```
+//!
+//! `a + 128` is the u8 operand VNNI wants; the correction term is one i32 per output. Every
+//! width cut of a profile stays a prefix: the first `n` outputs are the first groups of 16,
+//! the first `cols` inputs the first blocks of 4 (the activation is zero past `cols`).
+
+use rayon::prelude::*;
+
+use crate::kernels::MatRef;
+
+/// Outputs per packed group: one 512-bit register of i32 lanes.
+const GROUP: usize = 16;
+/// Inputs per VNNI dot product.
+const BLOCK: usize = 4;
+/// Rows per micro-kernel call, and groups (of 16 outputs) per call: 6 × 4 accumulators.
+const TILE_ROWS: usize = 6;
+const TILE_GROUPS: usize = 4;
+/// Rows per parallel task: whole tiles, and enough work to be worth a task.
+const TASK_ROWS: usize = 48;
+
+/// A weight matrix (`outputs × inputs`, the layout of `Linear`) quantized for the kernels.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeights {
+    /// `[group][block][16 outputs][4 inputs]`, zero past the real sizes, so a group's blocks
+    /// are contiguous and any prefix of inputs is a prefix of them.
+    packed: Vec<i8>,
+    /// Per output: `max |w| / 127` (1 for an all-zero row).
+    scales: Vec<f32>,
+    /// Per output: `Σ_k q[j,k]` over every input (narrower inputs sum at call time).
+    sums: Vec<i32>,
+    outputs: usize,
+    inputs: usize,
+    blocks: usize,
+}
+
+impl QuantizedWeights {
+    /// Quantizes `w` (`outputs × inputs`, row-major), each output row on its own scale.
+    ///
+    /// Panics when `w` is not `outputs × inputs`: callers pass a layer's own shape.
+    pub fn quantize(w: &[f32], outputs: usize, inputs: usize) -> Self {
+        assert_eq!(w.len(), outputs * inputs, "weight shape: this is a bug");
+        let blocks = inputs.div_ceil(BLOCK);
+        let groups = outputs.div_ceil(GROUP);
+        let mut packed = vec![0i8; groups * blocks * GROUP * BLOCK];
+        let mut scales = Vec::with_capacity(outputs);
+        let mut sums = Vec::with_capacity(outputs);
+        for (j, row) in w.chunks_exact(inputs.max(1)).take(outputs).enumerate() {
+            let scale = scale_of(row);
+            let inv = 1.0 / scale;
+            let (g, lane) = (j / GROUP, j % GROUP);
+            let mut sum = 0i32;
+            for (k, &x) in row.iter().enumerate() {
+                let q = (x * inv).round().clamp(-127.0, 127.0) as i8;
+                let (b, within) = (k / BLOCK, k % BLOCK);
+                packed[((g * blocks + b) * GROUP + lane) * BLOCK + within] = q;
+                sum += i32::from(q);
+            }
+            scales.push(scale);
+            sums.push(sum);
+        }
+        Self {
+            packed,
+            scales,
+            sums,
+            outputs,
+            inputs,
+            blocks,
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// The quantized weight `q[j,k]`.
+    fn at(&self, j: usize, k: usize) -> i8 {
+        let (g, lane, b, within) = (j / GROUP, j % GROUP, k / BLOCK, k % BLOCK);
+        self.packed[((g * self.blocks + b) * GROUP + lane) * BLOCK + within]
+    }
+
+    /// `Σ_{k < cols} q[j,k]` for each of the first `n` outputs.
+    fn prefix_sums(&self, n: usize, cols: usize) -> Vec<i32> {
+        if cols == self.inputs {
+            return self.sums[..n].to_vec();
+        }
+        (0..n)
+            .map(|j| (0..cols).map(|k| i32::from(self.at(j, k))).sum())
+            .collect()
+    }
+
+    /// Bytes held: the packed weights, their scales and sums.
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + 8 * self.outputs
+    }
+}
+
+/// `max |x| / 127`, or 1 for a row of zeros (which then quantizes to zeros).
+fn scale_of(row: &[f32]) -> f32 {
+    let max = row.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// Activations quantized per row: `a + 128` as u8, zero past `cols` up to whole blocks.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedRows {
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl QuantizedRows {
+    /// Quantizes each row of `x` on its own scale (`max |x| / 127`).
+    pub fn quantize(x: MatRef<'_>) -> Self {
+        let mut q = Self::default();
+        q.fill(x);
+        q
+    }
+
+    /// [`quantize`](Self::quantize) into this buffer, reusing its memory.
+    pub fn fill(&mut self, x: MatRef<'_>) {
+        let (rows, cols) = x.shape();
+        let stride = cols.div_ceil(BLOCK) * BLOCK;
+        self.data.clear();
+        self.data.resize(rows * stride, 0);
+        self.scales.clear();
+        self.scales.resize(rows, 1.0);
+        self.data
+            .par_chunks_mut(stride.max(1))
+            .zip(self.scales.par_iter_mut())
+            .enumerate()
+            .with_min_len(32)
+            .for_each(|(i, (out, scale))| *scale = quantize_row(x.row(i), out));
+        self.rows = rows;
+        self.cols = cols;
+        self.stride = stride;
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// Quantizes `row` into `out` (`a + 128` as u8) and returns its scale.
+fn quantize_row(row: &[f32], out: &mut [u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::best() == Kernel::Avx512Vnni {
+        // SAFETY: the CPU has AVX-512 F and BW (`Kernel::available`); `out` is at least as
+        // long as `row` (a row of `stride ≥ cols` bytes).
+        return unsafe { x86::quantize_row_avx512(row, out) };
+    }
+    let scale = scale_of(row);
+    let inv = 1.0 / scale;
+    // v + 128.5 is positive for every |v| ≤ 127, so truncating (`as`, which also saturates
+    // a non-finite value) rounds it half up.
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v * inv + 128.5).clamp(1.0, 255.0) as u8;
+    }
+    scale
+}
+
+/// A micro-kernel: what each CPU can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 512-bit `vpdpbusd` (AVX-512 VNNI): 16 outputs a register.
+    Avx512Vnni,
+    /// 256-bit `vpdpbusd` (AVX-VNNI): 8 outputs a register.
+    AvxVnni,
+    /// Plain loops, any CPU.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs (detected once).
+    pub fn best() -> Self {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::available()[0])
+    }
+
+    /// Every kernel this CPU runs, fastest first (`Portable` always last).
+    pub fn available() -> Vec<Self> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                out.push(Self::Avx512Vnni);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avxvnni")
+            {
+                out.push(Self::AvxVnni);
+            }
+        }
+        out.push(Self::Portable);
+        out
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512Vnni => "avx512-vnni",
+            Self::AvxVnni => "avx-vnni",
+            Self::Portable => "portable",
+        }
+    }
+
+    /// `tile[r][c] = Σ_b Σ_t a[r, 4b+t] · q[16g+c, 4b+t]` for `rows` rows and `groups`
+    /// groups, over the first `blocks` blocks.
+    ///
+    /// Safety: `a` holds `rows` rows of `a_stride ≥ 4·blocks` bytes; `b` holds `groups`
+    /// groups `group_stride` bytes apart, each at least `64·blocks` bytes; the kernel is one
+    /// [`available`](Self::available) lists.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        self,
+        rows: usize,
+        groups: usize,
+        a: *const u8,
+        a_stride: usize,
+        b: *const i8,
+        group_stride: usize,
+        blocks: usize,
+        tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => x86::tile_avx512(
+                rows,
+                groups,
+                a,
+                a_stride,
+                b,
+                group_stride,
+                blocks,
+                x86::Sink::Tile(tile),
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Self::AvxVnni => {
+                x86::tile_avx(rows, groups, a, a_stride, b, group_stride, blocks, tile)
+            }
+            _ => tile_portable(rows, groups, a, a_stride, b, group_stride, blocks, tile),
+        }
+    }
+}
+
+/// [`Kernel::tile`] in plain loops.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_portable(
+    rows: usize,
+    groups: usize,
+    a: *const u8,
+    a_stride: usize,
+    b: *const i8,
+    group_stride: usize,
+    blocks: usize,
+    tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
+) {
+    for (r, out) in tile.iter_mut().enumerate().take(rows) {
+        let a = std::slice::from_raw_parts(a.add(r * a_stride), blocks * BLOCK);
+        for g in 0..groups {
+            let b = std::slice::from_raw_parts(b.add(g * group_stride), blocks * GROUP * BLOCK);
+            for (c, o) in out[g * GROUP..(g + 1) * GROUP].iter_mut().enumerate() {
+                *o = (0..blocks)
+                    .map(|blk| {
+                        (0..BLOCK)
+                            .map(|t| {
+                                i32::from(a[blk * BLOCK + t])
+                                    * i32::from(b[(blk * GROUP + c) * BLOCK + t])
+                            })
+                            .sum::<i32>()
+                    })
+                    .sum();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, GROUP, TILE_GROUPS, TILE_ROWS};
+
+    type Tile = [[i32; GROUP * TILE_GROUPS]; TILE_ROWS];
+
+    /// Where a tile's sums go: kept as integers, or dequantized and added into the output.
+    pub(super) enum Sink<'a> {
+        Tile(&'a mut Tile),
+        /// `dst[r·dst_rs + c] += sx[r]·sw[c]·(sum − corr[c])` for the first `n` columns of
+        /// the tile; `sx` has the tile's rows, `sw` and `corr` its first `n` columns.
+        Dequant {
+            dst: *mut f32,
+            dst_rs: usize,
+            sx: *const f32,
+            sw: *const f32,
+            corr: *const i32,
+            n: usize,
+        },
+    }
+
+    /// Quantizes `row` into `out` as `round(v / scale) + 128` and returns `scale`.
+    ///
+    /// Safety: the CPU has AVX-512 F and BW; `out.len() ≥ row.len()`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> f32 {
+        let n = row.len();
+        let mask = |i: usize| -> __mmask16 {
+            let k = (n - i).min(16);
+            if k == 16 {
+                0xFFFF
+            } else {
+                (1u16 << k) - 1
+            }
+        };
+        let mut m = _mm512_setzero_ps();
+        for i in (0..n).step_by(16) {
+            let v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(i));
+            m = _mm512_max_ps(m, _mm512_abs_ps(v));
+        }
+        let max = _mm512_reduce_max_ps(m);
+        let scale = if max > 0.0 && max.is_finite() {
+            max / 127.0
+        } else {
+            1.0
+        };
+        let (inv, offset) = (_mm512_set1_ps(1.0 / scale), _mm512_set1_epi32(128));
+        for i in (0..n).step_by(16) {
+            let v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(i));
+            // Round to nearest (the default MXCSR mode); the store saturates to 0..=255.
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), offset);
+            _mm512_mask_cvtusepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), mask(i), q);
+        }
+        scale
+    }
+
+    /// Dispatches to the kernel unrolled for `rows × groups`.
+    macro_rules! unrolled {
+        ($f:ident, $rows:expr, $groups:expr, $($arg:expr),*) => {
+            match ($rows, $groups) {
+                (6, 4) => $f::<6, 4>($($arg),*), (6, 3) => $f::<6, 3>($($arg),*),
+                (6, 2) => $f::<6, 2>($($arg),*), (6, 1) => $f::<6, 1>($($arg),*),
+                (5, 4) => $f::<5, 4>($($arg),*), (5, 3) => $f::<5, 3>($($arg),*),
+                (5, 2) => $f::<5, 2>($($arg),*), (5, 1) => $f::<5, 1>($($arg),*),
+                (4, 4) => $f::<4, 4>($($arg),*), (4, 3) => $f::<4, 3>($($arg),*),
+                (4, 2) => $f::<4, 2>($($arg),*), (4, 1) => $f::<4, 1>($($arg),*),
+                (3, 4) => $f::<3, 4>($($arg),*), (3, 3) => $f::<3, 3>($($arg),*),
+                (3, 2) => $f::<3, 2>($($arg),*), (3, 1) => $f::<3, 1>($($arg),*),
+                (2, 4) => $f::<2, 4>($($arg),*), (2, 3) => $f::<2, 3>($($arg),*),
+                (2, 2) => $f::<2, 2>($($arg),*), (2, 1) => $f::<2, 1>($($arg),*),
+                (1, 4) => $f::<1, 4>($($arg),*), (1, 3) => $f::<1, 3>($($arg),*),
+                (1, 2) => $f::<1, 2>($($arg),*), (1, 1) => $f::<1, 1>($($arg),*),
+                _ => unreachable!("tiles are 1..=6 rows × 1..=4 groups"),
+            }
+        };
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx512(
+        rows: usize,
+        groups: usize,
+        a: *const u8,
+        a_stride: usize,
+        b: *const i8,
+        group_stride: usize,
+        blocks: usize,
+        sink: Sink<'_>,
+    ) {
+        unrolled!(
+            avx512,
+            rows,
+            groups,
+            a,
+            a_stride,
+            b,
+            group_stride,
+            blocks,
+            sink
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_avx(
+        rows: usize,
+        groups: usize,
+        a: *const u8,
+        a_stride: usize,
+        b: *const i8,
+        group_stride: usize,
+        blocks: usize,
+        tile: &mut Tile,
+    ) {
+        // 16 ymm registers: 2 per group per row, so at most 4 rows × 1 group at a time.
+        for g in 0..groups {
+            let b = b.add(g * group_stride);
+            let mut r = 0;
+            while r < rows {
+                let n = (rows - r).min(4);
+                let mut part: Tile = [[0; GROUP * TILE_GROUPS]; TILE_ROWS];
+                let a = a.add(r * a_stride);
+                match n {
+                    4 => avx::<4>(a, a_stride, b, blocks, &mut part),
+                    3 => avx::<3>(a, a_stride, b, blocks, &mut part),
+                    2 => avx::<2>(a, a_stride, b, blocks, &mut part),
+                    _ => avx::<1>(a, a_stride, b, blocks, &mut part),
+                }
+                for i in 0..n {
+                    tile[r + i][g * GROUP..(g + 1) * GROUP].copy_from_slice(&part[i][..GROUP]);
+                }
+                r += n;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn avx512<const R: usize, const G: usize>(
+        a: *const u8,
+        a_stride: usize,
+        b: *const i8,
+        group_stride: usize,
+        blocks: usize,
+        sink: Sink<'_>,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); G]; R];
+        for blk in 0..blocks {
+            let mut w = [_mm512_setzero_si512(); G];
+            for (g, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(b.add(g * group_stride + blk * GROUP * BLOCK).cast());
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = a
+                    .add(r * a_stride + blk * BLOCK)
+                    .cast::<i32>()
+                    .read_unaligned();
+                let x = _mm512_set1_epi32(x);
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm512_dpbusd_epi32(*acc, x, *w);
+                }
+            }
+        }
+        match sink {
+            Sink::Tile(tile) => {
+                for (r, acc) in acc.iter().enumerate() {
+                    for (g, acc) in acc.iter().enumerate() {
+                        _mm512_storeu_si512(tile[r][g * GROUP..].as_mut_ptr().cast(), *acc);
+                    }
+                }
+            }
+            Sink::Dequant {
+                dst,
+                dst_rs,
+                sx,
+                sw,
+                corr,
+                n,
+            } => {
+                for g in 0..G {
+                    let k = n.saturating_sub(g * GROUP).min(GROUP);
+                    if k == 0 {
+                        break;
+                    }
+                    let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+                    let s = _mm512_maskz_loadu_ps(mask, sw.add(g * GROUP));
+                    let c = _mm512_maskz_loadu_epi32(mask, corr.add(g * GROUP));
+                    for (r, acc) in acc.iter().enumerate() {
+                        let out = dst.add(r * dst_rs + g * GROUP);
+                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g], c));
+                        let scale = _mm512_mul_ps(s, _mm512_set1_ps(*sx.add(r)));
+                        let d = _mm512_maskz_loadu_ps(mask, out);
+                        _mm512_mask_storeu_ps(out, mask, _mm512_fmadd_ps(v, scale, d));
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn avx<const R: usize>(
+        a: *const u8,
+        a_stride: usize,
+        b: *const i8,
+        blocks: usize,
+        tile: &mut Tile,
+    ) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for blk in 0..blocks {
+            let at = b.add(blk * GROUP * BLOCK);
+            let w = [
+                _mm256_loadu_si256(at.cast()),
+                _mm256_loadu_si256(at.add(GROUP * BLOCK / 2).cast()),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = a
+                    .add(r * a_stride + blk * BLOCK)
+                    .cast::<i32>()
+                    .read_unaligned();
+                let x = _mm256_set1_epi32(x);
+                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], x, w[0]);
+                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], x, w[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_si256(tile[r].as_mut_ptr().cast(), acc[0]);
+            _mm256_storeu_si256(tile[r][GROUP / 2..].as_mut_ptr().cast(), acc[1]);
+        }
+    }
+}
+
+/// `dst[i, j] += x[i, ..] · W[j, ..x.cols]ᵀ` for the first `n` outputs of `w`, dequantized
+/// (the formula in the module header), `dst` row-major with row stride `dst_rs`, on the
+/// fastest kernel this CPU runs, split over the rayon pool.
+///
+/// Panics when `x` is wider than `w`'s inputs, `n` exceeds its outputs, or `dst` is too
+/// small: callers pass shapes they own.
+pub fn matmul_accumulate(
+    dst: &mut [f32],
+    dst_rs: usize,
+    x: &QuantizedRows,
+    w: &QuantizedWeights,
+    n: usize,
+) {
+    matmul_with(Kernel::best(), dst, dst_rs, x, w, n);
+}
+
+/// [`matmul_accumulate`] on a given kernel (tests run each one the CPU has).
+///
+/// Panics as [`matmul_accumulate`], and for a kernel [`Kernel::available`] does not list.
+pub fn matmul_with(
+    kernel: Kernel,
+    dst: &mut [f32],
+    dst_rs: usize,
+    x: &QuantizedRows,
+    w: &QuantizedWeights,
+    n: usize,
+) {
+    let (rows, cols) = x.shape();
+    assert!(
+        cols <= w.inputs && n <= w.outputs && n <= dst_rs,
+        "int8 matmul shapes: this is a bug"
+    );
+    assert!(
+        Kernel::available().contains(&kernel),
+        "kernel {} is not available on this CPU",
+        kernel.name()
+    );
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (rows - 1) * dst_rs + n <= dst.len(),
+        "int8 matmul destination too small: this is a bug"
+    );
+    let blocks = cols.div_ceil(BLOCK);
+    let correction: Vec<i32> = w.prefix_sums(n, cols).iter().map(|s| 128 * s).collect();
+    let groups = n.div_ceil(GROUP);
+    let group_stride = w.blocks * GROUP * BLOCK;
+    dst.par_chunks_mut(dst_rs * TASK_ROWS)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let first = task * TASK_ROWS;
+            let task_rows = TASK_ROWS.min(rows.saturating_sub(first));
+            let mut tile = [[0i32; GROUP * TILE_GROUPS]; TILE_ROWS];
+            for g0 in (0..groups).step_by(TILE_GROUPS) {
+                let g = TILE_GROUPS.min(groups - g0);
+                for r0 in (0..task_rows).step_by(TILE_ROWS) {
+                    let r = TILE_ROWS.min(task_rows - r0);
+                    let row = first + r0;
+                    let (j0, j1) = (g0 * GROUP, ((g0 + g) * GROUP).min(n));
+                    #[cfg(target_arch = "x86_64")]
+                    if kernel == Kernel::Avx512Vnni {
+                        // SAFETY: as below; `dst` holds rows `r0..r0 + r` of this task at
+                        // columns `j0..j1` (n ≤ dst_rs, checked above), and `scales` and
+                        // `correction` hold columns `j0..j1`.
+                        unsafe {
+                            x86::tile_avx512(
+                                r,
+                                g,
+                                x.data.as_ptr().add(row * x.stride),
+                                x.stride,
+                                w.packed.as_ptr().add(g0 * group_stride),
+                                group_stride,
+                                blocks,
+                                x86::Sink::Dequant {
+                                    dst: dst.as_mut_ptr().add(r0 * dst_rs + j0),
+                                    dst_rs,
+                                    sx: x.scales.as_ptr().add(row),
+                                    sw: w.scales.as_ptr().add(j0),
+                                    corr: correction.as_ptr().add(j0),
+                                    n: j1 - j0,
+                                },
+                            );
+                        }
+                        continue;
+                    }
+                    // SAFETY: rows `row..row + r` of `x` exist (r0 + r ≤ task_rows); groups
+                    // `g0..g0 + g` of `w` exist (≤ groups ≤ w's groups) with `w.blocks ≥
+                    // blocks` blocks each; the kernel is available (checked above).
+                    unsafe {
+                        kernel.tile(
+                            r,
+                            g,
+                            x.data.as_ptr().add(row * x.stride),
+                            x.stride,
+                            w.packed.as_ptr().add(g0 * group_stride),
+                            group_stride,
+                            blocks,
+                            &mut tile,
+                        );
+                    }
+                    let (sw, corr) = (&w.scales[j0..j1], &correction[j0..j1]);
+                    for (i, acc) in tile.iter().enumerate().take(r) {
+                        let sx = x.scales[row + i];
+                        let out = &mut dst[(r0 + i) * dst_rs + j0..(r0 + i) * dst_rs + j1];
+                        for (((o, &p), &c), &s) in out.iter_mut().zip(acc).zip(corr).zip(sw) {
+                            *o += sx * s * (p - c) as f32;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The integer products `Σ_k (a[i,k] + 128)·q[j,k]` of the first `n` outputs, row-major, by
+/// the definition (what every kernel must reproduce exactly).
+pub fn reference_products(x: &QuantizedRows, w: &QuantizedWeights, n: usize) -> Vec<i32> {
+    let (rows, cols) = x.shape();
+    let mut out = Vec::with_capacity(rows * n);
+    for i in 0..rows {
+        for j in 0..n {
+            out.push(
+                (0..cols)
+                    .map(|k| i32::from(x.data[i * x.stride + k]) * i32::from(w.at(j, k)))
+                    .sum(),
+            );
+        }
+    }
+    out
+}
+
+/// The integer products of `kernel` (the same as [`reference_products`] when it is right).
+///
+/// Panics for a kernel [`Kernel::available`] does not list.
+pub fn kernel_products(
+    kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantizedWeights,
+    n: usize,
+) -> Vec<i32> {
+    assert!(Kernel::available().contains(&kernel));
+    let (rows, cols) = x.shape();
+    let blocks = cols.div_ceil(BLOCK);
+    let group_stride = w.blocks * GROUP * BLOCK;
+    let mut out = vec![0i32; rows * n];
+    let mut tile = [[0i32; GROUP * TILE_GROUPS]; TILE_ROWS];
+    for g0 in (0..n.div_ceil(GROUP)).step_by(TILE_GROUPS) {
+        let g = TILE_GROUPS.min(n.div_ceil(GROUP) - g0);
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let r = TILE_ROWS.min(rows - r0);
+            // SAFETY: as in `matmul_with`.
+            unsafe {
+                kernel.tile(
+                    r,
+                    g,
+                    x.data.as_ptr().add(r0 * x.stride),
+                    x.stride,
+                    w.packed.as_ptr().add(g0 * group_stride),
+                    group_stride,
+                    blocks,
+                    &mut tile,
+                );
+            }
+            for (i, acc) in tile.iter().enumerate().take(r) {
+                for c in 0..(g * GROUP).min(n - g0 * GROUP) {
+                    out[(r0 + i) * n + g0 * GROUP + c] = acc[c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in `[-1, 1)` with a few large ones, so that rows have different
+    /// scales.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                if i % 37 == 0 {
+                    v * 6.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    /// Every kernel the CPU runs gives exactly the reference integers, on odd shapes and on
+    /// prefix cuts of the inputs and outputs.
+    #[test]
+    fn every_kernel_matches_the_integer_reference_exactly() {
+        for &(rows, inputs, outputs) in &[(1, 4, 16), (7, 33, 37), (13, 384, 100), (50, 130, 64)] {
+            let w = QuantizedWeights::quantize(&values(inputs * outputs, 1), outputs, inputs);
+            let xs = values(rows * inputs, 2);
+            for (cols, n) in [(inputs, outputs), (inputs / 2 + 1, outputs / 3 + 1)] {
+                let x = QuantizedRows::quantize(MatRef::rows(&xs, rows, cols, inputs));
+                let want = reference_products(&x, &w, n);
+                for kernel in Kernel::available() {
+                    assert_eq!(
+                        kernel_products(kernel, &x, &w, n),
+                        want,
+                        "{} on {rows}×{cols} · {n}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The dequantized product is the f32 product within the quantization bound: each of
+    /// `x` and `w` is off by at most half a step, so `|Δy| ≤ Σ_k (|x|·sw/2 + |w|·sx/2 +
+    /// sx·sw/4)`.
+    #[test]
+    fn the_int8_product_is_the_f32_product_within_the_quantization_bound() {
+        let (rows, inputs, outputs) = (29, 200, 70);
+        let wf = values(inputs * outputs, 3);
+        let xf = values(rows * inputs, 4);
+        let w = QuantizedWeights::quantize(&wf, outputs, inputs);
+        for (cols, n) in [(inputs, outputs), (101, 33)] {
+            let x = QuantizedRows::quantize(MatRef::rows(&xf, rows, cols, inputs));
+            for kernel in Kernel::available() {
+                let mut dst = vec![0.5f32; rows * n];
+                matmul_with(kernel, &mut dst, n, &x, &w, n);
+                for i in 0..rows {
+                    for j in 0..n {
+                        let (xr, wr) = (&xf[i * inputs..][..cols], &wf[j * inputs..][..cols]);
+                        let exact: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                        let (sx, sw) = (x.scales[i], w.scales[j]);
+                        let bound: f32 = xr
+                            .iter()
+                            .zip(wr)
+                            .map(|(a, b)| a.abs() * sw / 2.0 + b.abs() * sx / 2.0 + sx * sw / 4.0)
+                            .sum();
+                        let got = dst[i * n + j] - 0.5;
+                        assert!(
+                            (got - exact).abs() <= bound * 1.001 + 1e-5,
+                            "{}: ({i},{j}) {got} vs {exact}, bound {bound}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_empty_shapes_are_harmless() {
+        let w = QuantizedWeights::quantize(&[0.0; 12], 3, 4);
+        let x = QuantizedRows::quantize(MatRef::rows(&[0.0; 8], 2, 4, 4));
+        let mut dst = vec![1.0f32; 6];
+        matmul_accumulate(&mut dst, 3, &x, &w, 3);
+        assert_eq!(dst, vec![1.0; 6]);
+        let none = QuantizedRows::quantize(MatRef::rows(&[], 0, 4, 4));
+        matmul_accumulate(&mut [], 3, &none, &w, 3);
+    }
+}
