@@ -50,10 +50,7 @@ impl Embedder {
             ));
         }
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
-        let mut model = BertModel::load(&Weights::new(tensors), &config)?;
-        if precision == Precision::Int8 {
-            model.quantize_int8();
-        }
+        let mut model = BertModel::load(&Weights::new(tensors), &config, precision)?;
         let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
         for p in manifest.iter().flat_map(|m| &m.profiles) {
             if let Some(head) = &p.head {

@@ -5,21 +5,28 @@
 //! else AVX-VNNI), picked at run time; a portable loop computes the same integers elsewhere.
 //!
 //! The formula, for output `j` of row `i` over inputs `k < cols` (ONNX Runtime's dynamic
-//! quantization, with the activation's zero point fixed at 128 so that it stays symmetric):
+//! quantization: asymmetric u8 activations, symmetric i8 weights; per row and per output
+//! channel here instead of per tensor):
 //!
 //! ```text
-//! x[i,k] ≈ sx[i]·a[i,k],  a ∈ [−127, 127],  sx[i] = max_k |x[i,k]| / 127
+//! x[i,k] ≈ sx[i]·(u[i,k] − z[i]),  u ∈ [0, 255],  sx[i] = (max(x,0) − min(x,0)) / 255,
+//!                                                 z[i] = round(−min(x,0) / sx[i])
 //! w[j,k] ≈ sw[j]·q[j,k],  q ∈ [−127, 127],  sw[j] = max_k |w[j,k]| / 127
-//! y[i,j] += sx[i]·sw[j]·(Σ_k (a[i,k] + 128)·q[j,k] − 128·Σ_k q[j,k])
+//! y[i,j] += sx[i]·sw[j]·(Σ_k u[i,k]·q[j,k] − z[i]·Σ_k q[j,k])
 //! ```
 //!
-//! `a + 128` is the u8 operand VNNI wants; the correction term is one i32 per output. Every
+//! `u` is the u8 operand VNNI wants, and an activation range that is not centred on zero
+//! (GELU's output) keeps all 256 levels; the correction is one product per output. Every
 //! width cut of a profile stays a prefix: the first `n` outputs are the first groups of 16,
 //! the first `cols` inputs the first blocks of 4 (the activation is zero past `cols`).
 
 use rayon::prelude::*;
 
 use crate::kernels::MatRef;
+
+/// What the quantization is, for caches of int8 embeddings to key on: a change of scheme
+/// changes every vector.
+pub const SCHEME: &str = "activations u8 asymmetric per row, weights i8 symmetric per output";
 
 /// Outputs per packed group: one 512-bit register of i32 lanes.
 const GROUP: usize = 16;
@@ -121,11 +128,13 @@ fn scale_of(row: &[f32]) -> f32 {
     }
 }
 
-/// Activations quantized per row: `a + 128` as u8, zero past `cols` up to whole blocks.
+/// Activations quantized per row: `u` as u8 with the row's scale and zero point, zero past
+/// `cols` up to whole blocks (which adds nothing to a product).
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedRows {
     data: Vec<u8>,
     scales: Vec<f32>,
+    zeros: Vec<i32>,
     rows: usize,
     cols: usize,
     stride: usize,
@@ -147,12 +156,16 @@ impl QuantizedRows {
         self.data.resize(rows * stride, 0);
         self.scales.clear();
         self.scales.resize(rows, 1.0);
+        self.zeros.clear();
+        self.zeros.resize(rows, 0);
         self.data
             .par_chunks_mut(stride.max(1))
-            .zip(self.scales.par_iter_mut())
+            .zip(self.scales.par_iter_mut().zip(self.zeros.par_iter_mut()))
             .enumerate()
             .with_min_len(32)
-            .for_each(|(i, (out, scale))| *scale = quantize_row(x.row(i), out));
+            .for_each(|(i, (out, (scale, zero)))| {
+                (*scale, *zero) = quantize_row(x.row(i), out);
+            });
         self.rows = rows;
         self.cols = cols;
         self.stride = stride;
@@ -163,22 +176,38 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes `row` into `out` (`a + 128` as u8) and returns its scale.
-fn quantize_row(row: &[f32], out: &mut [u8]) -> f32 {
+/// The scale and zero point of a row whose values span `min..=max`: the range widened to
+/// include 0 (so that 0 is exact) over 255 levels; a row of zeros gets scale 1.
+fn range_of(min: f32, max: f32) -> (f32, i32) {
+    let (min, max) = (min.min(0.0), max.max(0.0));
+    let span = max - min;
+    if span > 0.0 && span.is_finite() {
+        let scale = span / 255.0;
+        (scale, (-min / scale).round().clamp(0.0, 255.0) as i32)
+    } else {
+        (1.0, 0)
+    }
+}
+
+/// Quantizes `row` into `out` (`u` as u8) and returns its scale and zero point.
+fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     if Kernel::best() == Kernel::Avx512Vnni {
         // SAFETY: the CPU has AVX-512 F and BW (`Kernel::available`); `out` is at least as
         // long as `row` (a row of `stride ≥ cols` bytes).
         return unsafe { x86::quantize_row_avx512(row, out) };
     }
-    let scale = scale_of(row);
-    let inv = 1.0 / scale;
-    // v + 128.5 is positive for every |v| ≤ 127, so truncating (`as`, which also saturates
-    // a non-finite value) rounds it half up.
+    let (min, max) = row
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (scale, zero) = range_of(min, max);
+    let (inv, zero_f) = (1.0 / scale, zero as f32 + 0.5);
+    // v / scale + z + 0.5 is at least 0 (within rounding), so truncating (`as`, which also
+    // saturates a non-finite value) rounds it half up.
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v * inv + 128.5).clamp(1.0, 255.0) as u8;
+        *o = (v * inv + zero_f).clamp(0.0, 255.0) as u8;
     }
-    scale
+    (scale, zero)
 }
 
 /// A micro-kernel: what each CPU can run.
@@ -310,23 +339,26 @@ mod x86 {
     /// Where a tile's sums go: kept as integers, or dequantized and added into the output.
     pub(super) enum Sink<'a> {
         Tile(&'a mut Tile),
-        /// `dst[r·dst_rs + c] += sx[r]·sw[c]·(sum − corr[c])` for the first `n` columns of
-        /// the tile; `sx` has the tile's rows, `sw` and `corr` its first `n` columns.
+        /// `dst[r·dst_rs + c] += sx[r]·sw[c]·(sum − zx[r]·sums[c])` for the first `n`
+        /// columns of the tile; `sx` and `zx` have the tile's rows, `sw` and `sums` its
+        /// first `n` columns.
         Dequant {
             dst: *mut f32,
             dst_rs: usize,
             sx: *const f32,
+            zx: *const i32,
             sw: *const f32,
-            corr: *const i32,
+            sums: *const i32,
             n: usize,
         },
     }
 
-    /// Quantizes `row` into `out` as `round(v / scale) + 128` and returns `scale`.
+    /// Quantizes `row` into `out` as `round(v / scale) + zero` and returns the scale and
+    /// zero point (`range_of`).
     ///
     /// Safety: the CPU has AVX-512 F and BW; `out.len() ≥ row.len()`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> f32 {
+    pub(super) unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
         let n = row.len();
         let mask = |i: usize| -> __mmask16 {
             let k = (n - i).min(16);
@@ -336,25 +368,25 @@ mod x86 {
                 (1u16 << k) - 1
             }
         };
-        let mut m = _mm512_setzero_ps();
+        // Masked-off lanes load as 0, which the range includes anyway.
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for i in (0..n).step_by(16) {
             let v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(i));
-            m = _mm512_max_ps(m, _mm512_abs_ps(v));
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
         }
-        let max = _mm512_reduce_max_ps(m);
-        let scale = if max > 0.0 && max.is_finite() {
-            max / 127.0
-        } else {
-            1.0
-        };
-        let (inv, offset) = (_mm512_set1_ps(1.0 / scale), _mm512_set1_epi32(128));
+        let (scale, zero) = super::range_of(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        let (inv, offset) = (_mm512_set1_ps(1.0 / scale), _mm512_set1_epi32(zero));
+        let floor = _mm512_setzero_si512();
         for i in (0..n).step_by(16) {
             let v = _mm512_maskz_loadu_ps(mask(i), row.as_ptr().add(i));
-            // Round to nearest (the default MXCSR mode); the store saturates to 0..=255.
+            // Round to nearest (the default MXCSR mode), clamp below at 0; the store
+            // saturates above at 255.
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), offset);
+            let q = _mm512_max_epi32(q, floor);
             _mm512_mask_cvtusepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), mask(i), q);
         }
-        scale
+        (scale, zero)
     }
 
     /// Dispatches to the kernel unrolled for `rows × groups`.
@@ -473,8 +505,9 @@ mod x86 {
                 dst,
                 dst_rs,
                 sx,
+                zx,
                 sw,
-                corr,
+                sums,
                 n,
             } => {
                 for g in 0..G {
@@ -484,10 +517,11 @@ mod x86 {
                     }
                     let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
                     let s = _mm512_maskz_loadu_ps(mask, sw.add(g * GROUP));
-                    let c = _mm512_maskz_loadu_epi32(mask, corr.add(g * GROUP));
+                    let c = _mm512_maskz_loadu_epi32(mask, sums.add(g * GROUP));
                     for (r, acc) in acc.iter().enumerate() {
                         let out = dst.add(r * dst_rs + g * GROUP);
-                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g], c));
+                        let corr = _mm512_mullo_epi32(c, _mm512_set1_epi32(*zx.add(r)));
+                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g], corr));
                         let scale = _mm512_mul_ps(s, _mm512_set1_ps(*sx.add(r)));
                         let d = _mm512_maskz_loadu_ps(mask, out);
                         _mm512_mask_storeu_ps(out, mask, _mm512_fmadd_ps(v, scale, d));
@@ -574,7 +608,7 @@ pub fn matmul_with(
         "int8 matmul destination too small: this is a bug"
     );
     let blocks = cols.div_ceil(BLOCK);
-    let correction: Vec<i32> = w.prefix_sums(n, cols).iter().map(|s| 128 * s).collect();
+    let sums = w.prefix_sums(n, cols);
     let groups = n.div_ceil(GROUP);
     let group_stride = w.blocks * GROUP * BLOCK;
     dst.par_chunks_mut(dst_rs * TASK_ROWS)
@@ -592,8 +626,9 @@ pub fn matmul_with(
                     #[cfg(target_arch = "x86_64")]
                     if kernel == Kernel::Avx512Vnni {
                         // SAFETY: as below; `dst` holds rows `r0..r0 + r` of this task at
-                        // columns `j0..j1` (n ≤ dst_rs, checked above), and `scales` and
-                        // `correction` hold columns `j0..j1`.
+                        // columns `j0..j1` (n ≤ dst_rs, checked above), `x`'s scales and
+                        // zero points rows `row..row + r`, `w`'s scales and `sums` columns
+                        // `j0..j1`.
                         unsafe {
                             x86::tile_avx512(
                                 r,
@@ -607,8 +642,9 @@ pub fn matmul_with(
                                     dst: dst.as_mut_ptr().add(r0 * dst_rs + j0),
                                     dst_rs,
                                     sx: x.scales.as_ptr().add(row),
+                                    zx: x.zeros.as_ptr().add(row),
                                     sw: w.scales.as_ptr().add(j0),
-                                    corr: correction.as_ptr().add(j0),
+                                    sums: sums.as_ptr().add(j0),
                                     n: j1 - j0,
                                 },
                             );
@@ -630,12 +666,12 @@ pub fn matmul_with(
                             &mut tile,
                         );
                     }
-                    let (sw, corr) = (&w.scales[j0..j1], &correction[j0..j1]);
+                    let (sw, sums) = (&w.scales[j0..j1], &sums[j0..j1]);
                     for (i, acc) in tile.iter().enumerate().take(r) {
-                        let sx = x.scales[row + i];
+                        let (sx, zx) = (x.scales[row + i], x.zeros[row + i]);
                         let out = &mut dst[(r0 + i) * dst_rs + j0..(r0 + i) * dst_rs + j1];
-                        for (((o, &p), &c), &s) in out.iter_mut().zip(acc).zip(corr).zip(sw) {
-                            *o += sx * s * (p - c) as f32;
+                        for (((o, &p), &c), &s) in out.iter_mut().zip(acc).zip(sums).zip(sw) {
+                            *o += sx * s * (p - zx * c) as f32;
                         }
                     }
                 }
@@ -643,7 +679,7 @@ pub fn matmul_with(
         });
 }
 
-/// The integer products `Σ_k (a[i,k] + 128)·q[j,k]` of the first `n` outputs, row-major, by
+/// The integer products `Σ_k u[i,k]·q[j,k]` of the first `n` outputs, row-major, by
 /// the definition (what every kernel must reproduce exactly).
 pub fn reference_products(x: &QuantizedRows, w: &QuantizedWeights, n: usize) -> Vec<i32> {
     let (rows, cols) = x.shape();

@@ -503,6 +503,14 @@ impl Layer {
         })
     }
 
+    /// Its dense layers in int8 (see `BertModel::quantize_int8`).
+    fn quantize(&mut self) {
+        self.attention.qkv.quantize();
+        self.attention.output.quantize();
+        self.ffn.up.quantize();
+        self.ffn.down.quantize();
+    }
+
     fn forward(
         &self,
         ws: &mut Workspace,
@@ -549,17 +557,29 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    pub(crate) fn load(w: &Weights, cfg: &BertConfig) -> Result<Self> {
+    /// The model in `w` with its dense layers at `precision`; in int8 each layer is
+    /// quantized as soon as it is read, so the f32 copies of all layers never coexist.
+    pub(crate) fn load(w: &Weights, cfg: &BertConfig, precision: Precision) -> Result<Self> {
+        // The word table first: converting it to f32 briefly takes twice its size, best
+        // while nothing else is held.
+        let embeddings = Embeddings::load(w, cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let mut layer = Layer::load(w, i, cfg)?;
+                if precision == Precision::Int8 {
+                    layer.quantize();
+                }
+                Ok(layer)
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             config: cfg.clone(),
-            embeddings: Embeddings::load(w, cfg)?,
-            layers: (0..cfg.num_hidden_layers)
-                .map(|i| Layer::load(w, i, cfg))
-                .collect::<Result<_>>()?,
+            embeddings,
+            layers,
             head: w.head("head", cfg.hidden_size)?,
             profile_heads: Vec::new(),
             unbound_heads: w.profile_heads(cfg.hidden_size)?,
-            precision: Precision::F32,
+            precision,
             workspaces: Mutex::new(Vec::new()),
         })
     }
@@ -568,12 +588,7 @@ impl BertModel {
     /// now on: their weights are quantized once and their f32 copies dropped, so the change
     /// is one-way. The embeddings and the Matryoshka heads stay f32.
     pub fn quantize_int8(&mut self) {
-        for l in &mut self.layers {
-            l.attention.qkv.quantize();
-            l.attention.output.quantize();
-            l.ffn.up.quantize();
-            l.ffn.down.quantize();
-        }
+        self.layers.iter_mut().for_each(Layer::quantize);
         self.precision = Precision::Int8;
     }
 
@@ -598,7 +613,7 @@ impl BertModel {
     /// A model from named tensors (HF BERT names, with or without the `bert.` prefix), as
     /// `model.safetensors` holds them.
     pub fn from_tensors(tensors: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<Self> {
-        Self::load(&Weights::new(tensors), cfg)
+        Self::load(&Weights::new(tensors), cfg, Precision::F32)
     }
 
     pub fn config(&self) -> &BertConfig {

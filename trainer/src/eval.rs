@@ -193,6 +193,7 @@ impl EmbeddingCache {
         // f32 entries keep the keys they had before precisions existed.
         if embedder.precision() != mrl_encoder::Precision::F32 {
             h.update(format!("precision={}", embedder.precision()).as_bytes());
+            h.update(mrl_encoder::int8::SCHEME.as_bytes());
         }
         for t in texts {
             h.update((t.len() as u64).to_le_bytes());
