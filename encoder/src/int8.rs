@@ -1,7 +1,7 @@
 //! Integer matrix multiply for the dense layers (`--precision int8`): weights quantized once
-//! at load (symmetric int8 per output channel), activations quantized per row at run time
-//! (symmetric int8, stored shifted to u8), products accumulated in i32 and dequantized into
-//! the f32 output. The kernels are VNNI's `u8 × i8 → i32` dot products of four (AVX-512 VNNI,
+//! at load (symmetric i8 per output channel), activations quantized per row at run time
+//! (asymmetric u8 with a zero point), products accumulated in i32 and dequantized into the
+//! f32 output. The kernels are VNNI's `u8 × i8 → i32` dot products of four (AVX-512 VNNI,
 //! else AVX-VNNI), picked at run time; a portable loop computes the same integers elsewhere.
 //!
 //! The formula, for output `j` of row `i` over inputs `k < cols` (ONNX Runtime's dynamic
@@ -39,18 +39,35 @@ const TILE_GROUPS: usize = 4;
 const TASK_ROWS: usize = 48;
 
 /// A weight matrix (`outputs × inputs`, the layout of `Linear`) quantized for the kernels.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct QuantizedWeights {
     /// `[group][block][16 outputs][4 inputs]`, zero past the real sizes, so a group's blocks
     /// are contiguous and any prefix of inputs is a prefix of them.
     packed: Vec<i8>,
     /// Per output: `max |w| / 127` (1 for an all-zero row).
     scales: Vec<f32>,
-    /// Per output: `Σ_k q[j,k]` over every input (narrower inputs sum at call time).
+    /// Per output: `Σ_k q[j,k]` over every input.
     sums: Vec<i32>,
+    /// The same sums over the first `cols` inputs, for each narrower `cols` a profile has
+    /// asked for: computed once, a handful per layer.
+    cut_sums: std::sync::Mutex<Vec<(usize, std::sync::Arc<Vec<i32>>)>>,
     outputs: usize,
     inputs: usize,
     blocks: usize,
+}
+
+impl Clone for QuantizedWeights {
+    fn clone(&self) -> Self {
+        Self {
+            packed: self.packed.clone(),
+            scales: self.scales.clone(),
+            sums: self.sums.clone(),
+            cut_sums: std::sync::Mutex::default(),
+            outputs: self.outputs,
+            inputs: self.inputs,
+            blocks: self.blocks,
+        }
+    }
 }
 
 impl QuantizedWeights {
@@ -82,6 +99,7 @@ impl QuantizedWeights {
             packed,
             scales,
             sums,
+            cut_sums: std::sync::Mutex::default(),
             outputs,
             inputs,
             blocks,
@@ -102,14 +120,21 @@ impl QuantizedWeights {
         self.packed[((g * self.blocks + b) * GROUP + lane) * BLOCK + within]
     }
 
-    /// `Σ_{k < cols} q[j,k]` for each of the first `n` outputs.
-    fn prefix_sums(&self, n: usize, cols: usize) -> Vec<i32> {
-        if cols == self.inputs {
-            return self.sums[..n].to_vec();
+    /// `Σ_{k < cols} q[j,k]` for every output (computed on a profile's first use of `cols`).
+    fn prefix_sums(&self, cols: usize) -> std::sync::Arc<Vec<i32>> {
+        let mut cache = self.cut_sums.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, sums)) = cache.iter().find(|(c, _)| *c == cols) {
+            return sums.clone();
         }
-        (0..n)
-            .map(|j| (0..cols).map(|k| i32::from(self.at(j, k))).sum())
-            .collect()
+        let sums = std::sync::Arc::new(if cols == self.inputs {
+            self.sums.clone()
+        } else {
+            (0..self.outputs)
+                .map(|j| (0..cols).map(|k| i32::from(self.at(j, k))).sum())
+                .collect()
+        });
+        cache.push((cols, sums.clone()));
+        sums
     }
 
     /// Bytes held: the packed weights, their scales and sums.
@@ -141,7 +166,7 @@ pub struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes each row of `x` on its own scale (`max |x| / 127`).
+    /// Quantizes each row of `x` on its own scale and zero point (`range_of`).
     pub fn quantize(x: MatRef<'_>) -> Self {
         let mut q = Self::default();
         q.fill(x);
@@ -197,15 +222,19 @@ fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, i32) {
         // long as `row` (a row of `stride ≥ cols` bytes).
         return unsafe { x86::quantize_row_avx512(row, out) };
     }
+    quantize_row_portable(row, out)
+}
+
+/// [`quantize_row`] in plain code, rounding as the AVX-512 one does (to nearest, ties to
+/// even), so that both give the same bytes for finite input.
+fn quantize_row_portable(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (min, max) = row
         .iter()
         .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let (scale, zero) = range_of(min, max);
-    let (inv, zero_f) = (1.0 / scale, zero as f32 + 0.5);
-    // v / scale + z + 0.5 is at least 0 (within rounding), so truncating (`as`, which also
-    // saturates a non-finite value) rounds it half up.
+    let (inv, zero_f) = (1.0 / scale, zero as f32);
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v * inv + zero_f).clamp(0.0, 255.0) as u8;
+        *o = ((v * inv).round_ties_even() + zero_f).clamp(0.0, 255.0) as u8;
     }
     (scale, zero)
 }
@@ -608,7 +637,7 @@ pub fn matmul_with(
         "int8 matmul destination too small: this is a bug"
     );
     let blocks = cols.div_ceil(BLOCK);
-    let sums = w.prefix_sums(n, cols);
+    let sums = w.prefix_sums(cols);
     let groups = n.div_ceil(GROUP);
     let group_stride = w.blocks * GROUP * BLOCK;
     dst.par_chunks_mut(dst_rs * TASK_ROWS)
@@ -816,6 +845,62 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The path a forward pass takes (on AVX-512, dequantized inside the kernel) against the
+    /// reference integers dequantized by the formula, over several tasks' worth of rows, an
+    /// output row stride wider than the outputs and a prefix of the inputs; the columns past
+    /// the outputs are left alone.
+    #[test]
+    fn every_kernel_dequantizes_the_reference_integers() {
+        let (rows, inputs, outputs, cols, n, dst_rs) = (101, 200, 45, 130, 37, 50);
+        let w = QuantizedWeights::quantize(&values(inputs * outputs, 5), outputs, inputs);
+        let xf = values(rows * inputs, 6);
+        let x = QuantizedRows::quantize(MatRef::rows(&xf, rows, cols, inputs));
+        let products = reference_products(&x, &w, n);
+        let sums: Vec<i64> = (0..n)
+            .map(|j| (0..cols).map(|k| i64::from(w.at(j, k))).sum())
+            .collect();
+        for kernel in Kernel::available() {
+            let mut dst = vec![0.25f32; rows * dst_rs];
+            matmul_with(kernel, &mut dst, dst_rs, &x, &w, n);
+            for i in 0..rows {
+                for j in 0..dst_rs {
+                    let got = dst[i * dst_rs + j];
+                    if j >= n {
+                        assert_eq!(got, 0.25, "{}: ({i},{j}) written", kernel.name());
+                        continue;
+                    }
+                    let p = i64::from(products[i * n + j]) - i64::from(x.zeros[i]) * sums[j];
+                    let want = 0.25 + f64::from(x.scales[i]) * f64::from(w.scales[j]) * p as f64;
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (want.abs() + 1.0),
+                        "{}: ({i},{j}) {got} vs {want}",
+                        kernel.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The quantizer the CPU runs gives the portable one's bytes, scale and zero point.
+    #[test]
+    fn the_quantizers_agree() {
+        let xs = values(64 * 77, 7);
+        for (i, row) in xs.chunks(77).enumerate() {
+            // Rows all positive, all negative and mixed.
+            let row: Vec<f32> = match i % 3 {
+                0 => row.iter().map(|v| v.abs()).collect(),
+                1 => row.iter().map(|v| -v.abs()).collect(),
+                _ => row.to_vec(),
+            };
+            let (mut a, mut b) = (vec![0u8; 80], vec![0u8; 80]);
+            assert_eq!(
+                quantize_row(&row, &mut a),
+                quantize_row_portable(&row, &mut b)
+            );
+            assert_eq!(a, b, "row {i}");
         }
     }
 

@@ -238,10 +238,12 @@ impl Linear {
                 out.start, 0,
                 "int8 layers cut prefixes of outputs: this is a bug"
             );
-            QUANTIZED.with_borrow_mut(|xq| {
-                xq.fill(x);
-                crate::int8::matmul_accumulate(dst, dst_rs, xq, q, out.end);
-            });
+            // Taken out, not borrowed, while the rayon pool works: a worker waiting on it may
+            // run another forward pass's layer on this same thread.
+            let mut xq = QUANTIZED.take();
+            xq.fill(x);
+            crate::int8::matmul_accumulate(dst, dst_rs, &xq, q, out.end);
+            QUANTIZED.set(xq);
             return;
         }
         let w = MatRef::rows(
