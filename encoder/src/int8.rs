@@ -253,8 +253,17 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU runs (detected once).
     pub fn best() -> Self {
-        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| Self::available()[0])
+        Self::detected()[0]
+    }
+
+    /// Whether this CPU runs this kernel (detected once).
+    pub fn runs(self) -> bool {
+        Self::detected().contains(&self)
+    }
+
+    fn detected() -> &'static [Kernel] {
+        static DETECTED: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+        DETECTED.get_or_init(Self::available)
     }
 
     /// Every kernel this CPU runs, fastest first (`Portable` always last).
@@ -625,7 +634,7 @@ pub fn matmul_with(
         "int8 matmul shapes: this is a bug"
     );
     assert!(
-        Kernel::available().contains(&kernel),
+        kernel.runs(),
         "kernel {} is not available on this CPU",
         kernel.name()
     );
@@ -638,74 +647,118 @@ pub fn matmul_with(
     );
     let blocks = cols.div_ceil(BLOCK);
     let sums = w.prefix_sums(cols);
-    let groups = n.div_ceil(GROUP);
     let group_stride = w.blocks * GROUP * BLOCK;
     dst.par_chunks_mut(dst_rs * TASK_ROWS)
         .enumerate()
         .for_each(|(task, dst)| {
             let first = task * TASK_ROWS;
-            let task_rows = TASK_ROWS.min(rows.saturating_sub(first));
             let mut tile = [[0i32; GROUP * TILE_GROUPS]; TILE_ROWS];
-            for g0 in (0..groups).step_by(TILE_GROUPS) {
-                let g = TILE_GROUPS.min(groups - g0);
-                for r0 in (0..task_rows).step_by(TILE_ROWS) {
-                    let r = TILE_ROWS.min(task_rows - r0);
-                    let row = first + r0;
-                    let (j0, j1) = (g0 * GROUP, ((g0 + g) * GROUP).min(n));
-                    #[cfg(target_arch = "x86_64")]
-                    if kernel == Kernel::Avx512Vnni {
-                        // SAFETY: as below; `dst` holds rows `r0..r0 + r` of this task at
-                        // columns `j0..j1` (n ≤ dst_rs, checked above), `x`'s scales and
-                        // zero points rows `row..row + r`, `w`'s scales and `sums` columns
-                        // `j0..j1`.
-                        unsafe {
-                            x86::tile_avx512(
-                                r,
-                                g,
-                                x.data.as_ptr().add(row * x.stride),
-                                x.stride,
-                                w.packed.as_ptr().add(g0 * group_stride),
-                                group_stride,
-                                blocks,
-                                x86::Sink::Dequant {
-                                    dst: dst.as_mut_ptr().add(r0 * dst_rs + j0),
-                                    dst_rs,
-                                    sx: x.scales.as_ptr().add(row),
-                                    zx: x.zeros.as_ptr().add(row),
-                                    sw: w.scales.as_ptr().add(j0),
-                                    sums: sums.as_ptr().add(j0),
-                                    n: j1 - j0,
-                                },
-                            );
-                        }
-                        continue;
-                    }
-                    // SAFETY: rows `row..row + r` of `x` exist (r0 + r ≤ task_rows); groups
-                    // `g0..g0 + g` of `w` exist (≤ groups ≤ w's groups) with `w.blocks ≥
-                    // blocks` blocks each; the kernel is available (checked above).
+            for t in tiles(first, TASK_ROWS.min(rows.saturating_sub(first)), n) {
+                let (r0, j0, j1) = (
+                    t.row - first,
+                    t.g0 * GROUP,
+                    ((t.g0 + t.groups) * GROUP).min(n),
+                );
+                #[cfg(target_arch = "x86_64")]
+                if kernel == Kernel::Avx512Vnni {
+                    // SAFETY: `tiles` keeps rows and groups within `x` and `w`, with `w.blocks
+                    // ≥ blocks` blocks a group; `dst` holds rows `r0..r0 + rows` of this task
+                    // at columns `j0..j1` (n ≤ dst_rs and its length, checked above), `x`'s
+                    // scales and zero points rows `t.row..`, `w`'s scales and `sums` columns
+                    // `j0..j1`; the kernel is available (checked above).
                     unsafe {
-                        kernel.tile(
-                            r,
-                            g,
-                            x.data.as_ptr().add(row * x.stride),
+                        x86::tile_avx512(
+                            t.rows,
+                            t.groups,
+                            x.data.as_ptr().add(t.row * x.stride),
                             x.stride,
-                            w.packed.as_ptr().add(g0 * group_stride),
+                            w.packed.as_ptr().add(t.g0 * group_stride),
                             group_stride,
                             blocks,
-                            &mut tile,
+                            x86::Sink::Dequant {
+                                dst: dst.as_mut_ptr().add(r0 * dst_rs + j0),
+                                dst_rs,
+                                sx: x.scales.as_ptr().add(t.row),
+                                zx: x.zeros.as_ptr().add(t.row),
+                                sw: w.scales.as_ptr().add(j0),
+                                sums: sums.as_ptr().add(j0),
+                                n: j1 - j0,
+                            },
                         );
                     }
-                    let (sw, sums) = (&w.scales[j0..j1], &sums[j0..j1]);
-                    for (i, acc) in tile.iter().enumerate().take(r) {
-                        let (sx, zx) = (x.scales[row + i], x.zeros[row + i]);
-                        let out = &mut dst[(r0 + i) * dst_rs + j0..(r0 + i) * dst_rs + j1];
-                        for (((o, &p), &c), &s) in out.iter_mut().zip(acc).zip(sums).zip(sw) {
-                            *o += sx * s * (p - zx * c) as f32;
-                        }
+                    continue;
+                }
+                tile_sums(kernel, x, w, t, &mut tile);
+                let (sw, sums) = (&w.scales[j0..j1], &sums[j0..j1]);
+                for (i, acc) in tile.iter().enumerate().take(t.rows) {
+                    let (sx, zx) = (x.scales[t.row + i], x.zeros[t.row + i]);
+                    let out = &mut dst[(r0 + i) * dst_rs + j0..(r0 + i) * dst_rs + j1];
+                    for (((o, &p), &c), &s) in out.iter_mut().zip(acc).zip(sums).zip(sw) {
+                        *o += sx * s * (p - zx * c) as f32;
                     }
                 }
             }
         });
+}
+
+/// One tile of a product: `rows` rows of `x` from `row` by `groups` groups of 16 outputs
+/// from group `g0`.
+#[derive(Debug, Clone, Copy)]
+struct TileAt {
+    row: usize,
+    rows: usize,
+    g0: usize,
+    groups: usize,
+}
+
+/// The tiles covering `rows` rows from `first` by the first `n` outputs, output groups outer
+/// so that a column of tiles reads the same weights.
+fn tiles(first: usize, rows: usize, n: usize) -> impl Iterator<Item = TileAt> {
+    let groups = n.div_ceil(GROUP);
+    (0..groups).step_by(TILE_GROUPS).flat_map(move |g0| {
+        (0..rows).step_by(TILE_ROWS).map(move |r0| TileAt {
+            row: first + r0,
+            rows: TILE_ROWS.min(rows - r0),
+            g0,
+            groups: TILE_GROUPS.min(groups - g0),
+        })
+    })
+}
+
+/// The integer sums of tile `t` (`Kernel::tile`), over `x`'s columns.
+///
+/// Panics when `t` reaches past `x` or `w`, or the kernel is not available: callers take
+/// their tiles from `tiles` over shapes they checked.
+fn tile_sums(
+    kernel: Kernel,
+    x: &QuantizedRows,
+    w: &QuantizedWeights,
+    t: TileAt,
+    tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
+) {
+    assert!(
+        t.row + t.rows <= x.rows
+            && (t.g0 + t.groups) * GROUP <= w.outputs.div_ceil(GROUP) * GROUP
+            && x.cols <= w.inputs
+            && kernel.runs(),
+        "int8 tile out of range: this is a bug"
+    );
+    let group_stride = w.blocks * GROUP * BLOCK;
+    // SAFETY: rows `t.row..t.row + t.rows` of `x` and groups `t.g0..t.g0 + t.groups` of `w`
+    // exist (asserted), each group holding `w.blocks ≥ ⌈x.cols / 4⌉` blocks; the kernel is
+    // available (asserted).
+    unsafe {
+        kernel.tile(
+            t.rows,
+            t.groups,
+            x.data.as_ptr().add(t.row * x.stride),
+            x.stride,
+            w.packed.as_ptr().add(t.g0 * group_stride),
+            group_stride,
+            x.cols.div_ceil(BLOCK),
+            tile,
+        );
+    }
 }
 
 /// The integer products `Σ_k u[i,k]·q[j,k]` of the first `n` outputs, row-major, by
@@ -734,34 +787,15 @@ pub fn kernel_products(
     w: &QuantizedWeights,
     n: usize,
 ) -> Vec<i32> {
-    assert!(Kernel::available().contains(&kernel));
-    let (rows, cols) = x.shape();
-    let blocks = cols.div_ceil(BLOCK);
-    let group_stride = w.blocks * GROUP * BLOCK;
+    assert!(kernel.runs());
+    let rows = x.rows;
     let mut out = vec![0i32; rows * n];
     let mut tile = [[0i32; GROUP * TILE_GROUPS]; TILE_ROWS];
-    for g0 in (0..n.div_ceil(GROUP)).step_by(TILE_GROUPS) {
-        let g = TILE_GROUPS.min(n.div_ceil(GROUP) - g0);
-        for r0 in (0..rows).step_by(TILE_ROWS) {
-            let r = TILE_ROWS.min(rows - r0);
-            // SAFETY: as in `matmul_with`.
-            unsafe {
-                kernel.tile(
-                    r,
-                    g,
-                    x.data.as_ptr().add(r0 * x.stride),
-                    x.stride,
-                    w.packed.as_ptr().add(g0 * group_stride),
-                    group_stride,
-                    blocks,
-                    &mut tile,
-                );
-            }
-            for (i, acc) in tile.iter().enumerate().take(r) {
-                for c in 0..(g * GROUP).min(n - g0 * GROUP) {
-                    out[(r0 + i) * n + g0 * GROUP + c] = acc[c];
-                }
-            }
+    for t in tiles(0, rows, n) {
+        tile_sums(kernel, x, w, t, &mut tile);
+        let (j0, j1) = (t.g0 * GROUP, ((t.g0 + t.groups) * GROUP).min(n));
+        for (i, acc) in tile.iter().enumerate().take(t.rows) {
+            out[(t.row + i) * n + j0..(t.row + i) * n + j1].copy_from_slice(&acc[..j1 - j0]);
         }
     }
     out
