@@ -52,6 +52,80 @@ fn the_same_lifecycle_on_a_qdrant_server() {
     s.stop();
 }
 
+/// Start order does not matter. `mrl serve --qdrant-url` starts while its Qdrant server is
+/// down: `/health` answers at once and says the store is unavailable (`/metrics` too), the
+/// collection routes answer 503, and once the server comes up they work without a restart.
+/// `mrl index --qdrant-url` waits for the server a bounded time, then says why it gave up.
+#[test]
+fn a_server_started_before_its_qdrant_works_once_qdrant_is_up() {
+    let mut qdrant = QdrantServer::start(&shared());
+    qdrant.kill();
+    let data = scratch("start-order");
+    let s = Server::start_with(&data, &["--qdrant-url", &qdrant.url()]);
+    let store_up = |want: &str| {
+        let (_, text) = common::server::raw(s.addr, "GET", "/metrics", b"");
+        text.lines().any(|l| l == format!("mrl_store_up {want}"))
+    };
+    let (status, health) = s.call("GET", "/health", None);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(
+        health["store"],
+        json!({"kind": "qdrant", "available": false})
+    );
+    assert!(store_up("0"));
+    let create = json!({"dims": [128, 384]});
+    let (status, v) = s.call("PUT", "/collections/late", Some(create.clone()));
+    assert_eq!(
+        (status, v["error"]["type"].as_str()),
+        (503, Some("unavailable")),
+        "{v}"
+    );
+
+    let index = |wait: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mrl"))
+            .args(["index", "--collection", "late", "--input"])
+            .arg(shared().join("data/scifact/corpus.jsonl"))
+            .args([
+                "--qdrant-url",
+                &qdrant.url(),
+                "--qdrant-wait",
+                wait,
+                "--data-dir",
+            ])
+            .arg(data.join("job"))
+            .env("MRL_MODEL", common::model_dir())
+            .output()
+            .unwrap()
+    };
+    let out = index("1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("waiting for the store"), "{err}");
+
+    qdrant.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, v) = s.call("PUT", "/collections/late", Some(create.clone()));
+        if status == 201 {
+            break;
+        }
+        assert!(
+            status == 503 && std::time::Instant::now() < deadline,
+            "after Qdrant came up: {status} {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.add_documents("late", &common::scifact_corpus(5));
+    while !(s.call("GET", "/health", None).1["store"]["available"] == true && store_up("1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe never saw Qdrant up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.stop();
+}
+
 /// With the data on a Qdrant server: a restart of mrl finds every collection and document;
 /// while Qdrant is down every request that needs it fails cleanly (503, type `unavailable`)
 /// and mrl keeps running; once Qdrant is back the same mrl process answers as before and

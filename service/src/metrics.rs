@@ -74,6 +74,10 @@ fn describe() {
     describe_histogram!("mrl_batch_texts", "Texts per model batch.");
     describe_gauge!("mrl_queue_depth", "Requests waiting for the model.");
     describe_gauge!("mrl_queue_tokens", "Token ids waiting for the model.");
+    describe_gauge!(
+        "mrl_store_up",
+        "1 while the vector store answers (a Qdrant server is probed every 2 s), else 0."
+    );
     describe_counter!("mrl_tokens_total", "Tokens embedded.");
     describe_counter!(
         "mrl_renests_total",

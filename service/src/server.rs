@@ -2,14 +2,16 @@
 //! the HTTP server bound to its address.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, FromRequest, Handler, HttpServer, Responder, Route};
+use mrl_core::store::{StoreError, VectorStore};
 use mrl_core::{Collections, Embeddings, QueueLimits};
 use mrl_encoder::Embedder;
 
@@ -81,14 +83,21 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
     )
     .map_err(std::io::Error::other)?;
     let (host, port, workers) = (config.host.clone(), config.port, config.workers);
+    let store_up = probe(store.clone())?;
     let collections = Collections::new(store, embeddings.clone());
     let resuming = collections.clone();
-    // Off the start path: a Qdrant server may be slow to list, and nothing waits for it.
+    // Off the start path: a Qdrant server may be slow to list, or not up yet (then this
+    // waits for it), and nothing waits for this.
     std::thread::Builder::new()
         .name("mrl-resume".into())
-        .spawn(move || {
-            if let Err(e) = resuming.resume_adapting() {
-                tracing::warn!("resuming adaptive collections: {e}");
+        .spawn(move || loop {
+            match resuming.resume_adapting() {
+                Err(mrl_core::Error::Store(StoreError::Unavailable(e))) => {
+                    tracing::warn!("resuming adaptive collections waits for the store: {e}");
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+                Err(e) => break tracing::warn!("resuming adaptive collections: {e}"),
+                Ok(()) => break,
             }
         })?;
     let state = web::Data::new(AppState {
@@ -97,6 +106,7 @@ pub fn start(embedder: Embedder, config: ServeConfig) -> std::io::Result<Running
         metrics,
         config,
         model_name,
+        store_up,
     });
     let server = HttpServer::new(move || {
         let mut app = App::new().app_data(state.clone()).wrap(from_fn(guard));
@@ -160,4 +170,26 @@ fn bearer_matches(req: &ServiceRequest, key: &str) -> bool {
             .zip(key.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+/// Whether the store answers, kept current: a Qdrant server is probed every 2 s by a thread
+/// of its own (so `/health` never waits on it) and `mrl_store_up` follows; the embedded store
+/// always answers.
+fn probe(store: Arc<dyn VectorStore>) -> std::io::Result<Arc<AtomicBool>> {
+    let embedded = store.kind() == "embedded";
+    let up = Arc::new(AtomicBool::new(embedded));
+    metrics::gauge!("mrl_store_up").set(if embedded { 1.0 } else { 0.0 });
+    if embedded {
+        return Ok(up);
+    }
+    let flag = up.clone();
+    std::thread::Builder::new()
+        .name("mrl-store-probe".into())
+        .spawn(move || loop {
+            let ok = store.health().is_ok();
+            flag.store(ok, Ordering::Relaxed);
+            metrics::gauge!("mrl_store_up").set(if ok { 1.0 } else { 0.0 });
+            std::thread::sleep(Duration::from_secs(2));
+        })?;
+    Ok(up)
 }

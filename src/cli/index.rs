@@ -42,6 +42,10 @@ pub(crate) struct IndexArgs {
     pub(crate) data_dir: PathBuf,
     #[command(flatten)]
     pub(crate) qdrant: QdrantArgs,
+    /// Seconds to wait for the Qdrant server to answer before giving up (checked every
+    /// second, each miss logged), so the job may start before its server.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(crate) qdrant_wait: u64,
     /// Which sizes --dims may name, for a new collection.
     #[arg(long, value_enum, default_value_t = DimPolicyArg::of(Policy::LIBRARY.dims))]
     pub(crate) dim_policy: DimPolicyArg,
@@ -66,6 +70,11 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         args.qdrant.qdrant_api_key,
     )
     .context("opening the store")?;
+    mrl_core::store::wait_until_available(
+        store.as_ref(),
+        std::time::Duration::from_secs(args.qdrant_wait),
+    )
+    .context("waiting for the store")?;
     let opts = mrl_core::indexer::IndexOptions::new(args.data_dir.join("jobs"))
         .dims((!args.dims.is_empty()).then_some(args.dims))
         .profile(args.profile)

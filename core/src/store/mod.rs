@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edge::EdgeStore;
-pub use open::open;
+pub use open::{open, wait_until_available};
 pub use remote::RemoteStore;
 
 impl StoredDocument {
@@ -613,6 +613,16 @@ pub struct Hit {
 
 /// The operations the service needs from a vector store.
 pub trait VectorStore: Send + Sync {
+    /// Whether the store answers now (the embedded one always does).
+    ///
+    /// Errors: `Unavailable` when a Qdrant server does not answer (within a few seconds).
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Where the vectors live, for reports: `embedded` or `qdrant`.
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
     /// Creates the collection, or does nothing if it exists with the same spec.
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool>;
     fn list(&self) -> Result<Vec<CollectionInfo>>;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use super::edge::EdgeStore;
 use super::remote::RemoteStore;
@@ -37,4 +38,28 @@ pub fn open(
     let store = Arc::new(EdgeStore::open(&key).map_err(|e| in_dir(&e))?);
     open.push((key, Arc::downgrade(&store)));
     Ok(store)
+}
+
+/// Waits until `store` answers ([`VectorStore::health`]), checking every second and logging
+/// each miss, for at most `timeout`: a batch job started beside its Qdrant server (compose, a
+/// scheduler) then does not depend on which came up first.
+///
+/// Errors: the last `Unavailable` once `timeout` has passed.
+pub fn wait_until_available(store: &dyn VectorStore, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 1;
+    loop {
+        match store.health() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(
+                    "the {} store does not answer yet (attempt {attempt}): {e}",
+                    store.kind()
+                );
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1).min(deadline - Instant::now()));
+            }
+        }
+    }
 }

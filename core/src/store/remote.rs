@@ -86,7 +86,11 @@ impl Drop for RemoteStore {
 }
 
 impl RemoteStore {
-    /// Connects to `url` (gRPC, e.g. `http://localhost:6334`) and checks the server answers.
+    /// A client of the server at `url` (gRPC, e.g. `http://localhost:6334`). The server need
+    /// not be up yet: a service may start before its Qdrant does, answering 503 until it
+    /// does (`health` says which), and a missing server only logs a warning here.
+    ///
+    /// Errors: `url` is not a usable address.
     pub fn connect(url: &str, api_key: Option<String>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -110,9 +114,9 @@ impl RemoteStore {
             client,
             runtime: Some(runtime),
         };
-        store
-            .block_on(store.client.health_check())
-            .map_err(|e| StoreError::Storage(format!("no Qdrant server answers at {url}: {e}")))?;
+        if let Err(e) = store.health() {
+            tracing::warn!("no Qdrant server answers at {url} yet ({e}); retrying on demand");
+        }
         Ok(store)
     }
 
@@ -247,6 +251,28 @@ fn distance(d: Distance) -> QDistance {
 }
 
 impl VectorStore for RemoteStore {
+    fn kind(&self) -> &'static str {
+        "qdrant"
+    }
+
+    fn health(&self) -> Result<()> {
+        // Bounded: a health report must not hang on a connection that goes nowhere.
+        let check = async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                self.client.health_check(),
+            )
+            .await
+        };
+        match self.block_on(check) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("qdrant server: {e}"))),
+            Err(_) => Err(StoreError::Unavailable(
+                "qdrant server: no answer to a health check within 2 s".into(),
+            )),
+        }
+    }
+
     fn create(&self, name: &str, spec: &CollectionSpec) -> Result<bool> {
         check_name(name)?;
         spec.layout.check(&spec.dims)?;

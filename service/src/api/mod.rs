@@ -31,6 +31,8 @@ pub struct AppState {
     pub config: ServeConfig,
     /// The model's name in responses: its folder name.
     pub model_name: String,
+    /// Whether the vector store answered its last probe (`server::probe`).
+    pub store_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How a route names its fields in errors: by their full path (`inputs[1]`), or by the
@@ -185,6 +187,18 @@ pub struct Health {
     pub dims: Vec<usize>,
     /// Query profile → document profiles it may search besides its own.
     pub aligned_with: std::collections::BTreeMap<String, Vec<String>>,
+    pub store: StoreStatus,
+}
+
+/// The vector store as `/health` sees it.
+#[derive(Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `embedded` or `qdrant`.
+    pub kind: String,
+    /// Whether it answered its last probe (every 2 s for a Qdrant server): while it does
+    /// not, the collection routes answer 503 with `Retry-After`, and the server keeps
+    /// running until it does.
+    pub available: bool,
 }
 
 /// The server is up; never needs the API key.
@@ -207,6 +221,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                     .collect()
             })
             .unwrap_or_default(),
+        store: StoreStatus {
+            kind: state.collections.store().kind().into(),
+            available: state.store_up.load(std::sync::atomic::Ordering::Relaxed),
+        },
     })
 }
 
