@@ -52,6 +52,28 @@ fn the_same_lifecycle_on_a_qdrant_server() {
     s.stop();
 }
 
+/// SIGTERM drains: a request in flight when the signal arrives still gets its whole answer,
+/// and the process then exits 0.
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let data = scratch("sigterm");
+    let s = Server::start(&data);
+    let addr = s.addr;
+    // About two seconds of embedding here: still running when the signal comes.
+    let texts: Vec<String> = (0..256)
+        .map(|i| format!("a long passage about topic {i} and its many details. ").repeat(12))
+        .collect();
+    let request = std::thread::spawn(move || {
+        common::server::call(addr, "POST", "/embed", Some(json!({ "inputs": texts })))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let exit = s.stop();
+    let (status, v) = request.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["embeddings"].as_array().map(Vec::len), Some(256));
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// Start order does not matter. `mrl serve --qdrant-url` starts while its Qdrant server is
 /// down: `/health` answers at once and says the store is unavailable (`/metrics` too), the
 /// collection routes answer 503, and once the server comes up they work without a restart.

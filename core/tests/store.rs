@@ -327,11 +327,21 @@ fn layouts_for_scale_are_applied_by_a_server_and_refused_by_the_embedded_store()
     store.delete("big").unwrap();
 }
 
+/// A server that does not answer is no error at connect (a service may start before its
+/// Qdrant does), but the health check, every operation and a bounded wait say so clearly.
 #[test]
 fn an_unreachable_server_is_a_clear_error() {
     // Port 9 (discard) on loopback: nothing listens there.
-    let err = RemoteStore::connect("http://127.0.0.1:9", None)
-        .err()
-        .expect("no server answers on port 9");
+    let store = RemoteStore::connect("http://127.0.0.1:9", None).unwrap();
+    let err = store.health().unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(_)) && err.to_string().contains("127.0.0.1:9"),
+        "{err}"
+    );
+    assert!(matches!(store.list(), Err(StoreError::Unavailable(_))));
+    let waited = std::time::Instant::now();
+    let err = mrl_core::store::wait_until_available(&store, std::time::Duration::from_secs(1))
+        .unwrap_err();
     assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+    assert!(waited.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -88,13 +88,13 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM: actix stops gracefully and the store closes.
-    pub fn stop(mut self) {
+    /// SIGTERM: actix stops gracefully and the store closes. Returns how the process ended.
+    pub fn stop(mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
-        self.child.wait().unwrap();
+        self.child.wait().unwrap()
     }
 }
 

@@ -72,6 +72,8 @@ fn transport_failed(e: &QdrantError) -> bool {
 /// Collections on a Qdrant server.
 pub struct RemoteStore {
     client: Qdrant,
+    /// The server's address, for messages.
+    url: String,
     /// `Some` until drop, which shuts it down without blocking (drop may run on an async
     /// thread, where a blocking shutdown panics).
     runtime: Option<tokio::runtime::Runtime>,
@@ -112,6 +114,7 @@ impl RemoteStore {
         .map_err(remote)?;
         let store = Self {
             client,
+            url: url.to_string(),
             runtime: Some(runtime),
         };
         if let Err(e) = store.health() {
@@ -266,10 +269,14 @@ impl VectorStore for RemoteStore {
         };
         match self.block_on(check) {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("qdrant server: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(
-                "qdrant server: no answer to a health check within 2 s".into(),
-            )),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+                "no Qdrant server answers at {}: {e}",
+                self.url
+            ))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no Qdrant server answers at {} within 2 s",
+                self.url
+            ))),
         }
     }
 
