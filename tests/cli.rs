@@ -99,6 +99,22 @@ fn int8_precision_embeds_close_to_f32_and_a_bad_one_names_the_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--precision") && err.contains("int8"), "{err}");
+    // Calibration ranks the f32 model: int8 is refused, not ignored.
+    let out = mrl(
+        &[
+            "calibrate",
+            "--precision",
+            "int8",
+            "--texts",
+            "t.jsonl",
+            "--out",
+            "/nonexistent/x",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--precision int8"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use mrl::{Fetcher, DEFAULT_MODEL};
 use mrl_trainer::CalibrateOptions;
@@ -279,6 +279,10 @@ fn print_judgement(rows: &[mrl_trainer::judge::JudgeRow]) {
 }
 
 pub(crate) fn calibrate(args: CalibrateArgs) -> Result<()> {
+    // Calibration ranks the model's own f32 weights and writes f32 tensors.
+    if args.model.precision != PrecisionArg::F32 {
+        bail!("--precision int8: calibration runs the f32 model; leave --precision out");
+    }
     let source = match &args.model.model {
         Some(d) => d.clone(),
         None => Fetcher::default().ensure(&DEFAULT_MODEL)?,
