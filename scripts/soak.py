@@ -73,6 +73,9 @@ def main():
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--texts", default=os.path.join(ROOT, "..", "shared", "bench", "texts.jsonl"))
+    ap.add_argument("--mix", default="50,30,15,5",
+                    help="percent of embeddings, searches, document adds, deletes (to tell what "
+                         "grows: e.g. 60,40,0,0 writes nothing to the store)")
     args = ap.parse_args()
 
     pool = texts(args.texts)
@@ -95,25 +98,28 @@ def main():
     statuses = Counter()
     errors = Counter()
     latency = defaultdict(list)
+    mix = [float(x) for x in args.mix.split(",")]
+    if len(mix) != 4 or min(mix) < 0 or sum(mix) <= 0:
+        sys.exit("--mix takes four non-negative numbers: embed,search,add,delete")
     deadline = time.monotonic() + args.seconds
 
     def work(i):
         rng = random.Random(args.seed * 1000 + i)
         client = Client(host, port)
         while time.monotonic() < deadline:
-            r = rng.random()
-            if r < 0.5:
+            r = rng.random() * sum(mix)
+            if r < mix[0]:
                 kind = "embed"
                 body = {"inputs": rng.sample(pool, rng.randint(1, 4)),
                         "dim": rng.choice([64, 128, 384])}
                 method, path = "POST", "/embed"
-            elif r < 0.8:
+            elif r < mix[0] + mix[1]:
                 kind = "search"
                 body = {"query": rng.choice(pool), "dim": 384, "limit": 10}
                 if rng.random() < 0.5:
                     body["funnel"] = {"dim": 64, "candidates": 100}
                 method, path = "POST", "/collections/soak/search"
-            elif r < 0.95:
+            elif r < mix[0] + mix[1] + mix[2]:
                 kind = "add"
                 # Ids are unique within a request (a repeated one is a 400 by design).
                 docs = [{"id": f"d{n}", "text": rng.choice(pool), "payload": {"client": i}}
