@@ -295,60 +295,75 @@ impl Kernel {
         }
     }
 
-    /// `tile[r][c] = Σ_b Σ_t a[r, 4b+t] · q[16g+c, 4b+t]` for `rows` rows and `groups`
-    /// groups, over the first `blocks` blocks.
+    /// `tile[r][c] = Σ_b Σ_t a[r, 4b+t] · q[16g+c, 4b+t]` for `t.rows` rows and `t.groups`
+    /// groups of `ops`.
     ///
-    /// Safety: `a` holds `rows` rows of `a_stride ≥ 4·blocks` bytes; `b` holds `groups`
-    /// groups `group_stride` bytes apart, each at least `64·blocks` bytes; the kernel is one
+    /// Safety: `ops` is valid for `t` (see [`Operands`]); the kernel is one
     /// [`available`](Self::available) lists.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        self,
-        rows: usize,
-        groups: usize,
-        a: *const u8,
-        a_stride: usize,
-        b: *const i8,
-        group_stride: usize,
-        blocks: usize,
-        tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
-    ) {
+    unsafe fn tile(self, t: TileAt, ops: Operands, tile: &mut Tile) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512Vnni => x86::tile_avx512(
-                rows,
-                groups,
-                a,
-                a_stride,
-                b,
-                group_stride,
-                blocks,
-                x86::Sink::Tile(tile),
-            ),
+            Self::Avx512Vnni => x86::tile_avx512(t, ops, x86::Sink::Tile(tile)),
             #[cfg(target_arch = "x86_64")]
-            Self::AvxVnni => {
-                x86::tile_avx(rows, groups, a, a_stride, b, group_stride, blocks, tile)
-            }
-            _ => tile_portable(rows, groups, a, a_stride, b, group_stride, blocks, tile),
+            Self::AvxVnni => x86::tile_avx(t, ops, tile),
+            _ => tile_portable(t, ops, tile),
         }
     }
 }
 
-/// [`Kernel::tile`] in plain loops.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_portable(
-    rows: usize,
-    groups: usize,
+/// Integer sums of a tile: one per row and output of up to 6 rows × 4 groups.
+type Tile = [[i32; GROUP * TILE_GROUPS]; TILE_ROWS];
+
+/// Where a tile's operands are: the first of its rows of quantized activations and of its
+/// groups of packed weights, and how many blocks of inputs to sum.
+///
+/// Valid for a tile of `rows` rows and `groups` groups when `a` holds that many rows
+/// `a_stride ≥ 4·blocks` bytes apart and `b` that many groups `group_stride ≥ 64·blocks`
+/// bytes apart.
+#[derive(Debug, Clone, Copy)]
+struct Operands {
     a: *const u8,
     a_stride: usize,
     b: *const i8,
     group_stride: usize,
     blocks: usize,
-    tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
-) {
-    for (r, out) in tile.iter_mut().enumerate().take(rows) {
+}
+
+impl Operands {
+    /// The operands of tile `t` of `x · wᵀ`, over `x`'s columns.
+    ///
+    /// Panics when `t` reaches past `x` or `w`, or `x` is wider than `w`: callers take their
+    /// tiles from `tiles` over shapes they checked. Then the result is valid for `t`.
+    fn of(x: &QuantizedRows, w: &QuantizedWeights, t: TileAt) -> Self {
+        assert!(
+            t.row + t.rows <= x.rows
+                && (t.g0 + t.groups) * GROUP <= w.outputs.div_ceil(GROUP) * GROUP
+                && x.cols <= w.inputs,
+            "int8 tile out of range: this is a bug"
+        );
+        let group_stride = w.blocks * GROUP * BLOCK;
+        Self {
+            a: x.data[t.row * x.stride..].as_ptr(),
+            a_stride: x.stride,
+            b: w.packed[t.g0 * group_stride..].as_ptr(),
+            group_stride,
+            blocks: x.cols.div_ceil(BLOCK),
+        }
+    }
+}
+
+/// [`Kernel::tile`] in plain loops.
+unsafe fn tile_portable(t: TileAt, ops: Operands, tile: &mut Tile) {
+    let Operands {
+        a,
+        a_stride,
+        b,
+        group_stride,
+        blocks,
+    } = ops;
+    for (r, out) in tile.iter_mut().enumerate().take(t.rows) {
         let a = std::slice::from_raw_parts(a.add(r * a_stride), blocks * BLOCK);
-        for g in 0..groups {
+        for g in 0..t.groups {
             let b = std::slice::from_raw_parts(b.add(g * group_stride), blocks * GROUP * BLOCK);
             for (c, o) in out[g * GROUP..(g + 1) * GROUP].iter_mut().enumerate() {
                 *o = (0..blocks)
@@ -370,9 +385,16 @@ unsafe fn tile_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP, TILE_GROUPS, TILE_ROWS};
+    use super::{Operands, Tile, TileAt, BLOCK, GROUP};
 
-    type Tile = [[i32; GROUP * TILE_GROUPS]; TILE_ROWS];
+    /// The first `k` of 16 lanes (all 16 for `k ≥ 16`).
+    fn lanes(k: usize) -> __mmask16 {
+        if k >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << k) - 1
+        }
+    }
 
     /// Where a tile's sums go: kept as integers, or dequantized and added into the output.
     pub(super) enum Sink<'a> {
@@ -398,14 +420,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn quantize_row_avx512(row: &[f32], out: &mut [u8]) -> (f32, i32) {
         let n = row.len();
-        let mask = |i: usize| -> __mmask16 {
-            let k = (n - i).min(16);
-            if k == 16 {
-                0xFFFF
-            } else {
-                (1u16 << k) - 1
-            }
-        };
+        let mask = |i: usize| lanes(n - i);
         // Masked-off lanes load as 0, which the range includes anyway.
         let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for i in (0..n).step_by(16) {
@@ -448,54 +463,33 @@ mod x86 {
         };
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_avx512(
-        rows: usize,
-        groups: usize,
-        a: *const u8,
-        a_stride: usize,
-        b: *const i8,
-        group_stride: usize,
-        blocks: usize,
-        sink: Sink<'_>,
-    ) {
-        unrolled!(
-            avx512,
-            rows,
-            groups,
-            a,
-            a_stride,
-            b,
-            group_stride,
-            blocks,
-            sink
-        )
+    /// [`Kernel::tile`](super::Kernel::tile) on AVX-512 VNNI, its sums into `sink`.
+    ///
+    /// Safety: as `Kernel::tile`, and `sink` holds what its docs say for `t`.
+    pub(super) unsafe fn tile_avx512(t: TileAt, ops: Operands, sink: Sink<'_>) {
+        unrolled!(avx512, t.rows, t.groups, ops, sink)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile_avx(
-        rows: usize,
-        groups: usize,
-        a: *const u8,
-        a_stride: usize,
-        b: *const i8,
-        group_stride: usize,
-        blocks: usize,
-        tile: &mut Tile,
-    ) {
+    /// [`Kernel::tile`](super::Kernel::tile) on AVX-VNNI.
+    ///
+    /// Safety: as `Kernel::tile`.
+    pub(super) unsafe fn tile_avx(t: TileAt, ops: Operands, tile: &mut Tile) {
         // 16 ymm registers: 2 per group per row, so at most 4 rows × 1 group at a time.
-        for g in 0..groups {
-            let b = b.add(g * group_stride);
+        for g in 0..t.groups {
             let mut r = 0;
-            while r < rows {
-                let n = (rows - r).min(4);
-                let mut part: Tile = [[0; GROUP * TILE_GROUPS]; TILE_ROWS];
-                let a = a.add(r * a_stride);
+            while r < t.rows {
+                let n = (t.rows - r).min(4);
+                let mut part: Tile = [[0; GROUP * super::TILE_GROUPS]; super::TILE_ROWS];
+                let ops = Operands {
+                    a: ops.a.add(r * ops.a_stride),
+                    b: ops.b.add(g * ops.group_stride),
+                    ..ops
+                };
                 match n {
-                    4 => avx::<4>(a, a_stride, b, blocks, &mut part),
-                    3 => avx::<3>(a, a_stride, b, blocks, &mut part),
-                    2 => avx::<2>(a, a_stride, b, blocks, &mut part),
-                    _ => avx::<1>(a, a_stride, b, blocks, &mut part),
+                    4 => avx::<4>(ops, &mut part),
+                    3 => avx::<3>(ops, &mut part),
+                    2 => avx::<2>(ops, &mut part),
+                    _ => avx::<1>(ops, &mut part),
                 }
                 for i in 0..n {
                     tile[r + i][g * GROUP..(g + 1) * GROUP].copy_from_slice(&part[i][..GROUP]);
@@ -506,14 +500,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn avx512<const R: usize, const G: usize>(
-        a: *const u8,
-        a_stride: usize,
-        b: *const i8,
-        group_stride: usize,
-        blocks: usize,
-        sink: Sink<'_>,
-    ) {
+    unsafe fn avx512<const R: usize, const G: usize>(ops: Operands, sink: Sink<'_>) {
+        let Operands {
+            a,
+            a_stride,
+            b,
+            group_stride,
+            blocks,
+        } = ops;
         let mut acc = [[_mm512_setzero_si512(); G]; R];
         for blk in 0..blocks {
             let mut w = [_mm512_setzero_si512(); G];
@@ -553,7 +547,7 @@ mod x86 {
                     if k == 0 {
                         break;
                     }
-                    let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+                    let mask = lanes(k);
                     let s = _mm512_maskz_loadu_ps(mask, sw.add(g * GROUP));
                     let c = _mm512_maskz_loadu_epi32(mask, sums.add(g * GROUP));
                     for (r, acc) in acc.iter().enumerate() {
@@ -569,14 +563,16 @@ mod x86 {
         }
     }
 
+    /// The first group of `ops` for `R` rows, into the tile's first 16 columns.
     #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn avx<const R: usize>(
-        a: *const u8,
-        a_stride: usize,
-        b: *const i8,
-        blocks: usize,
-        tile: &mut Tile,
-    ) {
+    unsafe fn avx<const R: usize>(ops: Operands, tile: &mut Tile) {
+        let Operands {
+            a,
+            a_stride,
+            b,
+            blocks,
+            ..
+        } = ops;
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for blk in 0..blocks {
             let at = b.add(blk * GROUP * BLOCK);
@@ -645,9 +641,7 @@ pub fn matmul_with(
         (rows - 1) * dst_rs + n <= dst.len(),
         "int8 matmul destination too small: this is a bug"
     );
-    let blocks = cols.div_ceil(BLOCK);
     let sums = w.prefix_sums(cols);
-    let group_stride = w.blocks * GROUP * BLOCK;
     dst.par_chunks_mut(dst_rs * TASK_ROWS)
         .enumerate()
         .for_each(|(task, dst)| {
@@ -661,20 +655,16 @@ pub fn matmul_with(
                 );
                 #[cfg(target_arch = "x86_64")]
                 if kernel == Kernel::Avx512Vnni {
-                    // SAFETY: `tiles` keeps rows and groups within `x` and `w`, with `w.blocks
-                    // ≥ blocks` blocks a group; `dst` holds rows `r0..r0 + rows` of this task
-                    // at columns `j0..j1` (n ≤ dst_rs and its length, checked above), `x`'s
-                    // scales and zero points rows `t.row..`, `w`'s scales and `sums` columns
-                    // `j0..j1`; the kernel is available (checked above).
+                    let ops = Operands::of(x, w, t);
+                    // SAFETY: `ops` is valid for `t` (`Operands::of`); `dst` holds rows
+                    // `r0..r0 + rows` of this task at columns `j0..j1` (n ≤ dst_rs and its
+                    // length, checked above), `x`'s scales and zero points rows `t.row..`,
+                    // `w`'s scales and `sums` columns `j0..j1`; the kernel is available
+                    // (checked above).
                     unsafe {
                         x86::tile_avx512(
-                            t.rows,
-                            t.groups,
-                            x.data.as_ptr().add(t.row * x.stride),
-                            x.stride,
-                            w.packed.as_ptr().add(t.g0 * group_stride),
-                            group_stride,
-                            blocks,
+                            t,
+                            ops,
                             x86::Sink::Dequant {
                                 dst: dst.as_mut_ptr().add(r0 * dst_rs + j0),
                                 dst_rs,
@@ -727,38 +717,16 @@ fn tiles(first: usize, rows: usize, n: usize) -> impl Iterator<Item = TileAt> {
 
 /// The integer sums of tile `t` (`Kernel::tile`), over `x`'s columns.
 ///
-/// Panics when `t` reaches past `x` or `w`, or the kernel is not available: callers take
-/// their tiles from `tiles` over shapes they checked.
-fn tile_sums(
-    kernel: Kernel,
-    x: &QuantizedRows,
-    w: &QuantizedWeights,
-    t: TileAt,
-    tile: &mut [[i32; GROUP * TILE_GROUPS]; TILE_ROWS],
-) {
+/// Panics as `Operands::of`, or when the kernel is not available.
+fn tile_sums(kernel: Kernel, x: &QuantizedRows, w: &QuantizedWeights, t: TileAt, tile: &mut Tile) {
     assert!(
-        t.row + t.rows <= x.rows
-            && (t.g0 + t.groups) * GROUP <= w.outputs.div_ceil(GROUP) * GROUP
-            && x.cols <= w.inputs
-            && kernel.runs(),
-        "int8 tile out of range: this is a bug"
+        kernel.runs(),
+        "kernel {} is not available on this CPU",
+        kernel.name()
     );
-    let group_stride = w.blocks * GROUP * BLOCK;
-    // SAFETY: rows `t.row..t.row + t.rows` of `x` and groups `t.g0..t.g0 + t.groups` of `w`
-    // exist (asserted), each group holding `w.blocks ≥ ⌈x.cols / 4⌉` blocks; the kernel is
-    // available (asserted).
-    unsafe {
-        kernel.tile(
-            t.rows,
-            t.groups,
-            x.data.as_ptr().add(t.row * x.stride),
-            x.stride,
-            w.packed.as_ptr().add(t.g0 * group_stride),
-            group_stride,
-            x.cols.div_ceil(BLOCK),
-            tile,
-        );
-    }
+    let ops = Operands::of(x, w, t);
+    // SAFETY: `ops` is valid for `t` (`Operands::of`); the kernel is available (asserted).
+    unsafe { kernel.tile(t, ops, tile) }
 }
 
 /// The integer products `Σ_k u[i,k]·q[j,k]` of the first `n` outputs, row-major, by

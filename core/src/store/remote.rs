@@ -198,7 +198,7 @@ impl RemoteStore {
     /// applied, and retrying it as it is is safe (writes replace by id); else the server's
     /// error.
     fn server_error(&self, e: QdrantError) -> StoreError {
-        if transport_failed(&e) || self.block_on(self.client.health_check()).is_err() {
+        if transport_failed(&e) || self.health().is_err() {
             StoreError::Unavailable(format!("qdrant server: {e}"))
         } else {
             remote(e)
