@@ -56,6 +56,33 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
                 p.name,
                 p.relative_flops
             );
+            // Each sub-encoder runs its layer bridges (trainer/src/bridge.rs), loaded from
+            // the weights and bound by name: one at least where it skips layers, none after
+            // its last layer.
+            assert_eq!(p.bridges.as_deref(), Some(p.name.as_str()));
+            let after: Vec<usize> = e
+                .model()
+                .bridges_of(&p.profile)
+                .iter()
+                .map(|b| b.after)
+                .collect();
+            let layers = &p.profile.layers;
+            for w in layers.windows(2).filter(|w| w[1] > w[0] + 1) {
+                assert!(
+                    after.contains(&w[0]),
+                    "{}: no bridge after {}",
+                    p.name,
+                    w[0]
+                );
+            }
+            assert!(
+                after.iter().all(|a| layers[..layers.len() - 1].contains(a)),
+                "{}: {after:?}",
+                p.name
+            );
+        } else {
+            assert_eq!(p.bridges, None);
+            assert!(e.model().bridges_of(&p.profile).is_empty());
         }
     }
 }

@@ -56,6 +56,9 @@ impl Embedder {
             if let Some(head) = &p.head {
                 model.bind_profile_head(head, &p.profile)?;
             }
+            if let Some(bridges) = &p.bridges {
+                model.bind_profile_bridges(bridges, &p.profile)?;
+            }
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -74,6 +77,12 @@ impl Embedder {
     /// The model, for callers that feed token ids directly (calibration, benchmarks).
     pub fn model(&self) -> &BertModel {
         &self.model
+    }
+
+    /// The model, mutable: the trainer fits layer bridges on a loaded parent
+    /// ([`BertModel::set_bridges`]).
+    pub fn model_mut(&mut self) -> &mut BertModel {
+        &mut self.model
     }
 
     /// The dense layers' arithmetic (see [`load_with`](Self::load_with)).

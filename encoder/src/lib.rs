@@ -26,5 +26,5 @@ pub use embedder::{Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{EncoderError, Result};
 pub use fetch::{Fetcher, ModelSpec, DEFAULT_MODEL};
 pub use manifest::{Manifest, NamedProfile, Ranking, MANIFEST_FILE};
-pub use model::{BertModel, NoObserver, Observer, Precision};
+pub use model::{BertModel, Bridge, NoObserver, Observer, Precision};
 pub use profile::Profile;

@@ -42,16 +42,22 @@ pub struct NamedProfile {
     #[serde(flatten)]
     pub profile: Profile,
     pub params: usize,
-    /// FLOPs relative to the full encoder at [`COST_SEQ_LEN`] tokens.
+    /// FLOPs relative to the full encoder at [`COST_SEQ_LEN`] tokens, its layer bridges
+    /// included (so a bridged profile can cost a little more than the budget it was
+    /// calibrated for).
     pub relative_flops: f64,
     /// Similarity fidelity to the full model on the calibration texts (mean per-text Pearson
-    /// correlation of cosine similarities), when measured.
+    /// correlation of cosine similarities), when measured (not after bridges were fitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fidelity: Option<f64>,
     /// The profile's own Matryoshka head, `heads.{head}.weight` / `.bias` in the weights
     /// (`outputs × hidden`); absent: the shared `head` (or none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// The profile's layer bridges, `bridges.{bridges}.LAYER.*` in the weights (see
+    /// [`Bridge`](crate::model::Bridge)); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridges: Option<String>,
     /// Document profiles this profile's query vectors may be searched against (besides its
     /// own): the checkpoint was fitted or measured for that asymmetric use. Searching another
     /// profile's documents is refused ([`Manifest::check_aligned`]).

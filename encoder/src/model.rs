@@ -76,7 +76,7 @@ thread_local! {
 /// channels by these; inference passes [`NoObserver`]. Every method defaults to doing nothing.
 pub trait Observer {
     /// A LayerNorm output (`tokens × hidden`): the residual stream after embeddings, after
-    /// each attention block and after each FFN block.
+    /// each attention block and after each FFN block (before any layer bridge).
     fn hidden(&mut self, _x: &[f32], _hidden: usize) {}
     /// Layer `layer`'s attention context before the output projection
     /// (`tokens × heads·head_dim`, head-major within a row).
@@ -84,6 +84,25 @@ pub trait Observer {
     /// Layer `layer`'s FFN intermediate activation after GELU, a block of rows at a time
     /// (`rows × ffn`).
     fn ffn(&mut self, _layer: usize, _inner: &[f32], _ffn: usize) {}
+}
+
+/// A profile's stand-in for the layers it skips (or a correction of a narrowed layer's
+/// output): after layer `after`, every token's hidden state `x` (the layer's LayerNorm
+/// output, `hidden` wide) becomes `W x + b` before the next layer the profile runs (never
+/// after its last layer). Stored as `bridges.NAME.{after}.weight` (`hidden × hidden`,
+/// row-major, `W`) and `.bias` (`hidden`). Fitted so the next layer sees what the parent's
+/// skipped layers would have given it; consecutive layers' hidden states are close to
+/// linear maps of each other (Razzhigaev et al., "Your Transformer is Secretly Linear",
+/// 2024), which is why an affine map can stand in for several. Runs at the model's
+/// precision, like the layers around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bridge {
+    /// The layer (parent index) whose output it maps.
+    pub after: usize,
+    /// `hidden × hidden`, row-major: output `i` is `Σ_j weight[i·hidden + j] x_j + bias[i]`.
+    pub weight: Vec<f32>,
+    /// `hidden`.
+    pub bias: Vec<f32>,
 }
 
 /// Observes nothing: the inference path.
@@ -139,6 +158,43 @@ impl Weights {
             if let Some(h) = self.head(&format!("heads.{name}"), hidden)? {
                 out.insert(name.to_string(), h);
             }
+        }
+        Ok(out)
+    }
+
+    /// Every layer bridge the checkpoint holds (`bridges.NAME.LAYER.weight`, `hidden ×
+    /// hidden`), by `NAME`, each list in layer order.
+    fn bridges(&self) -> Result<HashMap<String, Vec<(usize, Linear)>>> {
+        let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
+        let unprefixed = Weights {
+            tensors: self.tensors.clone(),
+            prefix: "",
+        };
+        let mut out: HashMap<String, Vec<(usize, Linear)>> = HashMap::new();
+        for (key, t) in &self.tensors {
+            let Some((name, layer)) = key
+                .strip_prefix("bridges.")
+                .and_then(|k| k.strip_suffix(".weight"))
+                .and_then(|k| k.rsplit_once('.'))
+            else {
+                continue;
+            };
+            let layer: usize = layer.parse().map_err(|_| {
+                bad(format!(
+                    "{key}: the part before .weight is not a layer index"
+                ))
+            })?;
+            let (rows, cols) = t.dims2()?;
+            if rows != cols {
+                return Err(bad(format!("{key} is {rows} × {cols}; a bridge is square")));
+            }
+            let bridge = Linear::load(&unprefixed, &format!("bridges.{name}.{layer}"), cols, rows)?;
+            out.entry(name.to_string())
+                .or_default()
+                .push((layer, bridge));
+        }
+        for list in out.values_mut() {
+            list.sort_by_key(|(l, _)| *l);
         }
         Ok(out)
     }
@@ -553,6 +609,13 @@ pub struct BertModel {
     profile_heads: Vec<(Profile, Linear)>,
     /// Profile heads loaded but not yet bound, by name.
     unbound_heads: HashMap<String, Linear>,
+    /// Layer bridges of some profiles, in layer order: after layer `l` of the profile, the
+    /// hidden states (`tokens × hidden`) go through `x·Wᵀ + b` before the next layer. A
+    /// sub-encoder that skips layers uses one to stand in for them (see [`Bridge`]); the
+    /// full profile never has one.
+    bridges: Vec<(Profile, Vec<(usize, Linear)>)>,
+    /// Bridges loaded but not yet bound, by name.
+    unbound_bridges: HashMap<String, Vec<(usize, Linear)>>,
     /// The dense layers' arithmetic.
     precision: Precision,
     workspaces: Mutex<Vec<Workspace>>,
@@ -581,6 +644,8 @@ impl BertModel {
             head: w.head("head", cfg.hidden_size)?,
             profile_heads: Vec::new(),
             unbound_heads: w.profile_heads(cfg.hidden_size)?,
+            bridges: Vec::new(),
+            unbound_bridges: w.bridges()?,
             precision,
             workspaces: Mutex::new(Vec::new()),
         })
@@ -588,9 +653,13 @@ impl BertModel {
 
     /// Runs every layer's dense layers (QKV, attention output, FFN up and down) in int8 from
     /// now on: their weights are quantized once and their f32 copies dropped, so the change
-    /// is one-way. The embeddings and the Matryoshka heads stay f32.
+    /// is one-way, and bound layer bridges go with them. The embeddings and the Matryoshka
+    /// heads stay f32.
     pub fn quantize_int8(&mut self) {
         self.layers.iter_mut().for_each(Layer::quantize);
+        for (_, list) in &mut self.bridges {
+            list.iter_mut().for_each(|(_, b)| b.quantize());
+        }
         self.precision = Precision::Int8;
     }
 
@@ -645,6 +714,105 @@ impl BertModel {
         self.profile_heads.retain(|(p, _)| p != profile);
         self.profile_heads.push((profile.clone(), head));
         Ok(())
+    }
+
+    /// Binds the bridges `bridges.{name}.*` to `profile` (from the manifest's `bridges` of a
+    /// named profile).
+    ///
+    /// Errors: the weights have no such bridge, or one is not `profile.hidden` wide or sits
+    /// after a layer the profile does not run.
+    pub fn bind_profile_bridges(&mut self, name: &str, profile: &Profile) -> Result<()> {
+        let bridges = self.unbound_bridges.get(name).cloned().ok_or_else(|| {
+            EncoderError::Tensor(candle_core::Error::Msg(format!(
+                "the weights have no bridges.{name}.LAYER.weight"
+            )))
+        })?;
+        let bridges = bridges
+            .into_iter()
+            .map(|(l, b)| (l, b.weight, b.bias))
+            .map(|(after, weight, bias)| Bridge {
+                after,
+                weight,
+                bias,
+            })
+            .collect();
+        self.set_bridges(profile, bridges)
+    }
+
+    /// Gives `profile` these bridges in place of any it had (none: it has none). The
+    /// trainer fits them one after another, each on the outputs of the ones before.
+    ///
+    /// Errors: the full profile, a bridge after a layer the profile does not run or after
+    /// its last, a repeated layer, or a bridge whose shape is not `profile.hidden` square. An int8 model
+    /// quantizes them as it does its layers.
+    pub fn set_bridges(&mut self, profile: &Profile, bridges: Vec<Bridge>) -> Result<()> {
+        let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
+        if profile.is_full(&self.config) && !bridges.is_empty() {
+            return Err(bad(
+                "the full profile runs every layer and has no bridge".into()
+            ));
+        }
+        let h = profile.hidden;
+        let mut linears = Vec::with_capacity(bridges.len());
+        for b in bridges {
+            let last = profile.layers.last() == Some(&b.after);
+            if !profile.layers.contains(&b.after) || last {
+                return Err(bad(format!(
+                    "a bridge after layer {} for a profile that runs layers {:?} (a bridge \
+                     needs a layer of the profile after it)",
+                    b.after, profile.layers
+                )));
+            }
+            if linears.iter().any(|(l, _)| *l == b.after) {
+                return Err(bad(format!("two bridges after layer {}", b.after)));
+            }
+            if b.weight.len() != h * h || b.bias.len() != h {
+                return Err(bad(format!(
+                    "a bridge after layer {} is not {h} × {h} with {h} biases",
+                    b.after
+                )));
+            }
+            let mut linear = Linear {
+                weight: b.weight,
+                bias: b.bias,
+                inputs: h,
+                int8: None,
+            };
+            // A bridge is a dense layer like the ones around it: in f32 it would cost an
+            // int8 sub-encoder more than its share of the FLOPs.
+            if self.precision == Precision::Int8 {
+                linear.quantize();
+            }
+            linears.push((b.after, linear));
+        }
+        linears.sort_by_key(|(l, _)| *l);
+        self.bridges.retain(|(p, _)| p != profile);
+        if !linears.is_empty() {
+            self.bridges.push((profile.clone(), linears));
+        }
+        Ok(())
+    }
+
+    /// The bridges `profile` runs, in layer order (empty: none). An int8 model's are
+    /// quantized: their `weight` comes back empty (a cache keyed on them also needs the
+    /// weights file's hash).
+    pub fn bridges_of(&self, profile: &Profile) -> Vec<Bridge> {
+        self.bridges
+            .iter()
+            .filter(|(p, _)| p == profile)
+            .flat_map(|(_, list)| list)
+            .map(|(after, b)| Bridge {
+                after: *after,
+                weight: b.weight.clone(),
+                bias: b.bias.clone(),
+            })
+            .collect()
+    }
+
+    /// The bridge `profile` runs after layer `layer`, if any.
+    fn bridge_for(&self, profile: &Profile, layer: usize) -> Option<&Linear> {
+        let (_, list) = self.bridges.iter().find(|(p, _)| p == profile)?;
+        list.iter().find(|(l, _)| *l == layer).map(|(_, b)| b)
     }
 
     /// The head `profile`'s pooled vector goes through: its own, else the shared one.
@@ -730,6 +898,17 @@ impl BertModel {
         self.embeddings.forward(&mut ws, seqs, hidden, obs);
         for &l in &profile.layers {
             self.layers[l].forward(&mut ws, &spans, l, profile, obs);
+            if let Some(bridge) = self.bridge_for(profile, l) {
+                let tokens = ws.tokens;
+                ws.tmp.resize(tokens * hidden, 0.0);
+                bridge.forward_into(
+                    &mut ws.tmp,
+                    hidden,
+                    MatRef::rows(&ws.x, tokens, hidden, hidden),
+                    0..hidden,
+                );
+                std::mem::swap(&mut ws.x, &mut ws.tmp);
+            }
         }
         let mut pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
         if let Some(head) = self.head_for(profile) {

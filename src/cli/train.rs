@@ -135,6 +135,33 @@ fn train_distill(config: &std::path::Path) -> Result<()> {
             r.plain_recall_at_10
         );
     }
+    if !summary.bridges.is_empty() {
+        println!(
+            "\nLayer bridges: held-out mean squared error against the parent's hidden states\n"
+        );
+        println!("| profile | after layer | stands in for layers | tokens | plain skip | bridge | left |");
+        println!("|---|---|---|---|---|---|---|");
+        for b in &summary.bridges {
+            println!(
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.1}% |",
+                b.profile,
+                b.after,
+                if b.target > b.after {
+                    format!("{}..={}", b.after + 1, b.target)
+                } else {
+                    "none (corrects its output)".into()
+                },
+                b.tokens,
+                b.skip_mse,
+                b.bridge_mse,
+                if b.skip_mse > 0.0 {
+                    100.0 * b.bridge_mse / b.skip_mse
+                } else {
+                    f64::NAN
+                }
+            );
+        }
+    }
     Ok(())
 }
 

@@ -223,6 +223,7 @@ pub(crate) fn named(
         fidelity,
         head: None,
         aligned_with: Vec::new(),
+        bridges: None,
     }
 }
 

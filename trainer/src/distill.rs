@@ -17,8 +17,9 @@
 //!   dev sets, after training, and writes it.
 //!
 //! Pipeline: `[[texts]]` (passages drawn evenly, both sides of pairs, optionally STS-format
-//! sentences), deduplicated, every `holdout`-th held out by a seeded hash of the text → each
-//! profile's pooled vectors, cached (`eval::embed_cached`, resumable) → each training text's
+//! sentences), deduplicated, every `holdout`-th held out by a seeded hash of the text → with
+//! `[bridges]`, each sub-encoder's layer bridges, fitted in closed form (`crate::bridge`) →
+//! each profile's pooled vectors (the sub-encoders' through their bridges), cached (`eval::embed_cached`, resumable) → each training text's
 //! `neighbours` nearest by the parent's full width → the shared head starts as the rotation
 //! onto the training texts' uncentred principal axes → AdamW on the Matryoshka-Adaptor losses
 //! (Yoon et al., EMNLP 2024, §3.1: pairwise and top-k similarity of each nested prefix to the
@@ -38,10 +39,11 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::eval::{exact_search, nested_matrix, EmbeddingCache};
+use crate::bridge::{fit_sub_bridges, BridgeReport, BridgeSettings};
+use crate::eval::{nearest_neighbours, neighbour_recall, EmbeddingCache};
 use crate::family::{
-    apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, HeadRun,
-    Parent, Resume, Schedule,
+    apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, Fitted,
+    HeadRun, Parent, Resume, Schedule,
 };
 use crate::loss::{normalize_rows, similarity_distillation, similarity_structure};
 use crate::metrics::MetricsLog;
@@ -155,6 +157,9 @@ pub struct DistillConfig {
     pub texts: Vec<TextSource>,
     pub head: DistillTraining,
     pub sub: DistillTraining,
+    /// Layer bridges for the sub-encoders, fitted before their heads (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridges: Option<BridgeSettings>,
 }
 
 /// Sets the shipped default is judged on: their text never trains it.
@@ -222,6 +227,9 @@ impl DistillConfig {
                 return bad("lr, ridge and the loss weights must be ≥ 0, temperature > 0");
             }
         }
+        if let Some(b) = &self.bridges {
+            b.validate()?;
+        }
         if self.texts.is_empty() {
             return bad("no training text: add [[texts]]");
         }
@@ -241,6 +249,8 @@ pub struct DistillSummary {
     /// Each head's chosen step (`head` for the shared one, `heads.NAME` for sub-encoders).
     pub chosen_steps: Vec<(String, usize)>,
     pub report: Vec<RecallRow>,
+    /// Each bridge's held-out error against the plain skip's.
+    pub bridges: Vec<BridgeReport>,
 }
 
 /// Held-out neighbour recall@10 against the parent's full width of one (query profile,
@@ -283,66 +293,6 @@ pub fn load_texts(sources: &[TextSource]) -> Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-/// Each row's `k` nearest other rows by cosine (`rows` unit length, `[n, d]`), best first.
-///
-/// Errors: the tensors' errors.
-pub fn nearest_neighbours(rows: &Tensor, k: usize) -> Result<Vec<Vec<usize>>> {
-    const BLOCK: usize = 1024;
-    let n = rows.dim(0)?;
-    let t = rows.t()?.contiguous()?;
-    let mut out = Vec::with_capacity(n);
-    // One scratch row for every text: collecting a row's k best out of it by value would
-    // keep the whole row's allocation alive in each result (in-place collect).
-    let mut scored: Vec<(usize, f32)> = Vec::with_capacity(n);
-    for start in (0..n).step_by(BLOCK) {
-        let len = BLOCK.min(n - start);
-        let sims: Vec<Vec<f32>> = rows.narrow(0, start, len)?.matmul(&t)?.to_vec2()?;
-        for (r, row) in sims.into_iter().enumerate() {
-            scored.clear();
-            scored.extend(row.into_iter().enumerate().filter(|&(j, _)| j != start + r));
-            let k = k.min(scored.len());
-            if k > 0 && k < scored.len() {
-                scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            }
-            let best = &mut scored[..k];
-            best.sort_by(|a, b| b.1.total_cmp(&a.1));
-            out.push(best.iter().map(|&(j, _)| j).collect());
-        }
-    }
-    Ok(out)
-}
-
-/// Neighbour recall@10 at each of `dims`: for each query row, the share of `truth[i]` (its
-/// 10 true neighbours among `docs`) found in the top 10 of `docs` by the `dim`-wide prefix
-/// cosine, row `i` itself excluded (queries and documents are the same texts).
-///
-/// Errors: a dim wider than the rows.
-pub fn neighbour_recall(
-    queries: &[Vec<f32>],
-    docs: &[Vec<f32>],
-    truth: &[Vec<usize>],
-    dims: &[usize],
-) -> Result<Vec<f64>> {
-    dims.iter()
-        .map(|&dim| {
-            let (q, d) = (nested_matrix(queries, dim)?, nested_matrix(docs, dim)?);
-            let found = exact_search(&q, &d, dim, 11);
-            let total: f64 = found
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut hits)| {
-                    hits.retain(|h| h.0 != i);
-                    hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-                    let want: HashSet<usize> = truth[i].iter().take(10).copied().collect();
-                    let got = hits.iter().take(10).filter(|h| want.contains(&h.0)).count();
-                    got as f64 / want.len().max(1) as f64
-                })
-                .sum();
-            Ok(total / queries.len().max(1) as f64)
-        })
-        .collect()
 }
 
 /// Cosines between the rows of `a` and of `b` (`[n, d]`, `[m, d]` → `[n, m]`).
@@ -416,7 +366,7 @@ fn not_embedded(profile: &str) -> TrainerError {
 pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<DistillSummary> {
     let start = Instant::now();
     cfg.validate()?;
-    let parent = Parent::load(&cfg.parent, &cfg.nested_dims, &cfg.profiles)?;
+    let mut parent = Parent::load(&cfg.parent, &cfg.nested_dims, &cfg.profiles)?;
     // The parent's calibration read text too: it must not be a zero-shot set's either.
     let calibrated_on = parent_provenance(&parent)["calibration"]["files"].clone();
     for f in calibrated_on.as_array().into_iter().flatten() {
@@ -434,6 +384,12 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
             held_out.len()
         )));
     }
+    let (bridges, bridge_reports) = fit_sub_bridges(
+        cfg.bridges.as_ref(),
+        &mut parent,
+        (&train, &held_out),
+        progress,
+    )?;
     let cache_dir = cfg.cache.clone().unwrap_or_else(|| cfg.out.join("cache"));
     let cache = EmbeddingCache::new(&cache_dir, &parent.embedder)?;
     let vectors = parent.embed("texts", (&train, &held_out), &cache, progress)?;
@@ -484,12 +440,13 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     }
     let provenance = serde_json::json!({
         "trained_from": cfg.parent,
-        "method": "frozen parent; label-free: the shared head is the rotation onto generic text's principal axes, refined by the Matryoshka-Adaptor pairwise and top-k similarity losses under an orthogonality constraint (full width exact); sub-encoder heads from a ridge map onto the full profile, trained toward the full profile's similarities and vectors on the same text",
+        "method": format!("frozen parent; label-free: the shared head is the rotation onto generic text's principal axes, refined by the Matryoshka-Adaptor pairwise and top-k similarity losses under an orthogonality constraint (full width exact); {}sub-encoder heads from a ridge map onto the full profile, trained toward the full profile's similarities and vectors on the same text", if bridges.is_empty() { "" } else { "sub-encoders' layer bridges fitted in closed form toward the parent's hidden states (trainer/src/bridge.rs); " }),
         "chosen_steps": chosen_steps.iter().cloned().collect::<std::collections::HashMap<_, _>>(),
         "widest_zeroed": parent.width > parent.hidden,
         "texts": {"train": train.len(), "held_out": held_out.len()},
         "recipe": cfg,
         "held_out_neighbour_recall": report,
+        "held_out_bridge_error": bridge_reports,
         "parent_provenance": parent_provenance(&parent),
     });
     // Alignment is earned on the zero-shot dev sets by `judge`, never declared here.
@@ -497,8 +454,11 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
         &cfg.parent,
         &cfg.out.join("model"),
         &cfg.nested_dims,
-        &shared,
-        &subs,
+        Fitted {
+            shared: &shared,
+            subs: &subs,
+            bridges: &bridges,
+        },
         provenance,
     )?;
     Ok(DistillSummary {
@@ -506,6 +466,7 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
         texts: (train.len(), held_out.len()),
         chosen_steps,
         report,
+        bridges: bridge_reports,
     })
 }
 
@@ -929,26 +890,6 @@ mod tests {
         let err = DistillConfig::load(&tmp).unwrap_err().to_string();
         std::fs::remove_file(&tmp).unwrap();
         assert!(err.contains("scifact"), "{err}");
-    }
-
-    #[test]
-    fn neighbours_and_recall_agree_with_a_brute_force_count() {
-        let data = unit_rows(&random_rows(50, 6, 3));
-        let x = Tensor::from_vec(data.concat(), (50, 6), &Device::Cpu).unwrap();
-        let near = nearest_neighbours(&x, 10).unwrap();
-        for (i, n) in near.iter().enumerate() {
-            let mut all: Vec<(f64, usize)> = (0..50)
-                .filter(|&j| j != i)
-                .map(|j| (cosine(&data[i], &data[j]), j))
-                .collect();
-            all.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let want: Vec<usize> = all.iter().take(10).map(|p| p.1).collect();
-            assert_eq!(n, &want, "row {i}");
-        }
-        // Full width finds every true neighbour; a 1-dim prefix finds fewer.
-        let r = neighbour_recall(&data, &data, &near, &[6, 1]).unwrap();
-        assert!((r[0] - 1.0).abs() < 1e-12, "{r:?}");
-        assert!(r[1] < 0.9, "{r:?}");
     }
 
     #[test]

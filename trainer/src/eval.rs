@@ -4,10 +4,11 @@
 //! Exact search is the reference every approximate index is judged against, which is why the
 //! evaluation uses it rather than a vector store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
 use indicatif::ProgressBar;
 use mrl_encoder::{nested, Embedder, Profile};
 use rayon::prelude::*;
@@ -190,6 +191,14 @@ impl EmbeddingCache {
         h.update(self.weights_sha256.as_bytes());
         h.update(profile.to_string().as_bytes());
         h.update(embedder.tokenizer().max_len().to_le_bytes());
+        // Bridges set after loading (the recipe fits them) change a profile's vectors
+        // without changing the weights file.
+        for b in embedder.model().bridges_of(profile) {
+            h.update(format!("bridge after {}", b.after).as_bytes());
+            for v in b.weight.iter().chain(&b.bias) {
+                h.update(v.to_le_bytes());
+            }
+        }
         // f32 entries keep the keys they had before precisions existed.
         if embedder.precision() != mrl_encoder::Precision::F32 {
             h.update(format!("precision={}", embedder.precision()).as_bytes());
@@ -368,6 +377,66 @@ pub fn spearman(pairs: &[(f64, f64)]) -> f64 {
     pearson(&ranked)
 }
 
+/// Each row's `k` nearest other rows by cosine (`rows` unit length, `[n, d]`), best first.
+///
+/// Errors: the tensors' errors.
+pub fn nearest_neighbours(rows: &Tensor, k: usize) -> Result<Vec<Vec<usize>>> {
+    const BLOCK: usize = 1024;
+    let n = rows.dim(0)?;
+    let t = rows.t()?.contiguous()?;
+    let mut out = Vec::with_capacity(n);
+    // One scratch row for every text: collecting a row's k best out of it by value would
+    // keep the whole row's allocation alive in each result (in-place collect).
+    let mut scored: Vec<(usize, f32)> = Vec::with_capacity(n);
+    for start in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - start);
+        let sims: Vec<Vec<f32>> = rows.narrow(0, start, len)?.matmul(&t)?.to_vec2()?;
+        for (r, row) in sims.into_iter().enumerate() {
+            scored.clear();
+            scored.extend(row.into_iter().enumerate().filter(|&(j, _)| j != start + r));
+            let k = k.min(scored.len());
+            if k > 0 && k < scored.len() {
+                scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            }
+            let best = &mut scored[..k];
+            best.sort_by(|a, b| b.1.total_cmp(&a.1));
+            out.push(best.iter().map(|&(j, _)| j).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Neighbour recall@10 at each of `dims`: for each query row, the share of `truth[i]` (its
+/// 10 true neighbours among `docs`) found in the top 10 of `docs` by the `dim`-wide prefix
+/// cosine, row `i` itself excluded (queries and documents are the same texts).
+///
+/// Errors: a dim wider than the rows.
+pub fn neighbour_recall(
+    queries: &[Vec<f32>],
+    docs: &[Vec<f32>],
+    truth: &[Vec<usize>],
+    dims: &[usize],
+) -> Result<Vec<f64>> {
+    dims.iter()
+        .map(|&dim| {
+            let (q, d) = (nested_matrix(queries, dim)?, nested_matrix(docs, dim)?);
+            let found = exact_search(&q, &d, dim, 11);
+            let total: f64 = found
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut hits)| {
+                    hits.retain(|h| h.0 != i);
+                    hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let want: HashSet<usize> = truth[i].iter().take(10).copied().collect();
+                    let got = hits.iter().take(10).filter(|h| want.contains(&h.0)).count();
+                    got as f64 / want.len().max(1) as f64
+                })
+                .sum();
+            Ok(total / queries.len().max(1) as f64)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,5 +518,35 @@ mod tests {
         let mut ids: Vec<usize> = hits[0].iter().map(|h| h.0).collect();
         ids.sort();
         assert_eq!(ids, [1, 2]);
+    }
+
+    #[test]
+    fn neighbours_and_recall_agree_with_a_brute_force_count() {
+        let mut rng = crate::router::Rng::new(3);
+        let data: Vec<Vec<f32>> = (0..50)
+            .map(|_| {
+                let v: Vec<f32> = (0..6).map(|_| (rng.uniform() - 0.5) as f32).collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect();
+        let cosine =
+            |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum() };
+        let x = candle_core::Tensor::from_vec(data.concat(), (50, 6), &candle_core::Device::Cpu)
+            .unwrap();
+        let near = nearest_neighbours(&x, 10).unwrap();
+        for (i, n) in near.iter().enumerate() {
+            let mut all: Vec<(f64, usize)> = (0..50)
+                .filter(|&j| j != i)
+                .map(|j| (cosine(&data[i], &data[j]), j))
+                .collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let want: Vec<usize> = all.iter().take(10).map(|p| p.1).collect();
+            assert_eq!(n, &want, "row {i}");
+        }
+        // Full width finds every true neighbour; a 1-dim prefix finds fewer.
+        let r = neighbour_recall(&data, &data, &near, &[6, 1]).unwrap();
+        assert!((r[0] - 1.0).abs() < 1e-12, "{r:?}");
+        assert!(r[1] < 0.9, "{r:?}");
     }
 }

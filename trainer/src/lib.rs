@@ -15,6 +15,7 @@
 //! checkpoint on the zero-shot dev sets and earns its profiles' alignment there.
 
 pub mod bench;
+pub mod bridge;
 pub mod calibrate;
 pub mod curriculum;
 pub mod data;

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
-use mrl_encoder::manifest::Manifest;
-use mrl_encoder::{BertConfig, Embedder, Profile};
+use mrl_encoder::manifest::{Manifest, COST_SEQ_LEN};
+use mrl_encoder::{BertConfig, Bridge, Embedder, Profile};
 
 use super::recipe::{BeirSplit, FamilyConfig, GuardRow, ReportRow, RotationFit};
 use super::run::Heads;
@@ -15,6 +15,16 @@ use super::sets::{held, Cached, Guard, Split};
 use crate::data::BeirDataset;
 use crate::eval::{embed_cached, EmbeddingCache};
 use crate::{Result, TrainerError};
+
+/// What a family checkpoint adds to its parent's weights.
+pub(crate) struct Fitted<'a> {
+    /// The shared head, `width × hidden`.
+    pub(crate) shared: &'a [f32],
+    /// Each sub-encoder's own head, `width × hidden`, by profile name.
+    pub(crate) subs: &'a [(String, Vec<f32>)],
+    /// Each sub-encoder's layer bridges, by profile name (none in the in-domain recipe).
+    pub(crate) bridges: &'a [(String, Vec<Bridge>)],
+}
 
 /// The frozen parent: its encoder and manifest, and the profiles the family carries.
 pub(crate) struct Parent {
@@ -192,17 +202,23 @@ impl Parent {
             &cfg.parent,
             &cfg.out.join("model"),
             &cfg.nested_dims,
-            &heads.shared,
-            &subs,
+            Fitted {
+                shared: &heads.shared,
+                subs: &subs,
+                bridges: &[],
+            },
             self.provenance(cfg, heads, report, guard_rows),
         )
     }
 
     /// Writes a checkpoint to `model_dir` (replaced if present): the parent's weights (read
-    /// from `parent_dir`) with the shared head `shared` (`width × hidden`, row-major) and
-    /// each sub-encoder's own head; the manifest keeps the parent's ranking and the budgets
-    /// of the profiles carried, and declares no alignment (alignment is earned on dev sets
-    /// by `judge`, never declared by a fit).
+    /// from `parent_dir`, less any bridges it had) with the shared head (`width × hidden`,
+    /// row-major), each sub-encoder's own head and its layer bridges
+    /// (`bridges.NAME.LAYER.*`); a bridged profile's params and relative FLOPs count its
+    /// bridges and its fidelity (measured without them) is dropped. The manifest keeps the
+    /// parent's ranking and the budgets of the profiles carried (the calibration's, before
+    /// bridges), and declares no alignment (alignment is earned on dev sets by `judge`,
+    /// never declared by a fit).
     ///
     /// Errors: `Io` and the tensors' errors.
     pub(crate) fn write_heads(
@@ -210,13 +226,20 @@ impl Parent {
         parent_dir: &Path,
         model_dir: &Path,
         nested_dims: &[usize],
-        shared: &[f32],
-        subs: &[(String, Vec<f32>)],
+        fitted: Fitted<'_>,
         provenance: serde_json::Value,
     ) -> Result<()> {
+        let Fitted {
+            shared,
+            subs,
+            bridges,
+        } = fitted;
         let (width, hidden, bert) = (self.width, self.hidden, &self.bert);
         let mut tensors =
             candle_core::safetensors::load(parent_dir.join("model.safetensors"), &Device::Cpu)?;
+        // A parent's own bridges were fitted for its heads, not these: the new checkpoint
+        // has only the ones passed here.
+        tensors.retain(|k, _| !k.starts_with("bridges."));
         let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
         let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
             t.insert(
@@ -244,6 +267,22 @@ impl Parent {
             let mut p = crate::calibrate::named(pname.clone(), profile, bert, None);
             p.fidelity = self.manifest.profile(pname).and_then(|q| q.fidelity);
             p.head = Some(pname.clone());
+            if let Some((_, list)) = bridges.iter().find(|(n, _)| n == pname) {
+                for b in list {
+                    let name = format!("bridges.{pname}.{}", b.after);
+                    let w = Tensor::from_vec(b.weight.clone(), (hidden, hidden), &Device::Cpu)?;
+                    tensors.insert(format!("{name}.weight"), w);
+                    let bias = Tensor::from_vec(b.bias.clone(), hidden, &Device::Cpu)?;
+                    tensors.insert(format!("{name}.bias"), bias);
+                }
+                // A bridge is one hidden × hidden product per token.
+                let n = list.len();
+                let full = Profile::full(bert).flops(bert, COST_SEQ_LEN) as f64;
+                p.relative_flops += (n * 2 * hidden * hidden * COST_SEQ_LEN) as f64 / full;
+                p.params += n * (hidden * hidden + hidden);
+                p.bridges = Some(pname.clone());
+                p.fidelity = None;
+            }
             named.push(p);
         }
         let out_manifest = Manifest {
