@@ -36,6 +36,29 @@ def rss_kib(pid):
     return 0
 
 
+def memory_kib(pid):
+    """VmRSS split into anonymous memory (heap, stacks) and file-backed pages (the store's
+    memory-mapped segments, the binary), to tell which one grows."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(line.split()[1])
+    return out
+
+
+def folder_mib(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return round(total / 2**20, 1)
+
+
 def texts(path):
     with open(path) as f:
         return [json.loads(line)["text"] for line in f if line.strip()]
@@ -47,6 +70,7 @@ class Client:
     def __init__(self, host, port):
         self.host, self.port = host, port
         self.conn = None
+        self.last_body = None
 
     def request(self, method, path, body):
         if self.conn is None:
@@ -55,7 +79,11 @@ class Client:
             self.conn.request(method, path, body=json.dumps(body),
                               headers={"Content-Type": "application/json"})
             resp = self.conn.getresponse()
-            resp.read()
+            raw = resp.read()
+            try:
+                self.last_body = json.loads(raw) if raw else None
+            except ValueError:
+                self.last_body = None
             return resp.status
         except (OSError, http.client.HTTPException):
             self.conn.close()
@@ -149,6 +177,8 @@ def main():
     started = time.monotonic()
     rss_peak = rss_start
     rss_samples = []  # one a minute, to tell growth from warm-up
+    detail = []  # the same minutes: anonymous vs file-backed RSS, the store's folder, points
+    probe = Client(host, port)
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
@@ -158,6 +188,18 @@ def main():
             rss_peak = max(rss_peak, rss)
             if time.monotonic() - started >= 60 * (len(rss_samples) + 1):
                 rss_samples.append(round(rss / 1024, 1))
+                mem = memory_kib(server.pid)
+                points = None
+                for _ in range(2):  # the idle keep-alive connection may have been closed
+                    try:
+                        if probe.request("GET", "/collections/soak", None) == 200:
+                            points = probe.last_body.get("count")
+                        break
+                    except Exception:  # a probe failure must not end the soak
+                        pass
+                detail.append({"anon_mib": round(mem.get("RssAnon", 0) / 1024, 1),
+                               "file_mib": round(mem.get("RssFile", 0) / 1024, 1),
+                               "data_mib": folder_mib(data), "points": points})
     elapsed = time.monotonic() - started
     alive = server.poll() is None
     rss_end = rss_kib(server.pid) if alive else 0
@@ -182,7 +224,8 @@ def main():
         "by_kind": {k: {"served": len(v), "p50_ms": round(pct(v, 0.5) * 1000, 1),
                         "p99_ms": round(pct(v, 0.99) * 1000, 1)} for k, v in sorted(latency.items())},
         "rss_mib": {"start": round(rss_start / 1024, 1), "peak": round(rss_peak / 1024, 1),
-                    "end": round(rss_end / 1024, 1), "each_minute": rss_samples},
+                    "end": round(rss_end / 1024, 1), "each_minute": rss_samples,
+                    "each_minute_detail": detail},
         "server_alive_at_end": alive,
     }
     print(json.dumps(report, indent=2))
