@@ -49,6 +49,15 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
         .collect();
     assert_eq!(budgets, vec![(0.5, "b50"), (0.25, "b25")]);
     for p in &m.profiles {
+        // The recorded cost is the encoder's, bridges included.
+        let flops = e
+            .model()
+            .relative_flops(&p.profile, mrl_encoder::manifest::COST_SEQ_LEN);
+        assert!(
+            (flops - p.relative_flops).abs() < 1e-9,
+            "{}: {flops}",
+            p.name
+        );
         if p.name != "full" {
             assert!(
                 p.relative_flops < 1.0,

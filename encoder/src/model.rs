@@ -809,6 +809,21 @@ impl BertModel {
             .collect()
     }
 
+    /// `profile`'s FLOPs relative to the full encoder's for one sequence of `seq` tokens
+    /// ([`Profile::relative_cost`]), its layer bridges included: one `hidden × hidden`
+    /// product per token each. What `mrl.json`'s `relative_flops` records.
+    pub fn relative_flops(&self, profile: &Profile, seq: usize) -> f64 {
+        let cfg = &self.config;
+        let bridges: usize = self
+            .bridges
+            .iter()
+            .filter(|(p, _)| p == profile)
+            .map(|(_, list)| list.len())
+            .sum();
+        let extra = bridges * 2 * profile.hidden * profile.hidden * seq;
+        (profile.flops(cfg, seq) + extra) as f64 / Profile::full(cfg).flops(cfg, seq) as f64
+    }
+
     /// The bridge `profile` runs after layer `layer`, if any.
     fn bridge_for(&self, profile: &Profile, layer: usize) -> Option<&Linear> {
         let (_, list) = self.bridges.iter().find(|(p, _)| p == profile)?;

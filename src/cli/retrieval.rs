@@ -497,7 +497,9 @@ fn evaluate_run(
             vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
         }
         let (embed_p50_ms, embed_p99_ms) = p50_p99(embed_ms);
-        let cost = qp.relative_cost(e.config(), mrl_encoder::manifest::COST_SEQ_LEN);
+        let cost = e
+            .model()
+            .relative_flops(&qp, mrl_encoder::manifest::COST_SEQ_LEN);
         // A mapped profile as wide as the documents' also runs unmapped: what the map adds.
         let mut variants = vec![mapped.clone()];
         if mapped.is_some() && e.model().output_width(&qp) == width {

@@ -275,11 +275,17 @@ impl Parent {
                     let bias = Tensor::from_vec(b.bias.clone(), hidden, &Device::Cpu)?;
                     tensors.insert(format!("{name}.bias"), bias);
                 }
-                // A bridge is one hidden × hidden product per token.
-                let n = list.len();
-                let full = Profile::full(bert).flops(bert, COST_SEQ_LEN) as f64;
-                p.relative_flops += (n * 2 * hidden * hidden * COST_SEQ_LEN) as f64 / full;
-                p.params += n * (hidden * hidden + hidden);
+                // The parent runs exactly these bridges (the recipe set them to embed with).
+                if self.embedder.model().bridges_of(&p.profile).len() != list.len() {
+                    return Err(TrainerError::Invalid(format!(
+                        "the bridges written for {pname:?} are not the ones it ran"
+                    )));
+                }
+                p.relative_flops = self
+                    .embedder
+                    .model()
+                    .relative_flops(&p.profile, COST_SEQ_LEN);
+                p.params += list.len() * (hidden * hidden + hidden);
                 p.bridges = Some(pname.clone());
                 p.fidelity = None;
             }
