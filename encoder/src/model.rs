@@ -138,11 +138,16 @@ impl Weights {
                 "{name}.weight has {outputs} outputs, fewer than the hidden width {hidden}"
             ))));
         }
-        let w = Weights {
+        Linear::load(&self.unprefixed(), name, hidden, outputs).map(Some)
+    }
+
+    /// The same tensors read by their full names: heads and bridges are mrl's own, never
+    /// under an export's `bert.` prefix.
+    fn unprefixed(&self) -> Weights {
+        Weights {
             tensors: self.tensors.clone(),
             prefix: "",
-        };
-        Linear::load(&w, name, hidden, outputs).map(Some)
+        }
     }
 
     /// Every profile head the checkpoint holds (`heads.NAME.weight`), by `NAME`.
@@ -164,13 +169,10 @@ impl Weights {
 
     /// Every layer bridge the checkpoint holds (`bridges.NAME.LAYER.weight`, `hidden ×
     /// hidden`), by `NAME`, each list in layer order.
-    fn bridges(&self) -> Result<HashMap<String, Vec<(usize, Linear)>>> {
+    fn bridges(&self) -> Result<HashMap<String, Vec<Bridge>>> {
         let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
-        let unprefixed = Weights {
-            tensors: self.tensors.clone(),
-            prefix: "",
-        };
-        let mut out: HashMap<String, Vec<(usize, Linear)>> = HashMap::new();
+        let unprefixed = self.unprefixed();
+        let mut out: HashMap<String, Vec<Bridge>> = HashMap::new();
         for (key, t) in &self.tensors {
             let Some((name, layer)) = key
                 .strip_prefix("bridges.")
@@ -188,13 +190,16 @@ impl Weights {
             if rows != cols {
                 return Err(bad(format!("{key} is {rows} × {cols}; a bridge is square")));
             }
-            let bridge = Linear::load(&unprefixed, &format!("bridges.{name}.{layer}"), cols, rows)?;
-            out.entry(name.to_string())
-                .or_default()
-                .push((layer, bridge));
+            let base = format!("bridges.{name}.{layer}");
+            let bridge = Bridge {
+                after: layer,
+                weight: unprefixed.get(&format!("{base}.weight"), &[rows, cols])?,
+                bias: unprefixed.get(&format!("{base}.bias"), &[rows])?,
+            };
+            out.entry(name.to_string()).or_default().push(bridge);
         }
         for list in out.values_mut() {
-            list.sort_by_key(|(l, _)| *l);
+            list.sort_by_key(|b| b.after);
         }
         Ok(out)
     }
@@ -615,7 +620,7 @@ pub struct BertModel {
     /// full profile never has one.
     bridges: Vec<(Profile, Vec<(usize, Linear)>)>,
     /// Bridges loaded but not yet bound, by name.
-    unbound_bridges: HashMap<String, Vec<(usize, Linear)>>,
+    unbound_bridges: HashMap<String, Vec<Bridge>>,
     /// The dense layers' arithmetic.
     precision: Precision,
     workspaces: Mutex<Vec<Workspace>>,
@@ -727,15 +732,6 @@ impl BertModel {
                 "the weights have no bridges.{name}.LAYER.weight"
             )))
         })?;
-        let bridges = bridges
-            .into_iter()
-            .map(|(l, b)| (l, b.weight, b.bias))
-            .map(|(after, weight, bias)| Bridge {
-                after,
-                weight,
-                bias,
-            })
-            .collect();
         self.set_bridges(profile, bridges)
     }
 

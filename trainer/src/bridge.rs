@@ -22,9 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::family::Parent;
 use crate::{Result, TrainerError};
 
-/// A sub-encoder's name and its bridges, in layer order.
-pub type ProfileBridges = (String, Vec<Bridge>);
-
 /// `[bridges]`: each sub-encoder gets closed-form affine maps after some of its layers
 /// (where it skips the parent's layers, and by `at` after narrowed ones), fitted before its
 /// head (`crate::bridge`).
@@ -56,25 +53,25 @@ impl BridgeSettings {
     }
 }
 
-/// Every sub-encoder's bridges when the recipe asks for them, left set on the parent so the
-/// sub-encoders are embedded through them.
+/// Fits every sub-encoder's bridges when the recipe asks for them and leaves them set on the
+/// parent, so the sub-encoders are embedded through them and the checkpoint it writes holds
+/// them; returns their reports.
 pub(crate) fn fit_sub_bridges(
     settings: Option<&BridgeSettings>,
     parent: &mut Parent,
     (train, held_out): (&[String], &[String]),
     progress: &ProgressBar,
-) -> Result<(Vec<ProfileBridges>, Vec<BridgeReport>)> {
+) -> Result<Vec<BridgeReport>> {
     let Some(b) = settings else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Vec::new());
     };
     let tokenizer = parent.embedder.tokenizer();
     let fit_on: Vec<&String> = crate::data::evenly(train, b.texts).collect();
     let report_on: Vec<&String> = held_out.iter().take(200).collect();
     let tokens = (tokenizer.encode(&fit_on)?, tokenizer.encode(&report_on)?);
-    let mut all = Vec::new();
     let mut reports = Vec::new();
     for (pname, profile) in parent.profiles.clone().iter().skip(1) {
-        let (fitted, report) = fit_bridges(
+        let (_, report) = fit_bridges(
             parent.embedder.model_mut(),
             pname,
             profile,
@@ -82,12 +79,9 @@ pub(crate) fn fit_sub_bridges(
             (b.at, b.ridge),
             progress,
         )?;
-        if !fitted.is_empty() {
-            all.push((pname.clone(), fitted));
-        }
         reports.extend(report);
     }
-    Ok((all, reports))
+    Ok(reports)
 }
 
 /// Texts per forward pass while fitting.

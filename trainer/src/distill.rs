@@ -42,8 +42,8 @@ use sha2::{Digest, Sha256};
 use crate::bridge::{fit_sub_bridges, BridgeReport, BridgeSettings};
 use crate::eval::{nearest_neighbours, neighbour_recall, EmbeddingCache};
 use crate::family::{
-    apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, Fitted,
-    HeadRun, Parent, Resume, Schedule,
+    apply, fit_linear_map, held, matmul, matrix, project_orthogonal, unit_rows, Check, HeadRun,
+    Parent, Resume, Schedule,
 };
 use crate::loss::{normalize_rows, similarity_distillation, similarity_structure};
 use crate::metrics::MetricsLog;
@@ -384,7 +384,7 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
             held_out.len()
         )));
     }
-    let (bridges, bridge_reports) = fit_sub_bridges(
+    let bridge_reports = fit_sub_bridges(
         cfg.bridges.as_ref(),
         &mut parent,
         (&train, &held_out),
@@ -440,7 +440,7 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
     }
     let provenance = serde_json::json!({
         "trained_from": cfg.parent,
-        "method": format!("frozen parent; label-free: the shared head is the rotation onto generic text's principal axes, refined by the Matryoshka-Adaptor pairwise and top-k similarity losses under an orthogonality constraint (full width exact); {}sub-encoder heads from a ridge map onto the full profile, trained toward the full profile's similarities and vectors on the same text", if bridges.is_empty() { "" } else { "sub-encoders' layer bridges fitted in closed form toward the parent's hidden states (trainer/src/bridge.rs); " }),
+        "method": format!("frozen parent; label-free: the shared head is the rotation onto generic text's principal axes, refined by the Matryoshka-Adaptor pairwise and top-k similarity losses under an orthogonality constraint (full width exact); {}sub-encoder heads from a ridge map onto the full profile, trained toward the full profile's similarities and vectors on the same text", if bridge_reports.is_empty() { "" } else { "sub-encoders' layer bridges fitted in closed form toward the parent's hidden states (trainer/src/bridge.rs); " }),
         "chosen_steps": chosen_steps.iter().cloned().collect::<std::collections::HashMap<_, _>>(),
         "widest_zeroed": parent.width > parent.hidden,
         "texts": {"train": train.len(), "held_out": held_out.len()},
@@ -454,11 +454,8 @@ pub fn fit_distill(cfg: &DistillConfig, progress: &ProgressBar) -> Result<Distil
         &cfg.parent,
         &cfg.out.join("model"),
         &cfg.nested_dims,
-        Fitted {
-            shared: &shared,
-            subs: &subs,
-            bridges: &bridges,
-        },
+        &shared,
+        &subs,
         provenance,
     )?;
     Ok(DistillSummary {

@@ -522,18 +522,15 @@ mod tests {
 
     #[test]
     fn neighbours_and_recall_agree_with_a_brute_force_count() {
+        use crate::family::{prefix_cosine, unit_rows};
         let mut rng = crate::router::Rng::new(3);
-        let data: Vec<Vec<f32>> = (0..50)
-            .map(|_| {
-                let v: Vec<f32> = (0..6).map(|_| (rng.uniform() - 0.5) as f32).collect();
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter().map(|x| x / n).collect()
-            })
-            .collect();
-        let cosine =
-            |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum() };
-        let x = candle_core::Tensor::from_vec(data.concat(), (50, 6), &candle_core::Device::Cpu)
-            .unwrap();
+        let data = unit_rows(
+            &(0..50)
+                .map(|_| (0..6).map(|_| (rng.uniform() - 0.5) as f32).collect())
+                .collect::<Vec<Vec<f32>>>(),
+        );
+        let cosine = |a: &[f32], b: &[f32]| prefix_cosine(a, b, a.len());
+        let x = Tensor::from_vec(data.concat(), (50, 6), &candle_core::Device::Cpu).unwrap();
         let near = nearest_neighbours(&x, 10).unwrap();
         for (i, n) in near.iter().enumerate() {
             let mut all: Vec<(f64, usize)> = (0..50)

@@ -39,7 +39,7 @@ use crate::{Result, TrainerError};
 pub(crate) use head::{Check, HeadRun, Resume, Schedule};
 pub use linalg::fit_linear_map;
 pub(crate) use linalg::{apply, matmul, matrix, prefix_cosine, project_orthogonal, unit_rows};
-pub(crate) use parent::{Fitted, Parent};
+pub(crate) use parent::Parent;
 pub use recipe::{
     BeirSplit, FamilyConfig, FamilySummary, GuardRow, HeadTraining, ReportRow, RotationFit,
 };

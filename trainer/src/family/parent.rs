@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use mrl_encoder::manifest::{Manifest, COST_SEQ_LEN};
-use mrl_encoder::{BertConfig, Bridge, Embedder, Profile};
+use mrl_encoder::{BertConfig, Embedder, Profile};
 
 use super::recipe::{BeirSplit, FamilyConfig, GuardRow, ReportRow, RotationFit};
 use super::run::Heads;
@@ -15,16 +15,6 @@ use super::sets::{held, Cached, Guard, Split};
 use crate::data::BeirDataset;
 use crate::eval::{embed_cached, EmbeddingCache};
 use crate::{Result, TrainerError};
-
-/// What a family checkpoint adds to its parent's weights.
-pub(crate) struct Fitted<'a> {
-    /// The shared head, `width × hidden`.
-    pub(crate) shared: &'a [f32],
-    /// Each sub-encoder's own head, `width × hidden`, by profile name.
-    pub(crate) subs: &'a [(String, Vec<f32>)],
-    /// Each sub-encoder's layer bridges, by profile name (none in the in-domain recipe).
-    pub(crate) bridges: &'a [(String, Vec<Bridge>)],
-}
 
 /// The frozen parent: its encoder and manifest, and the profiles the family carries.
 pub(crate) struct Parent {
@@ -202,20 +192,18 @@ impl Parent {
             &cfg.parent,
             &cfg.out.join("model"),
             &cfg.nested_dims,
-            Fitted {
-                shared: &heads.shared,
-                subs: &subs,
-                bridges: &[],
-            },
+            &heads.shared,
+            &subs,
             self.provenance(cfg, heads, report, guard_rows),
         )
     }
 
     /// Writes a checkpoint to `model_dir` (replaced if present): the parent's weights (read
-    /// from `parent_dir`, less any bridges it had) with the shared head (`width × hidden`,
-    /// row-major), each sub-encoder's own head and its layer bridges
-    /// (`bridges.NAME.LAYER.*`); a bridged profile's params and relative FLOPs count its
-    /// bridges and its fidelity (measured without them) is dropped. The manifest keeps the
+    /// from `parent_dir`) with the shared head `shared` (`width × hidden`, row-major), each
+    /// sub-encoder's own head, and the layer bridges each sub-encoder runs in the parent now
+    /// (`bridges.NAME.LAYER.*`; those its heads were fitted through, in place of any the
+    /// file had); a bridged profile's params and relative FLOPs count its bridges and its
+    /// fidelity (measured without them) is dropped. The manifest keeps the
     /// parent's ranking and the budgets of the profiles carried (the calibration's, before
     /// bridges), and declares no alignment (alignment is earned on dev sets by `judge`,
     /// never declared by a fit).
@@ -226,19 +214,14 @@ impl Parent {
         parent_dir: &Path,
         model_dir: &Path,
         nested_dims: &[usize],
-        fitted: Fitted<'_>,
+        shared: &[f32],
+        subs: &[(String, Vec<f32>)],
         provenance: serde_json::Value,
     ) -> Result<()> {
-        let Fitted {
-            shared,
-            subs,
-            bridges,
-        } = fitted;
         let (width, hidden, bert) = (self.width, self.hidden, &self.bert);
         let mut tensors =
             candle_core::safetensors::load(parent_dir.join("model.safetensors"), &Device::Cpu)?;
-        // A parent's own bridges were fitted for its heads, not these: the new checkpoint
-        // has only the ones passed here.
+        // The bridges written are the ones the parent runs now (below), whatever the file had.
         tensors.retain(|k, _| !k.starts_with("bridges."));
         let zeros = Tensor::zeros(width, DType::F32, &Device::Cpu)?;
         let put = |t: &mut HashMap<String, Tensor>, name: &str, w: Vec<f32>| -> Result<()> {
@@ -267,25 +250,20 @@ impl Parent {
             let mut p = crate::calibrate::named(pname.clone(), profile, bert, None);
             p.fidelity = self.manifest.profile(pname).and_then(|q| q.fidelity);
             p.head = Some(pname.clone());
-            if let Some((_, list)) = bridges.iter().find(|(n, _)| n == pname) {
+            let list = self.embedder.model().bridges_of(&p.profile);
+            if !list.is_empty() {
+                p.params += list.len() * (hidden * hidden + hidden);
                 for b in list {
                     let name = format!("bridges.{pname}.{}", b.after);
-                    let w = Tensor::from_vec(b.weight.clone(), (hidden, hidden), &Device::Cpu)?;
+                    let w = Tensor::from_vec(b.weight, (hidden, hidden), &Device::Cpu)?;
                     tensors.insert(format!("{name}.weight"), w);
-                    let bias = Tensor::from_vec(b.bias.clone(), hidden, &Device::Cpu)?;
+                    let bias = Tensor::from_vec(b.bias, hidden, &Device::Cpu)?;
                     tensors.insert(format!("{name}.bias"), bias);
-                }
-                // The parent runs exactly these bridges (the recipe set them to embed with).
-                if self.embedder.model().bridges_of(&p.profile).len() != list.len() {
-                    return Err(TrainerError::Invalid(format!(
-                        "the bridges written for {pname:?} are not the ones it ran"
-                    )));
                 }
                 p.relative_flops = self
                     .embedder
                     .model()
                     .relative_flops(&p.profile, COST_SEQ_LEN);
-                p.params += list.len() * (hidden * hidden + hidden);
                 p.bridges = Some(pname.clone());
                 p.fidelity = None;
             }
