@@ -39,6 +39,25 @@ fn scifact_lines(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `(id, text)` of BEIR lines as the indexer makes them (title and text joined).
+fn id_and_text(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let text = format!(
+                "{} {}",
+                v["title"].as_str().unwrap(),
+                v["text"].as_str().unwrap()
+            );
+            (
+                v["_id"].as_str().unwrap().to_string(),
+                text.trim().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Writes the corpus with malformed lines at known places; returns the valid ids and the
 /// (1-based) numbers of the malformed lines.
 fn corpus_with_bad_lines(path: &Path, n: usize) -> (HashSet<String>, Vec<usize>) {
@@ -300,6 +319,102 @@ fn a_three_node_cluster_filled_by_two_workers_survives_a_killed_node() {
     nodes[2].restart();
     assert_eq!(count(&s), 300);
     assert_eq!(top10(&s), before);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two processes share one adaptive collection on a Qdrant server through its re-nests:
+/// `mrl index --part 1/2` fills half a corpus while `mrl serve` takes the other half over HTTP
+/// and answers searches, and either may re-nest (the collection re-nests at 16 documents and
+/// again each time it doubles, at least four times). A search for an acknowledged document's own text at a rotated size
+/// finds it with cosine 1: a point whose rotated vector was cut under another rotation, or is
+/// missing from the slot searched, would not be. At the end the collection holds every
+/// document, each found so, under the rotation both processes agree on.
+#[test]
+fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
+    let dir = scratch("shared-renest");
+    let qdrant = QdrantServer::start(&common::shared());
+    let url = qdrant.url();
+    let s = Server::start_with(&dir.join("serve"), &["--qdrant-url", &url]);
+    s.ok(
+        "PUT",
+        "/collections/docs",
+        json!({"dims": [64, 384], "adapt": true, "adapt_threshold": 16}),
+    );
+    let lines = scifact_lines(480);
+    let input = dir.join("corpus.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let docs = id_and_text(&lines);
+    let worker = index_cmd(
+        &dir.join("job"),
+        &input,
+        &["--part", "1/2", "--batch", "8", "--qdrant-url", &url],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Found by its own text at 64 dims (rotated), as the top hit with cosine 1.
+    let found = |(id, text): &(String, String)| {
+        let v = s.ok(
+            "POST",
+            "/collections/docs/search",
+            json!({"query": text, "dim": 64, "limit": 1, "exact": true}),
+        );
+        let hit = &v["hits"][0];
+        assert_eq!(hit["id"].as_str(), Some(id.as_str()), "{id}: {v}");
+        let score = hit["score"].as_f64().unwrap();
+        assert!(
+            score > 0.999,
+            "{id} scores {score} against its own text: {v}"
+        );
+    };
+    let mine: Vec<&(String, String)> = docs.iter().skip(1).step_by(2).collect();
+    let mut acknowledged: Vec<&(String, String)> = Vec::new();
+    for (i, batch) in mine.chunks(8).enumerate() {
+        let batch: Vec<(String, String)> = batch.iter().map(|d| (*d).clone()).collect();
+        s.add_documents("docs", &batch);
+        acknowledged.extend(mine.iter().skip(i * 8).take(batch.len()));
+        // An early document and the latest, while the other process writes and re-nests.
+        found(acknowledged[(i * 5) % acknowledged.len()]);
+        found(acknowledged[acknowledged.len() - 1]);
+    }
+    let out = worker.wait_with_output().unwrap();
+    assert_eq!(summary(&out)["indexed"], 240);
+    let start = Instant::now();
+    let info = loop {
+        let info = s.ok("GET", "/collections/docs", Value::Null);
+        // The last fit is due once the collection doubles past the one before.
+        if info["rotation"]["points"].as_u64() >= Some(240) && info.get("renest").is_none() {
+            break info;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{info}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(info["count"], 480, "{info}");
+    assert!(info["rotation"]["version"].as_u64() >= Some(4), "{info}");
+    for d in &docs {
+        found(d);
+    }
+
+    // A third process (this one) re-nests; the server learns of it from its next write, which
+    // fills the new rotation's slot: a process that searches afresh finds what it wrote.
+    let third = mrl::IndexConfig::new(dir.join("third"), "docs")
+        .qdrant(&url, None)
+        .dims(vec![64, 384])
+        .adapt(Some(16))
+        .open(common::embedder().clone())
+        .unwrap();
+    let before = info["rotation"]["version"].as_u64().unwrap();
+    assert_eq!(third.collection().renest_now().unwrap().version, before + 1);
+    let late = id_and_text(&scifact_lines(496)[480..]);
+    s.add_documents("docs", &late);
+    let opts = mrl::SearchOptions::new(64, 1).exact(true);
+    for (id, text) in late.iter().chain(docs.iter().step_by(16)) {
+        let hits = third.search_with(text, &opts).unwrap();
+        assert_eq!(hits[0].id, *id, "{hits:?}");
+        assert!(hits[0].score > 0.999, "{id}: {hits:?}");
+    }
     s.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,8 +18,8 @@ fn shared() -> PathBuf {
 }
 
 use mrl_core::store::{
-    CollectionSpec, Distance, EdgeStore, HnswSize, Layout, RemoteStore, StoreError, StoredDocument,
-    VectorQuery, VectorStore,
+    Adapt, CollectionSpec, Distance, EdgeStore, Epoch, HnswSize, Layout, PointUpdate, RemoteStore,
+    RotationInfo, StoreError, StoredDocument, StoredRotation, VectorQuery, VectorStore,
 };
 use serde_json::{json, Map, Value};
 
@@ -102,8 +102,11 @@ fn exercise(store: &dyn VectorStore, name: &str) {
     assert_eq!(hits[0].text, "text 3");
     assert_eq!(hits[0].payload["group"], "odd");
     assert!(
-        !hits[0].payload.contains_key("_id"),
-        "the store's own keys stay inside"
+        ["_id", "_text", "_mrl_w"]
+            .iter()
+            .all(|k| !hits[0].payload.contains_key(*k)),
+        "the store's own keys stay inside: {:?}",
+        hits[0].payload
     );
     for h in hits.windows(2) {
         assert!(h[0].score >= h[1].score);
@@ -203,6 +206,173 @@ fn remote_store_on_a_real_qdrant_server() {
     let store = RemoteStore::connect(&url, std::env::var("QDRANT_API_KEY").ok())
         .unwrap_or_else(|e| panic!("{url}: {e}"));
     exercise(&store, &format!("mrl-suite-{}", std::process::id()));
+}
+
+/// A `w × w` matrix with `k` on the diagonal: rotations told apart by their matrices.
+fn rotation(version: u64, k: f32) -> StoredRotation {
+    let w = 16;
+    let m: Vec<f32> = (0..w * w)
+        .map(|i| if i / w == i % w { k } else { 0.0 })
+        .collect();
+    let info = RotationInfo {
+        version,
+        fitted_at: "2026-12-03T00:00:00Z".into(),
+        points: 4,
+        sample: 4,
+        seconds: 0.0,
+        queries: Vec::new(),
+        nesting: None,
+    };
+    StoredRotation::new(info, &m)
+}
+
+/// Two clients of one server, as two processes: one claim at a time wins; the other sees the
+/// claim and reads its pending rotation; a page rewrite skips a point written again since it
+/// was read and a point deleted since; a claim whose lease ran out is taken over, and the
+/// claimant taken over can neither renew nor finish; an abandoned claim leaves the current
+/// rotation; every change moves the epoch.
+#[test]
+fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
+    let server = QdrantServer::start(&shared());
+    let a = RemoteStore::connect(&server.url(), None).unwrap();
+    let b = RemoteStore::connect(&server.url(), None).unwrap();
+    let name = "shared";
+    let spec = CollectionSpec {
+        adapt: Some(Adapt { threshold: 1 }),
+        ..spec()
+    };
+    a.create(name, &spec).unwrap();
+    a.upsert(name, (0..4).map(doc).collect()).unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    let start = a.shared(name).unwrap().expect("a server is shared");
+    assert_eq!(start.epoch, Epoch::default());
+    assert!(!start.lease_live);
+
+    let claim = a
+        .claim(name, &start.epoch, &rotation(1, 1.0), lease)
+        .unwrap()
+        .expect("the first claim wins");
+    assert_eq!(
+        claim,
+        Epoch {
+            claims: 1,
+            current: 0,
+            pending: Some(1)
+        }
+    );
+    assert_eq!(
+        b.claim(name, &start.epoch, &rotation(1, 2.0), lease)
+            .unwrap(),
+        None,
+        "a claim from an epoch that moved loses"
+    );
+    let seen = b.shared(name).unwrap().unwrap();
+    assert_eq!((seen.epoch, seen.lease_live), (claim, true));
+    assert_eq!(
+        b.claim(name, &seen.epoch, &rotation(1, 2.0), lease)
+            .unwrap(),
+        None,
+        "a live claim is not taken over"
+    );
+    assert_eq!(
+        b.pending_rotation(name, &claim).unwrap(),
+        Some(rotation(1, 1.0)),
+        "the winner's rotation, not the loser's"
+    );
+
+    // A page read by `a`; then `b` writes doc 0 again and deletes doc 1.
+    let (page, _) = a.scroll_vectors(name, "d16", None, 10, false).unwrap();
+    assert_eq!(page.len(), 4);
+    assert!(page.iter().all(|p| p.written.is_some()), "{page:?}");
+    b.upsert(name, vec![doc(0)]).unwrap();
+    b.delete_documents(name, &["doc-1".to_string()]).unwrap();
+    let updates = page
+        .into_iter()
+        .map(|p| PointUpdate {
+            vectors: vec![("d8_1".into(), vector(7, 8))],
+            id: p.id,
+            written: p.written,
+        })
+        .collect();
+    a.update_vectors(name, updates).unwrap();
+    let (rewritten, _) = b.scroll_vectors(name, "d8_1", None, 10, false).unwrap();
+    let mut ids: Vec<String> = rewritten.into_iter().map(|p| p.id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["doc-2", "doc-3"],
+        "doc-0 was written since, doc-1 deleted"
+    );
+    assert_eq!(
+        b.info(name).unwrap().count,
+        3,
+        "the store's own points are not counted"
+    );
+
+    assert!(a.renew(name, &claim, lease).unwrap());
+    assert!(a.finish(name, &claim, &rotation(1, 1.0)).unwrap());
+    let switched = Epoch {
+        claims: 1,
+        current: 1,
+        pending: None,
+    };
+    assert_eq!(b.shared(name).unwrap().unwrap().epoch, switched);
+    assert_eq!(b.rotation(name).unwrap(), Some(rotation(1, 1.0)));
+    assert_eq!(b.info(name).unwrap().rotation.map(|r| r.version), Some(1));
+    assert!(
+        !a.finish(name, &claim, &rotation(1, 1.0)).unwrap(),
+        "once only"
+    );
+
+    // A claim with no time left on its lease is taken over.
+    let stale = a
+        .claim(
+            name,
+            &switched,
+            &rotation(2, 3.0),
+            std::time::Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let taken = b
+        .claim(name, &stale, &rotation(2, 4.0), lease)
+        .unwrap()
+        .expect("an expired claim is taken over");
+    assert_eq!(taken.claims, 3);
+    assert!(!a.renew(name, &stale, lease).unwrap());
+    assert!(!a.finish(name, &stale, &rotation(2, 3.0)).unwrap());
+    a.abandon(name, &stale).unwrap();
+    assert_eq!(
+        a.shared(name).unwrap().unwrap().epoch,
+        taken,
+        "nothing changed"
+    );
+    assert_eq!(
+        a.pending_rotation(name, &taken).unwrap(),
+        Some(rotation(2, 4.0))
+    );
+    assert!(b.finish(name, &taken, &rotation(2, 4.0)).unwrap());
+    assert_eq!(a.rotation(name).unwrap(), Some(rotation(2, 4.0)));
+
+    // An abandoned claim leaves the rotation in force, and moves the epoch.
+    let now = a.shared(name).unwrap().unwrap().epoch;
+    let given_up = a
+        .claim(name, &now, &rotation(3, 5.0), lease)
+        .unwrap()
+        .unwrap();
+    a.abandon(name, &given_up).unwrap();
+    let after = b.shared(name).unwrap().unwrap();
+    assert_eq!(
+        after.epoch,
+        Epoch {
+            claims: 4,
+            current: 2,
+            pending: None
+        }
+    );
+    assert_ne!(after.epoch, now);
+    assert_eq!(b.rotation(name).unwrap(), Some(rotation(2, 4.0)));
 }
 
 /// Large-collection options: a Qdrant server applies them (as its own REST API reports) and

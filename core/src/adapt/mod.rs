@@ -27,8 +27,9 @@
 //! - kill -9 before the switch leaves the old rotation in force (the half-written idle slot is
 //!   never read); the next open sees the collection is still due and re-nests again.
 //!
-//! The coordination is per process: two processes writing one adaptive collection on a Qdrant
-//! server do not see each other's re-nests.
+//! Those locks order what one process does. Processes that share a collection on a Qdrant
+//! server also go by the store's epoch: each write and search is checked against it after it
+//! ran, and a re-nest claims its version in the store first (`shared` says how and why).
 //!
 //! Query maps: each fit also aligns the checkpoint's other profiles (`b50`, `b25`, …) with the
 //! documents' profile on the collection's own texts. Query-like spans cut from a sample of
@@ -57,13 +58,14 @@ use serde_json::Value;
 
 mod learn;
 mod maps;
+mod shared;
 
 use crate::documents::Document;
 use crate::error::{Error, Result};
 use crate::store::{
-    encode_f32, CollectionInfo, CollectionSpec, Funnel, Hit, QueryMapInfo, RenestProgress,
-    RotationInfo, SearchParams, StoreError, StoredDocument, StoredRotation, VectorQuery,
-    VectorStore,
+    encode_f32, CollectionInfo, CollectionSpec, Epoch, Funnel, Hit, PointUpdate, QueryMapInfo,
+    RenestProgress, RotationInfo, SearchParams, StoreError, StoredDocument, StoredRotation,
+    VectorQuery, VectorStore,
 };
 
 /// Points read and rewritten per step of a re-nest (one store write each).
@@ -125,6 +127,43 @@ struct Current {
 }
 
 impl Current {
+    /// The rotation `stored` (`None`: none yet) of collection `name`, as loaded.
+    ///
+    /// Errors: `Store` when the matrix is malformed or not as wide as the full width.
+    fn from_stored(
+        name: &str,
+        spec: &CollectionSpec,
+        stored: Option<StoredRotation>,
+    ) -> Result<Self> {
+        let Some(stored) = stored else {
+            return Ok(Self::default());
+        };
+        // A matrix not `w × w` (another full width) is refused here, by name.
+        let w = spec.widest();
+        let rotation = LinearMap::from_matrix_f32(w, w, &stored.matrix_f32()?)
+            .map_err(|e| StoreError::Storage(format!("{name:?}'s rotation: {e}")))?;
+        let mut maps = HashMap::new();
+        // A map is an option, not the collection: one that cannot be read is left out
+        // (its profile's searches are refused, or ruled by the checkpoint) and the
+        // collection still opens.
+        for (profile, matrix) in stored.maps_f32().unwrap_or_else(|e| {
+            tracing::warn!("{name:?}: its query maps cannot be read: {e}");
+            Default::default()
+        }) {
+            match LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix) {
+                Ok(map) => {
+                    maps.insert(profile, map);
+                }
+                Err(e) => tracing::warn!("{name:?}: {profile:?} query map left out: {e}"),
+            }
+        }
+        Ok(Self {
+            rotation: Some(rotation),
+            info: Some(stored.info),
+            maps,
+        })
+    }
+
     fn version(&self) -> u64 {
         self.info.as_ref().map_or(0, |i| i.version)
     }
@@ -258,6 +297,9 @@ pub struct Adapter {
     estimate: Mutex<usize>,
     /// What fits query maps (`None`: no maps, e.g. a collection opened without a model).
     encoder: Option<Arc<dyn QueryEncoder>>,
+    /// For an adaptive collection in a store other processes write too: what this process
+    /// last saw of its epoch (`None`: one process only).
+    seen: Option<Mutex<shared::Seen>>,
 }
 
 /// Clears the `running` flag when dropped, a panic included, so waiters never spin forever.
@@ -285,40 +327,17 @@ impl Adapter {
         let CollectionInfo {
             name, spec, count, ..
         } = info;
+        // The epoch before the rotation: a rotation newer than it is caught by the first check.
+        let shared = match spec.adapt {
+            Some(_) => store.shared(&name)?,
+            None => None,
+        };
         let stored = match spec.adapt {
             Some(_) => store.rotation(&name)?,
             None => None,
         };
-        let current = match stored {
-            Some(stored) => {
-                // A matrix not `w × w` (another full width) is refused here, by name.
-                let w = spec.widest();
-                let rotation = LinearMap::from_matrix_f32(w, w, &stored.matrix_f32()?)
-                    .map_err(|e| StoreError::Storage(format!("{name:?}'s rotation: {e}")))?;
-                let mut maps = HashMap::new();
-                // A map is an option, not the collection: one that cannot be read is left out
-                // (its profile's searches are refused, or ruled by the checkpoint) and the
-                // collection still opens.
-                for (profile, matrix) in stored.maps_f32().unwrap_or_else(|e| {
-                    tracing::warn!("{name:?}: its query maps cannot be read: {e}");
-                    Default::default()
-                }) {
-                    match LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix) {
-                        Ok(map) => {
-                            maps.insert(profile, map);
-                        }
-                        Err(e) => tracing::warn!("{name:?}: {profile:?} query map left out: {e}"),
-                    }
-                }
-                Current {
-                    rotation: Some(rotation),
-                    info: Some(stored.info),
-                    maps,
-                }
-            }
-            None => Current::default(),
-        };
-        Ok(Self {
+        let current = Current::from_stored(&name, &spec, stored)?;
+        let adapter = Self {
             store,
             name,
             spec,
@@ -330,7 +349,17 @@ impl Adapter {
             closed: AtomicBool::new(false),
             estimate: Mutex::new(count),
             encoder,
-        })
+            seen: shared.map(|s| {
+                Mutex::new(shared::Seen {
+                    epoch: s.epoch,
+                    filling: None,
+                })
+            }),
+        };
+        if let Some(epoch) = adapter.seen_epoch().filter(|e| e.pending.is_some()) {
+            adapter.refresh(epoch)?;
+        }
+        Ok(adapter)
     }
 
     /// The width of `profile`'s vectors that the current fit maps into the documents' space
@@ -394,25 +423,29 @@ impl Adapter {
         {
             let pending = self.lock_writes();
             self.check_open()?;
-            let current = self.current();
             let filling = pending.as_ref().and_then(|g| g.as_ref().cloned());
-            let stored = docs
-                .into_iter()
-                .zip(vectors)
-                .map(|(d, v)| {
-                    let mut named = current.nest(&self.spec, &v, &self.spec.dims)?;
-                    if let Some(next) = &filling {
-                        named.extend(next.nest(&self.spec, &v, &self.spec.rotated_dims())?);
-                    }
-                    Ok(StoredDocument {
-                        id: d.id,
-                        text: d.text,
-                        payload: d.payload,
-                        vectors: named,
+            self.under_one_epoch(|| {
+                let current = self.current();
+                // This process's re-nest, else another process's.
+                let filling = filling.clone().or_else(|| self.seen_filling());
+                let stored = docs
+                    .iter()
+                    .zip(&vectors)
+                    .map(|(d, v)| {
+                        let mut named = current.nest(&self.spec, v, &self.spec.dims)?;
+                        if let Some(next) = &filling {
+                            named.extend(next.nest(&self.spec, v, &self.spec.rotated_dims())?);
+                        }
+                        Ok(StoredDocument {
+                            id: d.id.clone(),
+                            text: d.text.clone(),
+                            payload: d.payload.clone(),
+                            vectors: named,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            self.store.upsert(&self.name, stored)?;
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.store.upsert(&self.name, stored)?)
+            })?;
         }
         *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) += n;
         self.after_write();
@@ -434,8 +467,10 @@ impl Adapter {
     pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
         let _searching = self.searches.read().unwrap_or_else(|e| e.into_inner());
         self.check_open()?;
-        let query = self.current().query(&self.spec, q)?;
-        Ok(self.store.search(&self.name, &query)?)
+        self.under_one_epoch(|| {
+            let query = self.current().query(&self.spec, q)?;
+            Ok(self.store.search(&self.name, &query)?)
+        })
     }
 
     /// The collection's definition and size now, with a re-nest running in this process.
@@ -476,7 +511,7 @@ impl Adapter {
             .spawn(move || {
                 {
                     let _running = Running(&me.running);
-                    if let Err(e) = me.renest_due() {
+                    if let Err(e) = me.renest_due(false) {
                         metrics::counter!("mrl_renest_failures_total").increment(1);
                         tracing::warn!("re-nesting {:?} failed: {e}", me.name);
                         return;
@@ -503,10 +538,13 @@ impl Adapter {
     /// Waits for a running re-nest, then runs any that is due on this thread: returns once
     /// the collection is under the rotation its size calls for (bulk loaders end with it).
     ///
+    /// A collection shared with other processes also waits for a re-nest another process
+    /// is running.
+    ///
     /// Errors: the failed re-nest's (the old rotation stays in force).
     pub fn finish(&self) -> Result<()> {
         let _running = self.wait_running();
-        self.renest_due()
+        self.renest_due(true)
     }
 
     /// Re-nests now, whatever the collection's size (after a bulk load that has not doubled
@@ -522,26 +560,56 @@ impl Adapter {
             ));
         }
         let _running = self.wait_running();
-        let count = self.store.info(&self.name)?.count;
-        self.renest(count)
+        loop {
+            self.wait_for_other_claims()?;
+            let count = self.store.info(&self.name)?.count;
+            if let Some(info) = self.renest(count)? {
+                return Ok(info);
+            }
+        }
     }
 
-    /// Re-nests while the collection is due (it may have doubled again meanwhile).
-    fn renest_due(&self) -> Result<()> {
+    /// Re-nests while the collection is due (it may have doubled again meanwhile). Where
+    /// another process is re-nesting it, `wait` waits for that one and looks again; else
+    /// this leaves the collection to it.
+    fn renest_due(&self, wait: bool) -> Result<()> {
         loop {
+            if wait {
+                self.wait_for_other_claims()?;
+            } else if self.seen.is_some() {
+                // Due by the rotation in force, which another process may have moved.
+                self.refresh(self.shared_now()?)?;
+            }
             let count = self.store.info(&self.name)?.count;
             *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) = count;
             if count < self.next_due() {
                 return Ok(());
             }
-            self.renest(count)?;
+            if self.renest(count)?.is_none() && !wait {
+                return Ok(());
+            }
         }
     }
 
-    /// Fits the next version on the collection's `count` documents and switches to it.
-    fn renest(&self, count: usize) -> Result<RotationInfo> {
+    /// Fits the next version on the collection's `count` documents and switches to it;
+    /// `None` when another process is re-nesting the collection or moved first (this
+    /// process's view is then up to date).
+    fn renest(&self, count: usize) -> Result<Option<RotationInfo>> {
         let start = Instant::now();
-        let version = self.current().version() + 1;
+        let seen = match &self.seen {
+            Some(_) => {
+                let now = self.store.shared(&self.name)?.ok_or_else(|| {
+                    Error::Internal("a shared collection's store stopped sharing; a bug".into())
+                })?;
+                self.refresh(now.epoch)?;
+                if now.epoch.pending.is_some() && now.lease_live {
+                    return Ok(None);
+                }
+                Some(now.epoch)
+            }
+            None => None,
+        };
+        let version = seen.map_or_else(|| self.current().version(), |e| e.current) + 1;
         let widest = self.spec.widest();
         let full_name = self.spec.vector_name(widest, 0);
         self.set_progress(Some(RenestProgress {
@@ -549,7 +617,8 @@ impl Adapter {
             done: 0,
             total: count,
         }));
-        let result = (|| -> Result<RotationInfo> {
+        let mut claim = None;
+        let result = (|| -> Result<Option<RotationInfo>> {
             let mut sample = Vec::new();
             // (text, index into `sample`) of the first documents with text.
             let mut texts: Vec<(String, usize)> = Vec::new();
@@ -610,6 +679,32 @@ impl Adapter {
                 queries,
                 nesting: Some(nesting.info),
             };
+            let stored_with = |info: &RotationInfo| {
+                let mut stored = StoredRotation::new(info.clone(), &matrix);
+                stored.maps = maps
+                    .iter()
+                    .map(|(p, m)| (p.clone(), encode_f32(&m.matrix_f32())))
+                    .collect::<BTreeMap<_, _>>();
+                stored
+            };
+            if let Some(seen) = seen {
+                // Other processes fill the new slot from here on, so it is claimed first.
+                info.seconds = start.elapsed().as_secs_f64();
+                match self
+                    .store
+                    .claim(&self.name, &seen, &stored_with(&info), shared::LEASE)?
+                {
+                    Some(c) => {
+                        self.set_seen(c, None);
+                        claim = Some(c);
+                    }
+                    None => {
+                        let now = self.shared_now()?;
+                        self.refresh(now)?;
+                        return Ok(None);
+                    }
+                }
+            }
             let filling = Arc::new(Current {
                 rotation: rotation.clone(),
                 info: Some(info.clone()),
@@ -622,7 +717,16 @@ impl Adapter {
             let rotated = self.spec.rotated_dims();
             let mut offset = None;
             let mut done = 0;
+            let mut renewed = Instant::now();
             loop {
+                if let Some(c) = &claim {
+                    if renewed.elapsed() > shared::LEASE / 4 {
+                        if !self.store.renew(&self.name, c, shared::LEASE)? {
+                            return Err(self.claim_lost(c));
+                        }
+                        renewed = Instant::now();
+                    }
+                }
                 let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
                 self.check_open()?;
                 let (page, next_page) = self
@@ -631,7 +735,13 @@ impl Adapter {
                 done += page.len();
                 let updates = page
                     .into_iter()
-                    .map(|p| Ok((p.id, filling.nest(&self.spec, &p.vector, &rotated)?)))
+                    .map(|p| {
+                        Ok(PointUpdate {
+                            vectors: filling.nest(&self.spec, &p.vector, &rotated)?,
+                            id: p.id,
+                            written: p.written,
+                        })
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 if !updates.is_empty() {
                     self.store.update_vectors(&self.name, updates)?;
@@ -650,23 +760,47 @@ impl Adapter {
             let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             self.check_open()?;
             info.seconds = start.elapsed().as_secs_f64();
-            let mut stored = StoredRotation::new(info.clone(), &matrix);
-            stored.maps = maps
-                .iter()
-                .map(|(p, m)| (p.clone(), encode_f32(&m.matrix_f32())))
-                .collect::<BTreeMap<_, _>>();
-            self.store.set_rotation(&self.name, &stored)?;
+            let stored = stored_with(&info);
+            match claim {
+                Some(c) => {
+                    if !self.store.finish(&self.name, &c, &stored)? {
+                        return Err(self.claim_lost(&c));
+                    }
+                    claim = None;
+                    self.set_seen(
+                        Epoch {
+                            claims: c.claims,
+                            current: version,
+                            pending: None,
+                        },
+                        None,
+                    );
+                }
+                None => self.store.set_rotation(&self.name, &stored)?,
+            }
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
                 rotation,
                 info: Some(info.clone()),
                 maps,
             });
             *writes = None;
-            Ok(info)
+            Ok(Some(info))
         })();
         *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.set_progress(None);
-        let info = result?;
+        if let Some(c) = claim {
+            // Failed after its claim: others need not wait for the lease to run out.
+            if let Err(e) = self.store.abandon(&self.name, &c) {
+                tracing::warn!(
+                    "{:?}: cannot give up re-nest claim {}: {e}",
+                    self.name,
+                    c.claims
+                );
+            }
+        }
+        let Some(info) = result? else {
+            return Ok(None);
+        };
         let seconds = start.elapsed().as_secs_f64();
         metrics::counter!("mrl_renests_total").increment(1);
         metrics::histogram!("mrl_renest_seconds").record(seconds);
@@ -677,7 +811,7 @@ impl Adapter {
             info.sample,
             info.points
         );
-        Ok(info)
+        Ok(Some(info))
     }
 
     /// Query maps for the checkpoint's other profiles, fitted on query-like spans of `texts`

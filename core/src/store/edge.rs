@@ -621,6 +621,7 @@ impl VectorStore for EdgeStore {
                         id,
                         vector: v,
                         text,
+                        written: None,
                     });
                 }
             }
@@ -637,10 +638,12 @@ impl VectorStore for EdgeStore {
         let n = points.len();
         let points = points
             .into_iter()
-            .map(|(id, vectors)| PointVectorsPersisted {
-                id: point_id(&id),
+            // One process owns the folder: its re-nest pages are ordered with its writes by
+            // `adapt`'s lock, so write tokens are not needed here.
+            .map(|p| PointVectorsPersisted {
+                id: point_id(&p.id),
                 vector: VectorStructPersisted::Named(
-                    vectors
+                    p.vectors
                         .into_iter()
                         .map(|(k, v)| (k, VectorPersisted::Dense(v)))
                         .collect(),

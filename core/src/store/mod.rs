@@ -46,6 +46,7 @@ impl Hit {
             Some(Value::String(s)) => s,
             _ => String::new(),
         };
+        payload.remove(WRITE_KEY);
         Self {
             id,
             score,
@@ -58,6 +59,10 @@ impl Hit {
 /// Payload keys the stores own: the caller's id and the text.
 pub(crate) const ID_KEY: &str = "_id";
 pub(crate) const TEXT_KEY: &str = "_text";
+/// A point's write token (a Qdrant server's points only): a fresh random integer on every
+/// upsert, so a re-nest in another process rewrites a page only where no write came since it
+/// read it (`PointUpdate::written`).
+pub(crate) const WRITE_KEY: &str = "_mrl_w";
 
 /// A stable point id for a caller's id (Qdrant wants integers or UUIDs): the first 16 bytes
 /// of its SHA-256, the same in every store.
@@ -655,12 +660,117 @@ pub trait VectorStore: Send + Sync {
         text: bool,
     ) -> Result<VectorPage>;
     /// Replaces the given named vectors of existing points by caller id, leaving their other
-    /// vectors and payload as they are; durable when it returns.
+    /// vectors and payload as they are; durable when it returns. A point written again since
+    /// it was scrolled (its write token is no longer `written`, where the store keeps tokens)
+    /// or deleted since is left as it is.
     fn update_vectors(&self, name: &str, points: Vec<PointUpdate>) -> Result<()>;
+
+    /// Where the collection stands in its re-nests when several processes may write it (a
+    /// Qdrant server); `None` for a store only this process opens (the embedded one), where
+    /// the in-process locks of `adapt` are all the coordination there is.
+    ///
+    /// Errors: the store's.
+    fn shared(&self, name: &str) -> Result<Option<Shared>> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Claims the collection's next re-nest, filling `rotation` (whose version is
+    /// `seen.current + 1`), if the collection is still at `seen` and no other claim's lease is
+    /// live; stores `rotation` where `pending_rotation` reads it. `Some(epoch)`: this call
+    /// won, and `epoch` is the claim (renewed with `renew`, ended by `finish` or `abandon`);
+    /// `None`: another process moved first.
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn claim(
+        &self,
+        name: &str,
+        seen: &Epoch,
+        rotation: &StoredRotation,
+        lease: std::time::Duration,
+    ) -> Result<Option<Epoch>> {
+        let _ = (seen, rotation, lease);
+        Err(not_shared(name))
+    }
+
+    /// The rotation that claim `epoch` fills; `None` while its claimant has not stored it
+    /// yet (or when `epoch` has no pending version).
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn pending_rotation(&self, name: &str, epoch: &Epoch) -> Result<Option<StoredRotation>> {
+        let _ = epoch;
+        Err(not_shared(name))
+    }
+
+    /// Extends claim `claim`'s lease to `lease` from now; `false` when it is no longer the
+    /// collection's claim (its lease ran out and another process took over).
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn renew(&self, name: &str, claim: &Epoch, lease: std::time::Duration) -> Result<bool> {
+        let _ = (claim, lease);
+        Err(not_shared(name))
+    }
+
+    /// Switches the collection to claim `claim`'s rotation (`rotation`, as `claim` stored
+    /// it), at once for every process, if `claim` still holds; `false` when it does not (and
+    /// nothing changed).
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn finish(&self, name: &str, claim: &Epoch, rotation: &StoredRotation) -> Result<bool> {
+        let _ = (claim, rotation);
+        Err(not_shared(name))
+    }
+
+    /// Ends claim `claim` without a switch (a failed re-nest), so other processes need not
+    /// wait for its lease to run out; nothing when it no longer holds.
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn abandon(&self, name: &str, claim: &Epoch) -> Result<()> {
+        let _ = claim;
+        Err(not_shared(name))
+    }
 }
 
-/// Named vectors of one point, by caller id: `(id, [(vector name, values)])`.
-pub type PointUpdate = (String, Vec<(String, Vec<f32>)>);
+fn not_shared(name: &str) -> StoreError {
+    StoreError::Unsupported {
+        option: "adapt".into(),
+        message: format!("collection {name:?} is in a store only this process writes"),
+    }
+}
+
+/// Where an adaptive collection on a store several processes write stands in its re-nests:
+/// what every write and search compares before and after it, to know it ran under one
+/// rotation (`adapt`). Every change of the stored state changes it: a claim takes the next
+/// `claims` number, and a finish or an abandoned claim clears `pending`, so an epoch seen twice
+/// means nothing happened in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Epoch {
+    /// Re-nest claims so far; the pending one (if any) is number `claims`.
+    pub claims: u64,
+    /// The rotation version in force (0: the model's prefixes).
+    pub current: u64,
+    /// The version a re-nest is filling now (`current + 1`), if one is.
+    pub pending: Option<u64>,
+}
+
+/// A shared collection's epoch and its pending claim's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    pub epoch: Epoch,
+    /// Whether the pending claim's lease still runs (its claimant is taken to be alive); a
+    /// claim whose lease ran out may be taken over by another process.
+    pub lease_live: bool,
+}
+
+/// New named vectors for one point, by caller id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointUpdate {
+    pub id: String,
+    /// `(vector name, values)`, already cut and normalised.
+    pub vectors: Vec<(String, Vec<f32>)>,
+    /// The point's write token when it was scrolled (`ScrolledPoint::written`).
+    pub written: Option<i64>,
+}
 
 /// One point of a `VectorStore::scroll_vectors` page.
 #[derive(Debug, Clone, PartialEq)]
@@ -671,6 +781,9 @@ pub struct ScrolledPoint {
     pub vector: Vec<f32>,
     /// The document's text, when asked for (else empty).
     pub text: String,
+    /// Its write token, where the store keeps them (a Qdrant server; `None` for a point
+    /// written before tokens, or by the embedded store).
+    pub written: Option<i64>,
 }
 
 /// One page of `VectorStore::scroll_vectors` and the next page's token.

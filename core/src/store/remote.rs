@@ -2,9 +2,10 @@
 //! embedded store. The collection's spec rides in Qdrant's collection metadata, so any
 //! client of that server sees what the vectors are; point ids and payload keys are the
 //! embedded store's, so data moves between the two unchanged. An adaptive collection's current
-//! rotation is in two parts: what is shown (version, time, points) in the metadata beside the
-//! spec, read with it on every call; its matrix in the payload of a point without vectors (one
-//! per rotation slot, at ids no caller id can hash to), read only when a collection is opened.
+//! rotation is in three parts: what is shown (version, time, points) in the metadata beside the
+//! spec; its matrix in the payload of a point without vectors (one per rotation slot, at ids no
+//! caller id can hash to); and, since processes may share the collection, a state point that
+//! says which version is in force and which one a re-nest is filling (`shared`).
 //!
 //! The trait is synchronous (callers already run on blocking threads), so the store owns a
 //! small tokio runtime and blocks on each call. Every write waits for the server to apply
@@ -17,28 +18,26 @@ use qdrant_client::qdrant::{
     CreateCollectionBuilder, DeletePointsBuilder, Distance as QDistance, Filter, GetPointsBuilder,
     HnswConfigDiffBuilder, PayloadIncludeSelector, PointId, PointStruct, PointVectors,
     PointsIdsList, PrefetchQueryBuilder, QuantizationType, Query, QueryPointsBuilder, Range,
-    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpdateCollectionBuilder,
-    UpdatePointVectorsBuilder, UpsertPointsBuilder, Value as QValue, VectorParamsBuilder,
-    VectorsConfigBuilder, VectorsSelector,
+    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParamsBuilder, UpdatePointVectorsBuilder,
+    UpsertPointsBuilder, Value as QValue, VectorParamsBuilder, VectorsConfigBuilder,
+    VectorsSelector,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::{Map, Value};
 
 use super::{
-    check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Hit, Result,
-    RotationInfo, ScrolledPoint, StoreError, StoredDocument, StoredRotation, VectorPage,
-    VectorQuery, VectorStore, ID_KEY, TEXT_KEY,
+    check_name, point_filter, point_uuid, CollectionInfo, CollectionSpec, Distance, Epoch, Hit,
+    Result, RotationInfo, ScrolledPoint, Shared, StoreError, StoredDocument, StoredRotation,
+    VectorPage, VectorQuery, VectorStore, ID_KEY, TEXT_KEY, WRITE_KEY,
 };
 
 /// The metadata key that marks a collection as mrl's and holds its spec.
 const SPEC_KEY: &str = "mrl_spec";
-/// The metadata key of an adaptive collection's current rotation (`RotationInfo` JSON).
+/// The metadata key of an adaptive collection's current rotation (`RotationInfo` JSON): what
+/// is shown; processes go by the state point (`shared`).
 const ROTATION_KEY: &str = "mrl_rotation";
-/// The payload keys of a rotation point: its version and its matrix.
-const ROTATION_VERSION_KEY: &str = "_mrl_rotation";
-const ROTATION_MATRIX_KEY: &str = "_mrl_matrix";
-/// The rotation point's query maps: `{profile: base64 matrix}`.
-const ROTATION_MAPS_KEY: &str = "_mrl_maps";
+
+mod shared;
 
 /// The point that holds the matrix of rotation slot `slot`: a hash of bytes that are not
 /// UTF-8 (0xFF), so no caller id (a string) maps to it.
@@ -50,10 +49,14 @@ fn rotation_point(slot: usize) -> PointId {
     PointId::from(uuid::Uuid::from_bytes(bytes).to_string())
 }
 
-/// Whether `id` is one of the rotation points.
+/// The points that are not documents: the rotation points and the state point.
+fn own_points() -> [PointId; 3] {
+    [rotation_point(0), rotation_point(1), shared::state_point()]
+}
+
+/// Whether `id` is one of the store's own points (not a document).
 fn is_rotation_point(id: &Option<PointId>) -> bool {
-    id.as_ref()
-        .is_some_and(|id| *id == rotation_point(0) || *id == rotation_point(1))
+    id.as_ref().is_some_and(|id| own_points().contains(id))
 }
 
 fn remote<E: std::fmt::Display>(e: E) -> StoreError {
@@ -214,10 +217,7 @@ impl RemoteStore {
     fn count(&self, name: &str, spec: &CollectionSpec) -> Result<usize> {
         let mut request = CountPointsBuilder::new(name).exact(true);
         if spec.adapt.is_some() {
-            request = request.filter(Filter::must_not([Condition::has_id([
-                rotation_point(0),
-                rotation_point(1),
-            ])]));
+            request = request.filter(Filter::must_not([Condition::has_id(own_points())]));
         }
         let r = self
             .block_on(self.client.count(request))
@@ -388,7 +388,8 @@ impl VectorStore for RemoteStore {
         let points: Vec<PointStruct> = docs
             .into_iter()
             .map(|mut d| {
-                let payload = d.full_payload();
+                let mut payload = d.full_payload();
+                payload.insert(WRITE_KEY.into(), Value::from(shared::random_i64()));
                 let vectors: HashMap<String, Vec<f32>> = d.vectors.into_iter().collect();
                 PointStruct::new(
                     PointId::from(point_uuid(&d.id).to_string()),
@@ -508,79 +509,13 @@ impl VectorStore for RemoteStore {
     }
 
     fn rotation(&self, name: &str) -> Result<Option<StoredRotation>> {
-        let Some(info) = self.meta(name)?.1 else {
-            return Ok(None);
-        };
-        let point = rotation_point(StoredRotation::slot(info.version));
-        let got = self
-            .block_on(
-                self.client
-                    .get_points(GetPointsBuilder::new(name, vec![point]).with_payload(true)),
-            )
-            .map_err(|e| self.failed(name, e))?;
-        let payload = got.result.into_iter().next().map(|p| p.payload);
-        let version = payload
-            .as_ref()
-            .and_then(|p| p.get(ROTATION_VERSION_KEY))
-            .map(to_json);
-        match (
-            payload
-                .as_ref()
-                .and_then(|p| p.get(ROTATION_MATRIX_KEY))
-                .map(to_json),
-            version,
-        ) {
-            (Some(Value::String(matrix)), Some(v)) if v.as_u64() == Some(info.version) => {
-                let maps = match payload.as_ref().and_then(|p| p.get(ROTATION_MAPS_KEY)) {
-                    Some(m) => serde_json::from_value(to_json(m)).map_err(remote)?,
-                    None => Default::default(),
-                };
-                Ok(Some(StoredRotation { info, matrix, maps }))
-            }
-            _ => Err(remote(format!(
-                "collection {name:?} names rotation version {} but its matrix is missing",
-                info.version
-            ))),
-        }
+        self.rotation_of(name)
     }
 
+    /// Whatever claim is in force: for tools and tests, not while processes re-nest.
     fn set_rotation(&self, name: &str, rotation: &StoredRotation) -> Result<()> {
         self.spec(name)?;
-        // The matrix first, in the slot no reader uses; the metadata then switches to it.
-        let payload = Payload::from(Map::from_iter([
-            (
-                ROTATION_VERSION_KEY.to_string(),
-                Value::from(rotation.info.version),
-            ),
-            (
-                ROTATION_MATRIX_KEY.to_string(),
-                Value::String(rotation.matrix.clone()),
-            ),
-            (
-                ROTATION_MAPS_KEY.to_string(),
-                serde_json::to_value(&rotation.maps).map_err(remote)?,
-            ),
-        ]));
-        let point = PointStruct::new(
-            rotation_point(StoredRotation::slot(rotation.info.version)),
-            HashMap::<String, Vec<f32>>::new(),
-            payload,
-        );
-        self.block_on(
-            self.client
-                .upsert_points(UpsertPointsBuilder::new(name, vec![point]).wait(true)),
-        )
-        .map_err(|e| self.failed(name, e))?;
-        let metadata = HashMap::from([(
-            ROTATION_KEY.to_string(),
-            Value::String(serde_json::to_string(&rotation.info).map_err(remote)?),
-        )]);
-        self.block_on(
-            self.client
-                .update_collection(UpdateCollectionBuilder::new(name).metadata(metadata)),
-        )
-        .map_err(|e| self.failed(name, e))?;
-        Ok(())
+        self.set_rotation_of(name, rotation)
     }
 
     fn scroll_vectors(
@@ -592,7 +527,7 @@ impl VectorStore for RemoteStore {
         text: bool,
     ) -> Result<VectorPage> {
         use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
-        let mut fields = vec![ID_KEY.to_string()];
+        let mut fields = vec![ID_KEY.to_string(), WRITE_KEY.to_string()];
         if text {
             fields.push(TEXT_KEY.to_string());
         }
@@ -631,6 +566,7 @@ impl VectorStore for RemoteStore {
                     id,
                     vector: d.data,
                     text,
+                    written: p.payload.get(WRITE_KEY).and_then(|v| to_json(v).as_i64()),
                 });
             }
         }
@@ -647,19 +583,91 @@ impl VectorStore for RemoteStore {
     }
 
     fn update_vectors(&self, name: &str, points: Vec<super::PointUpdate>) -> Result<()> {
-        let points: Vec<PointVectors> = points
-            .into_iter()
-            .map(|(id, vectors)| PointVectors {
-                id: Some(PointId::from(point_uuid(&id).to_string())),
-                vectors: Some(vectors.into_iter().collect::<HashMap<_, _>>().into()),
-            })
-            .collect();
-        self.block_on(
-            self.client
-                .update_vectors(UpdatePointVectorsBuilder::new(name, points).wait(true)),
-        )
-        .map_err(|e| self.failed(name, e))?;
-        Ok(())
+        let mut points = points;
+        // A point deleted by another process since the page was read fails the whole call:
+        // it is dropped and the rest sent again (each try drops at least one).
+        for _ in 0..8 {
+            if points.is_empty() {
+                return Ok(());
+            }
+            // Each point only if no write came since it was read: a write changes its token.
+            let unchanged = Filter::should(points.iter().map(|p| {
+                let id = Condition::has_id([PointId::from(point_uuid(&p.id).to_string())]);
+                let token = match p.written {
+                    Some(t) => Condition::matches(WRITE_KEY, t),
+                    None => Condition::is_empty(WRITE_KEY),
+                };
+                Filter::must([id, token]).into()
+            }));
+            let request: Vec<PointVectors> = points
+                .iter()
+                .map(|p| PointVectors {
+                    id: Some(PointId::from(point_uuid(&p.id).to_string())),
+                    vectors: Some(p.vectors.iter().cloned().collect::<HashMap<_, _>>().into()),
+                })
+                .collect();
+            let sent = self.block_on(
+                self.client.update_vectors(
+                    UpdatePointVectorsBuilder::new(name, request)
+                        .update_filter(unchanged)
+                        .wait(true),
+                ),
+            );
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(QdrantError::ResponseError { status })
+                    if status.code() == tonic::Code::NotFound =>
+                {
+                    let ids: Vec<PointId> = points
+                        .iter()
+                        .map(|p| PointId::from(point_uuid(&p.id).to_string()))
+                        .collect();
+                    let found = self
+                        .block_on(self.client.get_points(GetPointsBuilder::new(name, ids)))
+                        .map_err(|e| self.failed(name, e))?;
+                    let there: std::collections::HashSet<PointId> =
+                        found.result.into_iter().filter_map(|p| p.id).collect();
+                    let before = points.len();
+                    points
+                        .retain(|p| there.contains(&PointId::from(point_uuid(&p.id).to_string())));
+                    if points.len() == before {
+                        return Err(remote(status));
+                    }
+                }
+                Err(e) => return Err(self.failed(name, e)),
+            }
+        }
+        Err(remote("points kept vanishing while a page was rewritten"))
+    }
+
+    fn shared(&self, name: &str) -> Result<Option<Shared>> {
+        self.shared_of(name).map(Some)
+    }
+
+    fn claim(
+        &self,
+        name: &str,
+        seen: &Epoch,
+        rotation: &StoredRotation,
+        lease: std::time::Duration,
+    ) -> Result<Option<Epoch>> {
+        self.claim_of(name, seen, rotation, lease)
+    }
+
+    fn pending_rotation(&self, name: &str, epoch: &Epoch) -> Result<Option<StoredRotation>> {
+        self.pending_of(name, epoch)
+    }
+
+    fn renew(&self, name: &str, claim: &Epoch, lease: std::time::Duration) -> Result<bool> {
+        self.renew_of(name, claim, lease)
+    }
+
+    fn finish(&self, name: &str, claim: &Epoch, rotation: &StoredRotation) -> Result<bool> {
+        self.finish_of(name, claim, rotation)
+    }
+
+    fn abandon(&self, name: &str, claim: &Epoch) -> Result<()> {
+        self.abandon_of(name, claim)
     }
 }
 
