@@ -245,7 +245,15 @@ fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
     a.upsert(name, (0..4).map(doc).collect()).unwrap();
     let lease = std::time::Duration::from_secs(60);
     let start = a.shared(name).unwrap().expect("a server is shared");
-    assert_eq!(start.epoch, Epoch::default());
+    let incarnation = start.epoch.incarnation;
+    assert_ne!(incarnation, 0, "drawn when the collection was made");
+    assert_eq!(
+        start.epoch,
+        Epoch {
+            incarnation,
+            ..Epoch::default()
+        }
+    );
     assert!(!start.lease_live);
 
     let claim = a
@@ -255,6 +263,7 @@ fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
     assert_eq!(
         claim,
         Epoch {
+            incarnation,
             claims: 1,
             current: 0,
             pending: Some(1)
@@ -312,6 +321,7 @@ fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
     assert!(a.renew(name, &claim, lease).unwrap());
     assert!(a.finish(name, &claim, &rotation(1, 1.0)).unwrap());
     let switched = Epoch {
+        incarnation,
         claims: 1,
         current: 1,
         pending: None,
@@ -366,6 +376,7 @@ fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
     assert_eq!(
         after.epoch,
         Epoch {
+            incarnation,
             claims: 4,
             current: 2,
             pending: None
@@ -373,6 +384,29 @@ fn a_shared_collection_is_re_nested_by_one_claim_at_a_time() {
     );
     assert_ne!(after.epoch, now);
     assert_eq!(b.rotation(name).unwrap(), Some(rotation(2, 4.0)));
+
+    // A claim whose lease ran out is dead even when nobody took it over.
+    let lapsed = a
+        .claim(
+            name,
+            &after.epoch,
+            &rotation(3, 6.0),
+            std::time::Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!b.shared(name).unwrap().unwrap().lease_live);
+    assert!(!a.renew(name, &lapsed, lease).unwrap());
+    assert!(!a.finish(name, &lapsed, &rotation(3, 6.0)).unwrap());
+    assert_eq!(a.rotation(name).unwrap(), Some(rotation(2, 4.0)));
+
+    // A collection made again under the name is another incarnation.
+    a.delete(name).unwrap();
+    a.create(name, &spec).unwrap();
+    let again = b.shared(name).unwrap().unwrap().epoch;
+    assert_ne!(again.incarnation, incarnation);
+    assert!(again.is_after(&lapsed));
 }
 
 /// Large-collection options: a Qdrant server applies them (as its own REST API reports) and

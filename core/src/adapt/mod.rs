@@ -52,20 +52,21 @@ use std::time::Instant;
 use std::collections::{BTreeMap, HashMap};
 
 use mrl_encoder::linear::LinearMap;
-use mrl_encoder::nested::nest;
 use mrl_encoder::rotation::Rotation;
-use serde_json::Value;
 
+mod current;
 mod learn;
 mod maps;
 mod shared;
 
+use current::Current;
+pub use current::SearchQuery;
+
 use crate::documents::Document;
 use crate::error::{Error, Result};
 use crate::store::{
-    encode_f32, CollectionInfo, CollectionSpec, Epoch, Funnel, Hit, PointUpdate, QueryMapInfo,
-    RenestProgress, RotationInfo, SearchParams, StoreError, StoredDocument, StoredRotation,
-    VectorQuery, VectorStore,
+    encode_f32, CollectionInfo, CollectionSpec, Epoch, Hit, PointUpdate, QueryMapInfo,
+    RenestProgress, RotationInfo, StoreError, StoredDocument, StoredRotation, VectorStore,
 };
 
 /// Points read and rewritten per step of a re-nest (one store write each).
@@ -94,181 +95,6 @@ pub trait QueryEncoder: Send + Sync {
     ///
     /// Errors: the encoder's (an unknown profile, a failed forward pass).
     fn encode(&self, texts: &[String], profile: &str) -> Result<Vec<Vec<f32>>>;
-}
-
-/// A search before it is cut for a collection: the query's full vector (the raw embedding of a
-/// text, or a caller's vector) and what to ask the store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchQuery {
-    /// The vector every searched size is cut from: `dim` values for a generic collection's
-    /// vector query, else the full width.
-    pub full: Vec<f32>,
-    pub dim: usize,
-    pub limit: usize,
-    /// `(dim, candidates)` of a prefetch.
-    pub funnel: Option<(usize, usize)>,
-    pub filter: Option<Value>,
-    pub exact: bool,
-    pub params: SearchParams,
-    /// The query profile whose fitted map carries `full` into the documents' space first
-    /// (`None`: `full` is in it already).
-    pub profile: Option<String>,
-}
-
-/// The rotation the collection's points are under now (none before the first fit: the
-/// model's prefixes, version 0, slot 0), what was fitted, and the query maps fitted with it.
-#[derive(Debug, Default)]
-struct Current {
-    /// `R` (`w × w`), as stored.
-    rotation: Option<LinearMap>,
-    info: Option<RotationInfo>,
-    /// By query profile: its `w × c` map into the documents' full-width space.
-    maps: HashMap<String, LinearMap>,
-}
-
-impl Current {
-    /// The rotation `stored` (`None`: none yet) of collection `name`, as loaded.
-    ///
-    /// Errors: `Store` when the matrix is malformed or not as wide as the full width.
-    fn from_stored(
-        name: &str,
-        spec: &CollectionSpec,
-        stored: Option<StoredRotation>,
-    ) -> Result<Self> {
-        let Some(stored) = stored else {
-            return Ok(Self::default());
-        };
-        // A matrix not `w × w` (another full width) is refused here, by name.
-        let w = spec.widest();
-        let rotation = LinearMap::from_matrix_f32(w, w, &stored.matrix_f32()?)
-            .map_err(|e| StoreError::Storage(format!("{name:?}'s rotation: {e}")))?;
-        let mut maps = HashMap::new();
-        // A map is an option, not the collection: one that cannot be read is left out
-        // (its profile's searches are refused, or ruled by the checkpoint) and the
-        // collection still opens.
-        for (profile, matrix) in stored.maps_f32().unwrap_or_else(|e| {
-            tracing::warn!("{name:?}: its query maps cannot be read: {e}");
-            Default::default()
-        }) {
-            match LinearMap::from_matrix_f32(w, matrix.len() / w, &matrix) {
-                Ok(map) => {
-                    maps.insert(profile, map);
-                }
-                Err(e) => tracing::warn!("{name:?}: {profile:?} query map left out: {e}"),
-            }
-        }
-        Ok(Self {
-            rotation: Some(rotation),
-            info: Some(stored.info),
-            maps,
-        })
-    }
-
-    fn version(&self) -> u64 {
-        self.info.as_ref().map_or(0, |i| i.version)
-    }
-
-    fn slot(&self) -> usize {
-        StoredRotation::slot(self.version())
-    }
-
-    /// The named vectors of size `dims` cut from raw full vector `full` into this slot: the
-    /// sizes `spec` rotates from `R·full`, the others from `full` itself, each renormalised.
-    fn nest(
-        &self,
-        spec: &CollectionSpec,
-        full: &[f32],
-        dims: &[usize],
-    ) -> Result<Vec<(String, Vec<f32>)>> {
-        let internal = |e: mrl_encoder::EncoderError| Error::Internal(e.to_string());
-        let widest_rotated = dims.iter().copied().filter(|&d| spec.rotates(d)).max();
-        let rotated = match (&self.rotation, widest_rotated) {
-            (Some(r), Some(widest)) => {
-                if full.len() != r.cols() {
-                    return Err(Error::Internal(format!(
-                        "a {}-wide vector for a {}-wide rotation; this is a bug",
-                        full.len(),
-                        r.cols()
-                    )));
-                }
-                Some(r.apply_prefix(full, widest))
-            }
-            _ => None,
-        };
-        dims.iter()
-            .map(|&d| {
-                let source = match &rotated {
-                    Some(r) if spec.rotates(d) => r.as_slice(),
-                    _ => full,
-                };
-                Ok((
-                    spec.vector_name(d, self.slot()),
-                    nest(source, d, true).map_err(internal)?,
-                ))
-            })
-            .collect()
-    }
-
-    /// The store's query for `q` under this rotation (and this fit's map for `q.profile`).
-    fn query(&self, spec: &CollectionSpec, q: &SearchQuery) -> Result<VectorQuery> {
-        let sizes: Vec<usize> = std::iter::once(q.dim)
-            .chain(q.funnel.map(|(d, _)| d))
-            .collect();
-        let mapped;
-        let full = match &q.profile {
-            None => q.full.as_slice(),
-            Some(p) => {
-                let map = self.maps.get(p).ok_or_else(|| {
-                    Error::field(
-                        "profile",
-                        format!("this collection's current fit maps no {p:?} queries"),
-                    )
-                })?;
-                if map.cols() != q.full.len() {
-                    return Err(Error::Internal(format!(
-                        "a {}-wide {p:?} query for a map from {}; this is a bug",
-                        q.full.len(),
-                        map.cols()
-                    )));
-                }
-                mapped = map.apply(&q.full);
-                mapped.as_slice()
-            }
-        };
-        let cut = self.nest(spec, full, &sizes)?;
-        if let Some((_, zero)) = cut.iter().find(|(_, v)| v.iter().all(|&x| x == 0.0)) {
-            return Err(Error::field(
-                "vector",
-                format!(
-                    "the query's first {} values are all zero (as float32, as the collection cuts it)",
-                    zero.len()
-                ),
-            ));
-        }
-        let mut cut = cut.into_iter();
-        let (using, vector) = cut
-            .next()
-            .ok_or_else(|| Error::Internal("a query without sizes; this is a bug".into()))?;
-        let funnel = match (q.funnel, cut.next()) {
-            (Some((dim, candidates)), Some((using, vector))) => Some(Funnel {
-                dim,
-                using,
-                vector,
-                candidates,
-            }),
-            _ => None,
-        };
-        Ok(VectorQuery {
-            vector,
-            dim: q.dim,
-            using,
-            limit: q.limit,
-            filter: q.filter.clone(),
-            funnel,
-            exact: q.exact,
-            params: q.params,
-        })
-    }
 }
 
 /// One collection's nesting in this process: its current rotation, and for an adaptive one
@@ -349,15 +175,11 @@ impl Adapter {
             closed: AtomicBool::new(false),
             estimate: Mutex::new(count),
             encoder,
-            seen: shared.map(|s| {
-                Mutex::new(shared::Seen {
-                    epoch: s.epoch,
-                    filling: None,
-                })
-            }),
+            seen: shared.map(|_| Mutex::new(shared::Seen::default())),
         };
-        if let Some(epoch) = adapter.seen_epoch().filter(|e| e.pending.is_some()) {
-            adapter.refresh(epoch)?;
+        if let Some(now) = shared {
+            // From nothing: takes the epoch, and a pending rotation to fill.
+            adapter.refresh(now)?;
         }
         Ok(adapter)
     }
@@ -423,29 +245,50 @@ impl Adapter {
         {
             let pending = self.lock_writes();
             self.check_open()?;
-            let filling = pending.as_ref().and_then(|g| g.as_ref().cloned());
-            self.under_one_epoch(|| {
-                let current = self.current();
-                // This process's re-nest, else another process's.
-                let filling = filling.clone().or_else(|| self.seen_filling());
-                let stored = docs
-                    .iter()
-                    .zip(&vectors)
-                    .map(|(d, v)| {
-                        let mut named = current.nest(&self.spec, v, &self.spec.dims)?;
-                        if let Some(next) = &filling {
-                            named.extend(next.nest(&self.spec, v, &self.spec.rotated_dims())?);
-                        }
-                        Ok(StoredDocument {
-                            id: d.id.clone(),
-                            text: d.text.clone(),
-                            payload: d.payload.clone(),
-                            vectors: named,
+            let cut = |current: &Current, filling: &Option<Arc<Current>>, v: &[f32]| {
+                let mut named = current.nest(&self.spec, v, &self.spec.dims)?;
+                if let Some(next) = filling {
+                    named.extend(next.nest(&self.spec, v, &self.spec.rotated_dims())?);
+                }
+                Ok::<_, Error>(named)
+            };
+            match &self.seen {
+                None => {
+                    let current = self.current();
+                    let filling = pending.as_ref().and_then(|g| g.as_ref().cloned());
+                    let stored = docs
+                        .into_iter()
+                        .zip(vectors)
+                        .map(|(d, v)| {
+                            Ok(StoredDocument {
+                                vectors: cut(&current, &filling, &v)?,
+                                id: d.id,
+                                text: d.text,
+                                payload: d.payload,
+                            })
                         })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(self.store.upsert(&self.name, stored)?)
-            })?;
+                        .collect::<Result<Vec<_>>>()?;
+                    self.store.upsert(&self.name, stored)?;
+                }
+                // Shared: run again under the store's newer epoch if it moved meanwhile.
+                Some(_) => self.under_one_epoch(|| {
+                    let filling = self.seen_filling();
+                    let current = self.current();
+                    let stored = docs
+                        .iter()
+                        .zip(&vectors)
+                        .map(|(d, v)| {
+                            Ok(StoredDocument {
+                                vectors: cut(&current, &filling, v)?,
+                                id: d.id.clone(),
+                                text: d.text.clone(),
+                                payload: d.payload.clone(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(self.store.upsert(&self.name, stored)?)
+                })?,
+            }
         }
         *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) += n;
         self.after_write();
@@ -578,7 +421,8 @@ impl Adapter {
                 self.wait_for_other_claims()?;
             } else if self.seen.is_some() {
                 // Due by the rotation in force, which another process may have moved.
-                self.refresh(self.shared_now()?)?;
+                let now = self.shared_now()?;
+                self.refresh(now)?;
             }
             let count = self.store.info(&self.name)?.count;
             *self.estimate.lock().unwrap_or_else(|e| e.into_inner()) = count;
@@ -598,10 +442,8 @@ impl Adapter {
         let start = Instant::now();
         let seen = match &self.seen {
             Some(_) => {
-                let now = self.store.shared(&self.name)?.ok_or_else(|| {
-                    Error::Internal("a shared collection's store stopped sharing; a bug".into())
-                })?;
-                self.refresh(now.epoch)?;
+                let now = self.shared_now()?;
+                self.refresh(now)?;
                 if now.epoch.pending.is_some() && now.lease_live {
                     return Ok(None);
                 }
@@ -687,6 +529,13 @@ impl Adapter {
                     .collect::<BTreeMap<_, _>>();
                 stored
             };
+            let filling = Arc::new(Current {
+                rotation: rotation.clone(),
+                info: Some(info.clone()),
+                maps: HashMap::new(),
+            });
+            drop(sample);
+            let mut renewed = Instant::now();
             if let Some(seen) = seen {
                 // Other processes fill the new slot from here on, so it is claimed first.
                 info.seconds = start.elapsed().as_secs_f64();
@@ -695,8 +544,13 @@ impl Adapter {
                     .claim(&self.name, &seen, &stored_with(&info), shared::LEASE)?
                 {
                     Some(c) => {
-                        self.set_seen(c, None);
+                        renewed = Instant::now();
                         claim = Some(c);
+                        // With the write lock: a write here either ran before (and finds the
+                        // epoch moved) or fills the new slot.
+                        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                        *writes = Some(filling.clone());
+                        self.set_seen(c, None, Some(filling.clone()));
                     }
                     None => {
                         let now = self.shared_now()?;
@@ -705,57 +559,29 @@ impl Adapter {
                     }
                 }
             }
-            let filling = Arc::new(Current {
-                rotation: rotation.clone(),
-                info: Some(info.clone()),
-                maps: HashMap::new(),
-            });
-            drop(sample);
             // Searches from before the last switch may read the slot about to be written.
             drop(self.searches.write().unwrap_or_else(|e| e.into_inner()));
             *self.writes.lock().unwrap_or_else(|e| e.into_inner()) = Some(filling.clone());
-            let rotated = self.spec.rotated_dims();
-            let mut offset = None;
             let mut done = 0;
-            let mut renewed = Instant::now();
-            loop {
-                if let Some(c) = &claim {
-                    if renewed.elapsed() > shared::LEASE / 4 {
-                        if !self.store.renew(&self.name, c, shared::LEASE)? {
-                            return Err(self.claim_lost(c));
-                        }
-                        renewed = Instant::now();
-                    }
-                }
-                let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-                self.check_open()?;
-                let (page, next_page) = self
-                    .store
-                    .scroll_vectors(&self.name, &full_name, offset, PAGE, false)?;
-                done += page.len();
-                let updates = page
-                    .into_iter()
-                    .map(|p| {
-                        Ok(PointUpdate {
-                            vectors: filling.nest(&self.spec, &p.vector, &rotated)?,
-                            id: p.id,
-                            written: p.written,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                if !updates.is_empty() {
-                    self.store.update_vectors(&self.name, updates)?;
-                }
-                drop(_writes);
+            self.rewrite(&filling, claim.as_ref(), &mut renewed, None, |n| {
+                done += n;
                 self.set_progress(Some(RenestProgress {
                     version,
                     done,
                     total: count,
                 }));
-                match next_page {
-                    Some(n) => offset = Some(n),
-                    None => break,
-                }
+            })?;
+            if let (Some(_), Some(&dim)) = (claim, self.spec.rotated_dims().first()) {
+                // Writes of other processes cut off (a crash) between a write that dropped the
+                // new slot and the one that would have filled it.
+                let lacking = self.spec.vector_name(dim, StoredRotation::slot(version));
+                self.rewrite(
+                    &filling,
+                    claim.as_ref(),
+                    &mut renewed,
+                    Some(&lacking),
+                    |_| {},
+                )?;
             }
             let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
             self.check_open()?;
@@ -767,22 +593,29 @@ impl Adapter {
                         return Err(self.claim_lost(&c));
                     }
                     claim = None;
-                    self.set_seen(
-                        Epoch {
-                            claims: c.claims,
-                            current: version,
-                            pending: None,
-                        },
-                        None,
-                    );
                 }
                 None => self.store.set_rotation(&self.name, &stored)?,
             }
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Current {
+            let switched = Current {
                 rotation,
                 info: Some(info.clone()),
                 maps,
-            });
+            };
+            match self.seen_epoch() {
+                // The rotation before the epoch that names it (`shared`).
+                Some(e) => self.set_seen(
+                    Epoch {
+                        current: version,
+                        pending: None,
+                        ..e
+                    },
+                    Some(switched),
+                    None,
+                ),
+                None => {
+                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(switched)
+                }
+            }
             *writes = None;
             Ok(Some(info))
         })();
@@ -812,6 +645,66 @@ impl Adapter {
             info.points
         );
         Ok(Some(info))
+    }
+
+    /// Rewrites the idle slot of every point (of those lacking named vector `lacking`, when
+    /// given) from its stored full-width vector under `filling`, a page at a time under the
+    /// write lock; each page only where no write came since it was read. A shared
+    /// collection's `claim` is renewed every quarter lease; `on_page` gets each page's size.
+    ///
+    /// Errors: the store's; `NoSuchCollection` once the collection is deleted; `Unavailable`
+    /// when the claim was taken over.
+    fn rewrite(
+        &self,
+        filling: &Current,
+        claim: Option<&Epoch>,
+        renewed: &mut Instant,
+        lacking: Option<&str>,
+        mut on_page: impl FnMut(usize),
+    ) -> Result<()> {
+        let full_name = self.spec.vector_name(self.spec.widest(), 0);
+        let rotated = self.spec.rotated_dims();
+        let mut offset = None;
+        loop {
+            if let Some(c) = claim {
+                if renewed.elapsed() > shared::LEASE / 4 {
+                    if !self.store.renew(&self.name, c, shared::LEASE)? {
+                        return Err(self.claim_lost(c));
+                    }
+                    *renewed = Instant::now();
+                }
+            }
+            let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_open()?;
+            let (page, next_page) = match lacking {
+                Some(l) => self
+                    .store
+                    .scroll_lacking(&self.name, &full_name, l, offset, PAGE)?,
+                None => self
+                    .store
+                    .scroll_vectors(&self.name, &full_name, offset, PAGE, false)?,
+            };
+            let n = page.len();
+            let updates = page
+                .into_iter()
+                .map(|p| {
+                    Ok(PointUpdate {
+                        vectors: filling.nest(&self.spec, &p.vector, &rotated)?,
+                        id: p.id,
+                        written: p.written,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if !updates.is_empty() {
+                self.store.update_vectors(&self.name, updates)?;
+            }
+            drop(_writes);
+            on_page(n);
+            match next_page {
+                Some(o) => offset = Some(o),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Query maps for the checkpoint's other profiles, fitted on query-like spans of `texts`

@@ -9,18 +9,28 @@
 //!   read a slot no re-nest was writing. Otherwise this process loads what changed (the
 //!   current rotation, another process's pending one) and the write or search runs again
 //!   (writes replace by id, so a second write is harmless);
-//! - a writer that sees a pending rotation fills its slot too, as in-process writers do;
+//! - a writer that sees a pending rotation whose lease runs fills its slot too, as in-process
+//!   writers do (a claim whose lease ran out can never be switched to: the store refuses to
+//!   renew or finish it);
+//! - this process's view (epoch, current rotation, pending rotation) changes under one lock,
+//!   only forwards (`Epoch::is_after`), the current rotation before the epoch: a write or
+//!   search that read the epoch first never runs under an older rotation than it names;
 //! - a re-nest claims its version in the store before it writes a page (one claim at a time,
-//!   with a lease it renews while it pages), rewrites a page only where no write came since it
-//!   read it (write tokens), and switches only if its claim still holds; a claimant that
+//!   with a lease it renews every quarter lease while it pages), rewrites a page only where no
+//!   write came since it read it (write tokens), fills what writes cut off by a crash left
+//!   without the new slot, and switches only if its claim still holds; a claimant that
 //!   stopped renewing may be taken over, and a failed one gives its claim up.
+//!
+//! Left open: a page request the server applies after its claim was taken over (a stall
+//! longer than the lease inside one request) can still write the old claimant's vectors; and
+//! processes' clocks must agree within about half a lease (leases are compared across them).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Adapter, Current};
 use crate::error::{Error, Result};
-use crate::store::{Epoch, StoreError};
+use crate::store::{Epoch, Shared, StoreError};
 
 /// How long a claim holds without renewal: a re-nest renews it every quarter of this while it
 /// pages, and another process may take over a claim this old.
@@ -47,16 +57,30 @@ impl Adapter {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).epoch)
     }
 
-    /// Another process's pending rotation, which writes here fill too.
+    /// The pending rotation (this process's re-nest or another's) that writes fill too.
     pub(super) fn seen_filling(&self) -> Option<Arc<Current>> {
         self.seen
             .as_ref()
             .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).filling.clone())
     }
 
-    pub(super) fn set_seen(&self, epoch: Epoch, filling: Option<Arc<Current>>) {
+    /// Moves this process's view to `epoch` (with `current` first, when given) unless it
+    /// already holds a later one.
+    pub(super) fn set_seen(
+        &self,
+        epoch: Epoch,
+        current: Option<Current>,
+        filling: Option<Arc<Current>>,
+    ) {
         if let Some(s) = &self.seen {
-            *s.lock().unwrap_or_else(|e| e.into_inner()) = Seen { epoch, filling };
+            let mut held = s.lock().unwrap_or_else(|e| e.into_inner());
+            if held.epoch != epoch && !epoch.is_after(&held.epoch) {
+                return;
+            }
+            if let Some(c) = current {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+            }
+            *held = Seen { epoch, filling };
         }
     }
 
@@ -75,7 +99,7 @@ impl Adapter {
         if now.epoch == seen {
             return Ok(true);
         }
-        self.refresh(now.epoch)?;
+        self.refresh(now)?;
         Ok(false)
     }
 
@@ -99,55 +123,68 @@ impl Adapter {
         .into())
     }
 
-    /// Loads what changed between this process's view and the store's epoch `now`: the
-    /// current rotation, and another process's pending one (waiting for it to be stored).
+    /// Brings this process's view up to the store's `now` (unless it holds a later one): the
+    /// current rotation, and the pending one while its lease runs (waiting for its claimant
+    /// to store it). One refresh at a time: the view's lock is held throughout.
     ///
     /// Errors: the store's; `Unavailable` after `PENDING_WAIT` without the pending rotation.
-    pub(super) fn refresh(&self, mut now: Epoch) -> Result<()> {
+    pub(super) fn refresh(&self, mut now: Shared) -> Result<()> {
+        let Some(seen) = &self.seen else {
+            return Ok(());
+        };
+        let mut held = seen.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = Instant::now() + PENDING_WAIT;
         loop {
-            if self.current().version() != now.current {
+            if now.epoch != held.epoch && !now.epoch.is_after(&held.epoch) {
+                return Ok(());
+            }
+            if self.current().version() != now.epoch.current {
                 let stored = self.store.rotation(&self.name)?;
                 let current = Current::from_stored(&self.name, &self.spec, stored)?;
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(current);
             }
-            let filling = match now.pending {
-                None => None,
-                Some(_) => match self.store.pending_rotation(&self.name, &now)? {
-                    Some(stored) => {
-                        let mut pending =
-                            Current::from_stored(&self.name, &self.spec, Some(stored))?;
-                        // Queries are never mapped by a rotation that is only being filled.
-                        pending.maps.clear();
-                        Some(Arc::new(pending))
-                    }
-                    None => {
-                        if Instant::now() > deadline {
+            let filling = match now.epoch.pending {
+                Some(_) if now.lease_live => {
+                    match self.store.pending_rotation(&self.name, &now.epoch)? {
+                        Some(stored) => {
+                            let mut pending =
+                                Current::from_stored(&self.name, &self.spec, Some(stored))?;
+                            // Queries are never mapped by a rotation only being filled.
+                            pending.maps.clear();
+                            Some(Arc::new(pending))
+                        }
+                        None if Instant::now() > deadline => {
                             return Err(StoreError::Unavailable(format!(
                                 "collection {:?}: another process claimed re-nest {} but has \
                                  not stored its rotation",
-                                self.name, now.claims
+                                self.name, now.epoch.claims
                             ))
                             .into());
                         }
-                        std::thread::sleep(Duration::from_millis(20));
-                        now = self.shared_now()?;
-                        continue;
+                        None => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            now = self.shared_now()?;
+                            continue;
+                        }
                     }
-                },
+                }
+                _ => None,
             };
-            self.set_seen(now, filling);
+            *held = Seen {
+                epoch: now.epoch,
+                filling,
+            };
             return Ok(());
         }
     }
 
-    /// The store's epoch now.
-    pub(super) fn shared_now(&self) -> Result<Epoch> {
-        Ok(self
-            .store
+    /// The store's epoch now, with its lease.
+    ///
+    /// Errors: the store's; `Internal` for a store that is not shared (a bug: callers check).
+    pub(super) fn shared_now(&self) -> Result<Shared> {
+        self.store
             .shared(&self.name)?
-            .map(|s| s.epoch)
-            .unwrap_or_default())
+            .ok_or_else(|| Error::Internal("a shared collection's store stopped sharing".into()))
     }
 
     /// Waits while another process holds a live claim on the collection (a bulk loader's
@@ -159,7 +196,7 @@ impl Adapter {
             let Some(now) = self.store.shared(&self.name)? else {
                 return Ok(());
             };
-            self.refresh(now.epoch)?;
+            self.refresh(now)?;
             if !(now.epoch.pending.is_some() && now.lease_live) {
                 return Ok(());
             }

@@ -675,6 +675,22 @@ pub trait VectorStore: Send + Sync {
         Ok(None)
     }
 
+    /// A page of the points (as `scroll_vectors` gives them) that lack named vector
+    /// `lacking`: writes cut off before they filled a re-nest's slot.
+    ///
+    /// Errors: the store's; `Unsupported` for a store that is not shared.
+    fn scroll_lacking(
+        &self,
+        name: &str,
+        vector: &str,
+        lacking: &str,
+        offset: Option<String>,
+        limit: usize,
+    ) -> Result<VectorPage> {
+        let _ = (vector, lacking, offset, limit);
+        Err(not_shared(name))
+    }
+
     /// Claims the collection's next re-nest, filling `rotation` (whose version is
     /// `seen.current + 1`), if the collection is still at `seen` and no other claim's lease is
     /// live; stores `rotation` where `pending_rotation` reads it. `Some(epoch)`: this call
@@ -703,7 +719,7 @@ pub trait VectorStore: Send + Sync {
     }
 
     /// Extends claim `claim`'s lease to `lease` from now; `false` when it is no longer the
-    /// collection's claim (its lease ran out and another process took over).
+    /// collection's claim or its lease has run out (the claim is then dead).
     ///
     /// Errors: the store's; `Unsupported` for a store that is not shared.
     fn renew(&self, name: &str, claim: &Epoch, lease: std::time::Duration) -> Result<bool> {
@@ -712,8 +728,8 @@ pub trait VectorStore: Send + Sync {
     }
 
     /// Switches the collection to claim `claim`'s rotation (`rotation`, as `claim` stored
-    /// it), at once for every process, if `claim` still holds; `false` when it does not (and
-    /// nothing changed).
+    /// it), at once for every process, if `claim` still holds and its lease runs; `false`
+    /// when it does not (and nothing changed).
     ///
     /// Errors: the store's; `Unsupported` for a store that is not shared.
     fn finish(&self, name: &str, claim: &Epoch, rotation: &StoredRotation) -> Result<bool> {
@@ -742,9 +758,12 @@ fn not_shared(name: &str) -> StoreError {
 /// what every write and search compares before and after it, to know it ran under one
 /// rotation (`adapt`). Every change of the stored state changes it: a claim takes the next
 /// `claims` number, and a finish or an abandoned claim clears `pending`, so an epoch seen twice
-/// means nothing happened in between.
+/// means nothing happened in between (`incarnation` tells a collection deleted and made again
+/// under its name from the one before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Epoch {
+    /// A random number drawn when the collection's state was first written (0: not yet).
+    pub incarnation: i64,
     /// Re-nest claims so far; the pending one (if any) is number `claims`.
     pub claims: u64,
     /// The rotation version in force (0: the model's prefixes).
@@ -753,18 +772,29 @@ pub struct Epoch {
     pub pending: Option<u64>,
 }
 
+impl Epoch {
+    /// Whether `self` comes after `other` in one collection's history (a claim, then its
+    /// switch or abandon); an epoch of another incarnation always does.
+    pub fn is_after(&self, other: &Epoch) -> bool {
+        let key = |e: &Epoch| (e.claims, e.current, e.pending.is_none());
+        self.incarnation != other.incarnation || key(self) > key(other)
+    }
+}
+
 /// A shared collection's epoch and its pending claim's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shared {
+    /// Where the collection stands.
     pub epoch: Epoch,
-    /// Whether the pending claim's lease still runs (its claimant is taken to be alive); a
-    /// claim whose lease ran out may be taken over by another process.
+    /// Whether the pending claim's lease still runs. A claim whose lease ran out can neither
+    /// be renewed nor switched to, only taken over or given up, so writers need not fill it.
     pub lease_live: bool,
 }
 
 /// New named vectors for one point, by caller id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointUpdate {
+    /// The caller's id.
     pub id: String,
     /// `(vector name, values)`, already cut and normalised.
     pub vectors: Vec<(String, Vec<f32>)>,

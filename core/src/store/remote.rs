@@ -225,6 +225,75 @@ impl RemoteStore {
         Ok(r.result.map_or(0, |c| c.count as usize))
     }
 
+    /// A page of `scroll_vectors`, of the points matching `filter` when given.
+    fn scroll_page(
+        &self,
+        name: &str,
+        vector: &str,
+        offset: Option<String>,
+        limit: usize,
+        text: bool,
+        filter: Option<Filter>,
+    ) -> Result<VectorPage> {
+        use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
+        let mut fields = vec![ID_KEY.to_string(), WRITE_KEY.to_string()];
+        if text {
+            fields.push(TEXT_KEY.to_string());
+        }
+        let mut request = ScrollPointsBuilder::new(name)
+            .limit(limit as u32)
+            .with_payload(PayloadIncludeSelector { fields })
+            .with_vectors(VectorsSelector {
+                names: vec![vector.to_string()],
+            });
+        if let Some(o) = offset {
+            request = request.offset(PointId::from(o));
+        }
+        if let Some(f) = filter {
+            request = request.filter(f);
+        }
+        let page = self
+            .block_on(self.client.scroll(request))
+            .map_err(|e| self.failed(name, e))?;
+        let mut out = Vec::with_capacity(page.result.len());
+        for p in page.result {
+            if is_rotation_point(&p.id) {
+                continue;
+            }
+            let id = match p.payload.get(ID_KEY).map(to_json) {
+                Some(Value::String(id)) => id,
+                _ => return Err(remote(format!("point {:?} has no id", p.id))),
+            };
+            let dense = match p.vectors.and_then(|v| v.vectors_options) {
+                Some(VectorsOptions::Vectors(mut named)) => named.vectors.remove(vector),
+                _ => None,
+            }
+            .map(|v| v.into_vector());
+            let text = match p.payload.get(TEXT_KEY).map(to_json) {
+                Some(Value::String(t)) => t,
+                _ => String::new(),
+            };
+            if let Some(vector_output::Vector::Dense(d)) = dense {
+                out.push(ScrolledPoint {
+                    id,
+                    vector: d.data,
+                    text,
+                    written: p.payload.get(WRITE_KEY).and_then(|v| to_json(v).as_i64()),
+                });
+            }
+        }
+        let next = page
+            .next_page_offset
+            .and_then(|p| match p.point_id_options {
+                Some(qdrant_client::qdrant::point_id::PointIdOptions::Uuid(u)) => Some(u),
+                Some(qdrant_client::qdrant::point_id::PointIdOptions::Num(n)) => {
+                    Some(n.to_string())
+                }
+                None => None,
+            });
+        Ok((out, next))
+    }
+
     fn info_of(
         &self,
         name: &str,
@@ -353,6 +422,10 @@ impl VectorStore for RemoteStore {
                 }),
                 _ => Err(self.server_error(e)),
             };
+        }
+        if spec.adapt.is_some() {
+            // The processes that will share it go by its state from the first write.
+            self.ensure_state(name)?;
         }
         Ok(true)
     }
@@ -526,60 +599,19 @@ impl VectorStore for RemoteStore {
         limit: usize,
         text: bool,
     ) -> Result<VectorPage> {
-        use qdrant_client::qdrant::{vector_output, vectors_output::VectorsOptions};
-        let mut fields = vec![ID_KEY.to_string(), WRITE_KEY.to_string()];
-        if text {
-            fields.push(TEXT_KEY.to_string());
-        }
-        let mut request = ScrollPointsBuilder::new(name)
-            .limit(limit as u32)
-            .with_payload(PayloadIncludeSelector { fields })
-            .with_vectors(VectorsSelector {
-                names: vec![vector.to_string()],
-            });
-        if let Some(o) = offset {
-            request = request.offset(PointId::from(o));
-        }
-        let page = self
-            .block_on(self.client.scroll(request))
-            .map_err(|e| self.failed(name, e))?;
-        let mut out = Vec::with_capacity(page.result.len());
-        for p in page.result {
-            if is_rotation_point(&p.id) {
-                continue;
-            }
-            let id = match p.payload.get(ID_KEY).map(to_json) {
-                Some(Value::String(id)) => id,
-                _ => return Err(remote(format!("point {:?} has no id", p.id))),
-            };
-            let dense = match p.vectors.and_then(|v| v.vectors_options) {
-                Some(VectorsOptions::Vectors(mut named)) => named.vectors.remove(vector),
-                _ => None,
-            }
-            .map(|v| v.into_vector());
-            let text = match p.payload.get(TEXT_KEY).map(to_json) {
-                Some(Value::String(t)) => t,
-                _ => String::new(),
-            };
-            if let Some(vector_output::Vector::Dense(d)) = dense {
-                out.push(ScrolledPoint {
-                    id,
-                    vector: d.data,
-                    text,
-                    written: p.payload.get(WRITE_KEY).and_then(|v| to_json(v).as_i64()),
-                });
-            }
-        }
-        let next = page
-            .next_page_offset
-            .and_then(|p| match p.point_id_options {
-                Some(qdrant_client::qdrant::point_id::PointIdOptions::Uuid(u)) => Some(u),
-                Some(qdrant_client::qdrant::point_id::PointIdOptions::Num(n)) => {
-                    Some(n.to_string())
-                }
-                None => None,
-            });
-        Ok((out, next))
+        self.scroll_page(name, vector, offset, limit, text, None)
+    }
+
+    fn scroll_lacking(
+        &self,
+        name: &str,
+        vector: &str,
+        lacking: &str,
+        offset: Option<String>,
+        limit: usize,
+    ) -> Result<VectorPage> {
+        let filter = Filter::must_not([Condition::has_vector(lacking)]);
+        self.scroll_page(name, vector, offset, limit, false, Some(filter))
     }
 
     fn update_vectors(&self, name: &str, points: Vec<super::PointUpdate>) -> Result<()> {

@@ -2,7 +2,8 @@
 //! one state point per collection, changed only by conditional writes, and a matrix point per
 //! rotation slot stamped with the claim that wrote it.
 //!
-//! The state point's payload (integers): `claims` (re-nest claims so far), `current` (the
+//! The state point's payload (integers): `incarnation` (drawn when it is first written, so a
+//! collection deleted and made again is told apart), `claims` (re-nest claims so far), `current` (the
 //! version in force), `current_claim` (the claim that switched to it; 0 for a switch made
 //! without one), `pending` (the version being filled; 0: none), `lease` (when the pending
 //! claim's lease runs out, ms since the Unix epoch) and `owner` (a random number of the
@@ -16,7 +17,10 @@
 //!   claim, so a claimant that lost its lease (and was taken over) cannot overwrite its
 //!   successor's;
 //! - finish and abandon match the claim's number and pending version, so only the claim in
-//!   force ends; a reader loads a matrix only when its stamp is the claim the state names.
+//!   force ends; a reader loads a matrix only when its stamp is the claim the state names;
+//! - renew and finish also need the lease to run: a claim whose lease ran out is dead (it can
+//!   only be taken over or given up), so writers need not fill its slot, and a claim whose
+//!   claimant died before it stored its matrix holds nobody up beyond its lease.
 //!
 //! Collections made before the state point have none until their first claim; their
 //! rotation is read from the metadata, as then.
@@ -34,6 +38,7 @@ use serde_json::{Map, Value};
 use super::{remote, rotation_point, to_json, RemoteStore, ROTATION_KEY};
 use crate::store::{Epoch, Result, RotationInfo, Shared, StoreError, StoredRotation};
 
+const INCARNATION: &str = "_mrl_incarnation";
 const CLAIMS: &str = "_mrl_claims";
 const CURRENT: &str = "_mrl_current";
 const CURRENT_CLAIM: &str = "_mrl_current_claim";
@@ -61,6 +66,7 @@ pub(super) fn state_point() -> PointId {
 /// The state point as read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct State {
+    incarnation: i64,
     claims: i64,
     current: i64,
     current_claim: i64,
@@ -72,6 +78,7 @@ struct State {
 impl State {
     fn epoch(&self) -> Epoch {
         Epoch {
+            incarnation: self.incarnation,
             claims: self.claims as u64,
             current: self.current as u64,
             pending: (self.pending > 0).then_some(self.pending as u64),
@@ -80,6 +87,7 @@ impl State {
 
     fn payload(&self) -> HashMap<String, qdrant_client::qdrant::Value> {
         HashMap::from([
+            (INCARNATION.to_string(), self.incarnation.into()),
             (CLAIMS.to_string(), self.claims.into()),
             (CURRENT.to_string(), self.current.into()),
             (CURRENT_CLAIM.to_string(), self.current_claim.into()),
@@ -123,9 +131,17 @@ impl RemoteStore {
                 self.client.get_points(
                     GetPointsBuilder::new(name, vec![state_point()]).with_payload(
                         PayloadIncludeSelector {
-                            fields: [CLAIMS, CURRENT, CURRENT_CLAIM, PENDING, LEASE, OWNER]
-                                .map(String::from)
-                                .to_vec(),
+                            fields: [
+                                INCARNATION,
+                                CLAIMS,
+                                CURRENT,
+                                CURRENT_CLAIM,
+                                PENDING,
+                                LEASE,
+                                OWNER,
+                            ]
+                            .map(String::from)
+                            .to_vec(),
                         },
                     ),
                 ),
@@ -137,6 +153,7 @@ impl RemoteStore {
         let field =
             |key| int(&p, key).ok_or_else(|| remote(format!("{name:?}'s state point lacks {key}")));
         Ok(Some(State {
+            incarnation: field(INCARNATION)?,
             claims: field(CLAIMS)?,
             current: field(CURRENT)?,
             current_claim: field(CURRENT_CLAIM)?,
@@ -146,20 +163,50 @@ impl RemoteStore {
         }))
     }
 
-    /// The state as it stands, the state point's or (before it exists) the metadata's.
-    fn state_or_legacy(&self, name: &str) -> Result<State> {
+    /// Writes the state point if the collection has none yet (a new adaptive collection, or
+    /// one from before state points: its rotation is then the metadata's), with a fresh
+    /// incarnation; a state point already there is left as it is.
+    pub(super) fn ensure_state(&self, name: &str) -> Result<()> {
+        let current = self.meta(name)?.1.map_or(0, |r| r.version as i64);
+        let state = State {
+            incarnation: random_i64().max(1),
+            current,
+            ..State::default()
+        };
+        // A filter no point matches: an existing state point is never updated, a missing one
+        // is inserted.
+        let never = Filter::must([Condition::matches(CLAIMS, -1)]);
+        self.write_state(name, &state, Some(never))
+    }
+
+    /// Writes the state point whole (only where it matches `only`; a missing one regardless).
+    fn write_state(&self, name: &str, state: &State, only: Option<Filter>) -> Result<()> {
+        let point = PointStruct::new(
+            state_point(),
+            HashMap::<String, Vec<f32>>::new(),
+            state.payload(),
+        );
+        let mut request = UpsertPointsBuilder::new(name, vec![point]).wait(true);
+        if let Some(f) = only {
+            request = request.update_filter(f);
+        }
+        self.block_on(self.client.upsert_points(request))
+            .map_err(|e| self.failed(name, e))?;
+        Ok(())
+    }
+
+    /// The state point, written first where there is none.
+    fn state(&self, name: &str) -> Result<State> {
         if let Some(s) = self.state_of(name)? {
             return Ok(s);
         }
-        let current = self.meta(name)?.1.map_or(0, |r| r.version as i64);
-        Ok(State {
-            current,
-            ..State::default()
-        })
+        self.ensure_state(name)?;
+        self.state_of(name)?
+            .ok_or_else(|| remote(format!("{name:?}'s state point was not written")))
     }
 
     pub(super) fn shared_of(&self, name: &str) -> Result<Shared> {
-        let s = self.state_or_legacy(name)?;
+        let s = self.state(name)?;
         Ok(Shared {
             epoch: s.epoch(),
             lease_live: s.pending > 0 && s.lease > now_ms(),
@@ -189,6 +236,7 @@ impl RemoteStore {
     /// Conditions that hold while the state point is still `e`.
     fn still(e: &Epoch) -> Vec<Condition> {
         vec![
+            Condition::matches(INCARNATION, e.incarnation),
             Condition::matches(CLAIMS, e.claims as i64),
             Condition::matches(CURRENT, e.current as i64),
             Condition::matches(PENDING, e.pending.unwrap_or(0) as i64),
@@ -208,24 +256,7 @@ impl RemoteStore {
                 rotation.info.version, seen.current
             )));
         }
-        // A collection from before state points gets one (inserted only where none is).
-        let legacy = self.state_or_legacy(name)?;
-        let never = Filter::must([Condition::matches(CLAIMS, -1)]);
-        self.block_on(
-            self.client.upsert_points(
-                UpsertPointsBuilder::new(
-                    name,
-                    vec![PointStruct::new(
-                        state_point(),
-                        HashMap::<String, Vec<f32>>::new(),
-                        legacy.payload(),
-                    )],
-                )
-                .update_filter(never)
-                .wait(true),
-            ),
-        )
-        .map_err(|e| self.failed(name, e))?;
+        self.ensure_state(name)?;
         let mut conditions = Self::still(seen);
         if seen.pending.is_some() {
             // Taking over a claim whose claimant stopped renewing it.
@@ -239,6 +270,7 @@ impl RemoteStore {
         }
         let owner = random_i64();
         let claim = Epoch {
+            incarnation: seen.incarnation,
             claims: seen.claims + 1,
             current: seen.current,
             pending: Some(seen.current + 1),
@@ -272,20 +304,42 @@ impl RemoteStore {
                 },
             ),
         ]);
-        self.write_rotation_point(name, rotation, Some(claim.claims), Some(older))?;
+        if let Err(e) = self.write_rotation_point(name, rotation, Some(claim.claims), Some(older)) {
+            // Nobody could fill a claim without its matrix: give it up at once.
+            if let Err(a) = self.abandon_of(name, &claim) {
+                tracing::warn!(
+                    "{name:?}: cannot give up re-nest claim {}: {a}",
+                    claim.claims
+                );
+            }
+            return Err(e);
+        }
         Ok(Some(claim))
     }
 
+    /// Conditions that hold while a claim's lease runs.
+    fn live() -> Condition {
+        Condition::range(
+            LEASE,
+            Range {
+                gt: Some(now_ms() as f64),
+                ..Default::default()
+            },
+        )
+    }
+
     pub(super) fn renew_of(&self, name: &str, claim: &Epoch, lease: Duration) -> Result<bool> {
+        let until = now_ms() + lease.as_millis() as i64;
+        let mut conditions = Self::still(claim);
+        conditions.push(Self::live());
         self.set_state_if(
             name,
-            HashMap::from([(
-                LEASE.to_string(),
-                (now_ms() + lease.as_millis() as i64).into(),
-            )]),
-            Self::still(claim),
+            HashMap::from([(LEASE.to_string(), until.into())]),
+            conditions,
         )?;
-        Ok(self.state_of(name)?.map(|s| s.epoch()) == Some(*claim))
+        Ok(self
+            .state_of(name)?
+            .is_some_and(|s| s.epoch() == *claim && s.lease == until))
     }
 
     pub(super) fn finish_of(
@@ -296,6 +350,8 @@ impl RemoteStore {
     ) -> Result<bool> {
         let version = rotation.info.version as i64;
         let owner = random_i64();
+        let mut conditions = Self::still(claim);
+        conditions.push(Self::live());
         self.set_state_if(
             name,
             HashMap::from([
@@ -305,7 +361,7 @@ impl RemoteStore {
                 (LEASE.to_string(), 0i64.into()),
                 (OWNER.to_string(), owner.into()),
             ]),
-            Self::still(claim),
+            conditions,
         )?;
         // This call switched if the state bears its stamp, or a later claim has already
         // replaced the stamp (claims start only from a switched or abandoned state, and a
@@ -315,27 +371,37 @@ impl RemoteStore {
                 && (s.owner == owner || s.claims > claim.claims as i64)
         });
         if won {
-            // What is shown: the whole re-nest's figures (the claim stored those of its fit).
-            let info = Value::String(serde_json::to_string(&rotation.info).map_err(remote)?);
-            let stamped = Filter::must([
-                Condition::has_id([rotation_point(StoredRotation::slot(rotation.info.version))]),
-                Condition::matches(ROTATION_CLAIM_KEY, claim.claims as i64),
-            ]);
-            self.block_on(
-                self.client.set_payload(
-                    SetPayloadPointsBuilder::new(
-                        name,
-                        Payload::from(Map::from_iter([(ROTATION_INFO_KEY.to_string(), info)])),
-                    )
-                    .points_selector(stamped)
-                    .wait(true),
-                ),
-            )
-            .map_err(|e| self.failed(name, e))?;
-            // Beside the spec; readers go by the state point.
-            self.set_rotation_info(name, &rotation.info)?;
+            // The switch is made: what is shown is brought up to date as well as it can be.
+            if let Err(e) = self.show_finished(name, claim, rotation) {
+                tracing::warn!("{name:?}: rotation {version} is in force but not shown: {e}");
+            }
         }
         Ok(won)
+    }
+
+    /// Shows a finished re-nest's figures (the claim stored those of its fit) on its matrix
+    /// point and beside the spec.
+    fn show_finished(&self, name: &str, claim: &Epoch, rotation: &StoredRotation) -> Result<()> {
+        // What is shown: the whole re-nest's figures (the claim stored those of its fit).
+        let info = Value::String(serde_json::to_string(&rotation.info).map_err(remote)?);
+        let stamped = Filter::must([
+            Condition::has_id([rotation_point(StoredRotation::slot(rotation.info.version))]),
+            Condition::matches(ROTATION_CLAIM_KEY, claim.claims as i64),
+        ]);
+        self.block_on(
+            self.client.set_payload(
+                SetPayloadPointsBuilder::new(
+                    name,
+                    Payload::from(Map::from_iter([(ROTATION_INFO_KEY.to_string(), info)])),
+                )
+                .points_selector(stamped)
+                .wait(true),
+            ),
+        )
+        .map_err(|e| self.failed(name, e))?;
+        // Beside the spec; readers go by the state point.
+        self.set_rotation_info(name, &rotation.info)?;
+        Ok(())
     }
 
     pub(super) fn abandon_of(&self, name: &str, claim: &Epoch) -> Result<()> {
@@ -493,27 +559,15 @@ impl RemoteStore {
     /// Makes `rotation` current whatever the state (no claim): the matrix, the state point
     /// (the next claim number, so every process sees the change) and what is shown.
     pub(super) fn set_rotation_of(&self, name: &str, rotation: &StoredRotation) -> Result<()> {
-        let before = self.state_or_legacy(name)?;
+        let before = self.state(name)?;
         self.write_rotation_point(name, rotation, None, None)?;
         let state = State {
+            incarnation: before.incarnation,
             claims: before.claims + 1,
             current: rotation.info.version as i64,
             ..State::default()
         };
-        self.block_on(
-            self.client.upsert_points(
-                UpsertPointsBuilder::new(
-                    name,
-                    vec![PointStruct::new(
-                        state_point(),
-                        HashMap::<String, Vec<f32>>::new(),
-                        state.payload(),
-                    )],
-                )
-                .wait(true),
-            ),
-        )
-        .map_err(|e| self.failed(name, e))?;
+        self.write_state(name, &state, None)?;
         self.set_rotation_info(name, &rotation.info)
     }
 }
