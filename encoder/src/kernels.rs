@@ -534,9 +534,13 @@ mod tests {
     #[cfg(feature = "blas")]
     fn openblas() -> crate::blas::Blas {
         let path = std::env::var("MRL_OPENBLAS").unwrap_or_else(|_| {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/openblas.sh");
+            // The crate's folder as cargo runs the test (a binary built in another checkout
+            // of the same sources carries that checkout's path), else as it was built.
+            let dir = std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+            let script = format!("{dir}/../scripts/openblas.sh");
             let out = std::process::Command::new("bash")
-                .arg(script)
+                .arg(&script)
                 .output()
                 .expect("bash runs scripts/openblas.sh");
             assert!(
