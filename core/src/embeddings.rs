@@ -57,22 +57,17 @@ impl Policy {
 }
 
 /// What to embed with, as a caller asks: a profile name or spec (`None`: `full`), an output
-/// size (`None`: the profile's width), and whether to L2-normalise the cut prefix.
-#[derive(Debug, Clone, PartialEq)]
+/// size (`None`: the profile's width), and whether to L2-normalise the cut prefix (`None`:
+/// as the model's `modules.json` says, i.e. when it ends in a Normalize module), and the
+/// prompt put before each text: one of the model's by name, or a literal one (`None` for both:
+/// the model's default prompt, if it has one).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EmbedSpec {
     pub profile: Option<String>,
     pub dim: Option<usize>,
-    pub normalize: bool,
-}
-
-impl Default for EmbedSpec {
-    fn default() -> Self {
-        Self {
-            profile: None,
-            dim: None,
-            normalize: true,
-        }
-    }
+    pub normalize: Option<bool>,
+    pub prompt_name: Option<String>,
+    pub prompt: Option<String>,
 }
 
 impl EmbedSpec {
@@ -85,7 +80,15 @@ impl EmbedSpec {
         self
     }
     pub fn normalize(mut self, normalize: bool) -> Self {
-        self.normalize = normalize;
+        self.normalize = Some(normalize);
+        self
+    }
+    pub fn prompt_name(mut self, name: impl Into<String>) -> Self {
+        self.prompt_name = Some(name.into());
+        self
+    }
+    pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
+        self.prompt = Some(prompt.into());
         self
     }
 }
@@ -98,9 +101,18 @@ pub struct Resolved {
     pub profile_name: String,
     pub dim: usize,
     pub normalize: bool,
+    /// The text put before each input (`EmbedSpec`'s prompt, resolved).
+    pub prompt: Option<String>,
 }
 
 impl Resolved {
+    /// `texts` as the model reads them: each after the prompt, when there is one.
+    pub fn prompted<S: AsRef<str>>(&self, texts: &[S]) -> Option<Vec<String>> {
+        self.prompt
+            .as_ref()
+            .map(|p| texts.iter().map(|t| format!("{p}{}", t.as_ref())).collect())
+    }
+
     /// The `dim` prefix of each raw pooled vector, normalised when asked.
     ///
     /// Errors: `Internal` when a vector is narrower than `dim` (the forward pass ran another
@@ -236,8 +248,37 @@ impl Embeddings {
             profile,
             profile_name: spec.profile.clone().unwrap_or_else(|| "full".into()),
             dim,
-            normalize: spec.normalize,
+            normalize: spec
+                .normalize
+                .unwrap_or_else(|| self.embedder.modules().normalize),
+            prompt: self.prompt(spec.prompt_name.as_deref(), spec.prompt.as_deref())?,
         })
+    }
+
+    /// The text a caller's prompt choice puts before each input: a literal `prompt`, else the
+    /// model's prompt `name`d, else its default prompt, else none.
+    ///
+    /// Errors: `InvalidField` naming `prompt_name` for a name the model does not have (with
+    /// the ones it has), or `prompt` when both are given.
+    pub fn prompt(&self, name: Option<&str>, prompt: Option<&str>) -> Result<Option<String>> {
+        self.embedder
+            .prompts()
+            .choose(name, prompt)
+            .map(|p| p.map(str::to_string))
+            .map_err(|known| match known {
+                None => Error::field("prompt", "give prompt or prompt_name, not both"),
+                Some(known) => Error::field(
+                    "prompt_name",
+                    format!(
+                        "unknown prompt name {:?}; this model's prompts: {}",
+                        name.unwrap_or_default(),
+                        match known.is_empty() {
+                            true => "none".to_string(),
+                            false => known.join(", "),
+                        }
+                    ),
+                ),
+            })
     }
 
     /// Tokenizes `texts` at the model's limit, under the truncation policy.
@@ -338,6 +379,7 @@ impl Embeddings {
     ) -> Result<Embedded> {
         self.policy.check_count(texts.len(), fields.texts)?;
         let resolved = self.resolve(spec, fields)?;
+        let texts = resolved.prompted(&texts).unwrap_or(texts);
         let (raw, tokens) = self
             .raw(texts, resolved.profile.clone(), fields.texts)
             .await?;
@@ -353,7 +395,10 @@ impl Embeddings {
     ) -> Result<Embedded> {
         self.policy.check_count(texts.len(), fields.texts)?;
         let resolved = self.resolve(spec, fields)?;
-        let (raw, tokens) = self.raw_blocking(texts, &resolved.profile, fields.texts)?;
+        let (raw, tokens) = match resolved.prompted(texts) {
+            Some(prompted) => self.raw_blocking(&prompted, &resolved.profile, fields.texts)?,
+            None => self.raw_blocking(texts, &resolved.profile, fields.texts)?,
+        };
         resolved.answer(&raw, tokens.count)
     }
 }

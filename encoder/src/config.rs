@@ -1,5 +1,6 @@
 //! Model configuration: HF `config.json` and the sentence-transformers settings beside it
-//! (`sentence_bert_config.json`, `1_Pooling/`). The mrl manifest lives in `manifest`.
+//! (`sentence_bert_config.json`); what runs after the transformer is `pooling`'s. The mrl
+//! manifest lives in `manifest`.
 
 use std::path::Path;
 
@@ -82,17 +83,6 @@ struct StConfig {
     max_seq_length: Option<usize>,
 }
 
-/// `1_Pooling/config.json`: only mean pooling is supported.
-#[derive(Debug, Clone, Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-}
-
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| EncoderError::io(path, e))?;
     serde_json::from_str(&text).map_err(|source| EncoderError::Json {
@@ -116,18 +106,61 @@ pub fn max_seq_length(dir: &Path, cfg: &BertConfig) -> Result<usize> {
         .min(cfg.max_position_embeddings))
 }
 
-/// Fails on pooling modes other than mean, which would silently give different vectors.
-pub fn check_pooling(dir: &Path) -> Result<()> {
-    let path = dir.join("1_Pooling").join("config.json");
-    if !path.exists() {
-        return Ok(());
+/// `config_sentence_transformers.json`'s prompts: text put before an input, by name
+/// (`{"query": "query: ", "document": "passage: "}` for the e5 family), and the one used when
+/// a caller names none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Prompts {
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_prompt_name: Option<String>,
+}
+
+impl Prompts {
+    /// The folder's prompts (none without the file).
+    ///
+    /// Errors: `Json`/`Io` for an unreadable file; `UnsupportedModel` when
+    /// `default_prompt_name` names no prompt.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config_sentence_transformers.json");
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let p: Self = read_json(&path)?;
+        if let Some(name) = &p.default_prompt_name {
+            if !p.prompts.contains_key(name) {
+                return Err(EncoderError::UnsupportedModel {
+                    path,
+                    reason: format!("default_prompt_name {name:?} names none of its prompts"),
+                });
+            }
+        }
+        Ok(p)
     }
-    let p: PoolingConfig = read_json(&path)?;
-    if !p.pooling_mode_mean_tokens || p.pooling_mode_cls_token || p.pooling_mode_max_tokens {
-        return Err(EncoderError::UnsupportedModel {
-            path,
-            reason: "only mean pooling is supported".into(),
-        });
+
+    /// The prompt a caller's choice comes to: the literal `prompt`, else the one `name`d, else
+    /// the default one, else none (sentence-transformers' `encode(prompt=, prompt_name=)`).
+    ///
+    /// Errors: `Err(None)` when both are given, `Err(Some(known))` for an unknown name, with
+    /// the names there are (callers word the error for their field).
+    pub fn choose<'a>(
+        &'a self,
+        name: Option<&str>,
+        prompt: Option<&'a str>,
+    ) -> std::result::Result<Option<&'a str>, Option<Vec<String>>> {
+        match (name, prompt) {
+            (Some(_), Some(_)) => Err(None),
+            (None, Some(p)) => Ok(Some(p)),
+            (Some(n), None) => match self.prompts.get(n) {
+                Some(p) => Ok(Some(p.as_str())),
+                None => Err(Some(self.prompts.keys().cloned().collect())),
+            },
+            (None, None) => Ok(self
+                .default_prompt_name
+                .as_ref()
+                .and_then(|n| self.prompts.get(n))
+                .map(String::as_str)),
+        }
     }
-    Ok(())
 }

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, BertConfig};
+use crate::config::{self, BertConfig, Prompts};
 use crate::error::{EncoderError, Result};
 use crate::manifest::Manifest;
 use crate::model::{BertModel, Precision, Weights};
+use crate::pooling::{Modules, Pooling};
 use crate::profile::Profile;
 use crate::tokenize::TextTokenizer;
 
@@ -22,12 +23,19 @@ pub struct Embedder {
     tokenizer: TextTokenizer,
     model: BertModel,
     manifest: Option<Manifest>,
+    modules: Modules,
+    prompts: Prompts,
 }
 
 impl Embedder {
     /// Loads a sentence-transformers folder (`config.json`, `tokenizer.json`,
-    /// `model.safetensors`, optionally `sentence_bert_config.json` and `1_Pooling/`), and the
-    /// elastic manifest `mrl.json` when the folder has one.
+    /// `model.safetensors`, optionally `sentence_bert_config.json`, `modules.json` and its
+    /// pooling module), and the elastic manifest `mrl.json` when the folder has one.
+    ///
+    /// Errors: `UnsupportedModel` naming the file for what cannot be run as
+    /// sentence-transformers would (a module other than Transformer, Pooling and Normalize,
+    /// several pooling modes, an elastic checkpoint's heads under a pooling other than mean,
+    /// which they were fitted on); `Io`/`Json` for missing or malformed files.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         Self::load_with(dir, Precision::F32)
     }
@@ -39,7 +47,8 @@ impl Embedder {
         let config_path = dir.join("config.json");
         let config: BertConfig = config::read_json(&config_path)?;
         config.validate(&config_path)?;
-        config::check_pooling(dir)?;
+        let modules = Modules::load(dir)?;
+        let prompts = Prompts::load(dir)?;
         let max_len = config::max_seq_length(dir, &config)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), max_len)?;
         let weights_path = dir.join("model.safetensors");
@@ -52,6 +61,22 @@ impl Embedder {
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
         let mut model = BertModel::load(&Weights::new(tensors), &config, precision)?;
         let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
+        let has_heads = model.output_width(&Profile::full(&config)) != config.hidden_size
+            || manifest
+                .iter()
+                .flat_map(|m| &m.profiles)
+                .any(|p| p.head.is_some());
+        if modules.pooling != Pooling::Mean && has_heads {
+            return Err(EncoderError::UnsupportedModel {
+                path: dir.join("modules.json"),
+                reason: format!(
+                    "pooling {} under an elastic checkpoint's heads, which were fitted on mean \
+                     pooling",
+                    modules.pooling.name()
+                ),
+            });
+        }
+        model.set_pooling(modules.pooling);
         for p in manifest.iter().flat_map(|m| &m.profiles) {
             if let Some(head) = &p.head {
                 model.bind_profile_head(head, &p.profile)?;
@@ -66,7 +91,20 @@ impl Embedder {
             tokenizer,
             model,
             manifest,
+            modules,
+            prompts,
         })
+    }
+
+    /// The folder's named prompts (`config_sentence_transformers.json`).
+    pub fn prompts(&self) -> &Prompts {
+        &self.prompts
+    }
+
+    /// What runs after the transformer (`modules.json`): the pooling mode, and whether
+    /// sentence-transformers would normalise (callers that do not say follow it).
+    pub fn modules(&self) -> Modules {
+        self.modules
     }
 
     /// The elastic manifest, for checkpoints that have one.

@@ -19,6 +19,7 @@ use crate::config::BertConfig;
 use crate::error::{EncoderError, Result};
 use crate::int8::{QuantizedRows, QuantizedWeights};
 use crate::kernels::{self, MatRef};
+use crate::pooling::Pooling;
 use crate::profile::Profile;
 
 /// The arithmetic of the encoder's dense layers (attention scores, softmax, LayerNorm, GELU
@@ -623,6 +624,8 @@ pub struct BertModel {
     unbound_bridges: HashMap<String, Vec<Bridge>>,
     /// The dense layers' arithmetic.
     precision: Precision,
+    /// How each text's token vectors become one (the folder's pooling module; mean unless set).
+    pooling: Pooling,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -652,8 +655,19 @@ impl BertModel {
             bridges: Vec::new(),
             unbound_bridges: w.bridges()?,
             precision,
+            pooling: Pooling::Mean,
             workspaces: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Pools token vectors by `pooling` from now on (the folder's pooling module).
+    pub fn set_pooling(&mut self, pooling: Pooling) {
+        self.pooling = pooling;
+    }
+
+    /// How token vectors are pooled.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
     }
 
     /// Runs every layer's dense layers (QKV, attention output, FFN up and down) in int8 from
@@ -921,7 +935,7 @@ impl BertModel {
                 std::mem::swap(&mut ws.x, &mut ws.tmp);
             }
         }
-        let mut pooled = crate::pooling::mean_pool(&ws.x, hidden, &spans);
+        let mut pooled = self.pooling.pool(&ws.x, hidden, &spans);
         if let Some(head) = self.head_for(profile) {
             let n = head.bias.len();
             let flat: Vec<f32> = pooled.concat();

@@ -29,9 +29,17 @@ pub(crate) struct EmbedArgs {
     /// Profile name ("full") or spec such as "layers=3,heads=8".
     #[arg(long)]
     pub(crate) profile: Option<String>,
-    /// Emit the raw mean-pooled vector instead of an L2-normalised one.
+    /// Emit the raw pooled vector (its prefix) instead of an L2-normalised one (default: as
+    /// the model's modules.json says; sentence-transformers folders mostly normalise).
     #[arg(long)]
     pub(crate) no_normalize: bool,
+    /// One of the model's prompts by name (config_sentence_transformers.json), put before
+    /// each text (default: the model's default prompt, if it has one).
+    #[arg(long, conflicts_with = "prompt")]
+    pub(crate) prompt_name: Option<String>,
+    /// A literal prompt put before each text.
+    #[arg(long)]
+    pub(crate) prompt: Option<String>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = mrl_encoder::DEFAULT_BATCH_SIZE)]
     pub(crate) batch_size: usize,
@@ -86,7 +94,9 @@ pub(crate) fn run(args: EmbedArgs) -> Result<()> {
     let spec = EmbedSpec {
         profile: args.profile.clone(),
         dim: args.dim,
-        normalize: !args.no_normalize,
+        normalize: args.no_normalize.then_some(false),
+        prompt_name: args.prompt_name.clone(),
+        prompt: args.prompt.clone(),
     };
     // Validate options before reading stdin, so a typo fails at once.
     embeddings.resolve(&spec, &FIELDS)?;

@@ -1,4 +1,4 @@
-//! `POST /embed`: `{inputs, dim?, profile?, normalize?}` → `{model, profile, dim, embeddings,
+//! `POST /embed`: `{inputs, dim?, profile?, normalize?, prompt_name?, prompt?}` → `{model, profile, dim, embeddings,
 //! usage}`.
 
 use actix_web::{web, HttpResponse};
@@ -17,8 +17,14 @@ pub struct EmbedRequest {
     pub dim: Option<usize>,
     /// A profile name (`full`, `b50`, …) or spec (`layers=3,heads=8`).
     pub profile: Option<String>,
-    /// L2-normalise the cut prefix (default true).
+    /// L2-normalise the cut prefix (default: as the model's `modules.json` says: true when
+    /// it ends in a Normalize module, as the shipped models do).
     pub normalize: Option<bool>,
+    /// One of the model's prompts by name (`config_sentence_transformers.json`), put before
+    /// each input (default: the model's default prompt, if any); unknown names are a 400.
+    pub prompt_name: Option<String>,
+    /// A literal prompt put before each input, instead of a named one.
+    pub prompt: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -57,7 +63,9 @@ pub async fn embed(
     let spec = EmbedSpec {
         profile: req.profile,
         dim: req.dim,
-        normalize: req.normalize.unwrap_or(true),
+        normalize: req.normalize,
+        prompt_name: req.prompt_name,
+        prompt: req.prompt,
     };
     let out = state
         .embeddings

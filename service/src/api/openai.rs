@@ -116,7 +116,9 @@ async fn create(
     let spec = EmbedSpec {
         profile: model.rsplit_once(':').map(|(_, p)| p.to_string()),
         dim: req.dimensions,
-        normalize: true,
+        // OpenAI's embeddings are unit vectors.
+        normalize: Some(true),
+        ..EmbedSpec::default()
     };
     let out = state
         .embeddings

@@ -1,0 +1,203 @@
+//! sentence-transformers folders beyond plain mean pooling, against sentence-transformers'
+//! own outputs (`tests/fixtures/st-pooling.json`, written by `scripts/st_fixtures.py`): every
+//! pooling mode with and without a Normalize module, and prompts (the default one, one by
+//! name, a literal one); a module the loader cannot run is refused by name; an unknown prompt
+//! name is a 400 naming the field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::cosine;
+use mrl::{EmbedSpec, Embedder, Embeddings, Fields, Policy};
+use serde_json::{json, Value};
+
+fn fixture() -> Value {
+    let path = common::root().join("tests/fixtures/st-pooling.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn floats(b64: &str) -> Vec<f32> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The base model's folder with `files` (relative path → JSON) written over it; the weights
+/// are linked, not copied.
+fn folder(name: &str, files: &serde_json::Map<String, Value>) -> PathBuf {
+    let base = common::model_dir();
+    let dir = std::env::temp_dir().join(format!("mrl-pooling-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&base).unwrap() {
+        let entry = entry.unwrap();
+        let to = dir.join(entry.file_name());
+        if entry.file_name() == "model.safetensors" {
+            std::os::unix::fs::symlink(entry.path(), &to).unwrap();
+        } else if entry.path().is_file() {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    for (rel, v) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(v).unwrap()).unwrap();
+    }
+    dir
+}
+
+fn embeddings(dir: &Path) -> Embeddings {
+    Embeddings::inline(Arc::new(Embedder::load(dir).unwrap()), Policy::LIBRARY)
+}
+
+/// Each case's vectors (normalised or not, as its modules say; with its prompt) have cosine
+/// ≥ 0.9999 to sentence-transformers', and the same length.
+#[test]
+fn every_pooling_mode_and_prompt_matches_sentence_transformers() {
+    let fx = fixture();
+    let texts: Vec<String> = fx["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(
+        cases.len(),
+        15,
+        "6 modes × (with, without Normalize) and 3 prompt cases"
+    );
+    let mut worst = (1.0f64, String::new());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let dir = folder(name, case["files"].as_object().unwrap());
+        let e = embeddings(&dir);
+        let spec = EmbedSpec {
+            prompt_name: case["prompt_name"].as_str().map(String::from),
+            prompt: case["prompt"].as_str().map(String::from),
+            ..EmbedSpec::default()
+        };
+        let got = e.embed_blocking(&texts, &spec, &Fields::NATIVE).unwrap();
+        for ((text, want), got) in texts
+            .iter()
+            .zip(case["embeddings"].as_array().unwrap())
+            .zip(&got.vectors)
+        {
+            let want = floats(want.as_str().unwrap());
+            let c = cosine(got, &want);
+            let norm = |v: &[f32]| v.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+            let (g, w) = (norm(got), norm(&want));
+            assert!(
+                c >= 0.9999 && (g - w).abs() <= 1e-3 * w.max(1e-6),
+                "{name} on {text:?}: cosine {c}, norms {g} and {w}"
+            );
+            if c < worst.0 {
+                worst = (c, format!("{name} on {text:?}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    eprintln!(
+        "lowest cosine to sentence-transformers: {:.7} ({})",
+        worst.0, worst.1
+    );
+}
+
+/// A Dense module after pooling is refused at load, naming it: its vectors would differ.
+#[test]
+fn a_module_the_loader_cannot_run_is_refused_by_name() {
+    let fx = fixture();
+    let mut files = fx["cases"][0]["files"].as_object().unwrap().clone();
+    files.insert(
+        "modules.json".into(),
+        json!([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+        ]),
+    );
+    let dir = folder("dense", &files);
+    let e = Embedder::load(&dir)
+        .err()
+        .expect("a Dense module is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("sentence_transformers.models.Dense") && msg.contains("2_Dense"),
+        "{msg}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mrl"))
+        .args(["embed", "--model"])
+        .arg(&dir)
+        .arg("hello")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2_Dense"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Over HTTP: `prompt_name` picks a prompt, an unknown one is a 400 naming `prompt_name` and
+/// the names there are, and giving both `prompt` and `prompt_name` is a 400 naming `prompt`.
+#[test]
+fn prompts_over_http_and_unknown_names_are_refused() {
+    let fx = fixture();
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "prompt-document")
+        .unwrap()
+        .clone();
+    let dir = folder("http", case["files"].as_object().unwrap());
+    let data = std::env::temp_dir().join(format!("mrl-pooling-data-{}", std::process::id()));
+    let model = dir.to_string_lossy().to_string();
+    let s = common::server::Server::start_with(&data, &["--model", &model]);
+    let text = fx["texts"][0].as_str().unwrap();
+    let v = s.ok(
+        "POST",
+        "/embed",
+        json!({"inputs": [text], "prompt_name": "document"}),
+    );
+    let got: Vec<f32> = v["embeddings"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let want = floats(case["embeddings"][0].as_str().unwrap());
+    assert!(cosine(&got, &want) >= 0.9999);
+
+    let (status, v) = s.call(
+        "POST",
+        "/embed",
+        Some(json!({"inputs": [text], "prompt_name": "passage"})),
+    );
+    assert_eq!(status, 400, "{v}");
+    let body = v.to_string();
+    assert!(
+        body.contains("prompt_name")
+            && body.contains("passage")
+            && body.contains("document, query"),
+        "{body}"
+    );
+    let (status, v) = s.call(
+        "POST",
+        "/embed",
+        Some(json!({"inputs": [text], "prompt_name": "query", "prompt": "q: "})),
+    );
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("prompt")),
+        "{v}"
+    );
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}
