@@ -192,6 +192,10 @@ impl Adapter {
     ///
     /// Errors: the store's.
     pub(super) fn wait_for_other_claims(&self) -> Result<()> {
+        if self.seen.is_none() {
+            // Not shared, or not adaptive: nothing to wait for, and nothing to ask the store.
+            return Ok(());
+        }
         loop {
             let Some(now) = self.store.shared(&self.name)? else {
                 return Ok(());

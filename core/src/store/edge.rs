@@ -12,13 +12,15 @@
 //! - creating and deleting are serialised, so a recreate never shares a folder with a delete;
 //! - a panic inside the engine is caught and answered as a storage error.
 //!
+//! Its write-ahead log is never truncated by the engine: `wal` keeps it small.
+//!
 //! Reads do not take the write mutex. Optimization (HNSW build) runs on a background thread
 //! after bulk writes; writes wait for it, reads do not. An adaptive collection's current
 //! rotation is `rotation.json` beside the spec, replaced by an atomic rename.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use qdrant_edge::SearchParams;
@@ -36,6 +38,8 @@ use super::{
     ScrolledPoint, StoreError, StoredDocument, StoredRotation, VectorPage, VectorQuery,
     VectorStore, ID_KEY, TEXT_KEY,
 };
+
+mod wal;
 
 const SPEC_FILE: &str = "collection.json";
 const ROTATION_FILE: &str = "rotation.json";
@@ -64,6 +68,10 @@ struct Collection {
     /// Held for every write, flush and optimize of the shard.
     writes: Arc<Mutex<usize>>,
     optimizing: Arc<AtomicBool>,
+    /// The shard's folder, to reopen it.
+    dir: PathBuf,
+    /// Writes since the log's folder was last looked at.
+    unchecked: AtomicUsize,
 }
 
 /// Collections of qdrant-edge shards in a data folder.
@@ -130,13 +138,14 @@ impl EdgeStore {
                 None
             };
             let shard_dir = path.join("shard");
+            wal::drop_old(&shard_dir).map_err(storage)?;
             let shard =
                 guarded("loading", || EdgeShard::load(&shard_dir, None))?.map_err(storage)?;
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let c = Collection::new(name.clone(), spec, shard);
+            let c = Collection::new(name.clone(), spec, shard, shard_dir);
             *c.rotation.write().unwrap_or_else(|e| e.into_inner()) = rotation;
             collections.insert(name, Arc::new(c));
         }
@@ -186,7 +195,7 @@ impl Drop for EdgeStore {
 }
 
 impl Collection {
-    fn new(name: String, spec: CollectionSpec, shard: EdgeShard) -> Self {
+    fn new(name: String, spec: CollectionSpec, shard: EdgeShard, dir: PathBuf) -> Self {
         Self {
             name,
             spec,
@@ -194,7 +203,36 @@ impl Collection {
             gate: RwLock::new(Some(Arc::new(shard))),
             writes: Arc::new(Mutex::new(0)),
             optimizing: Arc::new(AtomicBool::new(false)),
+            dir,
+            unchecked: AtomicUsize::new(0),
         }
+    }
+
+    /// Every `wal::CHECK_EVERY` writes, reopens the shard once its log's closed segments pass
+    /// `wal::COMPACT_AT` (`wal` says why that is safe): closed when nothing uses it (its last
+    /// flush), spent segments removed, loaded again; the collection's operations wait.
+    ///
+    /// Errors: `Storage` when the folder cannot be read or the shard not loaded again (the
+    /// collection then answers `NoSuchCollection` until the store is opened again).
+    fn compact_wal(&self) -> Result<()> {
+        if self.unchecked.fetch_add(1, Ordering::SeqCst) + 1 < wal::CHECK_EVERY {
+            return Ok(());
+        }
+        self.unchecked.store(0, Ordering::SeqCst);
+        if wal::removable(&self.dir).map_err(storage)? < wal::COMPACT_AT {
+            return Ok(());
+        }
+        let mut gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.wait_idle();
+        let Some(shard) = gate.take() else {
+            return Ok(());
+        };
+        guarded("closing", move || drop(shard))?;
+        let removed = wal::drop_old(&self.dir).map_err(storage)?;
+        let shard = guarded("loading", || EdgeShard::load(&self.dir, None))?.map_err(storage)?;
+        *gate = Some(Arc::new(shard));
+        tracing::debug!("{:?}: {removed} bytes of spent log removed", self.name);
+        Ok(())
     }
 
     /// Runs `f` on the open shard, or answers `NoSuchCollection` once it is deleted.
@@ -252,46 +290,54 @@ impl Collection {
         })
     }
 
-    /// Applies `op` and flushes, under the write lock; starts an optimize after bulk writes.
+    /// Applies `op` durably (`write_on`), then keeps the write-ahead log small.
     fn write(&self, op: UpdateOperation, points: usize) -> Result<()> {
-        self.with_shard(|shard| {
-            let mut since = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-            guarded("writing", || shard.update(op))?.map_err(storage)?;
-            guarded("flushing", || shard.flush())?;
-            *since += points;
-            if *since >= OPTIMIZE_AFTER && !self.optimizing.swap(true, Ordering::SeqCst) {
-                *since = 0;
-                let (shard, writes, flag) =
-                    (shard.clone(), self.writes.clone(), self.optimizing.clone());
-                let flag_on_failure = flag.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("mrl-optimize".into())
-                    .spawn(move || {
-                        {
-                            let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
-                            match guarded("optimizing", || {
-                                let done = shard.optimize();
-                                shard.flush();
-                                done
-                            }) {
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => tracing::warn!("optimize failed: {e}"),
-                                Err(e) => tracing::warn!("{e}"),
-                            }
+        self.with_shard(|shard| self.write_on(shard, op, points))?;
+        // The write is durable: a failed compaction is only logged.
+        if let Err(e) = self.compact_wal() {
+            tracing::warn!("{:?}: write-ahead log not compacted: {e}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Applies `op` and flushes, under the write lock; starts an optimize after bulk writes.
+    fn write_on(&self, shard: &Arc<EdgeShard>, op: UpdateOperation, points: usize) -> Result<()> {
+        let mut since = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        guarded("writing", || shard.update(op))?.map_err(storage)?;
+        guarded("flushing", || shard.flush())?;
+        *since += points;
+        if *since >= OPTIMIZE_AFTER && !self.optimizing.swap(true, Ordering::SeqCst) {
+            *since = 0;
+            let (shard, writes, flag) =
+                (shard.clone(), self.writes.clone(), self.optimizing.clone());
+            let flag_on_failure = flag.clone();
+            let spawned = std::thread::Builder::new()
+                .name("mrl-optimize".into())
+                .spawn(move || {
+                    {
+                        let _guard = writes.lock().unwrap_or_else(|e| e.into_inner());
+                        match guarded("optimizing", || {
+                            let done = shard.optimize();
+                            shard.flush();
+                            done
+                        }) {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!("optimize failed: {e}"),
+                            Err(e) => tracing::warn!("{e}"),
                         }
-                        // Released before the flag clears, so that once it reads false nothing but
-                        // the collection holds the shard and it can be closed.
-                        drop(shard);
-                        flag.store(false, Ordering::SeqCst);
-                    });
-                if let Err(e) = spawned {
-                    // The write is durable; only its index build is left for a later one.
-                    tracing::warn!("cannot start an optimize: {e}");
-                    flag_on_failure.store(false, Ordering::SeqCst);
-                }
+                    }
+                    // Released before the flag clears, so that once it reads false nothing but
+                    // the collection holds the shard and it can be closed.
+                    drop(shard);
+                    flag.store(false, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                // The write is durable; only its index build is left for a later one.
+                tracing::warn!("cannot start an optimize: {e}");
+                flag_on_failure.store(false, Ordering::SeqCst);
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }
 
@@ -363,7 +409,9 @@ impl VectorStore for EdgeStore {
         let _ = std::fs::remove_dir_all(&path);
         let shard_dir = path.join("shard");
         std::fs::create_dir_all(&shard_dir).map_err(storage)?;
-        let mut config = EdgeConfigBuilder::new().on_disk_payload(true);
+        let mut config = EdgeConfigBuilder::new()
+            .on_disk_payload(true)
+            .wal_options(wal::options());
         for (vector, d) in spec.vectors() {
             config = config.vector(
                 vector,
@@ -382,7 +430,12 @@ impl VectorStore for EdgeStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 name.to_string(),
-                Arc::new(Collection::new(name.to_string(), spec.clone(), shard)),
+                Arc::new(Collection::new(
+                    name.to_string(),
+                    spec.clone(),
+                    shard,
+                    shard_dir,
+                )),
             );
         Ok(true)
     }
