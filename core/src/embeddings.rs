@@ -71,22 +71,27 @@ pub struct EmbedSpec {
 }
 
 impl EmbedSpec {
+    /// Embeds with `profile` (a name or spec).
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
         self.profile = Some(profile.into());
         self
     }
+    /// Cuts to the first `dim` values.
     pub fn dim(mut self, dim: usize) -> Self {
         self.dim = Some(dim);
         self
     }
+    /// L2-normalises the cut prefix, or not, whatever the model's `modules.json` says.
     pub fn normalize(mut self, normalize: bool) -> Self {
         self.normalize = Some(normalize);
         self
     }
+    /// Puts the model's prompt `name` before each text.
     pub fn prompt_name(mut self, name: impl Into<String>) -> Self {
         self.prompt_name = Some(name.into());
         self
     }
+    /// Puts the literal `prompt` before each text.
     pub fn prompt(mut self, prompt: impl Into<String>) -> Self {
         self.prompt = Some(prompt.into());
         self

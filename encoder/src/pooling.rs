@@ -92,6 +92,7 @@ impl Pooling {
 /// mode, and whether a `Normalize` module L2-normalises the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Modules {
+    /// How token vectors become one (the Pooling module's mode).
     pub pooling: Pooling,
     /// Whether sentence-transformers would return unit vectors (a `Normalize` module last).
     pub normalize: bool,
@@ -140,7 +141,8 @@ fn yes() -> bool {
 
 impl Modules {
     /// Reads `modules.json` and its pooling module's `config.json` from `dir`. Without
-    /// `modules.json`: `1_Pooling/config.json` when there is one, else the default.
+    /// `modules.json`: mean pooling and no normalisation, as sentence-transformers builds a
+    /// plain transformer folder.
     ///
     /// Errors: `UnsupportedModel` naming the file for a module other than Transformer,
     /// Pooling and a final Normalize (a `Dense` layer, say: it is never skipped), for several
@@ -149,14 +151,7 @@ impl Modules {
     pub fn load(dir: &Path) -> Result<Self> {
         let list = dir.join("modules.json");
         if !list.exists() {
-            let pooling = dir.join("1_Pooling").join("config.json");
-            return Ok(Self {
-                pooling: match pooling.exists() {
-                    true => read_pooling(&pooling)?,
-                    false => Pooling::Mean,
-                },
-                normalize: false,
-            });
+            return Ok(Self::default());
         }
         let entries: Vec<ModuleEntry> = read_json(&list)?;
         let refuse = |reason: String| EncoderError::UnsupportedModel {
@@ -166,9 +161,25 @@ impl Modules {
         let mut out = Self::default();
         let mut pooled = false;
         for (i, m) in entries.iter().enumerate() {
-            let kind = m.kind.rsplit('.').next().unwrap_or(&m.kind);
+            // sentence-transformers' own modules only: a custom class of the same name is not
+            // what runs here.
+            let kind = m
+                .kind
+                .strip_prefix("sentence_transformers.models.")
+                .unwrap_or("");
             match (i, kind, pooled, out.normalize) {
+                // The weights, config and tokenizer are read from the folder itself.
+                (0, "Transformer", _, _) if !m.path.is_empty() => {
+                    return Err(refuse(format!(
+                        "module 0 (Transformer) lives in {:?}; mrl reads the transformer from \
+                         the folder itself (path \"\")",
+                        m.path
+                    )))
+                }
                 (0, "Transformer", _, _) => {}
+                (_, "Pooling", false, false) if i > 0 && m.path.is_empty() => {
+                    return Err(refuse(format!("module {i} (Pooling) names no path")))
+                }
                 (_, "Pooling", false, false) if i > 0 => {
                     let path: PathBuf = dir.join(&m.path).join("config.json");
                     out.pooling = read_pooling(&path)?;
@@ -324,9 +335,22 @@ mod tests {
             .to_string()
             .contains("include_prompt"));
 
+        // Without modules.json sentence-transformers builds mean pooling, whatever else is there.
         let last = r#"{"pooling_mode_lasttoken": true}"#;
         let dir = folder(&[("1_Pooling/config.json", last)]);
-        assert_eq!(Modules::load(&dir).unwrap().pooling, Pooling::LastToken);
-        assert_eq!(Modules::load(&folder(&[])).unwrap(), Modules::default());
+        assert_eq!(Modules::load(&dir).unwrap(), Modules::default());
+
+        let moved = MODULES.replace(r#""path": "", "#, r#""path": "0_Transformer", "#);
+        let dir = folder(&[("modules.json", &moved), ("1_Pooling/config.json", cls)]);
+        assert!(Modules::load(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("0_Transformer"));
+        let custom = MODULES.replace("sentence_transformers.models.Normalize", "mine.Normalize");
+        let dir = folder(&[("modules.json", &custom), ("1_Pooling/config.json", cls)]);
+        assert!(Modules::load(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("mine.Normalize"));
     }
 }

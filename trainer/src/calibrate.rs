@@ -390,6 +390,28 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A calibrated parent: its embedder, its manifest and the order calibration drops layers.
+///
+/// Errors: `Invalid` when the parent pools other than by mean (the student pools by mean,
+/// so checked before a run), has no `mrl.json`, or the manifest no ranking.
+pub(crate) fn load_parent(parent: &Path) -> Result<(Embedder, Manifest, Vec<usize>)> {
+    let teacher = Embedder::load(parent)?;
+    crate::student::check_parent_pooling(teacher.modules().pooling)
+        .map_err(|e| TrainerError::Invalid(format!("{}: {e}", parent.display())))?;
+    let manifest = teacher.manifest().cloned().ok_or_else(|| {
+        TrainerError::Invalid(format!(
+            "{} has no mrl.json: calibrate it first (mrl calibrate)",
+            parent.display()
+        ))
+    })?;
+    let ranking = manifest
+        .ranking
+        .as_ref()
+        .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
+    let drop_order = ranking.layer_drop_order.clone();
+    Ok((teacher, manifest, drop_order))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{Embedding, Linear, Module, VarBuilder, VarMap};
+use mrl_encoder::pooling::Pooling;
 use mrl_encoder::BertConfig;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,21 @@ pub enum Kernels {
     /// Padded batches through chains of primitive candle ops: the trainer's first path, the
     /// reference for the fused one (same losses within float rounding).
     Primitive,
+}
+
+/// Whether a parent that pools by `pooling` (its `modules.json`) can be trained: the student
+/// and the heads it fits pool by mean, so checked before a run, not after.
+///
+/// Errors: the reason, for any other pooling.
+pub fn check_parent_pooling(pooling: Pooling) -> std::result::Result<(), String> {
+    match pooling {
+        Pooling::Mean => Ok(()),
+        other => Err(format!(
+            "the parent pools by {} (modules.json); the student pools by mean, so only \
+             mean-pooled parents can be trained",
+            other.name()
+        )),
+    }
 }
 
 /// A tokenized batch in the form its kernels take.

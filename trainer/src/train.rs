@@ -345,7 +345,7 @@ impl<'a> Trainer<'a> {
     fn new(cfg: &'a TrainConfig, progress: &'a ProgressBar) -> Result<Self> {
         let start = Instant::now();
         let device = Device::Cpu;
-        let (teacher, manifest, drop_order) = load_parent(cfg)?;
+        let (teacher, manifest, drop_order) = crate::calibrate::load_parent(&cfg.parent)?;
         let bert = teacher.config().clone();
         let tensors =
             candle_core::safetensors::load(cfg.parent.join("model.safetensors"), &device)?;
@@ -662,25 +662,6 @@ impl<'a> Trainer<'a> {
             })
             .collect()
     }
-}
-
-/// The calibrated parent: its embedder, its manifest and the order calibration drops layers.
-///
-/// Errors: `Invalid` when the parent has no `mrl.json` or the manifest no ranking.
-fn load_parent(cfg: &TrainConfig) -> Result<(Embedder, Manifest, Vec<usize>)> {
-    let teacher = Embedder::load(&cfg.parent)?;
-    let manifest = teacher.manifest().cloned().ok_or_else(|| {
-        TrainerError::Invalid(format!(
-            "{} has no mrl.json: calibrate it first (mrl calibrate)",
-            cfg.parent.display()
-        ))
-    })?;
-    let ranking = manifest
-        .ranking
-        .as_ref()
-        .ok_or_else(|| TrainerError::Invalid("the parent's mrl.json has no ranking".into()))?;
-    let drop_order = ranking.layer_drop_order.clone();
-    Ok((teacher, manifest, drop_order))
 }
 
 /// The router over `space`'s axes for the recipe's budgets, and its variables.

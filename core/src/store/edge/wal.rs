@@ -48,7 +48,12 @@ fn closed(shard: &Path) -> std::io::Result<Vec<(u64, u64, std::path::PathBuf)>> 
         else {
             continue;
         };
-        out.push((start, entry.metadata()?.len(), entry.path()));
+        match entry.metadata() {
+            Ok(m) => out.push((start, m.len(), entry.path())),
+            // Gone since the listing (the log recycled it).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     out.sort();
     Ok(out)
@@ -60,12 +65,12 @@ pub(super) fn removable(shard: &Path) -> std::io::Result<u64> {
     Ok(c.iter().rev().skip(1).map(|(_, b, _)| b).sum())
 }
 
-/// Removes every closed segment but the newest, from a shard that is not open; returns the
-/// bytes removed.
+/// Removes every closed segment but the newest, oldest first (so a failure part way leaves
+/// the rest contiguous), from a shard that is not open; returns the bytes removed.
 pub(super) fn drop_old(shard: &Path) -> std::io::Result<u64> {
     let c = closed(shard)?;
     let mut removed = 0;
-    for (_, bytes, path) in c.iter().rev().skip(1) {
+    for (_, bytes, path) in c.iter().take(c.len().saturating_sub(1)) {
         std::fs::remove_file(path)?;
         removed += bytes;
     }
@@ -75,7 +80,7 @@ pub(super) fn drop_old(shard: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::super::*;
-    use super::{COMPACT_AT, SEGMENT};
+    use super::COMPACT_AT;
 
     fn doc(i: usize) -> StoredDocument {
         // Distinct for every `i`: a search for one finds it alone at cosine 1.
@@ -125,7 +130,9 @@ mod tests {
             }
             assert_eq!(store.info("c").unwrap().count, 20_000);
         }
-        let bound = COMPACT_AT + 2 * (SEGMENT as u64) + (2 << 20);
+        // Compaction waits out index builds (one per 1,024 points here), so the log may pass
+        // `COMPACT_AT` by a few writes; without it, it would reach the ~25 MB written.
+        let bound = 3 * COMPACT_AT;
         assert!(
             peak <= bound,
             "the log reached {peak} bytes (bound {bound})"
