@@ -222,10 +222,12 @@ impl Collection {
             return Ok(());
         }
         self.unchecked.store(0, Ordering::SeqCst);
-        // Not while an index builds: reads would wait for it behind the gate. Next time.
+        // Not while an index builds (reads would wait for it behind the gate) unless the log
+        // has grown to `wal::FORCE_AT` meanwhile: a bulk load builds indexes back to back.
         let due = || -> Result<bool> {
-            Ok(!self.optimizing.load(Ordering::SeqCst)
-                && wal::removable(&self.dir).map_err(storage)? >= wal::COMPACT_AT)
+            let spent = wal::removable(&self.dir).map_err(storage)?;
+            Ok(spent >= wal::FORCE_AT
+                || (spent >= wal::COMPACT_AT && !self.optimizing.load(Ordering::SeqCst)))
         };
         if !due()? {
             return Ok(());

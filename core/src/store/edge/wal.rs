@@ -3,7 +3,8 @@
 //! since every write here is flushed to the segments before it returns. So its closed
 //! segments are dead weight that grows for as long as the process writes (about 30 MiB per
 //! 4,000 documents written): they are removed when a shard opens, and a shard whose closed
-//! segments pass `COMPACT_AT` is closed and opened again (`Collection::compact_wal`).
+//! segments pass `COMPACT_AT` is closed and opened again once no index build runs on it, or
+//! after the one in flight at `FORCE_AT` (`Collection::compact_wal`).
 //!
 //! The newest closed segment is kept: the log checks that its closed segments are
 //! contiguous from the first one left, and numbers the next write after the last, so
@@ -17,8 +18,11 @@ use qdrant_edge::WalOptions;
 /// Bytes per log segment. The open one is memory-mapped and paged in as it fills, so its size
 /// is a sawtooth in the server's resident memory: 4 MiB instead of the engine's 32.
 pub(super) const SEGMENT: usize = if cfg!(test) { 1 << 20 } else { 4 << 20 };
-/// Closed segments' bytes past which a shard is reopened to drop them.
+/// Closed segments' bytes past which a shard is reopened to drop them, once no index build
+/// runs on it.
 pub(super) const COMPACT_AT: u64 = if cfg!(test) { 4 << 20 } else { 64 << 20 };
+/// Closed segments' bytes past which it is reopened after the index build in flight.
+pub(super) const FORCE_AT: u64 = 4 * COMPACT_AT;
 /// Writes between two looks at the log's folder.
 pub(super) const CHECK_EVERY: usize = if cfg!(test) { 4 } else { 64 };
 
@@ -80,7 +84,7 @@ pub(super) fn drop_old(shard: &Path) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::super::*;
-    use super::COMPACT_AT;
+    use super::FORCE_AT;
 
     fn doc(i: usize) -> StoredDocument {
         // Distinct for every `i`: a search for one finds it alone at cosine 1.
@@ -121,26 +125,26 @@ mod tests {
         {
             let store = EdgeStore::open(&dir).unwrap();
             store.create("c", &spec).unwrap();
-            // About 1.1 KB per document in the log: 40 batches of 500 are ~22 MB.
-            for b in 0..40 {
+            // About 1.3 KB per document in the log: 80 batches of 500 are ~50 MB.
+            for b in 0..80 {
                 store
                     .upsert("c", (b * 500..(b + 1) * 500).map(doc).collect())
                     .unwrap();
                 peak = peak.max(wal_bytes());
             }
-            assert_eq!(store.info("c").unwrap().count, 20_000);
+            assert_eq!(store.info("c").unwrap().count, 40_000);
         }
-        // Compaction waits out index builds (one per 1,024 points here), so the log may pass
-        // `COMPACT_AT` by a few writes; without it, it would reach the ~25 MB written.
-        let bound = 3 * COMPACT_AT;
+        // Index builds (one per 1,024 points here) defer compaction up to `FORCE_AT`, and
+        // one batch may come on top; without compaction the log would reach the ~50 MB written.
+        let bound = FORCE_AT + (2 << 20);
         assert!(
             peak <= bound,
             "the log reached {peak} bytes (bound {bound})"
         );
         let store = EdgeStore::open(&dir).unwrap();
-        assert_eq!(store.info("c").unwrap().count, 20_000);
-        assert_eq!(store.ids("c").unwrap().len(), 20_000);
-        store.upsert("c", vec![doc(20_000)]).unwrap();
+        assert_eq!(store.info("c").unwrap().count, 40_000);
+        assert_eq!(store.ids("c").unwrap().len(), 40_000);
+        store.upsert("c", vec![doc(40_000)]).unwrap();
         // A document replaced after the reopen takes its new vector: operation numbers went on
         // growing past the versions in the segments.
         let mut replaced = doc(8);
@@ -157,7 +161,7 @@ mod tests {
             .collect();
         assert!(top.contains(&"doc-7") && top.contains(&"doc-8"), "{hits:?}");
         store.delete_documents("c", &["doc-0".into()]).unwrap();
-        assert_eq!(store.info("c").unwrap().count, 20_000);
+        assert_eq!(store.info("c").unwrap().count, 40_000);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
