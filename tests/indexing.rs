@@ -39,25 +39,6 @@ fn scifact_lines(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// `(id, text)` of BEIR lines as the indexer makes them (title and text joined).
-fn id_and_text(lines: &[String]) -> Vec<(String, String)> {
-    lines
-        .iter()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let text = format!(
-                "{} {}",
-                v["title"].as_str().unwrap(),
-                v["text"].as_str().unwrap()
-            );
-            (
-                v["_id"].as_str().unwrap().to_string(),
-                text.trim().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Writes the corpus with malformed lines at known places; returns the valid ids and the
 /// (1-based) numbers of the malformed lines.
 fn corpus_with_bad_lines(path: &Path, n: usize) -> (HashSet<String>, Vec<usize>) {
@@ -344,7 +325,7 @@ fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
     let lines = scifact_lines(480);
     let input = dir.join("corpus.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let docs = id_and_text(&lines);
+    let docs: Vec<(String, String)> = lines.iter().map(|l| common::id_and_text(l)).collect();
     let worker = index_cmd(
         &dir.join("job"),
         &input,
@@ -409,7 +390,10 @@ fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
         .unwrap();
     let before = info["rotation"]["version"].as_u64().unwrap();
     assert_eq!(third.collection().renest_now().unwrap().version, before + 1);
-    let late = id_and_text(&scifact_lines(496)[480..]);
+    let late: Vec<(String, String)> = scifact_lines(496)[480..]
+        .iter()
+        .map(|l| common::id_and_text(l))
+        .collect();
     s.add_documents("docs", &late);
     let opts = mrl::SearchOptions::new(64, 1).exact(true);
     for (id, text) in late.iter().chain(docs.iter().step_by(16)) {

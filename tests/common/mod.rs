@@ -43,19 +43,22 @@ pub fn scifact_corpus(n: usize) -> Vec<(String, String)> {
         .unwrap_or_else(|e| panic!("{path:?}: {e}"))
         .lines()
         .take(n)
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let text = format!(
-                "{} {}",
-                v["title"].as_str().unwrap(),
-                v["text"].as_str().unwrap()
-            );
-            (
-                v["_id"].as_str().unwrap().to_string(),
-                text.trim().to_string(),
-            )
-        })
+        .map(id_and_text)
         .collect()
+}
+
+/// `(id, text)` of a BEIR line as the indexer makes them (title and text joined).
+pub fn id_and_text(line: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let text = format!(
+        "{} {}",
+        v["title"].as_str().unwrap(),
+        v["text"].as_str().unwrap()
+    );
+    (
+        v["_id"].as_str().unwrap().to_string(),
+        text.trim().to_string(),
+    )
 }
 
 pub fn model_dir() -> PathBuf {

@@ -181,11 +181,19 @@ impl RemoteStore {
 
     /// Writes the state point whole (only where it matches `only`; a missing one regardless).
     fn write_state(&self, name: &str, state: &State, only: Option<Filter>) -> Result<()> {
-        let point = PointStruct::new(
-            state_point(),
-            HashMap::<String, Vec<f32>>::new(),
-            state.payload(),
-        );
+        self.put_own_point(name, state_point(), state.payload(), only)
+    }
+
+    /// Writes one of the store's own points (no vectors), only where it matches `only` (a
+    /// missing point is written regardless).
+    fn put_own_point(
+        &self,
+        name: &str,
+        id: PointId,
+        payload: impl Into<Payload>,
+        only: Option<Filter>,
+    ) -> Result<()> {
+        let point = PointStruct::new(id, HashMap::<String, Vec<f32>>::new(), payload);
         let mut request = UpsertPointsBuilder::new(name, vec![point]).wait(true);
         if let Some(f) = only {
             request = request.update_filter(f);
@@ -527,18 +535,8 @@ impl RemoteStore {
         if let Some(c) = claim {
             payload.insert(ROTATION_CLAIM_KEY.to_string(), Value::from(c));
         }
-        let point = PointStruct::new(
-            rotation_point(StoredRotation::slot(rotation.info.version)),
-            HashMap::<String, Vec<f32>>::new(),
-            Payload::from(payload),
-        );
-        let mut request = UpsertPointsBuilder::new(name, vec![point]).wait(true);
-        if let Some(f) = only {
-            request = request.update_filter(f);
-        }
-        self.block_on(self.client.upsert_points(request))
-            .map_err(|e| self.failed(name, e))?;
-        Ok(())
+        let slot = rotation_point(StoredRotation::slot(rotation.info.version));
+        self.put_own_point(name, slot, Payload::from(payload), only)
     }
 
     /// Shows `info` beside the spec (`CollectionInfo::rotation`).
