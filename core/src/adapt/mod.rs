@@ -546,10 +546,9 @@ impl Adapter {
                     Some(c) => {
                         renewed = Instant::now();
                         claim = Some(c);
-                        // With the write lock: a write here either ran before (and finds the
-                        // epoch moved) or fills the new slot.
-                        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-                        *writes = Some(filling.clone());
+                        // Under the write lock: a write here either ran before (and finds the
+                        // epoch moved) or fills the new slot (shared writes fill from the view).
+                        let _writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
                         self.set_seen(c, None, Some(filling.clone()));
                     }
                     None => {

@@ -135,7 +135,9 @@ impl Adapter {
         let mut held = seen.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = Instant::now() + PENDING_WAIT;
         loop {
-            if now.epoch != held.epoch && !now.epoch.is_after(&held.epoch) {
+            // Nothing moved (a waiter polling, say: the pending matrix is not fetched again),
+            // or this process already holds a later view.
+            if !now.epoch.is_after(&held.epoch) {
                 return Ok(());
             }
             if self.current().version() != now.epoch.current {

@@ -49,6 +49,11 @@ fn rotation_point(slot: usize) -> PointId {
     PointId::from(uuid::Uuid::from_bytes(bytes).to_string())
 }
 
+/// The point that stores caller id `id` (`point_uuid`, as the embedded store does).
+fn point_id(id: &str) -> PointId {
+    PointId::from(point_uuid(id).to_string())
+}
+
 /// The points that are not documents: the rotation points and the state point.
 fn own_points() -> [PointId; 3] {
     [rotation_point(0), rotation_point(1), shared::state_point()]
@@ -464,11 +469,7 @@ impl VectorStore for RemoteStore {
                 let mut payload = d.full_payload();
                 payload.insert(WRITE_KEY.into(), Value::from(shared::random_i64()));
                 let vectors: HashMap<String, Vec<f32>> = d.vectors.into_iter().collect();
-                PointStruct::new(
-                    PointId::from(point_uuid(&d.id).to_string()),
-                    vectors,
-                    Payload::from(payload),
-                )
+                PointStruct::new(point_id(&d.id), vectors, Payload::from(payload))
             })
             .collect();
         self.block_on(
@@ -481,10 +482,7 @@ impl VectorStore for RemoteStore {
 
     fn delete_documents(&self, name: &str, ids: &[String]) -> Result<()> {
         self.spec(name)?;
-        let ids: Vec<PointId> = ids
-            .iter()
-            .map(|id| PointId::from(point_uuid(id).to_string()))
-            .collect();
+        let ids: Vec<PointId> = ids.iter().map(|id| point_id(id)).collect();
         self.block_on(
             self.client.delete_points(
                 DeletePointsBuilder::new(name)
@@ -615,7 +613,8 @@ impl VectorStore for RemoteStore {
     }
 
     fn update_vectors(&self, name: &str, points: Vec<super::PointUpdate>) -> Result<()> {
-        let mut points = points;
+        let mut points: Vec<(PointId, super::PointUpdate)> =
+            points.into_iter().map(|p| (point_id(&p.id), p)).collect();
         // A point deleted by another process since the page was read fails the whole call:
         // it is dropped and the rest sent again (each try drops at least one).
         for _ in 0..8 {
@@ -623,18 +622,17 @@ impl VectorStore for RemoteStore {
                 return Ok(());
             }
             // Each point only if no write came since it was read: a write changes its token.
-            let unchanged = Filter::should(points.iter().map(|p| {
-                let id = Condition::has_id([PointId::from(point_uuid(&p.id).to_string())]);
+            let unchanged = Filter::should(points.iter().map(|(id, p)| {
                 let token = match p.written {
                     Some(t) => Condition::matches(WRITE_KEY, t),
                     None => Condition::is_empty(WRITE_KEY),
                 };
-                Filter::must([id, token]).into()
+                Filter::must([Condition::has_id([id.clone()]), token]).into()
             }));
             let request: Vec<PointVectors> = points
                 .iter()
-                .map(|p| PointVectors {
-                    id: Some(PointId::from(point_uuid(&p.id).to_string())),
+                .map(|(id, p)| PointVectors {
+                    id: Some(id.clone()),
                     vectors: Some(p.vectors.iter().cloned().collect::<HashMap<_, _>>().into()),
                 })
                 .collect();
@@ -650,18 +648,14 @@ impl VectorStore for RemoteStore {
                 Err(QdrantError::ResponseError { status })
                     if status.code() == tonic::Code::NotFound =>
                 {
-                    let ids: Vec<PointId> = points
-                        .iter()
-                        .map(|p| PointId::from(point_uuid(&p.id).to_string()))
-                        .collect();
+                    let ids: Vec<PointId> = points.iter().map(|(id, _)| id.clone()).collect();
                     let found = self
                         .block_on(self.client.get_points(GetPointsBuilder::new(name, ids)))
                         .map_err(|e| self.failed(name, e))?;
                     let there: std::collections::HashSet<PointId> =
                         found.result.into_iter().filter_map(|p| p.id).collect();
                     let before = points.len();
-                    points
-                        .retain(|p| there.contains(&PointId::from(point_uuid(&p.id).to_string())));
+                    points.retain(|(id, _)| there.contains(id));
                     if points.len() == before {
                         return Err(remote(status));
                     }

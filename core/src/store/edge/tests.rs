@@ -25,7 +25,7 @@ fn doc(i: usize) -> StoredDocument {
     }
 }
 
-fn spec() -> CollectionSpec {
+pub(super) fn spec() -> CollectionSpec {
     CollectionSpec {
         dims: vec![8],
         profile: "full".into(),

@@ -107,12 +107,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let spec = CollectionSpec {
             dims: vec![256],
-            profile: "full".into(),
-            model: "test".into(),
-            precision: Default::default(),
-            distance: Distance::Cosine,
-            layout: Default::default(),
-            adapt: None,
+            ..super::super::tests::spec()
         };
         let shard = dir.join("collections/c/shard");
         let wal_bytes = || -> u64 {

@@ -228,8 +228,19 @@ impl RemoteStore {
         fields: HashMap<String, qdrant_client::qdrant::Value>,
         conditions: Vec<Condition>,
     ) -> Result<()> {
-        let filter =
-            Filter::must(std::iter::once(Condition::has_id([state_point()])).chain(conditions));
+        self.set_if(name, state_point(), fields, conditions)
+    }
+
+    /// Sets `fields` on point `id` where it matches `conditions`: the compare-and-set every
+    /// change of the store's own points goes through.
+    fn set_if(
+        &self,
+        name: &str,
+        id: PointId,
+        fields: impl Into<HashMap<String, qdrant_client::qdrant::Value>>,
+        conditions: Vec<Condition>,
+    ) -> Result<()> {
+        let filter = Filter::must(std::iter::once(Condition::has_id([id])).chain(conditions));
         self.block_on(
             self.client.set_payload(
                 SetPayloadPointsBuilder::new(name, fields)
@@ -390,23 +401,13 @@ impl RemoteStore {
     /// Shows a finished re-nest's figures (the claim stored those of its fit) on its matrix
     /// point and beside the spec.
     fn show_finished(&self, name: &str, claim: &Epoch, rotation: &StoredRotation) -> Result<()> {
-        // What is shown: the whole re-nest's figures (the claim stored those of its fit).
         let info = Value::String(serde_json::to_string(&rotation.info).map_err(remote)?);
-        let stamped = Filter::must([
-            Condition::has_id([rotation_point(StoredRotation::slot(rotation.info.version))]),
-            Condition::matches(ROTATION_CLAIM_KEY, claim.claims as i64),
-        ]);
-        self.block_on(
-            self.client.set_payload(
-                SetPayloadPointsBuilder::new(
-                    name,
-                    Payload::from(Map::from_iter([(ROTATION_INFO_KEY.to_string(), info)])),
-                )
-                .points_selector(stamped)
-                .wait(true),
-            ),
-        )
-        .map_err(|e| self.failed(name, e))?;
+        self.set_if(
+            name,
+            rotation_point(StoredRotation::slot(rotation.info.version)),
+            Payload::from(Map::from_iter([(ROTATION_INFO_KEY.to_string(), info)])),
+            vec![Condition::matches(ROTATION_CLAIM_KEY, claim.claims as i64)],
+        )?;
         // Beside the spec; readers go by the state point.
         self.set_rotation_info(name, &rotation.info)?;
         Ok(())
