@@ -71,6 +71,7 @@ class Client:
         self.host, self.port = host, port
         self.conn = None
         self.last_body = None
+        self.last_text = None
 
     def request(self, method, path, body):
         if self.conn is None:
@@ -80,6 +81,7 @@ class Client:
                               headers={"Content-Type": "application/json"})
             resp = self.conn.getresponse()
             raw = resp.read()
+            self.last_text = raw.decode("utf-8", "replace")
             try:
                 self.last_body = json.loads(raw) if raw else None
             except ValueError:
@@ -197,7 +199,18 @@ def main():
                         break
                     except Exception:  # a probe failure must not end the soak
                         pass
+                heap = {}
+                try:
+                    if probe.request("GET", "/metrics", None) == 200:
+                        pass
+                except Exception:
+                    pass
+                for line in (probe.last_text or "").splitlines():
+                    for name in ("mrl_heap_in_use_bytes", "mrl_heap_free_bytes"):
+                        if line.startswith(name + " "):
+                            heap[name[9:-6] + "_mib"] = round(float(line.split()[1]) / 2**20, 1)
                 detail.append({"anon_mib": round(mem.get("RssAnon", 0) / 1024, 1),
+                               **heap,
                                "file_mib": round(mem.get("RssFile", 0) / 1024, 1),
                                "data_mib": folder_mib(data), "points": points})
     elapsed = time.monotonic() - started

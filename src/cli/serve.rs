@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::common::{load, DimPolicyArg, ModelArg, QdrantArgs};
+use super::common::{load, spawn_heap_upkeep, DimPolicyArg, ModelArg, QdrantArgs};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -74,6 +74,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .workers(args.workers);
     actix_web::rt::System::new().block_on(async move {
         let running = mrl_service::start(embedder, config).context("starting the server")?;
+        spawn_heap_upkeep().context("starting the heap upkeep thread")?;
         // Tests and scripts read this line to learn the port.
         println!("listening on http://{}", running.addr);
         std::io::stdout().flush()?;
