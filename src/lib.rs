@@ -26,7 +26,7 @@ pub use mrl_core::{DimPolicy, Document, EmbedSpec, Embeddings, Fields, Policy};
 
 pub use mrl_encoder::{
     fetch, BertConfig, Embedder, EncoderError, Fetcher, ModelSpec, Precision, Profile,
-    DEFAULT_MODEL,
+    ALL_MPNET_BASE_V2, DEFAULT_MODEL, KNOWN_MODELS,
 };
 
 /// The elastically trained checkpoint committed with the repository, under the models

@@ -8,7 +8,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EncoderError, Result};
 
-/// The fields of a HF BERT `config.json` this encoder uses.
+/// The encoder families this crate runs, by `config.json`'s `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// BERT (`bert`, or no `model_type`): absolute positions from 0, token-type embeddings.
+    Bert,
+    /// MPNet (`mpnet`): absolute positions from `pad_token_id + 1` as RoBERTa counts them,
+    /// no token types, and a relative position bias added to every layer's attention scores
+    /// (Song et al., "MPNet", 2020; HF `modeling_mpnet.py`).
+    MPNet,
+}
+
+/// The fields of a HF `config.json` this encoder uses: BERT's, and MPNet's, which adds the
+/// relative position buckets and the padding id its positions count from.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
@@ -27,6 +39,12 @@ pub struct BertConfig {
     pub position_embedding_type: String,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// MPNet: positions count from `pad_token_id + 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<usize>,
+    /// MPNet: buckets of the relative position bias (32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_attention_num_buckets: Option<usize>,
 }
 
 fn default_act() -> String {
@@ -47,12 +65,50 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The family `model_type` names; `None` for one this crate cannot run.
+    pub fn architecture(&self) -> Option<Architecture> {
+        match self.model_type.as_deref() {
+            None | Some("bert") => Some(Architecture::Bert),
+            Some("mpnet") => Some(Architecture::MPNet),
+            Some(_) => None,
+        }
+    }
+
+    /// The row of the position table a sequence's first token reads: 0 for BERT,
+    /// `pad_token_id + 1` for MPNet (HF `create_position_ids_from_input_ids`).
+    pub fn position_offset(&self) -> usize {
+        match self.architecture() {
+            Some(Architecture::MPNet) => self.pad_token_id.unwrap_or(1) + 1,
+            _ => 0,
+        }
+    }
+
+    /// The longest sequence the position table holds, in tokens (special tokens included).
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+
+    /// Rows of the token-type table: MPNet has none.
+    pub fn token_types(&self) -> usize {
+        match self.architecture() {
+            Some(Architecture::MPNet) => 0,
+            _ => self.type_vocab_size,
+        }
+    }
+
     /// Rejects what the encoder cannot run, so a bad checkpoint fails at load, not mid-request.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| EncoderError::UnsupportedModel {
             path: path.to_path_buf(),
             reason,
         };
+        if self.architecture().is_none() {
+            return Err(bad(format!(
+                "model_type {:?} (bert and mpnet load)",
+                self.model_type.as_deref().unwrap_or_default()
+            )));
+        }
         if self.hidden_act != "gelu" {
             return Err(bad(format!(
                 "hidden_act {:?} (only exact \"gelu\" is implemented)",
@@ -92,7 +148,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 }
 
 /// The sequence limit for a sentence-transformers folder: `max_seq_length` when given, capped
-/// by the position table (the tokenizer's own truncation setting is deliberately ignored: this
+/// by the position table ([`BertConfig::max_tokens`]) (the tokenizer's own truncation setting is deliberately ignored: this
 /// model ships 128 there, while sentence-transformers uses 256).
 pub fn max_seq_length(dir: &Path, cfg: &BertConfig) -> Result<usize> {
     let st = dir.join("sentence_bert_config.json");
@@ -101,9 +157,7 @@ pub fn max_seq_length(dir: &Path, cfg: &BertConfig) -> Result<usize> {
     } else {
         None
     };
-    Ok(limit
-        .unwrap_or(cfg.max_position_embeddings)
-        .min(cfg.max_position_embeddings))
+    Ok(limit.unwrap_or(cfg.max_tokens()).min(cfg.max_tokens()))
 }
 
 /// `config_sentence_transformers.json`'s prompts: text put before an input, by name

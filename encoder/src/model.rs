@@ -1,5 +1,6 @@
-//! The BERT encoder: embeddings, self-attention, FFN, layer and encoder, one struct per HF
-//! submodule, each with `load` and `forward`.
+//! The encoder (BERT, and MPNet through `arch`'s names and relative position bias):
+//! embeddings, self-attention, FFN, layer and encoder, one struct per HF submodule, each with
+//! `load` and `forward`.
 //!
 //! Sequences run packed, without padding: a batch is the concatenation of its texts' tokens,
 //! the dense layers see one `(tokens × width)` matrix and attention runs per sequence. A
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use crate::arch::{LayerNames, RelativeBias};
 use crate::config::BertConfig;
 use crate::error::{EncoderError, Result};
 use crate::int8::{QuantizedRows, QuantizedWeights};
@@ -111,7 +113,8 @@ pub struct NoObserver;
 
 impl Observer for NoObserver {}
 
-/// Named tensors of a checkpoint, with the optional `bert.` prefix some exports carry.
+/// Named tensors of a checkpoint, with the optional `bert.` (`mpnet.`) prefix some exports
+/// carry.
 pub(crate) struct Weights {
     tensors: HashMap<String, Tensor>,
     prefix: &'static str,
@@ -119,11 +122,10 @@ pub(crate) struct Weights {
 
 impl Weights {
     pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
-        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let prefix = ["bert.", "mpnet."]
+            .into_iter()
+            .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
+            .unwrap_or("");
         Self { tensors, prefix }
     }
 
@@ -346,12 +348,15 @@ impl LayerNorm {
     }
 }
 
-/// Word + position + token-type embeddings, then LayerNorm.
+/// Word + position (+ token-type) embeddings, then LayerNorm.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
     word: Vec<f32>,
     position: Vec<f32>,
+    /// Type 0's row; zeros for a model without token types (MPNet).
     token_type: Vec<f32>,
+    /// The position row of a sequence's first token ([`BertConfig::position_offset`]).
+    position_offset: usize,
     norm: LayerNorm,
     width: usize,
 }
@@ -365,10 +370,15 @@ impl Embeddings {
                 "embeddings.position_embeddings.weight",
                 &[cfg.max_position_embeddings, h],
             )?,
-            token_type: w.get(
-                "embeddings.token_type_embeddings.weight",
-                &[cfg.type_vocab_size, h],
-            )?,
+            token_type: match cfg.token_types() {
+                0 => vec![0.0; h],
+                types => {
+                    let mut t = w.get("embeddings.token_type_embeddings.weight", &[types, h])?;
+                    t.truncate(h);
+                    t
+                }
+            },
+            position_offset: cfg.position_offset(),
             norm: LayerNorm::load(w, "embeddings.LayerNorm", h, cfg.layer_norm_eps)?,
             width: h,
         })
@@ -391,7 +401,7 @@ impl Embeddings {
                     return;
                 };
                 word_row.copy_from_slice(&self.word[id as usize * w..][..hidden]);
-                let position = &self.position[pos * w..][..hidden];
+                let position = &self.position[(pos + self.position_offset) * w..][..hidden];
                 for ((o, p), t) in rest_row.iter_mut().zip(position).zip(tt) {
                     *o = p + t;
                 }
@@ -426,18 +436,16 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, p: &str, cfg: &BertConfig) -> Result<Self> {
+    fn load(w: &Weights, p: &str, cfg: &BertConfig, names: &LayerNames) -> Result<Self> {
         let h = cfg.hidden_size;
-        let part = |name: &str| Linear::load(w, &format!("{p}.attention.self.{name}"), h, h);
+        let part = |name: &str| Linear::load(w, &format!("{p}.{name}"), h, h);
+        let [q, k, v] = names.qkv;
         Ok(Self {
-            qkv: Linear::interleave(
-                &[part("query")?, part("key")?, part("value")?],
-                cfg.head_dim(),
-            ),
-            output: Linear::load(w, &format!("{p}.attention.output.dense"), h, h)?,
+            qkv: Linear::interleave(&[part(q)?, part(k)?, part(v)?], cfg.head_dim()),
+            output: part(names.attention_out)?,
             norm: LayerNorm::load(
                 w,
-                &format!("{p}.attention.output.LayerNorm"),
+                &format!("{p}.{}", names.attention_norm),
                 h,
                 cfg.layer_norm_eps,
             )?,
@@ -445,12 +453,14 @@ impl Attention {
         })
     }
 
+    /// `bias`: a relative position bias added to the scores (MPNet).
     fn forward(
         &self,
         ws: &mut Workspace,
         spans: &[Range<usize>],
         layer: usize,
         p: &Profile,
+        bias: Option<&RelativeBias>,
         obs: &mut dyn Observer,
     ) {
         let (heads, hidden) = (p.heads, p.hidden);
@@ -482,7 +492,7 @@ impl Attention {
                 for h in 0..heads {
                     let at = 3 * h * d;
                     let (q, k, v) = (&rows[at..], &rows[at + d..], &rows[at + 2 * d..]);
-                    if t <= DIRECT_ATTENTION_MAX_LEN {
+                    if t <= DIRECT_ATTENTION_MAX_LEN && bias.is_none() {
                         let out = &mut ctx[h * d..];
                         kernels::attend(q, k, v, stride, t, d, scale, scores, out, a);
                         continue;
@@ -491,6 +501,9 @@ impl Attention {
                     let k = MatRef::rows(k, t, d, stride);
                     let v = MatRef::rows(v, t, d, stride);
                     kernels::matmul(scores, t, q, k.t(), scale, false, 1);
+                    if let Some(bias) = bias {
+                        bias.add(scores, t, h);
+                    }
                     kernels::softmax_rows(scores, t);
                     let p = MatRef::rows(scores, t, t, t);
                     kernels::matmul(&mut ctx[h * d..], a, p, v, 1.0, false, 1);
@@ -517,12 +530,12 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(w: &Weights, p: &str, cfg: &BertConfig) -> Result<Self> {
+    fn load(w: &Weights, p: &str, cfg: &BertConfig, names: &LayerNames) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            up: Linear::load(w, &format!("{p}.intermediate.dense"), h, f)?,
-            down: Linear::load(w, &format!("{p}.output.dense"), f, h)?,
-            norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, cfg.layer_norm_eps)?,
+            up: Linear::load(w, &format!("{p}.{}", names.ffn_up), h, f)?,
+            down: Linear::load(w, &format!("{p}.{}", names.ffn_down), f, h)?,
+            norm: LayerNorm::load(w, &format!("{p}.{}", names.ffn_norm), h, cfg.layer_norm_eps)?,
         })
     }
 
@@ -559,11 +572,11 @@ pub struct Layer {
 }
 
 impl Layer {
-    fn load(w: &Weights, index: usize, cfg: &BertConfig) -> Result<Self> {
+    fn load(w: &Weights, index: usize, cfg: &BertConfig, names: &LayerNames) -> Result<Self> {
         let p = format!("encoder.layer.{index}");
         Ok(Self {
-            attention: Attention::load(w, &p, cfg)?,
-            ffn: FeedForward::load(w, &p, cfg)?,
+            attention: Attention::load(w, &p, cfg, names)?,
+            ffn: FeedForward::load(w, &p, cfg, names)?,
         })
     }
 
@@ -581,9 +594,10 @@ impl Layer {
         spans: &[Range<usize>],
         index: usize,
         profile: &Profile,
+        bias: Option<&RelativeBias>,
         obs: &mut dyn Observer,
     ) {
-        self.attention.forward(ws, spans, index, profile, obs);
+        self.attention.forward(ws, spans, index, profile, bias, obs);
         self.ffn.forward(ws, index, profile, obs);
     }
 }
@@ -605,6 +619,8 @@ pub struct BertModel {
     config: BertConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
+    /// MPNet's relative position bias, shared by every layer (none for BERT).
+    relative_bias: Option<RelativeBias>,
     /// The trained Matryoshka head (`head.weight`, `outputs × hidden`) when the checkpoint
     /// has one: the pooled vector is widened through it, so every nested size is a prefix of
     /// the head's output.
@@ -636,9 +652,29 @@ impl BertModel {
         // The word table first: converting it to f32 briefly takes twice its size, best
         // while nothing else is held.
         let embeddings = Embeddings::load(w, cfg)?;
+        let arch = cfg.architecture().ok_or_else(|| {
+            EncoderError::Tensor(candle_core::Error::Msg(format!(
+                "model_type {:?} is not one this encoder runs",
+                cfg.model_type
+            )))
+        })?;
+        let names = LayerNames::of(arch);
+        let relative_bias = match crate::arch::bias_buckets(cfg) {
+            Some(buckets) => {
+                let heads = cfg.num_attention_heads;
+                let table = w.get(crate::arch::RELATIVE_BIAS, &[buckets, heads])?;
+                Some(RelativeBias::new(
+                    &table,
+                    buckets,
+                    heads,
+                    cfg.max_tokens().max(1),
+                ))
+            }
+            None => None,
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                let mut layer = Layer::load(w, i, cfg)?;
+                let mut layer = Layer::load(w, i, cfg, &names)?;
                 if precision == Precision::Int8 {
                     layer.quantize();
                 }
@@ -649,6 +685,7 @@ impl BertModel {
             config: cfg.clone(),
             embeddings,
             layers,
+            relative_bias,
             head: w.head("head", cfg.hidden_size)?,
             profile_heads: Vec::new(),
             unbound_heads: w.profile_heads(cfg.hidden_size)?,
@@ -892,11 +929,11 @@ impl BertModel {
         profile.validate(&self.config, &profile.to_string())?;
         let cfg = &self.config;
         for ids in seqs {
-            if ids.len() > cfg.max_position_embeddings {
+            if ids.len() > cfg.max_tokens() {
                 return Err(EncoderError::Tokenizer(format!(
                     "a sequence of {} tokens exceeds the model's {} positions",
                     ids.len(),
-                    cfg.max_position_embeddings
+                    cfg.max_tokens()
                 )));
             }
             if let Some(&id) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
@@ -922,7 +959,8 @@ impl BertModel {
         ws.tokens = start;
         self.embeddings.forward(&mut ws, seqs, hidden, obs);
         for &l in &profile.layers {
-            self.layers[l].forward(&mut ws, &spans, l, profile, obs);
+            let bias = self.relative_bias.as_ref();
+            self.layers[l].forward(&mut ws, &spans, l, profile, bias, obs);
             if let Some(bridge) = self.bridge_for(profile, l) {
                 let tokens = ws.tokens;
                 ws.tmp.resize(tokens * hidden, 0.0);

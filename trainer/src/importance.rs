@@ -302,6 +302,8 @@ pub(crate) mod tests {
             layer_norm_eps: 1e-12,
             position_embedding_type: "absolute".into(),
             model_type: None,
+            pad_token_id: None,
+            relative_attention_num_buckets: None,
         }
     }
 
