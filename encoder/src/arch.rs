@@ -4,9 +4,18 @@
 
 use crate::config::{Architecture, BertConfig};
 
+/// The prefix an export puts before every encoder tensor name (`bert.`, `mpnet.`, or none),
+/// told by where the word embeddings are; `has` says whether a name is in the checkpoint.
+pub fn tensor_prefix(has: impl Fn(&str) -> bool) -> &'static str {
+    ["bert.", "mpnet."]
+        .into_iter()
+        .find(|p| has(&format!("{p}embeddings.word_embeddings.weight")))
+        .unwrap_or("")
+}
+
 /// A layer's tensor names under `encoder.layer.{i}.`, without `.weight`/`.bias`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerNames {
+pub struct LayerNames {
     /// Query, key and value projections.
     pub qkv: [&'static str; 3],
     /// The attention output projection.
@@ -19,7 +28,7 @@ pub(crate) struct LayerNames {
 }
 
 impl LayerNames {
-    pub(crate) fn of(arch: Architecture) -> Self {
+    pub fn of(arch: Architecture) -> Self {
         match arch {
             Architecture::Bert => Self {
                 qkv: [
@@ -46,7 +55,7 @@ impl LayerNames {
 }
 
 /// The relative position bias table's tensor (`buckets × heads`), shared by every layer.
-pub(crate) const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
+pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
 
 /// The distance from which MPNet's buckets stop growing (HF `max_distance`).
 const MAX_DISTANCE: f64 = 128.0;
@@ -109,8 +118,9 @@ impl RelativeBias {
 }
 
 /// Whether the checkpoint's tensors carry a relative position bias (MPNet) and how many
-/// buckets it has.
-pub(crate) fn bias_buckets(cfg: &BertConfig) -> Option<usize> {
+/// buckets it has. Its columns are heads, shared by every layer, so a head ranking must give
+/// every layer the same order.
+pub fn bias_buckets(cfg: &BertConfig) -> Option<usize> {
     match cfg.architecture() {
         Some(Architecture::MPNet) => Some(cfg.relative_attention_num_buckets.unwrap_or(32)),
         _ => None,

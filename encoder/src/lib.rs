@@ -4,7 +4,7 @@
 //! The pipeline: tokenize → encoder(profile) → mean pool → prefix(dim) → L2-normalise.
 
 #[cfg(feature = "blas")]
-mod arch;
+pub mod arch;
 pub mod blas;
 pub mod config;
 pub mod embedder;

@@ -122,10 +122,7 @@ pub(crate) struct Weights {
 
 impl Weights {
     pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
-        let prefix = ["bert.", "mpnet."]
-            .into_iter()
-            .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
-            .unwrap_or("");
+        let prefix = crate::arch::tensor_prefix(|name| tensors.contains_key(name));
         Self { tensors, prefix }
     }
 

@@ -34,7 +34,9 @@ pub struct CalibrateOptions {
     pub budgets: Vec<f64>,
     /// Output sizes the manifest lists as nested dims.
     pub nested_dims: Vec<usize>,
-    /// Candidate widths of the search; a value over the parent's is ignored.
+    /// Candidate widths of the search; a value over the parent's is ignored. Empty (the
+    /// default): quarters of the parent's heads and FFN neurons, and ½, ⅔, ⅚ of its hidden
+    /// width ([`parent_widths`]); the parent's own width is always a candidate.
     pub heads: Vec<usize>,
     pub ffn: Vec<usize>,
     pub hidden: Vec<usize>,
@@ -50,9 +52,9 @@ impl CalibrateOptions {
             search_texts: 256,
             budgets: vec![0.75, 0.5, 0.25],
             nested_dims: vec![64, 128, 256, 384],
-            heads: vec![3, 6, 9, 12],
-            ffn: vec![384, 768, 1152, 1536],
-            hidden: vec![192, 256, 320, 384],
+            heads: Vec::new(),
+            ffn: Vec::new(),
+            hidden: Vec::new(),
             batch_size: 32,
         }
     }
@@ -122,7 +124,7 @@ pub fn calibrate(
     let bar = bars("activations", seqs.len() as u64);
     let stats = ActivationStats::collect(embedder.model(), &seqs, opts.batch_size, &bar)?;
     bar.finish();
-    let order = stats.width_order();
+    let order = stats.width_order(mrl_encoder::arch::bias_buckets(&cfg).is_some());
 
     let n = cfg.num_hidden_layers;
     let bar = bars("layer skips", (n * (n + 1) / 2 - 1) as u64);
@@ -136,6 +138,7 @@ pub fn calibrate(
     drop(embedder);
 
     let candidates = candidates(&cfg, opts, &drop_order);
+    let widths = parent_widths(&cfg, opts);
     let bar = bars("profile search", 0);
     let chosen = search_profiles(&permuted, &cfg, search, opts, &candidates, &bar)?;
     bar.finish();
@@ -184,7 +187,7 @@ pub fn calibrate(
                 "tokens": stats.tokens,
             },
             "search": {
-                "heads": opts.heads, "ffn": opts.ffn, "hidden": opts.hidden,
+                "heads": widths[0], "ffn": widths[1], "hidden": widths[2],
                 "criterion": "mean per-text Pearson correlation of cosine similarities with the full model",
                 "cost_seq_len": COST_SEQ_LEN,
             },
@@ -227,18 +230,36 @@ pub(crate) fn named(
     }
 }
 
-/// Every grid point: depth from the ranking, widths from the options (clamped to the parent).
-fn candidates(cfg: &BertConfig, opts: &CalibrateOptions, drop_order: &[usize]) -> Vec<Profile> {
-    let clamp = |v: &[usize], max: usize| -> Vec<usize> {
-        let mut v: Vec<usize> = v.iter().copied().filter(|&x| x > 0 && x <= max).collect();
+/// The search's candidate widths (heads, FFN neurons, hidden channels): the options', clamped
+/// to the parent, else fractions of the parent's (for all-MiniLM-L6-v2: 3/6/9/12 heads,
+/// 384–1536 neurons, 192/256/320/384 channels). Hidden widths stay multiples of 8.
+pub fn parent_widths(cfg: &BertConfig, opts: &CalibrateOptions) -> [Vec<usize>; 3] {
+    let pick = |given: &[usize], max: usize, fractions: &[(usize, usize)], step: usize| {
+        let mut v: Vec<usize> = if given.is_empty() {
+            fractions
+                .iter()
+                .map(|&(n, d)| max * n / d / step * step)
+                .collect()
+        } else {
+            given.to_vec()
+        };
+        v.retain(|&x| x > 0 && x <= max);
         v.push(max);
         v.sort_unstable();
         v.dedup();
         v
     };
-    let heads = clamp(&opts.heads, cfg.num_attention_heads);
-    let ffn = clamp(&opts.ffn, cfg.intermediate_size);
-    let hidden = clamp(&opts.hidden, cfg.hidden_size);
+    let quarters = [(1, 4), (2, 4), (3, 4)];
+    [
+        pick(&opts.heads, cfg.num_attention_heads, &quarters, 1),
+        pick(&opts.ffn, cfg.intermediate_size, &quarters, 1),
+        pick(&opts.hidden, cfg.hidden_size, &[(1, 2), (2, 3), (5, 6)], 8),
+    ]
+}
+
+/// Every grid point: depth from the ranking, widths from [`parent_widths`].
+fn candidates(cfg: &BertConfig, opts: &CalibrateOptions, drop_order: &[usize]) -> Vec<Profile> {
+    let [heads, ffn, hidden] = parent_widths(cfg, opts);
     let mut out = Vec::new();
     for k in 1..=cfg.num_hidden_layers {
         for &h in &heads {
@@ -398,6 +419,14 @@ pub(crate) fn load_parent(parent: &Path) -> Result<(Embedder, Manifest, Vec<usiz
     let teacher = Embedder::load(parent)?;
     crate::student::check_parent_pooling(teacher.modules().pooling)
         .map_err(|e| TrainerError::Invalid(format!("{}: {e}", parent.display())))?;
+    if teacher.config().architecture() != Some(mrl_encoder::config::Architecture::Bert) {
+        return Err(TrainerError::Invalid(format!(
+            "{}: model_type {:?}: the student trains BERT parents only (an MPNet parent is \
+             calibrated and served as it is)",
+            parent.display(),
+            teacher.config().model_type.as_deref().unwrap_or_default()
+        )));
+    }
     let manifest = teacher.manifest().cloned().ok_or_else(|| {
         TrainerError::Invalid(format!(
             "{} has no mrl.json: calibrate it first (mrl calibrate)",

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 use indicatif::ProgressBar;
+use mrl_encoder::arch::{bias_buckets, tensor_prefix, LayerNames, RELATIVE_BIAS};
 use mrl_encoder::tokenize::plan_batches;
 use mrl_encoder::{BertConfig, BertModel, Observer, Profile};
 
@@ -60,11 +61,23 @@ impl ActivationStats {
         Ok(stats)
     }
 
-    /// The width permutation: each list ordered by importance, most important first.
-    pub fn width_order(&self) -> WidthOrder {
+    /// The width permutation: each list ordered by importance, most important first. With
+    /// `shared_heads` (MPNet, whose relative position bias is one table for every layer, a
+    /// column per head) every layer gets one head order, by the heads' scores summed over
+    /// layers.
+    pub fn width_order(&self, shared_heads: bool) -> WidthOrder {
+        let heads = if shared_heads {
+            let mut sum = vec![0.0; self.heads.first().map_or(0, Vec::len)];
+            for layer in &self.heads {
+                sum.iter_mut().zip(layer).for_each(|(s, v)| *s += v);
+            }
+            vec![order_desc(&sum); self.heads.len()]
+        } else {
+            self.heads.iter().map(|s| order_desc(s)).collect()
+        };
         WidthOrder {
             hidden: order_desc(&self.hidden),
-            heads: self.heads.iter().map(|s| order_desc(s)).collect(),
+            heads,
             ffn: self.ffn.iter().map(|s| order_desc(s)).collect(),
         }
     }
@@ -183,19 +196,25 @@ pub fn kept_layers(drop_order: &[usize], k: usize) -> Vec<usize> {
     kept
 }
 
-/// Reorders every tensor of a BERT checkpoint by `order`, in place. Tensor names follow HF
-/// (`bert.` prefix optional); an unknown float tensor is an error rather than left behind
-/// unpermuted, which would silently break the model.
+/// Reorders every tensor of a BERT or MPNet checkpoint by `order`, in place. Tensor names
+/// follow HF (`bert.`/`mpnet.` prefix optional); an unknown float tensor is an error rather
+/// than left behind unpermuted, which would silently break the model.
+///
+/// Errors: also an MPNet `order` whose layers' head orders differ (its relative position
+/// bias, one table for every layer, can follow only one).
 pub fn permute_tensors(
     tensors: &mut HashMap<String, Tensor>,
     cfg: &BertConfig,
     order: &WidthOrder,
 ) -> Result<()> {
-    let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
-        "bert."
-    } else {
-        ""
-    };
+    let arch = cfg.architecture().ok_or_else(|| {
+        TrainerError::Invalid(format!(
+            "model_type {:?} cannot be permuted",
+            cfg.model_type
+        ))
+    })?;
+    let names = LayerNames::of(arch);
+    let prefix = tensor_prefix(|name| tensors.contains_key(name));
     let index = |v: &[usize]| -> Result<Tensor> {
         let v: Vec<u32> = v.iter().map(|&i| i as u32).collect();
         Ok(Tensor::new(v, &candle_core::Device::Cpu)?)
@@ -227,36 +246,48 @@ pub fn permute_tensors(
         let heads = index(&rows)?;
         let ffn = index(&order.ffn[l])?;
         let p = format!("encoder.layer.{l}");
-        for qkv in ["query", "key", "value"] {
-            let n = format!("{p}.attention.self.{qkv}");
+        for qkv in names.qkv {
+            let n = format!("{p}.{qkv}");
             put(
                 format!("{n}.weight"),
                 vec![(0, heads.clone()), (1, hidden.clone())],
             );
             put(format!("{n}.bias"), vec![(0, heads.clone())]);
         }
-        let n = format!("{p}.attention.output.dense");
+        let n = format!("{p}.{}", names.attention_out);
         put(
             format!("{n}.weight"),
             vec![(0, hidden.clone()), (1, heads.clone())],
         );
         put(format!("{n}.bias"), vec![(0, hidden.clone())]);
-        let n = format!("{p}.intermediate.dense");
+        let n = format!("{p}.{}", names.ffn_up);
         put(
             format!("{n}.weight"),
             vec![(0, ffn.clone()), (1, hidden.clone())],
         );
         put(format!("{n}.bias"), vec![(0, ffn.clone())]);
-        let n = format!("{p}.output.dense");
+        let n = format!("{p}.{}", names.ffn_down);
         put(
             format!("{n}.weight"),
             vec![(0, hidden.clone()), (1, ffn.clone())],
         );
         put(format!("{n}.bias"), vec![(0, hidden.clone())]);
-        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+        for ln in [names.attention_norm, names.ffn_norm] {
             for w in ["weight", "bias"] {
                 put(format!("{p}.{ln}.{w}"), vec![(0, hidden.clone())]);
             }
+        }
+    }
+    if bias_buckets(cfg).is_some() {
+        if order.heads.windows(2).any(|w| w[0] != w[1]) {
+            return Err(TrainerError::Invalid(
+                "MPNet's relative position bias is shared by every layer: rank its heads with \
+                 one order for all layers (ActivationStats::width_order(true))"
+                    .into(),
+            ));
+        }
+        if let Some(first) = order.heads.first() {
+            put(RELATIVE_BIAS.into(), vec![(1, index(first)?)]);
         }
     }
     // The pooler is not used by mean pooling but is kept consistent with the residual stream.
@@ -427,6 +458,73 @@ pub(crate) mod tests {
         }
     }
 
+    /// The tiny BERT renamed as MPNet, with a random relative position bias.
+    fn tiny_mpnet(seed: u64) -> (BertConfig, HashMap<String, Tensor>) {
+        let cfg = BertConfig {
+            model_type: Some("mpnet".into()),
+            pad_token_id: Some(1),
+            relative_attention_num_buckets: Some(32),
+            ..tiny_config()
+        };
+        let renames = [
+            ("attention.self.query", "attention.attn.q"),
+            ("attention.self.key", "attention.attn.k"),
+            ("attention.self.value", "attention.attn.v"),
+            ("attention.output.dense", "attention.attn.o"),
+            ("attention.output.LayerNorm", "attention.LayerNorm"),
+        ];
+        let mut t: HashMap<String, Tensor> = tiny_tensors(&tiny_config(), seed)
+            .into_iter()
+            .filter(|(k, _)| !k.contains("token_type"))
+            .map(|(k, v)| {
+                let k = renames.iter().fold(k, |k, (from, to)| k.replace(from, to));
+                (k, v)
+            })
+            .collect();
+        let bias: Vec<f32> = (0..32 * 4)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        t.insert(
+            mrl_encoder::arch::RELATIVE_BIAS.into(),
+            Tensor::from_vec(bias, (32, 4), &Device::Cpu).unwrap(),
+        );
+        (cfg, t)
+    }
+
+    #[test]
+    fn an_mpnet_permutation_preserves_the_function_with_one_head_order() {
+        let (cfg, tensors) = tiny_mpnet(3);
+        let original = BertModel::from_tensors(tensors.clone(), &cfg).unwrap();
+        let heads = random_order(4, 5);
+        let mut order = WidthOrder {
+            hidden: random_order(16, 1),
+            heads: vec![heads; 4],
+            ffn: (0..4).map(|l| random_order(32, l + 7)).collect(),
+        };
+        let mut permuted = tensors.clone();
+        permute_tensors(&mut permuted, &cfg, &order).unwrap();
+        let permuted = BertModel::from_tensors(permuted, &cfg).unwrap();
+        let seqs = tiny_seqs();
+        let full = Profile::full(&cfg);
+        let a = original.forward_all(&seqs, &full, 5).unwrap();
+        let b = permuted.forward_all(&seqs, &full, 5).unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            for (i, &o) in order.hidden.iter().enumerate() {
+                assert!(
+                    (b[i] - a[o]).abs() < 1e-4,
+                    "channel {i}: {} vs {}",
+                    b[i],
+                    a[o]
+                );
+            }
+        }
+        // Layers with their own head orders cannot share the one bias table.
+        order.heads[2] = random_order(4, 9);
+        assert_ne!(order.heads[2], order.heads[0]);
+        let e = permute_tensors(&mut tensors.clone(), &cfg, &order).unwrap_err();
+        assert!(e.to_string().contains("shared by every layer"), "{e}");
+    }
+
     #[test]
     fn unknown_tensors_are_refused() {
         let cfg = tiny_config();
@@ -496,7 +594,7 @@ pub(crate) mod tests {
         let model = BertModel::from_tensors(t, &cfg).unwrap();
         let stats =
             ActivationStats::collect(&model, &tiny_seqs(), 4, &ProgressBar::hidden()).unwrap();
-        let order = stats.width_order();
+        let order = stats.width_order(false);
         assert_eq!(*order.heads[0].last().unwrap(), 1, "{:?}", stats.heads[0]);
         assert_eq!(*order.ffn[1].last().unwrap(), 9);
         assert_eq!(*order.hidden.last().unwrap(), 4, "{:?}", stats.hidden);
