@@ -8,6 +8,8 @@
 # mrl f32 on OpenBLAS when $MRL_OPENBLAS is set (export MRL_OPENBLAS=$(scripts/openblas.sh)).
 # Usage: scripts/side_by_side.sh [ROUNDS]; needs onnxruntime, onnx, tokenizers and numpy
 # (python3 -m pip install onnxruntime onnx tokenizers numpy); MRL_BIN picks the mrl binary.
+# Another model: MODEL=models/all-mpnet-base-v2 ONNX=models/ort/all-mpnet-base-v2.onnx
+# (from scripts/onnx_export.py), measured by scripts/ort_bench.py, which takes any export.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -15,14 +17,17 @@ runs=${RUNS:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mrl-target}"
 mrl="${MRL_BIN:-$CARGO_TARGET_DIR/release/mrl}"
 [ -x "$mrl" ] || cargo build --release --bin mrl
-model=models/all-MiniLM-L6-v2
-[ -d "$model" ] || "$mrl" model fetch >/dev/null
+model=${MODEL:-models/all-MiniLM-L6-v2}
+[ -d "$model" ] || "$mrl" model fetch "$(basename "$model")" >/dev/null
 shared=${MRL_SHARED_DIR:-../shared}
 openblas=${MRL_OPENBLAS:-}
-ort_int8=models/ort/minilm-l6-v2.int8.onnx
+onnx=${ONNX:-$shared/peers/minilm-l6-v2.onnx}
+ort_bench=$shared/peers/bench_ort.py
+[ -z "${ONNX:-}" ] || ort_bench=scripts/ort_bench.py
+ort_int8=models/ort/$(basename "$onnx" .onnx).int8.onnx
 if [ ! -f "$ort_int8" ]; then
   mkdir -p models/ort
-  python3 - "$shared/peers/minilm-l6-v2.onnx" "$ort_int8" <<'PY'
+  python3 - "$onnx" "$ort_int8" <<'PY'
 import sys
 from onnxruntime.quantization import QuantType, quantize_dynamic
 quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8, per_channel=True)
@@ -33,8 +38,8 @@ rate() { grep "^RESULT.* kind=$1 " | head -n1 | sed -E 's/.*median_texts_per_s=(
 rates() { local out; out=$("$@" 2>/dev/null); echo "$(echo "$out" | rate short) $(echo "$out" | rate long)"; }
 results=$(mktemp)
 for r in $(seq "$rounds"); do
-  ort=$(rates python3 "$shared/peers/bench_ort.py" --model "$model" --threads 2 --runs "$runs")
-  ort8=$(rates python3 "$shared/peers/bench_ort.py" --model "$model" --onnx "$ort_int8" --threads 2 --runs "$runs")
+  ort=$(rates python3 "$ort_bench" --model "$model" --onnx "$onnx" --threads 2 --runs "$runs")
+  ort8=$(rates python3 "$ort_bench" --model "$model" --onnx "$ort_int8" --threads 2 --runs "$runs")
   f32=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --runs "$runs")
   int8=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --precision int8 --runs "$runs")
   blas="0 0"
