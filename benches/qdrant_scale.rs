@@ -111,6 +111,7 @@ fn main() {
             distance: Distance::Cosine,
             layout: layout.clone(),
             adapt: None,
+            prompts: Default::default(),
         };
         store.create(NAME, &spec).expect("creating");
         let bar = ProgressBar::new(points as u64).with_style(

@@ -51,6 +51,7 @@ fn open(points: usize) -> EdgeStore {
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: None,
+        prompts: Default::default(),
     };
     store
         .create(NAME, &spec)

@@ -388,6 +388,7 @@ fn store() -> &'static EdgeStore {
             distance: Distance::Cosine,
             layout: Default::default(),
             adapt: None,
+            prompts: Default::default(),
         };
         store.create("c", &spec).unwrap();
         let docs = (0..20)

@@ -150,6 +150,94 @@ fn check_cases(fx: &Value, base: &Path) -> (f64, String) {
     worst
 }
 
+/// A collection on a model with prompts embeds its documents with the document prompt and
+/// its text queries with the query prompt, as sentence-transformers' `encode_document` /
+/// `encode_query` pick them (here `passage: ` and `query: `); its spec shows both; an unknown
+/// name or a name with a literal is a 400 naming the field.
+#[test]
+fn a_collection_embeds_documents_and_queries_with_their_prompts() {
+    let fx = fixture();
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "prompt-document")
+        .unwrap()
+        .clone();
+    let dir = folder("collection", case["files"].as_object().unwrap());
+    let data = std::env::temp_dir().join(format!("mrl-prompts-data-{}", std::process::id()));
+    let model = dir.to_string_lossy().to_string();
+    let s = common::server::Server::start_with(&data, &["--model", &model]);
+    let created = s.ok("PUT", "/collections/p", json!({"dims": [384]}));
+    assert_eq!(created["document_prompt"], "passage: ", "{created}");
+    assert_eq!(created["query_prompt"], "query: ", "{created}");
+    let texts: Vec<&str> = fx["texts"].as_array().unwrap()[..2]
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    s.ok(
+        "POST",
+        "/collections/p/documents",
+        json!({"documents": [{"id": "a", "text": texts[0]}, {"id": "b", "text": texts[1]}]}),
+    );
+    let vector = |name: &str| -> Vec<f32> {
+        let v = s.ok(
+            "POST",
+            "/embed",
+            json!({"inputs": [texts[0]], "prompt_name": name}),
+        );
+        v["embeddings"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let want = cosine(&vector("query"), &vector("document"));
+    assert!(
+        want < 0.999,
+        "the two prompts must differ for this test: {want}"
+    );
+    let hits = s.ok(
+        "POST",
+        "/collections/p/search",
+        json!({"query": texts[0], "limit": 1}),
+    );
+    let top = &hits["hits"][0];
+    assert_eq!(top["id"], "a", "{hits}");
+    let score = top["score"].as_f64().unwrap();
+    assert!(
+        (score - want).abs() < 1e-4,
+        "score {score}, prompted cosine {want}"
+    );
+    let info = s.ok("GET", "/collections/p", Value::Null);
+    assert_eq!(info["query_prompt"], "query: ", "{info}");
+
+    let (status, v) = s.call(
+        "PUT",
+        "/collections/q",
+        Some(json!({"dims": [384], "document_prompt_name": "nope"})),
+    );
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("document_prompt_name")),
+        "{v}"
+    );
+    let (status, v) = s.call(
+        "PUT",
+        "/collections/q",
+        Some(json!({"dims": [384], "query_prompt_name": "query", "query_prompt": "q: "})),
+    );
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("query_prompt")),
+        "{v}"
+    );
+    s.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// A Dense module after pooling is refused at load, naming it: its vectors would differ.
 #[test]
 fn a_module_the_loader_cannot_run_is_refused_by_name() {

@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use mrl_encoder::config::PromptRole;
 use mrl_encoder::Profile;
 use serde::Deserialize;
 use serde_json::Value;
@@ -22,8 +23,8 @@ use crate::documents::{check_ids, read_documents, read_ids, Document};
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::store::{
-    check_name, Adapt, CollectionInfo, CollectionSpec, Distance, Hit, Layout, RotationInfo,
-    SearchParams, StoreError, VectorStore, DEFAULT_ADAPT_THRESHOLD,
+    check_name, Adapt, CollectionInfo, CollectionPrompts, CollectionSpec, Distance, Hit, Layout,
+    RotationInfo, SearchParams, StoreError, VectorStore, DEFAULT_ADAPT_THRESHOLD,
 };
 
 /// The most hits a search may return.
@@ -52,6 +53,16 @@ pub struct CreateRequest {
     pub adapt: bool,
     /// Documents before the first fit (default `DEFAULT_ADAPT_THRESHOLD`; only with `adapt`).
     pub adapt_threshold: Option<usize>,
+    /// The model's prompt put before each document (`config_sentence_transformers.json`), by
+    /// name, or a literal one (not both). Neither: as sentence-transformers'
+    /// `encode_document` picks it (the first of `document`, `passage`, `corpus`, else the
+    /// default prompt, else none).
+    pub document_prompt_name: Option<String>,
+    pub document_prompt: Option<String>,
+    /// The same for text queries; neither: `query`, else the default prompt, else none
+    /// (`encode_query`).
+    pub query_prompt_name: Option<String>,
+    pub query_prompt: Option<String>,
 }
 
 /// A search, as a caller asks for it (`POST /collections/{name}/search` takes it as its body):
@@ -128,7 +139,9 @@ impl Collections {
     /// profile's full width, which it re-nests from. The one spec builder: every entry point
     /// comes through here.
     ///
-    /// Errors: `InvalidField` naming `name`, `dims`, `profile` or `adapt_threshold`.
+    /// Errors: `InvalidField` naming `name`, `dims`, `profile`, `adapt_threshold`, or
+    /// `document_prompt_name`/`query_prompt_name` (a name the model lacks) or
+    /// `document_prompt`/`query_prompt` (given with a name).
     pub fn spec(&self, name: &str, req: &CreateRequest) -> Result<CollectionSpec> {
         check_name(name)?;
         let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
@@ -165,6 +178,32 @@ impl Collections {
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
         let dims = adaptive_dims(dims, width, adapt)?;
+        let prompt =
+            |name: &Option<String>, literal: &Option<String>, role, prefix| match (name, literal) {
+                (None, None) => Ok(self
+                    .embeddings
+                    .embedder()
+                    .prompts()
+                    .for_role(role)
+                    .map(String::from)),
+                _ => self
+                    .embeddings
+                    .prompt_at(name.as_deref(), literal.as_deref(), prefix),
+            };
+        let prompts = CollectionPrompts {
+            document_prompt: prompt(
+                &req.document_prompt_name,
+                &req.document_prompt,
+                PromptRole::Document,
+                "document_",
+            )?,
+            query_prompt: prompt(
+                &req.query_prompt_name,
+                &req.query_prompt,
+                PromptRole::Query,
+                "query_",
+            )?,
+        };
         Ok(CollectionSpec {
             dims,
             profile: profile_name,
@@ -173,6 +212,7 @@ impl Collections {
             distance: req.distance.unwrap_or(Distance::Cosine),
             layout: req.layout.clone(),
             adapt,
+            prompts,
         })
     }
 
@@ -387,12 +427,17 @@ struct DocumentBatch {
     docs: Vec<Document>,
     /// The collection's document profile.
     profile: Profile,
+    /// The collection's document prompt.
+    prompt: Option<String>,
 }
 
 impl DocumentBatch {
-    /// The texts to embed, in order.
+    /// The texts to embed, in order, each after the collection's document prompt.
     fn texts(&self) -> Vec<String> {
-        self.docs.iter().map(|d| d.text.clone()).collect()
+        self.docs
+            .iter()
+            .map(|d| CollectionPrompts::apply(&self.prompt, &d.text))
+            .collect()
     }
 }
 
@@ -553,7 +598,11 @@ impl Collection {
         let profile = self
             .embeddings
             .profile(Some(&self.spec().profile), "profile")?;
-        Ok(DocumentBatch { docs, profile })
+        Ok(DocumentBatch {
+            docs,
+            profile,
+            prompt: self.spec().prompts.document_prompt.clone(),
+        })
     }
 
     /// Stores documents already checked (or read by the indexer) with their raw pooled
@@ -731,6 +780,7 @@ impl Collection {
         match (query, vector) {
             (Some(q), None) if !q.trim().is_empty() => {
                 self.check_precision()?;
+                let q = CollectionPrompts::apply(&self.spec().prompts.query_prompt, &q);
                 let profile_name = profile.unwrap_or_else(|| self.spec().profile.clone());
                 let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
                 let width = self.embeddings.embedder().model().output_width(&profile);

@@ -266,14 +266,29 @@ impl Embeddings {
     /// Errors: `InvalidField` naming `prompt_name` for a name the model does not have (with
     /// the ones it has), or `prompt` when both are given.
     pub fn prompt(&self, name: Option<&str>, prompt: Option<&str>) -> Result<Option<String>> {
+        self.prompt_at(name, prompt, "")
+    }
+
+    /// [`prompt`](Self::prompt) for fields named `{prefix}prompt_name` and `{prefix}prompt`
+    /// (a collection's `document_` and `query_` prompts), the same rules; with neither given,
+    /// `None` here means "the caller's default", which the caller decides.
+    pub fn prompt_at(
+        &self,
+        name: Option<&str>,
+        prompt: Option<&str>,
+        prefix: &str,
+    ) -> Result<Option<String>> {
         self.embedder
             .prompts()
             .choose(name, prompt)
             .map(|p| p.map(str::to_string))
             .map_err(|known| match known {
-                None => Error::field("prompt", "give prompt or prompt_name, not both"),
+                None => Error::field(
+                    &format!("{prefix}prompt"),
+                    format!("give {prefix}prompt or {prefix}prompt_name, not both"),
+                ),
                 Some(known) => Error::field(
-                    "prompt_name",
+                    &format!("{prefix}prompt_name"),
                     format!(
                         "unknown prompt name {:?}; this model's prompts: {}",
                         name.unwrap_or_default(),

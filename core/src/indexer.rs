@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::collection::{Collection, Collections, CreateRequest};
 use crate::documents::Document;
 use crate::embeddings::Embeddings;
-use crate::store::{CollectionSpec, StoreError};
+use crate::store::{CollectionPrompts, CollectionSpec, StoreError};
 
 /// Skipped lines remembered by name; past this only the count grows.
 const MAX_SKIPS_KEPT: usize = 1000;
@@ -167,6 +167,12 @@ impl IndexOptions {
     pub fn adapt(mut self, adapt: bool, threshold: Option<usize>) -> Self {
         self.collection.adapt = adapt;
         self.collection.adapt_threshold = threshold;
+        self
+    }
+    /// A new collection's prompts by name (`None`: as [`CreateRequest`] defaults them).
+    pub fn prompt_names(mut self, document: Option<String>, query: Option<String>) -> Self {
+        self.collection.document_prompt_name = document;
+        self.collection.query_prompt_name = query;
         self
     }
 }
@@ -338,7 +344,9 @@ pub fn index_file(
         let (done_tx, done_rx) = sync_channel::<Embedded>(2);
         let outcome = std::thread::scope(|s| {
             let from = (state.offset, state.lines);
-            let reader = s.spawn(move || read_chunks(embeddings, input, from, opts, chunk_tx));
+            let prompt = spec.prompts.document_prompt.clone();
+            let reader =
+                s.spawn(move || read_chunks(embeddings, input, from, opts, prompt, chunk_tx));
             let writer = s.spawn(|| {
                 write_chunks(
                     &handle,
@@ -393,6 +401,7 @@ fn read_chunks(
     path: &Path,
     (start_offset, start_line): (u64, usize),
     opts: &IndexOptions,
+    prompt: Option<String>,
     tx: SyncSender<Result<Chunk, IndexError>>,
 ) {
     let result = (|| -> Result<(), IndexError> {
@@ -430,7 +439,10 @@ fn read_chunks(
                 }
             }
             if docs.len() >= opts.batch || (eof && (!docs.is_empty() || !skips.is_empty())) {
-                let texts: Vec<&str> = docs.iter().map(|d: &Document| d.text.as_str()).collect();
+                let texts: Vec<String> = docs
+                    .iter()
+                    .map(|d: &Document| CollectionPrompts::apply(&prompt, &d.text))
+                    .collect();
                 let tokens = embeddings.tokenize(&texts, "documents")?;
                 let truncated = tokens.truncated;
                 let chunk = Chunk {

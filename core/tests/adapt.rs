@@ -111,6 +111,7 @@ fn spec(adapt: Option<usize>) -> CollectionSpec {
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: adapt.map(|threshold| Adapt { threshold }),
+        prompts: Default::default(),
     }
 }
 

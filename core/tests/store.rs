@@ -60,6 +60,7 @@ fn spec() -> CollectionSpec {
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: None,
+        prompts: Default::default(),
     }
 }
 

@@ -160,6 +160,13 @@ pub fn max_seq_length(dir: &Path, cfg: &BertConfig) -> Result<usize> {
     Ok(limit.unwrap_or(cfg.max_tokens()).min(cfg.max_tokens()))
 }
 
+/// What a collection's texts are, for the prompt they get ([`Prompts::for_role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptRole {
+    Query,
+    Document,
+}
+
 /// `config_sentence_transformers.json`'s prompts: text put before an input, by name
 /// (`{"query": "query: ", "document": "passage: "}` for the e5 family), and the one used when
 /// a caller names none.
@@ -191,6 +198,21 @@ impl Prompts {
             }
         }
         Ok(p)
+    }
+
+    /// The prompt a role's texts get when the caller names none, as sentence-transformers'
+    /// `encode_query` / `encode_document` pick it: `query` for queries; the first of
+    /// `document`, `passage`, `corpus` for documents; else the default prompt, else none.
+    pub fn for_role(&self, role: PromptRole) -> Option<&str> {
+        let names: &[&str] = match role {
+            PromptRole::Query => &["query"],
+            PromptRole::Document => &["document", "passage", "corpus"],
+        };
+        names
+            .iter()
+            .find_map(|n| self.prompts.get(*n))
+            .map(String::as_str)
+            .or_else(|| self.choose(None, None).ok().flatten())
     }
 
     /// The prompt a caller's choice comes to: the literal `prompt`, else the one `name`d, else

@@ -56,6 +56,14 @@ pub(crate) struct IndexArgs {
     /// Documents an adaptive collection holds before its first fit.
     #[arg(long, value_name = "N", requires = "adapt")]
     pub(crate) adapt_threshold: Option<usize>,
+    /// The model's prompt put before each document of a new collection, by name (default:
+    /// `document`, `passage` or `corpus` if the model has one, else its default prompt).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) document_prompt_name: Option<String>,
+    /// The prompt a new collection puts before text queries, by name (default: `query` if
+    /// the model has it, else its default prompt).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) query_prompt_name: Option<String>,
 }
 
 pub(crate) fn run(args: IndexArgs) -> Result<()> {
@@ -81,7 +89,8 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
         .batch(args.batch)
         .strict(args.strict)
         .part(args.part)
-        .adapt(args.adapt, args.adapt_threshold);
+        .adapt(args.adapt, args.adapt_threshold)
+        .prompt_names(args.document_prompt_name, args.query_prompt_name);
     let progress = bar(&args.collection, 0);
     let collections = mrl_core::Collections::new(store, embeddings.clone());
     let s = mrl_core::indexer::index_file(

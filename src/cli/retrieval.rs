@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use mrl::{Embedder, Embeddings, Policy};
 use mrl_core::indexer::{self, IndexOptions};
-use mrl_core::store::{Adapt, VectorStore, DEFAULT_ADAPT_THRESHOLD};
+use mrl_core::store::{Adapt, CollectionPrompts, VectorStore, DEFAULT_ADAPT_THRESHOLD};
 use mrl_core::{Collections, SearchQuery};
 use mrl_trainer::data::BeirDataset;
 use mrl_trainer::eval::{evaluate, Metrics};
@@ -492,7 +492,8 @@ fn evaluate_run(
         let mut embed_ms = Vec::with_capacity(data.queries.len());
         for q in &data.queries {
             let t = Instant::now();
-            let (mut v, _) = embeddings.raw_blocking(&[q.text.as_str()], &qp, "query")?;
+            let text = CollectionPrompts::apply(&collection.spec().prompts.query_prompt, &q.text);
+            let (mut v, _) = embeddings.raw_blocking(&[text], &qp, "query")?;
             embed_ms.push(t.elapsed().as_secs_f64() * 1e3);
             vectors.push(v.pop().expect("one text gives one vector; this is a bug"));
         }

@@ -823,6 +823,7 @@ mod tests {
             distance: Distance::Cosine,
             layout: Default::default(),
             adapt: adapt.then_some(Adapt { threshold: 1 }),
+            prompts: Default::default(),
         }
     }
 

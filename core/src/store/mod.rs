@@ -198,6 +198,33 @@ pub struct CollectionSpec {
     /// model's prefixes as they are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapt: Option<Adapt>,
+    /// The texts put before documents and text queries (none in collections made before
+    /// there were prompts, which embed both without one).
+    #[serde(default, flatten)]
+    pub prompts: CollectionPrompts,
+}
+
+/// A collection's prompts, resolved to their text at creation so that every later write and
+/// search reads them the same, whatever the model folder's config says then.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionPrompts {
+    /// Put before each document's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_prompt: Option<String>,
+    /// Put before each text query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_prompt: Option<String>,
+}
+
+impl CollectionPrompts {
+    /// `text` after `prompt`, when there is one.
+    pub fn apply(prompt: &Option<String>, text: &str) -> String {
+        match prompt {
+            Some(p) => format!("{p}{text}"),
+            None => text.to_string(),
+        }
+    }
 }
 
 /// An adaptive collection's option: once it holds `threshold` documents, and again whenever it

@@ -6,7 +6,7 @@
 //! serialize what it answers.
 
 use actix_web::{web, HttpResponse};
-use mrl_core::store::{Adapt, CollectionInfo, Distance, Hit, HnswSize, Layout};
+use mrl_core::store::{Adapt, CollectionInfo, CollectionPrompts, Distance, Hit, HnswSize, Layout};
 use mrl_core::{CreateRequest, SearchRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,6 +38,18 @@ pub struct CreateBody {
     /// Documents before an adaptive collection's first fit (at least 1; default 1000); it
     /// re-nests again whenever it has doubled since.
     pub adapt_threshold: Option<usize>,
+    /// The model's prompt (`config_sentence_transformers.json`) put before each document, by
+    /// name; default: the first of `document`, `passage`, `corpus` the model has, else its
+    /// default prompt, else none (sentence-transformers' `encode_document`). Unknown names
+    /// are a 400.
+    pub document_prompt_name: Option<String>,
+    /// A literal prompt put before each document, instead of a named one.
+    pub document_prompt: Option<String>,
+    /// The prompt put before each text query, by name; default: `query`, else the model's
+    /// default prompt, else none (`encode_query`).
+    pub query_prompt_name: Option<String>,
+    /// A literal prompt put before each text query, instead of a named one.
+    pub query_prompt: Option<String>,
 }
 
 impl CreateBody {
@@ -68,6 +80,10 @@ impl CreateBody {
             },
             adapt: self.adapt.unwrap_or(false),
             adapt_threshold: self.adapt_threshold,
+            document_prompt_name: self.document_prompt_name,
+            document_prompt: self.document_prompt,
+            query_prompt_name: self.query_prompt_name,
+            query_prompt: self.query_prompt,
         })
     }
 }
@@ -85,6 +101,9 @@ pub struct Created {
     pub layout: Option<Layout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapt: Option<Adapt>,
+    /// The prompts the collection's documents and text queries get, resolved to their text.
+    #[serde(flatten)]
+    pub prompts: CollectionPrompts,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -177,6 +196,7 @@ pub async fn create(
         created,
         layout: (!spec.layout.is_default()).then_some(spec.layout),
         adapt: spec.adapt,
+        prompts: spec.prompts,
     };
     Ok(if created {
         HttpResponse::Created().json(answer)

@@ -34,6 +34,7 @@ pub(super) fn spec() -> CollectionSpec {
         distance: Distance::Cosine,
         layout: Default::default(),
         adapt: None,
+        prompts: Default::default(),
     }
 }
 
