@@ -10,6 +10,8 @@
 # (python3 -m pip install onnxruntime onnx tokenizers numpy); MRL_BIN picks the mrl binary.
 # Another model: MODEL=models/all-mpnet-base-v2 ONNX=models/ort/all-mpnet-base-v2.onnx
 # (from scripts/onnx_export.py), measured by scripts/ort_bench.py, which takes any export.
+# TEXTS=FILE measures on other texts (same format: {"kind", "text"} lines); PER_KIND=N on the
+# first N texts of each kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -20,6 +22,21 @@ mrl="${MRL_BIN:-$CARGO_TARGET_DIR/release/mrl}"
 model=${MODEL:-models/all-MiniLM-L6-v2}
 [ -d "$model" ] || "$mrl" model fetch "$(basename "$model")" >/dev/null
 shared=${MRL_SHARED_DIR:-../shared}
+texts=${TEXTS:-$shared/bench/texts.jsonl}
+if [ -n "${PER_KIND:-}" ]; then
+  # The first PER_KIND texts of each kind: a 12-layer model on all 2,000 takes long.
+  cut=$(mktemp --suffix=.jsonl)
+  python3 - "$texts" "$PER_KIND" >"$cut" <<'PY'
+import json, sys
+seen = {}
+for line in open(sys.argv[1]):
+    kind = json.loads(line)["kind"]
+    seen[kind] = seen.get(kind, 0) + 1
+    if seen[kind] <= int(sys.argv[2]):
+        sys.stdout.write(line)
+PY
+  texts=$cut
+fi
 openblas=${MRL_OPENBLAS:-}
 onnx=${ONNX:-$shared/peers/minilm-l6-v2.onnx}
 ort_bench=$shared/peers/bench_ort.py
@@ -38,12 +55,12 @@ rate() { grep "^RESULT.* kind=$1 " | head -n1 | sed -E 's/.*median_texts_per_s=(
 rates() { local out; out=$("$@" 2>/dev/null); echo "$(echo "$out" | rate short) $(echo "$out" | rate long)"; }
 results=$(mktemp)
 for r in $(seq "$rounds"); do
-  ort=$(rates python3 "$ort_bench" --model "$model" --onnx "$onnx" --threads 2 --runs "$runs")
-  ort8=$(rates python3 "$ort_bench" --model "$model" --onnx "$ort_int8" --threads 2 --runs "$runs")
-  f32=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --runs "$runs")
-  int8=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --precision int8 --runs "$runs")
+  ort=$(rates python3 "$ort_bench" --model "$model" --onnx "$onnx" --threads 2 --runs "$runs" --texts "$texts")
+  ort8=$(rates python3 "$ort_bench" --model "$model" --onnx "$ort_int8" --threads 2 --runs "$runs" --texts "$texts")
+  f32=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --runs "$runs" --texts "$texts")
+  int8=$(rates env -u MRL_OPENBLAS "$mrl" bench encode --model "$model" --precision int8 --runs "$runs" --texts "$texts")
   blas="0 0"
-  [ -z "$openblas" ] || blas=$(rates env MRL_OPENBLAS="$openblas" "$mrl" bench encode --model "$model" --runs "$runs")
+  [ -z "$openblas" ] || blas=$(rates env MRL_OPENBLAS="$openblas" "$mrl" bench encode --model "$model" --runs "$runs" --texts "$texts")
   # Fields: round, then short and long texts/s of ORT fp32, ORT int8, mrl f32, mrl int8,
   # mrl f32 on OpenBLAS.
   line="$r $ort $ort8 $f32 $int8 $blas"

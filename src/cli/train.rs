@@ -176,10 +176,10 @@ pub(crate) struct JudgeArgs {
     /// Another checkpoint judged beside it (e.g. the previous default).
     #[arg(long)]
     previous: Option<PathBuf>,
-    /// BEIR splits to judge on, DIR:SPLIT; repeatable.
+    /// BEIR splits to judge on, DIR:SPLIT; repeatable; `none` judges no BEIR split.
     #[arg(long, value_name = "DIR:SPLIT", default_values = ["../shared/data/scifact:test", "../shared/data/nfcorpus:dev"])]
     beir: Vec<String>,
-    /// STS-B-format files to judge on; repeatable.
+    /// STS-B-format files to judge on; repeatable; `none` judges none.
     #[arg(long, default_values = ["../shared/data/stsbenchmark/sts-dev.csv"])]
     sts: Vec<PathBuf>,
     /// The alignment rule, PROFILE=SHARE: that profile's queries against `full` documents
@@ -204,7 +204,7 @@ pub(crate) struct JudgeArgs {
 pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
     use mrl_trainer::judge::{JudgeOptions, JudgeSet};
     let mut sets = Vec::new();
-    for b in &args.beir {
+    for b in args.beir.iter().filter(|b| *b != "none") {
         let (dir, split) = b
             .rsplit_once(':')
             .with_context(|| format!("--beir {b:?}: expected DIR:SPLIT"))?;
@@ -213,7 +213,12 @@ pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
             split: split.into(),
         });
     }
-    sets.extend(args.sts.iter().map(|p| JudgeSet::Sts { path: p.clone() }));
+    sets.extend(
+        args.sts
+            .iter()
+            .filter(|p| p.as_os_str() != "none")
+            .map(|p| JudgeSet::Sts { path: p.clone() }),
+    );
     let mut align = Vec::new();
     for a in &args.align {
         let (p, share) = a
