@@ -156,18 +156,7 @@ fn check_cases(fx: &Value, base: &Path) -> (f64, String) {
 /// name or a name with a literal is a 400 naming the field.
 #[test]
 fn a_collection_embeds_documents_and_queries_with_their_prompts() {
-    let fx = fixture();
-    let case = fx["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "prompt-document")
-        .unwrap()
-        .clone();
-    let dir = folder("collection", case["files"].as_object().unwrap());
-    let data = std::env::temp_dir().join(format!("mrl-prompts-data-{}", std::process::id()));
-    let model = dir.to_string_lossy().to_string();
-    let s = common::server::Server::start_with(&data, &["--model", &model]);
+    let (fx, _, dir, data, s) = prompts_server("collection");
     let created = s.ok("PUT", "/collections/p", json!({"dims": [384]}));
     assert_eq!(created["document_prompt"], "passage: ", "{created}");
     assert_eq!(created["query_prompt"], "query: ", "{created}");
@@ -276,18 +265,7 @@ fn a_module_the_loader_cannot_run_is_refused_by_name() {
 /// the names there are, and giving both `prompt` and `prompt_name` is a 400 naming `prompt`.
 #[test]
 fn prompts_over_http_and_unknown_names_are_refused() {
-    let fx = fixture();
-    let case = fx["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "prompt-document")
-        .unwrap()
-        .clone();
-    let dir = folder("http", case["files"].as_object().unwrap());
-    let data = std::env::temp_dir().join(format!("mrl-pooling-data-{}", std::process::id()));
-    let model = dir.to_string_lossy().to_string();
-    let s = common::server::Server::start_with(&data, &["--model", &model]);
+    let (fx, case, dir, data, s) = prompts_server("http");
     let text = fx["texts"][0].as_str().unwrap();
     let v = s.ok(
         "POST",
@@ -329,4 +307,22 @@ fn prompts_over_http_and_unknown_names_are_refused() {
     s.stop();
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A server over the base model with the prompts case's configs (`query: `, `passage: `,
+/// default `query`), its folder and data folder (removed by the caller), and the fixture.
+fn prompts_server(name: &str) -> (Value, Value, PathBuf, PathBuf, common::server::Server) {
+    let fx = fixture();
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "prompt-document")
+        .unwrap()
+        .clone();
+    let dir = folder(name, case["files"].as_object().unwrap());
+    let data = std::env::temp_dir().join(format!("mrl-{name}-data-{}", std::process::id()));
+    let model = dir.to_string_lossy().to_string();
+    let s = common::server::Server::start_with(&data, &["--model", &model]);
+    (fx, case, dir, data, s)
 }

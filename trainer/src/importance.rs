@@ -439,11 +439,21 @@ pub(crate) mod tests {
             ffn: (0..4).map(|l| random_order(32, l + 7)).collect(),
         };
         assert_ne!(order.hidden, WidthOrder::identity(&cfg).hidden);
+        assert_permutation_preserves(&original, tensors, &cfg, &order);
+    }
+
+    /// The model permuted by `order` gives the original's outputs, channels reordered.
+    fn assert_permutation_preserves(
+        original: &BertModel,
+        tensors: HashMap<String, Tensor>,
+        cfg: &BertConfig,
+        order: &WidthOrder,
+    ) {
         let mut permuted = tensors;
-        permute_tensors(&mut permuted, &cfg, &order).unwrap();
-        let permuted = BertModel::from_tensors(permuted, &cfg).unwrap();
+        permute_tensors(&mut permuted, cfg, order).unwrap();
+        let permuted = BertModel::from_tensors(permuted, cfg).unwrap();
         let seqs = tiny_seqs();
-        let full = Profile::full(&cfg);
+        let full = Profile::full(cfg);
         let a = original.forward_all(&seqs, &full, 5).unwrap();
         let b = permuted.forward_all(&seqs, &full, 5).unwrap();
         for (a, b) in a.iter().zip(&b) {
@@ -501,23 +511,7 @@ pub(crate) mod tests {
             heads: vec![heads; 4],
             ffn: (0..4).map(|l| random_order(32, l + 7)).collect(),
         };
-        let mut permuted = tensors.clone();
-        permute_tensors(&mut permuted, &cfg, &order).unwrap();
-        let permuted = BertModel::from_tensors(permuted, &cfg).unwrap();
-        let seqs = tiny_seqs();
-        let full = Profile::full(&cfg);
-        let a = original.forward_all(&seqs, &full, 5).unwrap();
-        let b = permuted.forward_all(&seqs, &full, 5).unwrap();
-        for (a, b) in a.iter().zip(&b) {
-            for (i, &o) in order.hidden.iter().enumerate() {
-                assert!(
-                    (b[i] - a[o]).abs() < 1e-4,
-                    "channel {i}: {} vs {}",
-                    b[i],
-                    a[o]
-                );
-            }
-        }
+        assert_permutation_preserves(&original, tensors.clone(), &cfg, &order);
         // Layers with their own head orders cannot share the one bias table.
         order.heads[2] = random_order(4, 9);
         assert_ne!(order.heads[2], order.heads[0]);
