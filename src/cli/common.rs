@@ -118,6 +118,20 @@ pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Caps glibc's malloc arenas at two for a long-running server, before its threads start:
+/// by default glibc gives each busy thread an arena (up to 8 per core), and memory a thread
+/// frees stays in its own arena, partly used pages included, which `malloc_trim` cannot hand
+/// back. The 60-minute soak with the default arenas kept its heap in use flat (+0.9%) while
+/// free bytes in the arenas grew 61 → 75 MiB (docs/api.md). Two arenas on this service's
+/// few busy threads cost no measurable throughput. A no-op elsewhere than Linux/glibc.
+pub(crate) fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before the server's threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Heap upkeep for a server that runs for weeks: every 30 s, glibc's own figures go to the
 /// gauges `mrl_heap_in_use_bytes` (blocks handed out, mmapped ones included) and
 /// `mrl_heap_free_bytes` (free blocks the arenas keep), and `malloc_trim(0)` hands the free
