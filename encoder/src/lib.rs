@@ -3,8 +3,8 @@
 //!
 //! The pipeline: tokenize → encoder(profile) → mean pool → prefix(dim) → L2-normalise.
 
-#[cfg(feature = "blas")]
 pub mod arch;
+#[cfg(feature = "blas")]
 pub mod blas;
 pub mod config;
 pub mod embedder;

@@ -43,12 +43,12 @@ pub struct CreateBody {
     /// default prompt, else none (sentence-transformers' `encode_document`). Unknown names
     /// are a 400.
     pub document_prompt_name: Option<String>,
-    /// A literal prompt put before each document, instead of a named one.
+    /// A literal prompt put before each document, instead of a named one (`""`: none).
     pub document_prompt: Option<String>,
     /// The prompt put before each text query, by name; default: `query`, else the model's
     /// default prompt, else none (`encode_query`).
     pub query_prompt_name: Option<String>,
-    /// A literal prompt put before each text query, instead of a named one.
+    /// A literal prompt put before each text query, instead of a named one (`""`: none).
     pub query_prompt: Option<String>,
 }
 
