@@ -389,7 +389,13 @@ fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
         .open(common::embedder().clone())
         .unwrap();
     let before = info["rotation"]["version"].as_u64().unwrap();
-    assert_eq!(third.collection().renest_now().unwrap().version, before + 1);
+    // Newer than any rotation seen (a re-nest the index job's last writes were due may land
+    // between that read and this one, so not always exactly the next).
+    let renested = third.collection().renest_now().unwrap().version;
+    assert!(
+        renested > before,
+        "re-nest gave version {renested}, seen {before}"
+    );
     let late: Vec<(String, String)> = scifact_lines(496)[480..]
         .iter()
         .map(|l| common::id_and_text(l))
