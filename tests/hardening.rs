@@ -358,7 +358,7 @@ fn metric(s: &Server, name: &str) -> f64 {
 
 /// Field report 4: the queue is bounded by the tokens waiting, not only by requests; past it
 /// a request gets 429 with Retry-After. A request whose client hung up before its forward
-/// pass is dropped and counted.
+/// pass is dropped and counted. The heap gauges the allocator feeds are on /metrics.
 #[test]
 fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     let data = scratch("queue");
@@ -398,6 +398,10 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     }
     assert_eq!(metric(&s, "mrl_queue_tokens"), 0.0);
     assert_eq!(metric(&s, "mrl_queue_depth"), 0.0);
+    // The allocator's own figures reach /metrics: the weights alone are tens of MiB.
+    let in_use = metric(&s, "mrl_heap_in_use_bytes");
+    assert!(in_use > 16.0 * 1024.0 * 1024.0, "heap in use {in_use}");
+    assert!(metric(&s, "mrl_heap_free_bytes") >= 0.0);
 
     // A long request occupies the model thread; meanwhile clients send requests and hang up.
     let before = metric(&s, "mrl_requests_abandoned_total");

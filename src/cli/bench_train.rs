@@ -14,7 +14,8 @@ use mrl_trainer::bench::{StepBenchOptions, Workload};
 use mrl_trainer::student::Kernels;
 use serde::{Deserialize, Serialize};
 
-use super::common::{bar, keep_freed_memory, peak_rss_kib, reset_peak_rss};
+use super::common::{bar, peak_rss_kib, reset_peak_rss};
+use super::heap::keep_freed_memory;
 
 #[derive(Args)]
 pub(crate) struct BenchTrainArgs {

@@ -91,85 +91,13 @@ pub(crate) fn profile_list(embedder: &Embedder, spec: &str) -> Vec<String> {
         .collect()
 }
 
-/// Tells glibc's allocator to keep freed blocks of up to 32 MiB (its largest mmap threshold)
-/// in the heap rather than returning them to the kernel: a training step allocates and frees
-/// the same activation and gradient buffers every step, and fresh pages cost a fault and a
-/// zeroing each (about a tenth of a step, measured with `mrl bench train`). Other allocators
-/// and systems are left as they are.
-pub(crate) fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tunables; called before the work starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 /// Resets the process's peak resident set (Linux: `5` into /proc/self/clear_refs), so the
 /// next [`peak_rss_kib`] reports the peak from here on; a no-op where /proc lacks it. Freed
-/// heap memory is handed back first (`malloc_trim`), since [`keep_freed_memory`] keeps it
+/// heap memory is handed back first, since [`super::heap::keep_freed_memory`] keeps it
 /// resident and the reset starts from the resident set.
 pub(crate) fn reset_peak_rss() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    super::heap::release_freed_memory();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Caps glibc's malloc arenas at two for a long-running server, before its threads start:
-/// by default glibc gives each busy thread an arena (up to 8 per core), and memory a thread
-/// frees stays in its own arena, partly used pages included, which `malloc_trim` cannot hand
-/// back. The 60-minute soak with the default arenas kept its heap in use flat (+0.9%) while
-/// free bytes in the arenas grew 61 → 75 MiB (docs/api.md). Two arenas on this service's
-/// few busy threads cost no measurable throughput. A no-op elsewhere than Linux/glibc.
-pub(crate) fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tunables; called before the server's threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Heap upkeep for a server that runs for weeks: every 30 s, glibc's own figures go to the
-/// gauges `mrl_heap_in_use_bytes` (blocks handed out, mmapped ones included) and
-/// `mrl_heap_free_bytes` (free blocks the arenas keep), and `malloc_trim(0)` hands the free
-/// pages inside every arena back to the kernel. Why: with one arena per busy thread, memory
-/// freed by a thread stays in its arena, split between blocks still in use, so RSS creeps up
-/// under a mixed load while the bytes in use stay flat (the 60-minute soak in docs/api.md
-/// shows both curves). A no-op thread elsewhere than Linux/glibc.
-///
-/// Errors: the thread could not be spawned.
-pub(crate) fn spawn_heap_upkeep() -> std::io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        metrics::describe_gauge!(
-            "mrl_heap_in_use_bytes",
-            metrics::Unit::Bytes,
-            "Heap bytes handed out by the allocator (glibc mallinfo2: uordblks + hblkhd)."
-        );
-        metrics::describe_gauge!(
-            "mrl_heap_free_bytes",
-            metrics::Unit::Bytes,
-            "Free heap bytes the allocator's arenas keep (glibc mallinfo2: fordblks); their \
-             pages go back to the kernel every 30 s."
-        );
-        std::thread::Builder::new()
-            .name("mrl-heap".into())
-            .spawn(|| loop {
-                // SAFETY: mallinfo2 only reads the allocator's counters.
-                let info = unsafe { libc::mallinfo2() };
-                metrics::gauge!("mrl_heap_in_use_bytes").set((info.uordblks + info.hblkhd) as f64);
-                metrics::gauge!("mrl_heap_free_bytes").set(info.fordblks as f64);
-                // SAFETY: malloc_trim only returns free heap pages to the kernel.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                std::thread::sleep(std::time::Duration::from_secs(30));
-            })?;
-    }
-    Ok(())
 }
 
 /// The process's peak resident set (VmHWM), where /proc has it.

@@ -5,6 +5,7 @@ mod bench;
 mod bench_train;
 mod common;
 mod embed;
+mod heap;
 mod index;
 mod retrieval;
 mod serve;

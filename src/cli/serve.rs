@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::common::{limit_arenas, load, spawn_heap_upkeep, DimPolicyArg, ModelArg, QdrantArgs};
+use super::common::{load, DimPolicyArg, ModelArg, QdrantArgs};
+use super::heap::spawn_heap_upkeep;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -57,7 +58,6 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
-    limit_arenas();
     let embedder = load(&args.model)?;
     let config = mrl_service::ServeConfig::new()
         .data_dir(args.data_dir)

@@ -50,7 +50,7 @@ pub(crate) fn train(config: &std::path::Path) -> Result<()> {
         Some("distill") => return train_distill(config),
         _ => {}
     }
-    super::common::keep_freed_memory();
+    super::heap::keep_freed_memory();
     let cfg = mrl_trainer::train::TrainConfig::load(config)?;
     let progress = bar("train", cfg.steps as u64);
     let summary = mrl_trainer::train::train(&cfg, &progress)?;
