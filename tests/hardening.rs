@@ -1,6 +1,6 @@
 //! Field reports replayed against `mrl serve` (a separate process): collection lifecycle races,
 //! numbers out of float32's range, `has_id` filters in the caller's ids, a queue bounded by
-//! work, and a seeded storm of mixed operations whose acknowledged state must survive.
+//! work (and the heap gauges beside its own), and a seeded storm of mixed operations whose acknowledged state must survive.
 
 mod common;
 
@@ -401,7 +401,8 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     // The allocator's own figures reach /metrics: the weights alone are tens of MiB.
     let in_use = metric(&s, "mrl_heap_in_use_bytes");
     assert!(in_use > 16.0 * 1024.0 * 1024.0, "heap in use {in_use}");
-    assert!(metric(&s, "mrl_heap_free_bytes") >= 0.0);
+    // Present (`metric` panics otherwise); zero is a fair value for it.
+    let _free = metric(&s, "mrl_heap_free_bytes");
 
     // A long request occupies the model thread; meanwhile clients send requests and hang up.
     let before = metric(&s, "mrl_requests_abandoned_total");

@@ -6,6 +6,8 @@
 //! `mrl_batch_texts` (histogram, texts per model batch), `mrl_queue_depth` and
 //! `mrl_queue_tokens` (gauges), `mrl_tokens_total`, `mrl_requests_abandoned_total`, and for
 //! adaptive collections `mrl_renests_total`, `mrl_renest_failures_total`, `mrl_renest_seconds`.
+//! The `mrl` binary adds the heap gauges `mrl_heap_in_use_bytes` and `mrl_heap_free_bytes`
+//! (src/cli/heap.rs).
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The `mrl` command line: model fetch and export, embedding, calibration, training, serving,
-//! indexing and the benchmarks. One module per command; `common` holds what they share.
+//! indexing and the benchmarks. One module per command; `common` holds what they share, `heap` the
+//! process's allocator.
 
 mod bench;
 mod bench_train;
