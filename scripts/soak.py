@@ -2,7 +2,8 @@
 """Bounded soak of `mrl serve`: N clients mix embeddings, searches and document writes for a
 fixed time against one server on loopback, then report requests served, 429s, errors (any 5xx
 or broken connection: 0 expected), latency percentiles per kind and the server's RSS at start
-and end.
+and end. The collection is first filled to the mix's steady state (`--prefill`), so what
+RSS does over the run is creep, not a collection still growing.
 
     cargo build --release
     python3 scripts/soak.py                      # 600 s, 32 clients, target/release/mrl
@@ -26,6 +27,8 @@ import time
 from collections import Counter, defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Document ids are d0 .. d4999: adds and deletes pick among them.
+IDS = 5000
 
 
 def rss_kib(pid):
@@ -106,7 +109,14 @@ def main():
     ap.add_argument("--mix", default="50,30,15,5",
                     help="percent of embeddings, searches, document adds, deletes (to tell what "
                          "grows: e.g. 60,40,0,0 writes nothing to the store)")
+    ap.add_argument("--prefill", type=int, default=None,
+                    help="documents written before the clock starts (default: the mix's steady "
+                         "state, 5000 ids x adds / (adds + deletes), so the collection does not "
+                         "grow during the run and RSS measures creep, not data; 0: none)")
     args = ap.parse_args()
+    mix = [float(x) for x in args.mix.split(",")]
+    if len(mix) != 4 or min(mix) < 0 or sum(mix) <= 0:
+        sys.exit("--mix takes four non-negative numbers: embed,search,add,delete")
 
     pool = texts(args.texts)
     data = tempfile.mkdtemp(prefix="mrl-soak-")
@@ -122,15 +132,20 @@ def main():
     setup = Client(host, port)
     assert setup.request("PUT", "/collections/soak", {"dims": [64, 128, 384]}) in (200, 201)
     assert setup.request("POST", "/embed", {"inputs": pool[:4]}) == 200
+    if args.prefill is None:
+        writes = mix[2] + mix[3]
+        args.prefill = round(IDS * mix[2] / writes) if writes > 0 else 0
+    fill = random.Random(args.seed).sample(range(IDS), min(args.prefill, IDS))
+    for start in range(0, len(fill), 32):
+        docs = [{"id": f"d{n}", "text": pool[n % len(pool)], "payload": {"client": -1}}
+                for n in fill[start:start + 32]]
+        assert setup.request("POST", "/collections/soak/documents", {"documents": docs}) == 200
     rss_start = rss_kib(server.pid)
 
     lock = threading.Lock()
     statuses = Counter()
     errors = Counter()
     latency = defaultdict(list)
-    mix = [float(x) for x in args.mix.split(",")]
-    if len(mix) != 4 or min(mix) < 0 or sum(mix) <= 0:
-        sys.exit("--mix takes four non-negative numbers: embed,search,add,delete")
     deadline = time.monotonic() + args.seconds
 
     def work(i):
@@ -153,12 +168,12 @@ def main():
                 kind = "add"
                 # Ids are unique within a request (a repeated one is a 400 by design).
                 docs = [{"id": f"d{n}", "text": rng.choice(pool), "payload": {"client": i}}
-                        for n in rng.sample(range(5000), rng.randint(1, 4))]
+                        for n in rng.sample(range(IDS), rng.randint(1, 4))]
                 body = {"documents": docs}
                 method, path = "POST", "/collections/soak/documents"
             else:
                 kind = "delete"
-                body = {"ids": [f"d{rng.randrange(5000)}" for _ in range(rng.randint(1, 4))]}
+                body = {"ids": [f"d{rng.randrange(IDS)}" for _ in range(rng.randint(1, 4))]}
                 method, path = "DELETE", "/collections/soak/documents"
             t0 = time.monotonic()
             try:
@@ -229,6 +244,7 @@ def main():
     report = {
         "seconds": round(elapsed, 1),
         "clients": args.clients,
+        "prefill": args.prefill,
         "served": served,
         "served_per_s": round(served / elapsed, 1),
         "http_429": busy,
