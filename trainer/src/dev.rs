@@ -130,7 +130,7 @@ mod tests {
         EvalConfig {
             dir: std::env::var_os("MRL_SHARED_DIR")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+                .unwrap_or_else(|| crate::test_support::manifest_dir().join("../../shared"))
                 .join("data/nfcorpus"),
             split: split.into(),
             every: 1,

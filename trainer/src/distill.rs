@@ -860,7 +860,7 @@ mod tests {
 
     #[test]
     fn the_shipped_recipe_reads_no_zero_shot_set_and_others_are_refused() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = crate::test_support::manifest_dir().join("..");
         let shipped = DistillConfig::load(&root.join("configs/minilm-generic.toml")).unwrap();
         for t in &shipped.texts {
             assert!(check_zero_shot(&t.path).is_ok(), "{}", t.path.display());

@@ -40,3 +40,16 @@ pub mod train;
 
 pub use calibrate::{calibrate, CalibrateOptions};
 pub use error::{Result, TrainerError};
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! What the unit tests share: where the crate's files are.
+
+    /// The crate's folder as cargo runs the test (a test binary reused from another checkout
+    /// of the same sources carries that checkout's path), else as it was built.
+    pub(crate) fn manifest_dir() -> std::path::PathBuf {
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+            .into()
+    }
+}
