@@ -409,7 +409,15 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     // Long enough that the hung-up requests are queued behind it on any machine.
     let busy_body = json!({"inputs": vec![long.clone(); 16]});
     let blocker = std::thread::spawn(move || call(addr, "POST", "/embed", Some(busy_body)));
-    std::thread::sleep(Duration::from_millis(50));
+    // It must be admitted first: alone it exceeds the token bound, which only an empty queue
+    // lets through (a fixed sleep lost that race on a loaded machine: the blocker got 429).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&s, "mrl_queue_tokens") == 0.0
+        && !blocker.is_finished()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for _ in 0..3 {
         let body = json!({"inputs": "a request nobody waits for"}).to_string();
         let mut stream = TcpStream::connect(addr).unwrap();
