@@ -408,17 +408,20 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     let before = metric(&s, "mrl_requests_abandoned_total");
     // Long enough that the hung-up requests are queued behind it on any machine.
     let busy_body = json!({"inputs": vec![long.clone(); 16]});
+    let embedded = metric(&s, "mrl_tokens_total");
     let blocker = std::thread::spawn(move || call(addr, "POST", "/embed", Some(busy_body)));
-    // It must be admitted first: alone it exceeds the token bound, which only an empty queue
-    // lets through (a fixed sleep lost that race on a loaded machine: the blocker got 429).
+    // The hang-ups go once the model thread has taken the blocker into its forward pass (it
+    // counts the tokens then): earlier, the blocker still waits in the queue and, over the
+    // token bound, refuses them (429); a fixed sleep lost this race either way on a loaded
+    // machine.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&s, "mrl_queue_tokens") == 0.0
+    while metric(&s, "mrl_tokens_total") == embedded
         && !blocker.is_finished()
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    for _ in 0..3 {
+    for queued in 1..=3 {
         let body = json!({"inputs": "a request nobody waits for"}).to_string();
         let mut stream = TcpStream::connect(addr).unwrap();
         write!(
@@ -427,7 +430,14 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
             body.len()
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // Hang up once it waits in the queue, not before the server has read it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&s, "mrl_queue_depth") < queued as f64
+            && !blocker.is_finished()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(stream);
     }
     assert_eq!(blocker.join().unwrap().0, 200);
