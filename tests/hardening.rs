@@ -1,6 +1,7 @@
 //! Field reports replayed against `mrl serve` (a separate process): collection lifecycle races,
 //! numbers out of float32's range, `has_id` filters in the caller's ids, a queue bounded by
-//! work (and the heap gauges beside its own), and a seeded storm of mixed operations whose acknowledged state must survive.
+//! work (and the heap gauges beside its own), and a seeded storm of mixed operations whose
+//! acknowledged state must survive.
 
 mod common;
 
@@ -356,6 +357,14 @@ fn metric(s: &Server, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Polls `done` every 5 ms until it holds or 20 s have passed (the caller's asserts judge).
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Field report 4: the queue is bounded by the tokens waiting, not only by requests; past it
 /// a request gets 429 with Retry-After. A request whose client hung up before its forward
 /// pass is dropped and counted. The heap gauges the allocator feeds are on /metrics.
@@ -414,13 +423,7 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     // counts the tokens then): earlier, the blocker still waits in the queue and, over the
     // token bound, refuses them (429); a fixed sleep lost this race either way on a loaded
     // machine.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&s, "mrl_tokens_total") == embedded
-        && !blocker.is_finished()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(|| metric(&s, "mrl_tokens_total") > embedded || blocker.is_finished());
     for queued in 1..=3 {
         let body = json!({"inputs": "a request nobody waits for"}).to_string();
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -431,13 +434,7 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
         )
         .unwrap();
         // Hang up once it waits in the queue, not before the server has read it.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while metric(&s, "mrl_queue_depth") < queued as f64
-            && !blocker.is_finished()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(|| metric(&s, "mrl_queue_depth") >= queued as f64 || blocker.is_finished());
         drop(stream);
     }
     assert_eq!(blocker.join().unwrap().0, 200);

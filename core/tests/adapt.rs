@@ -25,14 +25,7 @@ const WIDTH: usize = 32;
 const DIMS: [usize; 3] = [8, 16, WIDTH];
 
 fn shared() -> PathBuf {
-    // The crate's folder as cargo runs the test, not as a reused binary was built.
-    qdrant::shared_dir(
-        &PathBuf::from(
-            std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join(".."),
-    )
+    qdrant::shared_dir(&qdrant::crate_dir().join(".."))
 }
 
 /// SplitMix64 with Box–Muller normals.

@@ -14,14 +14,7 @@ use qdrant::QdrantServer;
 
 /// The shared folder beside the workspace (this crate sits one level below its root).
 fn shared() -> PathBuf {
-    // The crate's folder as cargo runs the test, not as a reused binary was built.
-    qdrant::shared_dir(
-        &PathBuf::from(
-            std::env::var("CARGO_MANIFEST_DIR")
-                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-        )
-        .join(".."),
-    )
+    qdrant::shared_dir(&qdrant::crate_dir().join(".."))
 }
 
 use mrl_core::store::{

@@ -11,12 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use mrl::{EmbedSpec, Embedder, Embeddings, Fetcher, Fields, Policy, DEFAULT_MODEL};
 
-/// The checkout: the crate's folder as cargo runs the test (a test binary reused from another
-/// checkout of the same sources carries that checkout's path), else as it was built.
+/// The checkout (the root crate's folder as the test runs).
 pub fn root() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
+    qdrant::crate_dir()
 }
 
 /// `$MRL_SHARED_DIR`, else the `shared/` folder beside the checkout.

@@ -23,6 +23,14 @@ pub struct QdrantServer {
     cluster: Option<(u16, Option<String>)>,
 }
 
+/// The folder of the crate whose test is running: cargo's run-time `CARGO_MANIFEST_DIR` (a
+/// test binary reused from another checkout of the same sources, through a shared target
+/// dir, carries that checkout's path), else the one it was built with.
+pub fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 /// `$MRL_SHARED_DIR`, else the `shared/` folder beside the checkout whose root is
 /// `workspace_root`: where the data, fixtures and the Qdrant server live.
 pub fn shared_dir(workspace_root: &Path) -> PathBuf {
