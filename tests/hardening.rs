@@ -439,10 +439,10 @@ fn the_queue_is_bounded_by_tokens_and_abandoned_requests_are_dropped() {
     }
     assert_eq!(blocker.join().unwrap().0, 200);
     // The abandoned requests are discarded when the model thread next looks at its queue.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&s, "mrl_requests_abandoned_total") < before + 1.0 && Instant::now() < deadline {
+    wait_until(|| {
         let _ = call(addr, "POST", "/embed", Some(json!({"inputs": "tick"})));
-    }
+        metric(&s, "mrl_requests_abandoned_total") >= before + 1.0
+    });
     assert!(
         metric(&s, "mrl_requests_abandoned_total") >= before + 1.0,
         "no abandoned request was counted"
