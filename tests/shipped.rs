@@ -38,8 +38,12 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
         "{dtypes:?}"
     );
     let e = Embedder::load(&dir).unwrap();
-    assert_eq!(e.nested_dims(), vec![64, 128, 256, 384, 512]);
-    assert_eq!(e.max_dim(), 512);
+    // Real widths only: the heads' rows past 384 in the file are zeros, which are not dims.
+    assert_eq!(e.nested_dims(), vec![64, 128, 256, 384]);
+    assert_eq!(e.max_dim(), 384);
+    for p in &e.manifest().unwrap().profiles {
+        assert_eq!(e.model().output_width(&p.profile), 384, "{}", p.name);
+    }
     assert_eq!(e.profile_names(), vec!["full", "b50", "b25"]);
     let m = e.manifest().unwrap();
     let budgets: Vec<(f64, &str)> = m
@@ -98,8 +102,7 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
 
 /// The shipped head keeps the full width exact: its first 384 rows are an orthogonal map of
 /// the parent's output, and the parent is the base model with its channels permuted, so
-/// full-width cosines are the base model's (to f16 rounding of the weights), and the widest
-/// size ranks as the full width (its extra rows are zero).
+/// full-width cosines are the base model's (to f16 rounding of the weights).
 #[test]
 fn full_width_cosines_are_the_base_models() {
     let shipped = Arc::new(Embedder::load(shipped()).unwrap());
@@ -116,7 +119,7 @@ fn full_width_cosines_are_the_base_models() {
     let theirs = embed(base, &texts, &EmbedSpec::default()).unwrap();
     let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     for i in 0..texts.len() {
-        assert!(ours[i][384..].iter().all(|&x| x == 0.0), "rows past 384");
+        assert_eq!(ours[i].len(), 384);
         for j in i + 1..texts.len() {
             let (a, b, c) = (
                 cos(&ours[i], &ours[j]),
@@ -154,6 +157,9 @@ fn every_profile_and_size_ranks_a_paraphrase_above_an_unrelated_sentence() {
 /// profile and nested size, heads included.
 #[test]
 fn int8_keeps_every_profile_and_size_of_the_shipped_checkpoint() {
+    let Some(_) = common::needs(&["data/scifact"]) else {
+        return;
+    };
     let f32 = Arc::new(Embedder::load(shipped()).unwrap());
     let int8 = Arc::new(Embedder::load_with(shipped(), mrl::Precision::Int8).unwrap());
     let texts: Vec<String> = common::scifact_queries(40);
@@ -176,7 +182,7 @@ fn int8_keeps_every_profile_and_size_of_the_shipped_checkpoint() {
 #[test]
 fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() {
     let bin = env!("CARGO_BIN_EXE_mrl");
-    for (profile, dim) in [("b50", "64"), ("b25", "128"), ("full", "512")] {
+    for (profile, dim) in [("b50", "64"), ("b25", "128"), ("full", "384")] {
         let out = Command::new(bin)
             .args(["embed", "--model"])
             .arg(shipped())
@@ -197,11 +203,11 @@ fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() 
     let out = Command::new(bin)
         .args(["embed", "--model"])
         .arg(shipped())
-        .args(["--dim", "600", "hello"])
+        .args(["--dim", "512", "hello"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("512"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("384"));
 }
 
 /// Queries may search another profile's documents only where `mrl.json` declares the two
@@ -345,6 +351,9 @@ fn only_declared_query_profiles_search_another_profiles_documents() {
 /// `b25` search at 64 dims finds documents by their titles.
 #[test]
 fn an_adaptive_collection_maps_the_cheap_profiles_onto_its_documents() {
+    let Some(_) = common::needs(&["data/scifact"]) else {
+        return;
+    };
     use common::server::Server;
     use serde_json::{json, Value};
 
@@ -414,5 +423,179 @@ fn an_adaptive_collection_maps_the_cheap_profiles_onto_its_documents() {
     }
     assert!(found >= 16, "b25 titles found {found} of 20 documents");
     s.stop();
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `mrl` run from a folder with no `models/` (as after `cargo install --path .`) finds the
+/// shipped default in the checkout it was built from, says so on stderr, and serves its
+/// family at real widths only; mrl's own bodies refuse a misspelt field by name, while the
+/// OpenAI route takes the extras OpenAI clients send.
+#[test]
+fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() {
+    use common::server::Server;
+    use serde_json::json;
+    use std::io::BufRead;
+
+    let elsewhere = std::env::temp_dir().join(format!("mrl-elsewhere-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut cmd = Server::command(&elsewhere.join("data"));
+    cmd.current_dir(&elsewhere)
+        .env_remove("MRL_MODEL")
+        .env_remove("MRL_MODELS_DIR")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let mut s = Server::launch(cmd);
+    let stderr = std::io::BufReader::new(s.take_stderr().unwrap());
+    let said = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains(" model "))
+        .expect("a log line naming the model");
+    assert!(
+        said.contains(mrl::SHIPPED_MODEL)
+            && said.contains("profiles full, b50, b25")
+            && said.contains("dims [64, 128, 256, 384]")
+            && said.contains("precision f32"),
+        "{said}"
+    );
+    assert!(!elsewhere.join("models").exists(), "fetched a model instead");
+
+    let (status, health) = s.call("GET", "/health", None);
+    assert_eq!(status, 200);
+    assert_eq!(health["model"], mrl::SHIPPED_MODEL, "{health}");
+    assert_eq!(health["profiles"], json!(["full", "b50", "b25"]), "{health}");
+    assert_eq!(health["dims"], json!([64, 128, 256, 384]), "{health}");
+    let v = s.ok(
+        "POST",
+        "/embed",
+        json!({"inputs": ["A man is playing a guitar."], "dim": 128, "profile": "b50"}),
+    );
+    assert_eq!(v["embeddings"][0].as_array().unwrap().len(), 128);
+
+    let refused = |method: &str, path: &str, body: serde_json::Value, field: &str| {
+        let (status, v) = s.call(method, path, Some(body));
+        assert_eq!(status, 400, "{method} {path}: {v}");
+        assert_eq!(v["error"]["field"], field, "{method} {path}: {v}");
+    };
+    refused("POST", "/embed", json!({"inputs": ["hi"], "dim": 512}), "dim");
+    refused("POST", "/embed", json!({"inputs": ["hi"], "dimm": 64}), "dimm");
+    refused(
+        "PUT",
+        "/collections/notes",
+        json!({"dims": [64, 512]}),
+        "dims",
+    );
+    refused(
+        "PUT",
+        "/collections/notes",
+        json!({"dims": [64, 384], "adpat": true}),
+        "adpat",
+    );
+    s.ok("PUT", "/collections/notes", json!({"dims": [64, 384]}));
+    refused(
+        "POST",
+        "/collections/notes/documents",
+        json!({"documents": [{"id": "1", "text": "Vitamin D"}], "upsert": true}),
+        "upsert",
+    );
+    s.add_documents("notes", &[("1".into(), "Vitamin D is made in the skin.".into())]);
+    refused(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "sunlight", "limt": 3}),
+        "limt",
+    );
+    refused(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "sunlight", "funnel": {"dim": 64, "candidatse": 9}}),
+        "funnel.candidatse",
+    );
+    refused(
+        "DELETE",
+        "/collections/notes/documents",
+        json!({"ids": ["1"], "all": true}),
+        "all",
+    );
+    let hits = s.ok(
+        "POST",
+        "/collections/notes/search",
+        json!({"query": "sunlight", "limit": 3}),
+    );
+    assert_eq!(hits["hits"][0]["id"], "1", "{hits}");
+
+    let v = s.ok(
+        "POST",
+        "/v1/embeddings",
+        json!({"input": "hello", "model": "x", "user": "u-1",
+               "metadata": {"k": "v"}, "vendor_extra": 1}),
+    );
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    s.stop();
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
+
+/// A collection made when the shipped default still offered 512 (its heads' zero rows) keeps
+/// opening, adding and searching: its 512 is the 384-wide vector zero-padded, as stored then,
+/// so scores at 512 are those at 384; new collections may not ask for 512.
+#[test]
+fn collections_made_with_512_keep_working() {
+    use mrl_core::{Collections, CreateRequest, Document, SearchRequest};
+
+    let data = std::env::temp_dir().join(format!("mrl-legacy-512-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let store = mrl_core::store::open(&data, None, None).unwrap();
+    let model = Arc::new(Embedder::load(shipped()).unwrap());
+    let collections = Collections::new(
+        store.clone(),
+        Arc::new(mrl::Embeddings::inline(model, mrl::Policy::LIBRARY)),
+    );
+    let asked = |dims: Vec<usize>| CreateRequest {
+        dims: Some(dims),
+        ..Default::default()
+    };
+    match collections.create("new", &asked(vec![64, 512])).unwrap_err() {
+        mrl_core::Error::InvalidField { field, .. } => assert_eq!(field, "dims"),
+        other => panic!("{other:?}"),
+    }
+    // As the earlier default wrote it: the spec of today's sizes, with 512 as the widest.
+    let mut old = collections.spec("old", &asked(vec![64, 384])).unwrap();
+    old.dims = vec![64, 512];
+    store.create("old", &old).unwrap();
+    collections.create("now", &asked(vec![64, 384])).unwrap();
+
+    let docs = || {
+        vec![
+            Document::new("sun", "Vitamin D is made in the skin under sunlight."),
+            Document::new("guitar", "A man is playing a guitar on stage."),
+            Document::new("market", "The stock market fell sharply on Monday."),
+        ]
+    };
+    let (legacy, created) = collections
+        .open_or_create("old", &CreateRequest::default())
+        .unwrap();
+    assert!(!created);
+    assert_eq!(legacy.spec().dims, vec![64, 512]);
+    legacy.add_documents_blocking(docs()).unwrap();
+    let now = collections.open("now").unwrap();
+    now.add_documents_blocking(docs()).unwrap();
+    let search = |c: &mrl_core::Collection, dim| {
+        c.search_blocking(SearchRequest {
+            query: Some("sunlight and vitamins".into()),
+            dim: Some(dim),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    for (legacy_dim, dim) in [(512, 384), (64, 64)] {
+        let (a, b) = (search(&legacy, legacy_dim), search(&now, dim));
+        assert_eq!(a[0].id, "sun");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.id, y.id);
+            assert!((x.score - y.score).abs() < 1e-5, "{legacy_dim}: {x:?} {y:?}");
+        }
+    }
+    drop((legacy, now, collections, store));
     let _ = std::fs::remove_dir_all(&data);
 }

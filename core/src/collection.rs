@@ -69,6 +69,7 @@ pub struct CreateRequest {
 /// exactly one of `query` (text) and `vector` (already embedded, `dim` values).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// Text, embedded with the collection's profile (or `profile`).
     pub query: Option<String>,
@@ -100,6 +101,7 @@ pub struct SearchRequest {
 /// then rescore them at the search's.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FunnelRequest {
     pub dim: usize,
     /// `limit..=MAX_CANDIDATES` (default 10 × limit).
@@ -143,10 +145,21 @@ impl Collections {
     /// `document_prompt_name`/`query_prompt_name` (a name the model lacks) or
     /// `document_prompt`/`query_prompt` (given with a name).
     pub fn spec(&self, name: &str, req: &CreateRequest) -> Result<CollectionSpec> {
+        self.spec_within(name, req, None)
+    }
+
+    /// [`spec`](Self::spec), where a collection made before heads were cut to their real width
+    /// (`padded`: its widest stored size, past the profile's width) keeps its sizes.
+    fn spec_within(
+        &self,
+        name: &str,
+        req: &CreateRequest,
+        padded: Option<usize>,
+    ) -> Result<CollectionSpec> {
         check_name(name)?;
         let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
         let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
-        let width = self.embeddings.embedder().model().output_width(&profile);
+        let width = padded.unwrap_or(self.embeddings.embedder().model().output_width(&profile));
         let mut dims = match &req.dims {
             Some(d) => d.clone(),
             None => {
@@ -173,7 +186,7 @@ impl Collections {
                 "dims must be a non-empty array of positive integers",
             ));
         }
-        for &d in &dims {
+        for &d in dims.iter().filter(|&&d| padded.is_none_or(|w| d > w)) {
             self.embeddings.check_dim(d, &profile, "dims")?;
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
@@ -308,6 +321,7 @@ impl Collections {
             Err(e) => return Err(e.into()),
         };
         let mut req = req.clone();
+        let mut padded = None;
         if let Some(e) = existing {
             // Said plainly: the spec's JSON would hide it among the fields.
             if e.model != self.embeddings.model_name() {
@@ -332,6 +346,9 @@ impl Collections {
                 }
                 .into());
             }
+            let profile = self.embeddings.profile(Some(&e.profile), "profile")?;
+            let width = self.embeddings.embedder().model().output_width(&profile);
+            padded = (e.widest() > width).then(|| e.widest());
             req.dims = req.dims.or_else(|| Some(e.dims.clone()));
             req.profile = req.profile.or(Some(e.profile));
             req.distance = req.distance.or(Some(e.distance));
@@ -351,7 +368,8 @@ impl Collections {
                 req.query_prompt = Some(e.prompts.query_prompt.unwrap_or_default());
             }
         }
-        let (_, created) = self.create(name, &req)?;
+        let spec = self.spec_within(name, &req, padded)?;
+        let created = self.store.create(name, &spec)?;
         Ok((self.open(name)?, created))
     }
 
@@ -634,7 +652,33 @@ impl Collection {
                 vectors.len()
             )));
         }
+        let vectors = vectors.into_iter().map(|v| self.padded(v)).collect();
         self.adapter.store(docs, vectors)
+    }
+
+    /// The width raw vectors are zero-padded to before they are cut: `Some(widest stored
+    /// size)` for a collection made when a checkpoint offered sizes past its real width
+    /// (heads whose extra rows were zeros: the shipped default listed 512 on 384), whose stored
+    /// vectors carry those zeros, so it keeps opening, adding and searching as before; `None`
+    /// for every other collection.
+    fn padded_width(&self) -> Option<usize> {
+        let profile = self
+            .embeddings
+            .profile(Some(&self.spec().profile), "profile")
+            .ok()?;
+        let width = self.embeddings.embedder().model().output_width(&profile);
+        (self.spec().widest() > width).then(|| self.spec().widest())
+    }
+
+    /// A raw vector as this collection cuts it: zero-padded to [`padded_width`](Self::padded_width)
+    /// where the collection has one.
+    fn padded(&self, mut v: Vec<f32>) -> Vec<f32> {
+        if let Some(w) = self.padded_width() {
+            if v.len() < w {
+                v.resize(w, 0.0);
+            }
+        }
+        v
     }
 
     /// Checks, embeds (awaiting the model thread) and stores documents (on the runtime's
@@ -703,7 +747,7 @@ impl Collection {
                     .embeddings
                     .raw(vec![text.clone()], profile.clone(), "query")
                     .await?;
-                Some(one(v.pop())?)
+                Some(self.padded(one(v.pop())?))
             }
             None => None,
         };
@@ -722,7 +766,7 @@ impl Collection {
         let full = match &plan.embed {
             Some((text, profile)) => {
                 let (mut v, _) = self.embeddings.raw_blocking(&[text], profile, "query")?;
-                Some(one(v.pop())?)
+                Some(self.padded(one(v.pop())?))
             }
             None => None,
         };
@@ -808,7 +852,7 @@ impl Collection {
                 }
                 self.embeddings
                     .check_aligned(&profile_name, &self.spec().profile, "profile")?;
-                if width < dim {
+                if width < dim && self.padded_width().is_none() {
                     return Err(Error::field(
                         "profile",
                         format!("profile {profile_name:?} is {width} wide, below dim {dim}"),

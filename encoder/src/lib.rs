@@ -7,6 +7,7 @@ pub mod arch;
 #[cfg(feature = "blas")]
 pub mod blas;
 pub mod config;
+pub mod dense;
 pub mod embedder;
 pub mod error;
 pub mod fetch;

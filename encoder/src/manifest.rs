@@ -118,8 +118,20 @@ impl Manifest {
                 return Err(bad(format!("profile name {:?} contains '='", p.name)));
             }
         }
-        if let Some(&d) = m.nested_dims.iter().find(|&&d| d == 0 || d > output_width) {
-            return Err(bad(format!("nested dim {d} is outside 1..={output_width}")));
+        if m.nested_dims.contains(&0) {
+            return Err(bad("nested dim 0".into()));
+        }
+        // Checkpoints made before heads were cut to their real width listed 512 on a 384-wide
+        // model (zero rows): they still load, offering only the dims they compute.
+        let mut m = m;
+        let listed = m.nested_dims.len();
+        m.nested_dims.retain(|&d| d <= output_width);
+        if m.nested_dims.len() < listed {
+            tracing::warn!(
+                "{}: nested dims past the real width {output_width} are not offered (their \
+                 values were zero padding)",
+                path.display()
+            );
         }
         Ok(Some(m))
     }

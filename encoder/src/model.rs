@@ -18,8 +18,8 @@ use rayon::prelude::*;
 
 use crate::arch::{LayerNames, RelativeBias};
 use crate::config::BertConfig;
+use crate::dense::Linear;
 use crate::error::{EncoderError, Result};
-use crate::int8::{QuantizedRows, QuantizedWeights};
 use crate::kernels::{self, MatRef};
 use crate::pooling::Pooling;
 use crate::profile::Profile;
@@ -67,12 +67,6 @@ impl std::str::FromStr for Precision {
             _ => Err(EncoderError::UnknownPrecision(s.to_string())),
         }
     }
-}
-
-thread_local! {
-    /// Quantized activations of the dense layer running on this thread, reused between
-    /// layers and batches.
-    static QUANTIZED: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
 }
 
 /// Receives intermediate activations of a forward pass. Calibration ranks heads, neurons and
@@ -138,7 +132,9 @@ impl Weights {
                 "{name}.weight has {outputs} outputs, fewer than the hidden width {hidden}"
             ))));
         }
-        Linear::load(&self.unprefixed(), name, hidden, outputs).map(Some)
+        let mut head = self.unprefixed().linear(name, hidden, outputs)?;
+        head.drop_zero_rows_past(hidden);
+        Ok(Some(head))
     }
 
     /// The same tensors read by their full names: heads and bridges are mrl's own, never
@@ -204,6 +200,15 @@ impl Weights {
         Ok(out)
     }
 
+    /// The dense layer `{name}.weight` (`outputs × inputs`) and `{name}.bias`.
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear> {
+        Ok(Linear::new(
+            self.get(&format!("{name}.weight"), &[outputs, inputs])?,
+            self.get(&format!("{name}.bias"), &[outputs])?,
+            inputs,
+        ))
+    }
+
     /// The tensor as row-major f32, after checking its shape.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = format!("{}{name}", self.prefix);
@@ -219,102 +224,6 @@ impl Weights {
             )));
         }
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-}
-
-/// A dense layer, `y = x·Wᵀ + b`, whose output rows and input columns can be cut to a prefix
-/// at call time.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    /// `outputs × inputs`, row-major; empty once quantized.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    inputs: usize,
-    /// The weight as int8, when the model runs at that precision.
-    int8: Option<QuantizedWeights>,
-}
-
-impl Linear {
-    fn load(w: &Weights, name: &str, inputs: usize, outputs: usize) -> Result<Self> {
-        Ok(Self {
-            weight: w.get(&format!("{name}.weight"), &[outputs, inputs])?,
-            bias: w.get(&format!("{name}.bias"), &[outputs])?,
-            inputs,
-            int8: None,
-        })
-    }
-
-    /// Quantizes the weight to int8 and drops its f32 copy.
-    fn quantize(&mut self) {
-        if self.int8.is_none() {
-            let outputs = self.bias.len();
-            self.int8 = Some(QuantizedWeights::quantize(
-                &self.weight,
-                outputs,
-                self.inputs,
-            ));
-            self.weight = Vec::new();
-        }
-    }
-
-    /// Bytes of weights held (f32 or int8, and the bias).
-    fn bytes(&self) -> usize {
-        self.weight.len() * 4 + self.bias.len() * 4 + self.int8.as_ref().map_or(0, |q| q.bytes())
-    }
-
-    /// Interleaves layers that read the same input, `group` output rows at a time from each
-    /// in turn, so they run as one larger matmul and any prefix of groups is contiguous.
-    fn interleave(parts: &[Linear], group: usize) -> Self {
-        let mut weight = Vec::with_capacity(parts.iter().map(|p| p.weight.len()).sum());
-        let mut bias = Vec::with_capacity(parts.iter().map(|p| p.bias.len()).sum());
-        let inputs = parts[0].inputs;
-        for g in 0..parts[0].bias.len() / group {
-            for p in parts {
-                weight.extend_from_slice(&p.weight[g * group * inputs..(g + 1) * group * inputs]);
-                bias.extend_from_slice(&p.bias[g * group..(g + 1) * group]);
-            }
-        }
-        Self {
-            weight,
-            bias,
-            inputs,
-            int8: None,
-        }
-    }
-
-    /// Writes `x · W[out, ..x.cols]ᵀ + b[out]` into `dst` (row stride `dst_rs`): the output
-    /// rows `out` of the weight, its first `x.cols` inputs.
-    fn forward_into(&self, dst: &mut [f32], dst_rs: usize, x: MatRef<'_>, out: Range<usize>) {
-        let (rows, cols) = x.shape();
-        let n = out.len();
-        // On the pool: done serially, this copy was the one stretch where a core sat idle.
-        let bias = &self.bias[out.clone()];
-        dst.par_chunks_mut(dst_rs)
-            .take(rows)
-            .with_min_len(64)
-            .for_each(|row| row[..n].copy_from_slice(bias));
-        if let Some(q) = &self.int8 {
-            // Prefix views only: the profile cuts are the first outputs and inputs.
-            assert_eq!(
-                out.start, 0,
-                "int8 layers cut prefixes of outputs: this is a bug"
-            );
-            // Taken out, not borrowed, while the rayon pool works: a worker waiting on it may
-            // run another forward pass's layer on this same thread.
-            let mut xq = QUANTIZED.take();
-            xq.fill(x);
-            crate::int8::matmul_accumulate(dst, dst_rs, &xq, q, out.end);
-            QUANTIZED.set(xq);
-            return;
-        }
-        let w = MatRef::rows(
-            &self.weight[out.start * self.inputs..],
-            n,
-            cols,
-            self.inputs,
-        )
-        .t();
-        kernels::matmul(dst, dst_rs, x, w, 1.0, true, rayon::current_num_threads());
     }
 }
 
@@ -435,7 +344,7 @@ pub struct Attention {
 impl Attention {
     fn load(w: &Weights, p: &str, cfg: &BertConfig, names: &LayerNames) -> Result<Self> {
         let h = cfg.hidden_size;
-        let part = |name: &str| Linear::load(w, &format!("{p}.{name}"), h, h);
+        let part = |name: &str| w.linear(&format!("{p}.{name}"), h, h);
         let [q, k, v] = names.qkv;
         Ok(Self {
             qkv: Linear::interleave(&[part(q)?, part(k)?, part(v)?], cfg.head_dim()),
@@ -530,8 +439,8 @@ impl FeedForward {
     fn load(w: &Weights, p: &str, cfg: &BertConfig, names: &LayerNames) -> Result<Self> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            up: Linear::load(w, &format!("{p}.{}", names.ffn_up), h, f)?,
-            down: Linear::load(w, &format!("{p}.{}", names.ffn_down), f, h)?,
+            up: w.linear(&format!("{p}.{}", names.ffn_up), h, f)?,
+            down: w.linear(&format!("{p}.{}", names.ffn_down), f, h)?,
             norm: LayerNorm::load(w, &format!("{p}.{}", names.ffn_norm), h, cfg.layer_norm_eps)?,
         })
     }
@@ -757,11 +666,11 @@ impl BertModel {
         let shared = self
             .head
             .as_ref()
-            .map_or(self.config.hidden_size, |h| h.bias.len());
-        if head.bias.len() != shared {
+            .map_or(self.config.hidden_size, |h| h.outputs());
+        if head.outputs() != shared {
             return Err(bad(format!(
                 "heads.{name} has {} outputs, the shared head {shared}",
-                head.bias.len()
+                head.outputs()
             )));
         }
         self.profile_heads.retain(|(p, _)| p != profile);
@@ -816,12 +725,7 @@ impl BertModel {
                     b.after
                 )));
             }
-            let mut linear = Linear {
-                weight: b.weight,
-                bias: b.bias,
-                inputs: h,
-                int8: None,
-            };
+            let mut linear = Linear::new(b.weight, b.bias, h);
             // A bridge is a dense layer like the ones around it: in f32 it would cost an
             // int8 sub-encoder more than its share of the FLOPs.
             if self.precision == Precision::Int8 {
@@ -847,8 +751,8 @@ impl BertModel {
             .flat_map(|(_, list)| list)
             .map(|(after, b)| Bridge {
                 after: *after,
-                weight: b.weight.clone(),
-                bias: b.bias.clone(),
+                weight: b.weight().to_vec(),
+                bias: b.bias().to_vec(),
             })
             .collect()
     }
@@ -887,7 +791,7 @@ impl BertModel {
     /// the profile's hidden width.
     pub fn output_width(&self, profile: &Profile) -> usize {
         self.head_for(profile)
-            .map_or(profile.hidden, |h| h.bias.len())
+            .map_or(profile.hidden, |h| h.outputs())
     }
 
     /// Runs `profile` on a batch of token sequences and returns each one's mean-pooled last
@@ -972,7 +876,7 @@ impl BertModel {
         }
         let mut pooled = self.pooling.pool(&ws.x, hidden, &spans);
         if let Some(head) = self.head_for(profile) {
-            let n = head.bias.len();
+            let n = head.outputs();
             let flat: Vec<f32> = pooled.concat();
             let mut out = vec![0f32; pooled.len() * n];
             // A narrower hidden profile reads the head's first `hidden` input columns.
