@@ -34,6 +34,8 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
+        // Dims, truncation and texts per request are the core's server policy, stated there.
+        let policy = mrl_core::Policy::SERVER;
         Self {
             data_dir: "data".into(),
             qdrant_url: None,
@@ -41,13 +43,13 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
-            allow_any_dim: false,
+            allow_any_dim: policy.dims == mrl_core::DimPolicy::AnyPrefix,
             max_batch_tokens: 16_384,
             queue_capacity: 64,
             max_queued_tokens: 65_536,
-            max_inputs: mrl_core::Policy::SERVER.max_inputs.unwrap_or(512),
+            max_inputs: policy.max_inputs.unwrap_or(usize::MAX),
             max_body_bytes: 4 << 20,
-            truncate: true,
+            truncate: policy.truncate,
             workers: 2,
         }
     }

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 /// `PUT /collections/{name}`: the sizes to store, the documents' profile, and (on a Qdrant
 /// server) the large-collection layout options.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// Sizes to store, each one named vector `d{dim}`.
     pub dims: Vec<usize>,
@@ -119,6 +120,7 @@ pub struct Deleted {
 
 /// `POST /collections/{name}/documents`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddDocuments {
     /// `{id?, text, payload?}` objects, or BEIR corpus lines `{_id, title, text, metadata}`.
     #[schema(value_type = Vec<DocumentBody>)]
@@ -148,6 +150,7 @@ pub struct Added {
 
 /// `DELETE /collections/{name}/documents`.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DeleteDocuments {
     /// The callers' ids (strings or numbers).
     #[schema(value_type = Vec<String>)]

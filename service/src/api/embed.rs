@@ -10,6 +10,7 @@ use super::{body, parse, AppState, ErrorBody, FieldNames, Texts};
 use crate::error::ApiError;
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmbedRequest {
     /// One text or a list of texts (at most the server's `--max-inputs`).
     pub inputs: Texts,

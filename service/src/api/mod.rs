@@ -69,12 +69,15 @@ pub fn from_value<T: DeserializeOwned>(value: Value, names: FieldNames) -> Resul
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
-        // serde reports a missing field at the object holding it; name the field itself.
-        let missing = message
-            .strip_prefix("missing field `")
+        // serde reports a missing or unknown field at the object holding it; name the field
+        // itself.
+        let missing = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
             .and_then(|m| m.split('`').next());
         let mut field = match (path.as_str(), missing) {
             (".", Some(m)) => m.to_string(),
+            (p, Some(m)) if p == m || p.ends_with(&format!(".{m}")) => p.to_string(),
             (p, Some(m)) => format!("{p}.{m}"),
             (p, None) => p.to_string(),
         };
