@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod index;
 
@@ -30,12 +30,39 @@ pub use mrl_encoder::{
 };
 
 /// The elastically trained checkpoint committed with the repository, under the models
-/// folder (`configs/minilm-elastic.toml`, exported to f16).
+/// folder (`configs/minilm-generic.toml`, exported to f16).
 pub const SHIPPED_MODEL: &str = "mrl-minilm-elastic";
 
-/// Loads the model in `dir`; when `dir` is `None`, the shipped trained checkpoint
-/// ([`SHIPPED_MODEL`] in `$MRL_MODELS_DIR`, else `./models`) if it is there, else the base
-/// model (fetched into that folder the first time).
+/// Where the shipped checkpoint is looked for, in order: the models folder
+/// (`$MRL_MODELS_DIR`, else `./models`), then the checkout this build was made from (its
+/// `models/`), so an installed `mrl` (`cargo install --path .`) finds it from any folder.
+pub fn shipped_model_candidates() -> Vec<PathBuf> {
+    let mut dirs = vec![fetch::default_models_dir().join(SHIPPED_MODEL)];
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(SHIPPED_MODEL);
+    if !dirs.contains(&built_from) {
+        dirs.push(built_from);
+    }
+    dirs
+}
+
+/// The shipped checkpoint's folder: the first of [`shipped_model_candidates`] that holds its
+/// weights.
+///
+/// Errors: the candidates looked in, none of which has it.
+pub fn find_shipped_model() -> Result<PathBuf, Vec<PathBuf>> {
+    let candidates = shipped_model_candidates();
+    candidates
+        .iter()
+        .find(|d| d.join("model.safetensors").is_file())
+        .cloned()
+        .ok_or(candidates)
+}
+
+/// Loads the model in `dir`; when `dir` is `None`, the shipped trained checkpoint (see
+/// [`find_shipped_model`]) if it is there, else the base model (fetched into the models
+/// folder the first time), with a warning naming where the shipped one was looked for.
 pub fn load_model(dir: Option<&Path>) -> Result<Embedder, EncoderError> {
     load_model_with(dir, Precision::F32)
 }
@@ -44,14 +71,17 @@ pub fn load_model(dir: Option<&Path>) -> Result<Embedder, EncoderError> {
 pub fn load_model_with(dir: Option<&Path>, precision: Precision) -> Result<Embedder, EncoderError> {
     match dir {
         Some(d) => Embedder::load_with(d, precision),
-        None => {
-            let shipped = fetch::default_models_dir().join(SHIPPED_MODEL);
-            if shipped.join("model.safetensors").is_file() {
-                Embedder::load_with(shipped, precision)
-            } else {
+        None => match find_shipped_model() {
+            Ok(shipped) => Embedder::load_with(shipped, precision),
+            Err(looked) => {
+                tracing::warn!(
+                    "the shipped checkpoint {SHIPPED_MODEL} is in none of {looked:?}; loading \
+                     the base model {} instead (no sub-encoders such as b50, b25)",
+                    DEFAULT_MODEL.name
+                );
                 Embedder::load_with(Fetcher::default().ensure(&DEFAULT_MODEL)?, precision)
             }
-        }
+        },
     }
 }
 

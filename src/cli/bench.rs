@@ -17,7 +17,7 @@ use super::common::{load, peak_rss_kib, profile_list, ModelArg};
 pub(crate) struct BenchEncodeArgs {
     #[command(flatten)]
     pub(crate) model: ModelArg,
-    #[arg(long, default_value = "../shared/bench/texts.jsonl")]
+    #[arg(long, default_value_os_t = super::common::shared_path("bench/texts.jsonl"))]
     pub(crate) texts: PathBuf,
     #[arg(long, default_value_t = 32)]
     pub(crate) batch: usize,
@@ -34,6 +34,7 @@ pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
     let embedder = Arc::new(load(&args.model)?);
     // The path every caller takes, texts to unit vectors, at the batch size asked for.
     let embeddings = Embeddings::inline(embedder.clone(), Policy::LIBRARY).batch_size(args.batch);
+    super::common::must_exist(&args.texts, "--texts")?;
     let file = std::fs::File::open(&args.texts)
         .with_context(|| format!("opening {}", args.texts.display()))?;
     let mut rows: Vec<(String, String)> = Vec::new();

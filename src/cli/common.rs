@@ -75,8 +75,44 @@ impl DimPolicyArg {
     }
 }
 
+/// Loads the model (`--model`, else the shipped checkpoint wherever `mrl` finds it) and says
+/// on stderr which one runs: its folder, profiles, nested dims and precision.
 pub(crate) fn load(arg: &ModelArg) -> Result<Embedder> {
-    mrl::load_model_with(arg.model.as_deref(), arg.precision.into()).context("loading the model")
+    let embedder = mrl::load_model_with(arg.model.as_deref(), arg.precision.into())
+        .context("loading the model")?;
+    tracing::info!(
+        "model {}: profiles {}; dims {:?}; precision {}",
+        embedder.dir().display(),
+        embedder.profile_names().join(", "),
+        embedder.nested_dims(),
+        embedder.precision()
+    );
+    Ok(embedder)
+}
+
+/// `rel` inside the shared data folder, where the commands' data defaults point:
+/// `$MRL_SHARED_DIR/rel`, else `../shared/rel` (the folder beside a checkout).
+pub(crate) fn shared_path(rel: &str) -> PathBuf {
+    std::env::var_os("MRL_SHARED_DIR")
+        .map_or_else(|| PathBuf::from("../shared"), PathBuf::from)
+        .join(rel)
+}
+
+/// Checks that `path` (given for `flag`) exists, so a missing default says where it was
+/// looked for and how to point elsewhere.
+///
+/// Errors: `path` does not exist.
+pub(crate) fn must_exist(path: &std::path::Path, flag: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    anyhow::bail!(
+        "{flag} {} does not exist (looked in {}); give {flag}, or set MRL_SHARED_DIR to the \
+         folder holding data/ and bench/",
+        path.display(),
+        cwd.join(path).display()
+    )
 }
 
 /// `all` means every profile the model knows; otherwise names or specs separated by ';'.

@@ -46,10 +46,11 @@ enum Command {
     /// Serve the REST API (`/embed`, OpenAI-compatible `/v1/embeddings`, `/health`,
     /// `/metrics`, `/openapi.json`) on 127.0.0.1:8080.
     Serve(serve::ServeArgs),
-    /// Train from a calibrated parent with a TOML recipe: `recipe = "heads"` fits the
-    /// family's Matryoshka heads on cached embeddings of a frozen parent (the shipped
-    /// default: configs/minilm-family.toml); without it, the elastic backbone recipe
-    /// (configs/minilm-elastic.toml). Rerun the same command to resume after a crash.
+    /// Train from a calibrated parent with a TOML recipe: `recipe = "distill"` distils the
+    /// family's heads and layer bridges from a frozen parent on generic text (the shipped
+    /// default: configs/minilm-generic.toml); `recipe = "heads"` fits Matryoshka heads on
+    /// cached embeddings (configs/minilm-family.toml); without either, the elastic backbone
+    /// recipe (configs/minilm-elastic.toml). Rerun the same command to resume after a crash.
     Train {
         /// The recipe.
         #[arg(long)]
@@ -61,8 +62,8 @@ enum Command {
     /// which sub-encoders earned alignment with `full` in the model's mrl.json.
     Judge(train::JudgeArgs),
     /// Index a JSONL corpus (BEIR corpus.jsonl or {id, text, payload} lines) into a collection
-    /// of the embedded store: one forward pass per document, every stored size; resumable
-    /// after a crash (rerun the same command).
+    /// of the embedded store, or of a Qdrant server or cluster (--qdrant-url): one forward
+    /// pass per document, every stored size; resumable after a crash (rerun the same command).
     Index(index::IndexArgs),
     /// Measure encoder throughput, retrieval quality or training speed.
     Bench {
@@ -104,8 +105,9 @@ enum ModelCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Texts/s on ../shared/bench/texts.jsonl, printed as RESULT lines in the format of
-    /// ../shared/peers/bench_ort.py so the two can run side by side.
+    /// Texts/s on bench/texts.jsonl of the shared folder ($MRL_SHARED_DIR, else ../shared),
+    /// printed as RESULT lines in the format of its peers/bench_ort.py so the two can run side
+    /// by side.
     Encode(bench::BenchEncodeArgs),
     /// NDCG@10, Recall@100 and MRR@10 on a BEIR split through the embedded Qdrant store, per
     /// profile, nested dim and funnel, with query latency and indexing speed; writes JSON, a
