@@ -131,6 +131,9 @@ fn embeds_arguments_at_the_asked_dim() {
 
 #[test]
 fn embeds_stdin_lines_plain_and_jsonl_matching_the_library() {
+    let Some(_) = common::needs(&["fixtures"]) else {
+        return;
+    };
     let input = b"A man is playing a guitar.\n{\"id\": \"q7\", \"text\": \"What is the capital of France?\"}\n\"hello\"\r\n";
     let rows = lines(&mrl(&["embed"], Some(input)));
     assert_eq!(rows.len(), 3);
@@ -275,6 +278,9 @@ fn bench_retrieval_scores_a_tiny_beir_set_and_writes_json() {
 /// error naming the flag.
 #[test]
 fn bench_train_measures_both_kernel_sets_to_the_same_losses_and_resumes() {
+    let Some(_) = common::needs(&["data/scifact"]) else {
+        return;
+    };
     let out_dir = std::env::temp_dir().join(format!("mrl-cli-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     let model = common::root().join("models/mrl-minilm-elastic");

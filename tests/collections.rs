@@ -45,6 +45,9 @@ fn collection_lifecycle_documents_search_and_errors() {
 /// --qdrant-url`): the same answers, statuses and error fields as the embedded store.
 #[test]
 fn the_same_lifecycle_on_a_qdrant_server() {
+    let Some(_) = common::needs(&["qdrant"]) else {
+        return;
+    };
     let qdrant = QdrantServer::start(&shared());
     let data = scratch("lifecycle-remote");
     let s = Server::start_with(&data, &["--qdrant-url", &qdrant.url()]);
@@ -80,6 +83,9 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 /// `mrl index --qdrant-url` waits for the server a bounded time, then says why it gave up.
 #[test]
 fn a_server_started_before_its_qdrant_works_once_qdrant_is_up() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let mut qdrant = QdrantServer::start(&shared());
     qdrant.kill();
     let data = scratch("start-order");
@@ -154,6 +160,9 @@ fn a_server_started_before_its_qdrant_works_once_qdrant_is_up() {
 /// takes writes again.
 #[test]
 fn restarts_of_mrl_and_of_qdrant_lose_nothing_and_outages_are_503() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let mut qdrant = QdrantServer::start(&shared());
     let data = scratch("remote-restarts");
     let args = ["--qdrant-url".to_string(), qdrant.url()];
@@ -223,6 +232,9 @@ fn restarts_of_mrl_and_of_qdrant_lose_nothing_and_outages_are_503() {
 /// 400 naming the option on both.
 #[test]
 fn large_collection_options_over_http() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let data = scratch("layout-embedded");
     let s = Server::start(&data);
     for (body, field) in [
@@ -418,6 +430,9 @@ fn lifecycle(s: &Server) {
 
 #[test]
 fn acknowledged_writes_survive_restart_and_kill_9() {
+    let Some(_) = common::needs(&["data/scifact"]) else {
+        return;
+    };
     let data = scratch("durable");
     let docs = common::scifact_corpus(40);
     let s = Server::start(&data);
@@ -450,6 +465,9 @@ fn acknowledged_writes_survive_restart_and_kill_9() {
 /// slice: the same top 10 for at least 99% of queries.
 #[test]
 fn funnel_search_matches_exact_search_on_scifact() {
+    let Some(_) = common::needs(&["data/scifact"]) else {
+        return;
+    };
     let data = scratch("funnel");
     let s = Server::start(&data);
     s.ok("PUT", "/collections/sci", json!({"dims": [256, 384]}));
@@ -489,6 +507,9 @@ fn funnel_search_matches_exact_search_on_scifact() {
 /// nothing a small collection returns; a bad value or an unknown knob is a 400 naming it.
 #[test]
 fn search_params_reach_both_stores() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let qdrant = QdrantServer::start(&shared());
     for (label, extra) in [
         ("embedded", vec![]),
@@ -647,6 +668,9 @@ fn adaptive(s: &Server) {
 
 #[test]
 fn adaptive_collections_over_http_on_both_stores() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let data = scratch("adapt-embedded");
     let s = Server::start(&data);
     adaptive(&s);

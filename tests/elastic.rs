@@ -41,6 +41,9 @@ fn elastic() -> &'static Arc<Embedder> {
 
 #[test]
 fn the_permuted_full_model_computes_the_same_embeddings() {
+    let Some(_) = common::needs(&["fixtures", "data/nfcorpus"]) else {
+        return;
+    };
     let refs = references();
     let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
     let e = elastic();
@@ -67,6 +70,9 @@ fn the_permuted_full_model_computes_the_same_embeddings() {
 
 #[test]
 fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
+    let Some(_) = common::needs(&["data/nfcorpus"]) else {
+        return;
+    };
     let e = elastic();
     let m = e.manifest().unwrap();
     assert_eq!(m.nested_dims, vec![64, 128, 256, 384]);
@@ -112,6 +118,9 @@ fn the_manifest_lists_budgeted_profiles_that_run_as_slices() {
 
 #[test]
 fn unknown_profile_names_list_the_known_ones() {
+    let Some(_) = common::needs(&["data/nfcorpus"]) else {
+        return;
+    };
     let err = embed(elastic(), &["x"], &EmbedSpec::default().profile("b10")).unwrap_err();
     assert!(
         matches!(&err, mrl_core::Error::InvalidField { field, .. } if field == "profile"),
@@ -126,6 +135,9 @@ fn unknown_profile_names_list_the_known_ones() {
 
 #[test]
 fn calibration_refuses_to_overwrite_or_to_rank_twice() {
+    let Some(_) = common::needs(&["data/nfcorpus"]) else {
+        return;
+    };
     let out = scratch("refuse");
     let none = |_: &str, _: u64| indicatif::ProgressBar::hidden();
     let e = calibrate(&model_dir(), &out, &options(), &none).unwrap_err();
@@ -139,6 +151,9 @@ fn calibration_refuses_to_overwrite_or_to_rank_twice() {
 /// fitted on its 64-dim prefix holds more of each vector than the plain 64-dim prefix.
 #[test]
 fn a_rotation_fitted_on_parent_embeddings_concentrates_the_prefix() {
+    let Some(_) = common::needs(&["data/nfcorpus"]) else {
+        return;
+    };
     let corpus = shared().join("data").join("nfcorpus").join("corpus.jsonl");
     let texts = mrl_trainer::data::sample_texts(&[corpus], 250).unwrap();
     let (fit, held) = texts.split_at(200);

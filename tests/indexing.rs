@@ -94,6 +94,9 @@ fn stored_ids(data: &Path) -> Vec<String> {
 
 #[test]
 fn a_killed_job_resumes_to_exactly_the_corpus_with_bad_lines_reported() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let dir = scratch("resume");
     let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
     let (ids, bad) = corpus_with_bad_lines(&input, 600);
@@ -163,6 +166,9 @@ fn a_killed_job_resumes_to_exactly_the_corpus_with_bad_lines_reported() {
 /// reports only its own malformed lines, keeps its own progress record and reruns as a no-op.
 #[test]
 fn parts_index_an_input_disjointly_and_completely() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let dir = scratch("parts");
     let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
     let (ids, bad) = corpus_with_bad_lines(&input, 160);
@@ -222,6 +228,9 @@ fn parts_index_an_input_disjointly_and_completely() {
 /// top 10 and the count stays exact; the node restarted, the count is still exact.
 #[test]
 fn a_three_node_cluster_filled_by_two_workers_survives_a_killed_node() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let dir = scratch("cluster");
     let mut nodes = QdrantServer::start_cluster(&common::shared(), 3);
     let url = nodes[0].url();
@@ -313,6 +322,9 @@ fn a_three_node_cluster_filled_by_two_workers_survives_a_killed_node() {
 /// document, each found so, under the rotation both processes agree on.
 #[test]
 fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let dir = scratch("shared-renest");
     let qdrant = QdrantServer::start(&common::shared());
     let url = qdrant.url();
@@ -413,6 +425,9 @@ fn two_processes_share_an_adaptive_collection_through_its_re_nests() {
 
 #[test]
 fn strict_stops_at_the_first_malformed_line_and_bad_options_fail_early() {
+    let Some(_) = common::needs(&["qdrant", "data/scifact"]) else {
+        return;
+    };
     let dir = scratch("strict");
     let (input, data) = (dir.join("corpus.jsonl"), dir.join("data"));
     let (_, bad) = corpus_with_bad_lines(&input, 20);

@@ -34,6 +34,8 @@ fn spawn(config: ServeConfig) -> SocketAddr {
 }
 
 const KEY: &str = "test-key-123";
+/// The official OpenAI client the compatibility test drives, pinned.
+const OPENAI: &str = "openai==3.63.0";
 
 fn server() -> SocketAddr {
     static S: OnceLock<SocketAddr> = OnceLock::new();
@@ -121,6 +123,9 @@ fn floats(v: &Value) -> Vec<f32> {
 
 #[test]
 fn embed_matches_the_reference_and_reports_usage() {
+    let Some(_) = common::needs(&["fixtures"]) else {
+        return;
+    };
     let refs = references();
     let texts: Vec<&str> = refs.iter().take(5).map(|r| r.text.as_str()).collect();
     let r = post("/embed", &json!({"inputs": texts}));
@@ -233,6 +238,9 @@ type ErrorCase = (
 /// Every error class: status, `error.type`, and the field it names.
 #[test]
 fn errors_have_one_shape_and_name_the_field() {
+    let Some(_) = common::needs(&["fixtures"]) else {
+        return;
+    };
     let cases: Vec<ErrorCase> = vec![
         (
             "/embed",
@@ -511,9 +519,13 @@ fn a_full_queue_answers_429_with_retry_after_and_loses_nothing_else() {
     }
 }
 
-/// The official `openai` Python package, pointed at the server (installed by `.ci/run`).
+/// The official `openai` Python package, pointed at the server (pip installs it into the mrl
+/// cache the first time).
 #[test]
 fn the_official_openai_client_works() {
+    let Some(_) = common::needs(&["fixtures"]) else {
+        return;
+    };
     let addr = server();
     let script = format!(
         r#"
@@ -523,13 +535,13 @@ r = client.embeddings.create(input=["A man is playing a guitar.", "hello"], mode
 print(len(r.data), len(r.data[0].embedding), r.usage.prompt_tokens, r.data[0].embedding[0])
 "#
     );
-    let out = std::process::Command::new("python3")
+    let out = common::python_with(&[OPENAI])
         .args(["-c", &script])
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "the openai client failed (pip install openai):\n{}",
+        "the openai client failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -545,7 +557,7 @@ print(len(r.data), len(r.data[0].embedding), r.usage.prompt_tokens, r.data[0].em
 
 /// `GET /openapi.json` describes exactly the routes the server registers
 /// (`mrl_service::routes`), each with its request and response schemas, and is a valid
-/// OpenAPI document (`openapi-spec-validator`, which `.ci/run` installs).
+/// OpenAPI document (`openapi-spec-validator`, which pip installs into the mrl cache).
 #[test]
 fn the_openapi_document_lists_every_route_and_validates() {
     let r = call(server(), "GET", "/openapi.json", Some(KEY), b"");
@@ -604,7 +616,7 @@ fn the_openapi_document_lists_every_route_and_validates() {
 
     let file = std::env::temp_dir().join(format!("mrl-openapi-{}.json", std::process::id()));
     std::fs::write(&file, r.body).unwrap();
-    let out = std::process::Command::new("python3")
+    let out = common::python_with(&["openapi-spec-validator==0.9.0"])
         .args([
             "-c",
             "import json, sys; from openapi_spec_validator import validate; \
@@ -615,7 +627,7 @@ fn the_openapi_document_lists_every_route_and_validates() {
         .expect("running python3");
     assert!(
         out.status.success(),
-        "openapi-spec-validator refused the document (pip install openapi-spec-validator): {}",
+        "openapi-spec-validator refused the document: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

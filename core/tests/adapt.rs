@@ -453,6 +453,9 @@ fn embedded_store_searches_during_renests_never_mix() {
 
 #[test]
 fn qdrant_server_renests_like_the_embedded_store() {
+    let Some(_) = qdrant::needs_shared(&qdrant::crate_dir().join(".."), &["qdrant"]) else {
+        return;
+    };
     let server = QdrantServer::start(&shared());
     let store: Arc<dyn VectorStore> = Arc::new(RemoteStore::connect(&server.url(), None).unwrap());
     threshold_doubling_and_full_width(store.clone(), "remote");
@@ -587,6 +590,9 @@ fn embedded_store_survives_kill9_mid_renest() {
 
 #[test]
 fn qdrant_server_survives_kill9_mid_renest() {
+    let Some(_) = qdrant::needs_shared(&qdrant::crate_dir().join(".."), &["qdrant"]) else {
+        return;
+    };
     let server = QdrantServer::start(&shared());
     let url = server.url();
     kill9_mid_renest(

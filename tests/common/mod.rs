@@ -21,6 +21,13 @@ pub fn shared() -> PathBuf {
     qdrant::shared_dir(&root())
 }
 
+/// `../shared` when it holds every one of `rels`; else `None` after one line saying the test
+/// is skipped (a failure under `CI=true`): `let Some(_) = common::needs(&["data/scifact"])
+/// else { return };` opens a test that reads it.
+pub fn needs(rels: &[&str]) -> Option<PathBuf> {
+    qdrant::needs_shared(&root(), rels)
+}
+
 /// The texts of SciFact's first `n` queries (in `queries.jsonl` order).
 pub fn scifact_queries(n: usize) -> Vec<String> {
     let path = shared().join("data/scifact/queries.jsonl");
@@ -60,6 +67,44 @@ pub fn id_and_text(line: &str) -> (String, String) {
         v["_id"].as_str().unwrap().to_string(),
         text.trim().to_string(),
     )
+}
+
+/// `python3` with `packages` (pinned, `name==version`) importable: pip installs them once into
+/// the mrl cache (`$MRL_CACHE_DIR`, else `~/.cache/mrl`, folder `python/`), as the model is
+/// fetched with pip, so the test command needs nothing beforehand but python3 with pip.
+pub fn python_with(packages: &[&str]) -> std::process::Command {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let dir = mrl::fetch::default_cache_dir()
+        .join("python")
+        .join(packages.join("+"));
+    let done = dir.join(".installed");
+    {
+        let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+        if !done.is_file() {
+            let out = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(["--no-warn-conflicts", "--no-warn-script-location", "--upgrade"])
+                .arg("--target")
+                .arg(&dir)
+                .args(packages)
+                .output()
+                .expect("running python3 -m pip (python3 with pip is a prerequisite)");
+            assert!(
+                out.status.success(),
+                "pip install {packages:?} into {dir:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&done, packages.join("\n")).unwrap();
+        }
+    }
+    let mut path = std::ffi::OsString::from(dir.as_os_str());
+    if let Some(old) = std::env::var_os("PYTHONPATH") {
+        path.push(":");
+        path.push(old);
+    }
+    let mut cmd = std::process::Command::new("python3");
+    cmd.env("PYTHONPATH", path);
+    cmd
 }
 
 pub fn model_dir() -> PathBuf {

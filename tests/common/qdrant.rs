@@ -39,6 +39,34 @@ pub fn shared_dir(workspace_root: &Path) -> PathBuf {
         .unwrap_or_else(|| workspace_root.join("..").join("shared"))
 }
 
+/// The shared folder ([`shared_dir`]) when it holds every one of `rels` (data sets, fixtures,
+/// `qdrant`). When it does not, a test that needs them says so in one line and is skipped
+/// (`None`: the caller returns), except under `CI=true`, where a missing `../shared` is a
+/// failure: CI must never skip silently.
+pub fn needs_shared(workspace_root: &Path, rels: &[&str]) -> Option<PathBuf> {
+    let shared = shared_dir(workspace_root);
+    let missing: Vec<String> = rels
+        .iter()
+        .map(|r| shared.join(r))
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(shared);
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    let missing = missing.join(", ");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {missing} missing, and under CI=true no test skips (set MRL_SHARED_DIR)"
+    );
+    eprintln!("skipped: {test}: needs {missing} (set MRL_SHARED_DIR)");
+    None
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

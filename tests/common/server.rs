@@ -27,13 +27,25 @@ impl Server {
     /// `mrl serve` on a free port over `data` with only `args` (the server's own defaults
     /// otherwise: nested dims only).
     pub fn start_plain(data: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mrl"))
-            .args(["serve", "--port", "0", "--data-dir"])
-            .arg(data)
-            .args(args)
+        let mut cmd = Self::command(data);
+        cmd.args(args)
             .env("MRL_MODEL", super::model_dir())
+            .stderr(Stdio::null());
+        Self::launch(cmd)
+    }
+
+    /// `mrl serve --port 0 --data-dir data`, to be given more arguments, an environment or a
+    /// working folder, then [`launch`](Self::launch)ed.
+    pub fn command(data: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mrl"));
+        cmd.args(["serve", "--port", "0", "--data-dir"]).arg(data);
+        cmd
+    }
+
+    /// Spawns `cmd` (an `mrl serve` command) and waits for its `listening on` line.
+    pub fn launch(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
             .spawn()
             .expect("starting mrl serve");
         let mut line = String::new();
@@ -75,6 +87,11 @@ impl Server {
             &format!("/collections/{collection}/documents"),
             serde_json::json!({ "documents": batch }),
         );
+    }
+
+    /// The server's stderr, where `cmd` piped it before [`launch`](Self::launch).
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.stderr.take()
     }
 
     /// Whether the process is still running.
