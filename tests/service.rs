@@ -285,9 +285,17 @@ fn errors_have_one_shape_and_name_the_field() {
             "invalid_request",
             Some("inputs[0]"),
         ),
+        // A misspelt field is named before the field it stands for is missed.
         (
             "/embed",
             br#"{"text": "x"}"#.to_vec(),
+            400,
+            "invalid_request",
+            Some("text"),
+        ),
+        (
+            "/embed",
+            br#"{"dim": 64}"#.to_vec(),
             400,
             "invalid_request",
             Some("inputs"),

@@ -446,11 +446,18 @@ fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() 
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped());
     let mut s = Server::launch(cmd);
+    // Read to its end on a thread of its own: a closed pipe would fail the server's writes.
     let stderr = std::io::BufReader::new(s.take_stderr().unwrap());
-    let said = stderr
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains(" model "))
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains(" model ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let said = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
         .expect("a log line naming the model");
     assert!(
         said.contains(mrl::SHIPPED_MODEL)
