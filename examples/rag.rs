@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example rag -- [BEIR_DIR] [DATA_DIR]
 //! ```
-//! Defaults: `../shared/data/scifact` and `./data-rag`. Indexing is the resumable batch job:
+//! Defaults: `data/scifact` of `$MRL_SHARED_DIR` (else `../shared`) and `./data-rag`. Indexing is the resumable batch job:
 //! interrupt it and rerun to continue; a finished index is reused.
 
 use std::collections::HashMap;
@@ -18,9 +18,18 @@ use mrl::{Index, IndexConfig, SearchOptions};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let beir = PathBuf::from(
-        args.next()
-            .unwrap_or_else(|| "../shared/data/scifact".into()),
+    let beir = args.next().map_or_else(
+        || {
+            std::env::var_os("MRL_SHARED_DIR")
+                .map_or_else(|| PathBuf::from("../shared"), PathBuf::from)
+                .join("data/scifact")
+        },
+        PathBuf::from,
+    );
+    anyhow::ensure!(
+        beir.join("corpus.jsonl").is_file(),
+        "no corpus.jsonl in {} (give BEIR_DIR, or set MRL_SHARED_DIR)",
+        beir.display()
     );
     let data = PathBuf::from(args.next().unwrap_or_else(|| "data-rag".into()));
 

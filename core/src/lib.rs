@@ -15,6 +15,7 @@
 pub mod adapt;
 pub mod batcher;
 pub mod collection;
+pub mod collections;
 pub mod dims;
 pub mod documents;
 pub mod embeddings;
@@ -25,7 +26,8 @@ pub mod store;
 
 pub use adapt::SearchQuery;
 pub use batcher::QueueLimits;
-pub use collection::{Added, Collection, Collections, CreateRequest, FunnelRequest, SearchRequest};
+pub use collection::{Added, Collection, FunnelRequest, SearchRequest};
+pub use collections::{Collections, CreateRequest};
 pub use dims::DimPolicy;
 pub use documents::{Document, DocumentError};
 pub use embeddings::{EmbedSpec, Embedded, Embeddings, Policy, Resolved, Tokens};
