@@ -466,12 +466,19 @@ fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() 
             && said.contains("precision f32"),
         "{said}"
     );
-    assert!(!elsewhere.join("models").exists(), "fetched a model instead");
+    assert!(
+        !elsewhere.join("models").exists(),
+        "fetched a model instead"
+    );
 
     let (status, health) = s.call("GET", "/health", None);
     assert_eq!(status, 200);
     assert_eq!(health["model"], mrl::SHIPPED_MODEL, "{health}");
-    assert_eq!(health["profiles"], json!(["full", "b50", "b25"]), "{health}");
+    assert_eq!(
+        health["profiles"],
+        json!(["full", "b50", "b25"]),
+        "{health}"
+    );
     assert_eq!(health["dims"], json!([64, 128, 256, 384]), "{health}");
     let v = s.ok(
         "POST",
@@ -485,8 +492,18 @@ fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() 
         assert_eq!(status, 400, "{method} {path}: {v}");
         assert_eq!(v["error"]["field"], field, "{method} {path}: {v}");
     };
-    refused("POST", "/embed", json!({"inputs": ["hi"], "dim": 512}), "dim");
-    refused("POST", "/embed", json!({"inputs": ["hi"], "dimm": 64}), "dimm");
+    refused(
+        "POST",
+        "/embed",
+        json!({"inputs": ["hi"], "dim": 512}),
+        "dim",
+    );
+    refused(
+        "POST",
+        "/embed",
+        json!({"inputs": ["hi"], "dimm": 64}),
+        "dimm",
+    );
     refused(
         "PUT",
         "/collections/notes",
@@ -506,7 +523,10 @@ fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() 
         json!({"documents": [{"id": "1", "text": "Vitamin D"}], "upsert": true}),
         "upsert",
     );
-    s.add_documents("notes", &[("1".into(), "Vitamin D is made in the skin.".into())]);
+    s.add_documents(
+        "notes",
+        &[("1".into(), "Vitamin D is made in the skin.".into())],
+    );
     refused(
         "POST",
         "/collections/notes/search",
@@ -562,7 +582,10 @@ fn collections_made_with_512_keep_working() {
         dims: Some(dims),
         ..Default::default()
     };
-    match collections.create("new", &asked(vec![64, 512])).unwrap_err() {
+    match collections
+        .create("new", &asked(vec![64, 512]))
+        .unwrap_err()
+    {
         mrl_core::Error::InvalidField { field, .. } => assert_eq!(field, "dims"),
         other => panic!("{other:?}"),
     }
@@ -600,7 +623,10 @@ fn collections_made_with_512_keep_working() {
         assert_eq!(a[0].id, "sun");
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.id, y.id);
-            assert!((x.score - y.score).abs() < 1e-5, "{legacy_dim}: {x:?} {y:?}");
+            assert!(
+                (x.score - y.score).abs() < 1e-5,
+                "{legacy_dim}: {x:?} {y:?}"
+            );
         }
     }
     drop((legacy, now, collections, store));

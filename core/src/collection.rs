@@ -22,8 +22,7 @@ use crate::documents::{check_ids, Document};
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
 use crate::store::{
-    CollectionInfo, CollectionPrompts, CollectionSpec, Hit, RotationInfo, SearchParams,
-    VectorStore,
+    CollectionInfo, CollectionPrompts, CollectionSpec, Hit, RotationInfo, SearchParams, VectorStore,
 };
 
 /// The most hits a search may return.

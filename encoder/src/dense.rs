@@ -113,7 +113,13 @@ impl Linear {
 
     /// Writes `x · W[out, ..x.cols]ᵀ + b[out]` into `dst` (row stride `dst_rs`): the output
     /// rows `out` of the weight, its first `x.cols` inputs.
-    pub(crate) fn forward_into(&self, dst: &mut [f32], dst_rs: usize, x: MatRef<'_>, out: Range<usize>) {
+    pub(crate) fn forward_into(
+        &self,
+        dst: &mut [f32],
+        dst_rs: usize,
+        x: MatRef<'_>,
+        out: Range<usize>,
+    ) {
         let (rows, cols) = x.shape();
         let n = out.len();
         // On the pool: done serially, this copy was the one stretch where a core sat idle.

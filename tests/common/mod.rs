@@ -82,8 +82,18 @@ pub fn python_with(packages: &[&str]) -> std::process::Command {
         let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
         if !done.is_file() {
             let out = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .args(["--no-warn-conflicts", "--no-warn-script-location", "--upgrade"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args([
+                    "--no-warn-conflicts",
+                    "--no-warn-script-location",
+                    "--upgrade",
+                ])
                 .arg("--target")
                 .arg(&dir)
                 .args(packages)
