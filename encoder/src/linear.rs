@@ -8,6 +8,10 @@
 //! towards: zero (plain ridge) or the identity (for spaces already roughly aligned, such as a
 //! cheap profile trained towards the full one). Scaling by the mean eigenvalue of `G` lets
 //! one `lambda` suit any number of pairs and any width (Hoerl & Kennard, 1970).
+//!
+//! This is the one ridge solve of the workspace: callers that sum `G` and `C` themselves (the
+//! trainer's layer bridges, over token batches, with a bias column the ridge term leaves
+//! free) hand them to `Ridge::from_sums` and solve with `Ridge::coefficients`.
 
 use nalgebra::DMatrix;
 
@@ -30,6 +34,8 @@ pub struct LinearMap {
 pub struct Ridge {
     gram: DMatrix<f64>,
     cross: DMatrix<f64>,
+    /// The leading inputs the ridge term applies to (all but a trailing bias column).
+    penalised: usize,
 }
 
 impl Ridge {
@@ -82,39 +88,47 @@ impl Ridge {
                 gram[(p, q)] = gram[(q, p)];
             }
         }
-        Ok(Self { gram, cross })
+        Ok(Self {
+            penalised: a,
+            gram,
+            cross,
+        })
+    }
+
+    /// Statistics summed by the caller: `gram` (`a × a`, symmetric) and `cross` (`a × b`) of
+    /// inputs whose first `penalised` values carry the ridge term; the rest (such as a column
+    /// of ones, whose row of the solution is a bias) are fitted free, and `μ` is scaled by the
+    /// mean of the penalised diagonal only.
+    ///
+    /// Errors: `InvalidVectors` when the shapes disagree or `penalised` is zero or wider
+    /// than the inputs.
+    pub fn from_sums(gram: DMatrix<f64>, cross: DMatrix<f64>, penalised: usize) -> Result<Self> {
+        let a = gram.nrows();
+        if gram.ncols() != a || cross.nrows() != a || penalised == 0 || penalised > a {
+            return Err(EncoderError::InvalidVectors(format!(
+                "ridge sums of {}×{} and {}×{} with {penalised} penalised inputs",
+                gram.nrows(),
+                gram.ncols(),
+                cross.nrows(),
+                cross.ncols()
+            )));
+        }
+        Ok(Self {
+            gram,
+            cross,
+            penalised,
+        })
     }
 
     /// The map for ridge term `lambda` (relative to the mean eigenvalue of `G`), shrunk
     /// towards the identity when `toward_identity`, else towards zero; `lambda = 0` is plain
     /// least squares.
     ///
-    /// Errors: `InvalidVectors` when `lambda` is negative or not finite, or the system is
-    /// singular (with `lambda > 0` only when `G` is zero; with `lambda = 0` whenever the
-    /// inputs do not span their width).
+    /// Errors: as [`coefficients`](Self::coefficients).
     pub fn solve(&self, lambda: f64, toward_identity: bool) -> Result<LinearMap> {
-        if !(lambda >= 0.0 && lambda.is_finite()) {
-            return Err(EncoderError::InvalidVectors(format!(
-                "the ridge term must be zero or positive, got {lambda}"
-            )));
-        }
-        let (a, b) = self.cross.shape();
-        let ridge = lambda * self.gram.trace() / a as f64;
-        let mut gram = self.gram.clone();
-        let mut cross = self.cross.clone();
-        for p in 0..a {
-            gram[(p, p)] += ridge;
-        }
-        if toward_identity {
-            for p in 0..a.min(b) {
-                cross[(p, p)] += ridge;
-            }
-        }
-        let solved = gram
-            .cholesky()
-            .ok_or_else(|| EncoderError::InvalidVectors("the ridge system is singular".into()))?
-            .solve(&cross);
-        let t = solved.transpose();
+        let m = self.coefficients(lambda, toward_identity)?;
+        let (a, b) = m.shape();
+        let t = m.transpose();
         let mut data = Vec::with_capacity(a * b);
         for r in 0..b {
             data.extend(t.row(r).iter().map(|&x| x as f32));
@@ -124,6 +138,39 @@ impl Ridge {
             cols: a,
             a: data,
         })
+    }
+
+    /// `M = (G + μD)⁻¹ (C + μ D M₀)` in f64 (`a × b`, so `y = Mᵀ x`), `D` the identity on the
+    /// penalised inputs and zero elsewhere, `μ = lambda` × their mean diagonal of `G`, `M₀`
+    /// the identity when `toward_identity`, else zero.
+    ///
+    /// Errors: `InvalidVectors` when `lambda` is negative or not finite, or the system is
+    /// singular (with `lambda > 0` only when `G` is zero or a free input is degenerate; with
+    /// `lambda = 0` whenever the inputs do not span their width).
+    pub fn coefficients(&self, lambda: f64, toward_identity: bool) -> Result<DMatrix<f64>> {
+        if !(lambda >= 0.0 && lambda.is_finite()) {
+            return Err(EncoderError::InvalidVectors(format!(
+                "the ridge term must be zero or positive, got {lambda}"
+            )));
+        }
+        let k = self.penalised;
+        let b = self.cross.ncols();
+        let trace: f64 = (0..k).map(|p| self.gram[(p, p)]).sum();
+        let ridge = lambda * trace / k as f64;
+        let mut gram = self.gram.clone();
+        let mut cross = self.cross.clone();
+        for p in 0..k {
+            gram[(p, p)] += ridge;
+        }
+        if toward_identity {
+            for p in 0..k.min(b) {
+                cross[(p, p)] += ridge;
+            }
+        }
+        Ok(gram
+            .cholesky()
+            .ok_or_else(|| EncoderError::InvalidVectors("the ridge system is singular".into()))?
+            .solve(&cross))
     }
 }
 
@@ -258,5 +305,47 @@ mod tests {
         for (got, want) in identity.matrix_f32().iter().zip(want) {
             assert!((got - want).abs() < 1e-4, "{:?}", identity.matrix_f32());
         }
+    }
+
+    /// Sums handed in whole solve as the pairs they came from; a free trailing input (a bias
+    /// column of ones) is left unshrunk, so a heavy ridge term keeps the mean offset.
+    #[test]
+    fn ridge_from_sums_matches_pairs_and_leaves_free_inputs_unshrunk() {
+        let xs: Vec<Vec<f32>> = (0..32)
+            .map(|k| vec![(k as f32 * 0.3).cos(), (k as f32 * 0.3).sin()])
+            .collect();
+        let ys: Vec<Vec<f32>> = xs.iter().map(|x| vec![x[1], x[0]]).collect();
+        let pairs = Ridge::new(&xs, &ys).unwrap();
+        let sums = Ridge::from_sums(pairs.gram.clone(), pairs.cross.clone(), 2).unwrap();
+        for (lambda, toward) in [(0.0, false), (0.1, false), (0.1, true)] {
+            assert_eq!(
+                sums.solve(lambda, toward).unwrap(),
+                pairs.solve(lambda, toward).unwrap()
+            );
+        }
+        assert!(Ridge::from_sums(pairs.gram.clone(), pairs.cross.clone(), 0).is_err());
+        assert!(Ridge::from_sums(pairs.gram.clone(), pairs.cross.clone(), 3).is_err());
+        assert!(Ridge::from_sums(pairs.gram.clone(), DMatrix::zeros(3, 2), 1).is_err());
+        assert!(Ridge::from_sums(DMatrix::zeros(2, 3), pairs.cross.clone(), 1).is_err());
+        // y = 2 + x/2 over [x 1]: a ridge term that flattens the weight leaves the bias free
+        // to take the mean of y.
+        let (mut gram, mut cross, mut mean) = (DMatrix::zeros(2, 2), DMatrix::zeros(2, 1), 0.0);
+        for k in 0..16 {
+            let x = [k as f64 / 8.0 - 1.0, 1.0];
+            let y = 2.0 + x[0] / 2.0;
+            mean += y / 16.0;
+            for p in 0..2 {
+                for q in 0..2 {
+                    gram[(p, q)] += x[p] * x[q];
+                }
+                cross[(p, 0)] += x[p] * y;
+            }
+        }
+        let m = Ridge::from_sums(gram, cross, 1)
+            .unwrap()
+            .coefficients(1e9, false)
+            .unwrap();
+        assert!(m[(0, 0)].abs() < 1e-6, "{m}");
+        assert!((m[(1, 0)] - mean).abs() < 1e-6, "{m}");
     }
 }

@@ -10,11 +10,12 @@
 //! `m` is the next layer the profile runs (so `y` is what layer `m` reads in the parent) →
 //! ridge regression with a bias, shrunk towards the plain skip (`W = I`, `b = 0`):
 //! `[W b] = argmin Σ_tokens ‖y − W x − b‖² + μ‖W − I‖²`, `μ = ridge · tr(XᵀX) / hidden`
-//! (Hoerl & Kennard, 1970), solved by Cholesky in f64 → report: on held-out texts, the squared
+//! (Hoerl & Kennard, 1970), solved by Cholesky in f64 (the encoder's `linear::Ridge`) → report: on held-out texts, the squared
 //! error the bridge leaves as a share of the plain skip's.
 
 use indicatif::ProgressBar;
 use mrl_encoder::kernels::{self, MatRef};
+use mrl_encoder::linear::Ridge;
 use mrl_encoder::{BertModel, Bridge, Observer, Profile};
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
@@ -220,28 +221,21 @@ impl Normal {
         self.tokens += t;
     }
 
-    /// The bridge after `after`: the ridge solution shrunk towards the identity.
+    /// The bridge after `after`: the ridge solution shrunk towards the identity, the bias
+    /// row left free (`mrl_encoder::linear::Ridge`, the one ridge solve).
     ///
     /// Errors: `Invalid` when the system is not positive definite (no tokens, or no ridge
     /// term: LayerNorm outputs make `[x 1]`'s columns dependent).
     fn solve(&self, after: usize, h: usize, ridge: f64) -> Result<Bridge> {
-        let trace: f64 = (0..h).map(|i| self.gram[(i, i)]).sum();
-        let mu = ridge * trace / h as f64;
-        let mut lhs = self.gram.clone();
-        let mut rhs = self.cross.clone();
-        for i in 0..h {
-            lhs[(i, i)] += mu;
-            rhs[(i, i)] += mu;
-        }
-        let m = lhs
-            .cholesky()
-            .ok_or_else(|| {
-                TrainerError::Invalid(format!(
-                    "the bridge after layer {after}: its normal equations are singular ({} tokens)",
-                    self.tokens
-                ))
-            })?
-            .solve(&rhs);
+        let failed = |e: mrl_encoder::EncoderError| {
+            TrainerError::Invalid(format!(
+                "the bridge after layer {after}: {e} ({} tokens)",
+                self.tokens
+            ))
+        };
+        let m = Ridge::from_sums(self.gram.clone(), self.cross.clone(), h)
+            .and_then(|r| r.coefficients(ridge, true))
+            .map_err(failed)?;
         // m is (h + 1) × h with y = [x 1] m: W = the first h rows transposed, b the last row.
         let mut weight = vec![0f32; h * h];
         for i in 0..h {
