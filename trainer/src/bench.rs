@@ -104,15 +104,6 @@ pub struct Measured {
     pub phases: Vec<[f64; 3]>,
 }
 
-impl Measured {
-    /// Median seconds per step.
-    pub fn median_seconds(&self) -> f64 {
-        let mut s = self.seconds.clone();
-        s.sort_by(f64::total_cmp);
-        s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
-    }
-}
-
 /// The prepared workload: the model's tensors, its teacher and the step batches.
 pub struct Workload {
     pub opts: StepBenchOptions,

@@ -14,7 +14,7 @@ use mrl_encoder::{nested, Embedder, Profile};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::data::{BeirDataset, Qrels};
+use crate::data::Qrels;
 use crate::error::{Result, TrainerError};
 
 /// Mean metrics over a query set.
@@ -281,56 +281,6 @@ fn read_cached(path: &Path, width: usize, max: usize) -> Result<Vec<Vec<f32>>> {
                 .collect()
         })
         .collect())
-}
-
-/// One row of a retrieval evaluation.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RetrievalRow {
-    pub profile: String,
-    pub dim: usize,
-    #[serde(flatten)]
-    pub metrics: Metrics,
-}
-
-/// Embeds the corpus and the split's queries once under `profile` and scores every nested
-/// `dim` by exact search.
-pub fn evaluate_retrieval(
-    embedder: &Embedder,
-    data: &BeirDataset,
-    profile_name: &str,
-    dims: &[usize],
-    cache: Option<&PathBuf>,
-    progress: &ProgressBar,
-) -> Result<Vec<RetrievalRow>> {
-    let profile = embedder.profile(Some(profile_name))?;
-    for &d in dims {
-        nested::check_dim(d, embedder.model().output_width(&profile))?;
-    }
-    let corpus: Vec<String> = data.corpus.iter().map(|d| d.text.clone()).collect();
-    let queries: Vec<String> = data.queries.iter().map(|d| d.text.clone()).collect();
-    let cache = cache
-        .map(|dir| EmbeddingCache::new(dir, embedder))
-        .transpose()?;
-    let doc_vecs = embed_cached(embedder, &corpus, &profile, cache.as_ref(), progress)?;
-    let query_vecs = embed_cached(embedder, &queries, &profile, cache.as_ref(), progress)?;
-    let query_ids: Vec<&str> = data.queries.iter().map(|q| q.id.as_str()).collect();
-    let doc_ids: Vec<&str> = data.corpus.iter().map(|d| d.id.as_str()).collect();
-    let mut rows = Vec::new();
-    for &dim in dims {
-        rows.push(RetrievalRow {
-            profile: profile_name.to_string(),
-            dim,
-            metrics: exact_run_metrics(
-                &query_ids,
-                &query_vecs,
-                &doc_ids,
-                &doc_vecs,
-                dim,
-                &data.qrels,
-            )?,
-        });
-    }
-    Ok(rows)
 }
 
 /// Pearson's correlation of `(x, y)` pairs; 0 when either side is constant.
