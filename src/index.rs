@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
-use mrl_core::indexer::{self, IndexError, IndexOptions, IndexSummary};
+use mrl_core::indexer::{self, IndexError, IndexOptions, IndexProgress, IndexSummary, Skip};
 use mrl_core::store::{self, CollectionSpec, Hit, SearchParams, StoreError};
 use mrl_core::{
     Collection, Collections, CreateRequest, DimPolicy, Document, Embeddings, FunnelRequest, Policy,
@@ -242,7 +242,7 @@ impl Index {
             self.name(),
             path,
             &opts,
-            progress,
+            &Bar(progress),
         )?)
     }
 
@@ -297,5 +297,27 @@ impl SearchOptions {
             exact: self.exact,
             params: self.params,
         }
+    }
+}
+
+/// An indicatif bar showing an indexing job: the input's lines as its length, the lines done
+/// as its position (a resumed job starts at what earlier runs did), the documents indexed as
+/// its message, and each skipped line printed above it.
+struct Bar<'a>(&'a ProgressBar);
+
+impl IndexProgress for Bar<'_> {
+    fn start(&self, lines: u64, done: u64) {
+        self.0.set_length(lines);
+        self.0.set_position(done);
+    }
+
+    fn advance(&self, lines: u64, indexed: usize) {
+        self.0.set_position(lines);
+        self.0.set_message(format!("{indexed} docs"));
+    }
+
+    fn skipped(&self, skip: &Skip) {
+        self.0
+            .suspend(|| eprintln!("skipped line {}: {}", skip.line, skip.reason));
     }
 }

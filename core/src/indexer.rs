@@ -14,15 +14,34 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
-use indicatif::ProgressBar;
 use mrl_encoder::EncoderError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::collection::{Collection, Collections, CreateRequest};
+use crate::collection::Collection;
+use crate::collections::{Collections, CreateRequest};
 use crate::documents::Document;
 use crate::embeddings::Embeddings;
 use crate::store::{CollectionPrompts, CollectionSpec, StoreError};
+
+/// What an indexing job tells its caller as it goes, for a progress bar or a log: core draws
+/// nothing itself. Called from the job's writer thread, hence `Sync`.
+pub trait IndexProgress: Sync {
+    /// The input's lines, and how many of them earlier runs of a resumed job already did.
+    fn start(&self, lines: u64, done: u64);
+    /// After each chunk is durable: input lines done and documents indexed, both over every
+    /// run of the job.
+    fn advance(&self, lines: u64, indexed: usize);
+    /// A malformed line the job skipped, as it happens (the summary keeps the first ones).
+    fn skipped(&self, skip: &Skip);
+}
+
+/// No progress shown (tests, callers that only want the summary).
+impl IndexProgress for () {
+    fn start(&self, _: u64, _: u64) {}
+    fn advance(&self, _: u64, _: usize) {}
+    fn skipped(&self, _: &Skip) {}
+}
 
 /// Skipped lines remembered by name; past this only the count grows.
 const MAX_SKIPS_KEPT: usize = 1000;
@@ -281,13 +300,13 @@ fn count_lines(path: &Path) -> Result<u64, IndexError> {
 }
 
 /// Indexes the JSONL file `input` into `collection` of `collections`, creating it if needed,
-/// resuming an unfinished run of the same job. `progress` gets the line count as its length.
+/// resuming an unfinished run of the same job, telling `progress` how it goes.
 pub fn index_file(
     collections: &Collections,
     collection: &str,
     input: &Path,
     opts: &IndexOptions,
-    progress: &ProgressBar,
+    progress: &dyn IndexProgress,
 ) -> Result<IndexSummary, IndexError> {
     let embeddings = collections.embeddings().as_ref();
     let store = collections.store().as_ref();
@@ -336,8 +355,7 @@ pub fn index_file(
     let resumed_at_line = state.lines;
     let indexed_before = state.indexed;
     let seconds_before = state.seconds;
-    progress.set_length(count_lines(input)?);
-    progress.set_position(state.lines as u64);
+    progress.start(count_lines(input)?, state.lines as u64);
     if !state.complete {
         let profile = embeddings.embedder().profile(Some(&spec.profile))?;
         let (chunk_tx, chunk_rx) = sync_channel::<Result<Chunk, IndexError>>(2);
@@ -512,15 +530,13 @@ fn write_chunks(
     state: &mut Progress,
     (start, seconds_before): (Instant, f64),
     rx: Receiver<Embedded>,
-    progress: &ProgressBar,
+    progress: &dyn IndexProgress,
 ) -> Result<(), IndexError> {
     for chunk in rx {
         let n = chunk.docs.len();
         collection.store_vectors(chunk.docs, chunk.vectors)?;
         for skip in &chunk.skips {
-            progress.suspend(|| {
-                eprintln!("skipped line {}: {}", skip.line, skip.reason);
-            });
+            progress.skipped(skip);
         }
         state.indexed += n;
         state.truncated += chunk.truncated;
@@ -531,8 +547,7 @@ fn write_chunks(
         state.lines = chunk.end_line;
         state.seconds = seconds_before + start.elapsed().as_secs_f64();
         write_progress(record_path, state)?;
-        progress.set_position(state.lines as u64);
-        progress.set_message(format!("{} docs", state.indexed));
+        progress.advance(state.lines as u64, state.indexed);
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use mrl_trainer::eval::{evaluate, Metrics};
 use serde::Serialize;
 
 use super::common::{bar, load, profile_list, ModelArg};
+use super::index::IndexBar;
 
 #[derive(Args)]
 pub struct BenchRetrievalArgs {
@@ -417,8 +418,14 @@ fn evaluate_run(
         .dims(Some(stored.clone()))
         .profile(Some(run.profile.clone()))
         .adapt(run.adapt.is_some(), run.adapt.map(|a| a.threshold));
-    let summary = indexer::index_file(&collections, &name, corpus_path, &opts, &bar(&label, 0))
-        .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
+    let summary = indexer::index_file(
+        &collections,
+        &name,
+        corpus_path,
+        &opts,
+        &IndexBar(&bar(&label, 0)),
+    )
+    .with_context(|| format!("indexing {} for {label}", corpus_path.display()))?;
     if summary.count != data.corpus.len() {
         bail!(
             "collection {name} holds {} documents, the corpus {}; delete {} to rebuild",
