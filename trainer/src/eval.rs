@@ -212,17 +212,30 @@ impl EmbeddingCache {
     }
 }
 
-/// Raw (unnormalised, full-width) vectors of `texts` under `profile`. With a cache, finished
-/// chunks are appended to a file keyed by model, profile and texts, so a killed run resumes
-/// where it stopped and a second run costs nothing.
+/// Raw (unnormalised, full-width) vectors of `texts` under `profile`, each read after
+/// `prompt` when there is one, as the model's text path reads them (core's `Embeddings`: the
+/// prompt, then the tokenizer at the model's limit, then the forward pass). With a cache,
+/// finished chunks are appended to a file keyed by model, profile and texts, so a killed run
+/// resumes where it stopped and a second run costs nothing.
 pub fn embed_cached(
     embedder: &Embedder,
     texts: &[String],
+    prompt: Option<&str>,
     profile: &Profile,
     cache: Option<&EmbeddingCache>,
     progress: &ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
     const CHUNK: usize = 512;
+    // The key hashes the texts as the model reads them, so a prompt keys its own entries and
+    // those embedded without one keep theirs.
+    let prompted: Vec<String>;
+    let texts: &[String] = match prompt.filter(|p| !p.is_empty()) {
+        Some(p) => {
+            prompted = texts.iter().map(|t| format!("{p}{t}")).collect();
+            &prompted
+        }
+        None => texts,
+    };
     let width = embedder.model().output_width(profile);
     let tokenizer = embedder.tokenizer();
     let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());

@@ -54,7 +54,7 @@ pub fn export_f16(model: &Path, out: &Path, texts: &[String]) -> Result<ExportRe
     // Unit vectors of the profile's full width, as the server returns them at its largest dim.
     let unit = |e: &Embedder, name: &str| -> Result<Vec<Vec<f32>>> {
         let profile = e.profile(Some(name))?;
-        let mut vectors = embed_cached(e, texts, &profile, None, &ProgressBar::hidden())?;
+        let mut vectors = embed_cached(e, texts, None, &profile, None, &ProgressBar::hidden())?;
         vectors.iter_mut().for_each(|v| nested::l2_normalize(v));
         Ok(vectors)
     };

@@ -9,13 +9,17 @@
 //! verdicts into the checkpoint's `mrl.json` (`aligned_with`, and the figures under
 //! `provenance.alignment`); the server keeps refusing every pair not written there.
 //!
-//! Every model is embedded through its own encoder and heads (what a user gets), cached by
-//! its weights (`eval::embed_cached`), so a second judgement costs nothing.
+//! Every model is embedded through its own encoder, heads and prompts (what a user gets):
+//! BEIR documents after the model's document prompt and queries after its query prompt, as a
+//! collection picks them (`Prompts::for_role`); STS sentences after its default prompt, as
+//! unnamed texts get it. Vectors are cached by its weights (`eval::embed_cached`), so a second
+//! judgement costs nothing; a model without prompts keeps the entries it had.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
+use mrl_encoder::config::{PromptRole, Prompts};
 use mrl_encoder::{Embedder, Precision};
 use serde::Serialize;
 
@@ -160,6 +164,20 @@ impl SetTexts {
         })
     }
 
+    /// The prompts a model's `a` and `b` texts get (see the module header).
+    fn prompts<'p>(&self, prompts: &'p Prompts) -> (Option<&'p str>, Option<&'p str>) {
+        match self.kind {
+            SetKind::Beir(_) => (
+                prompts.for_role(PromptRole::Document),
+                prompts.for_role(PromptRole::Query),
+            ),
+            SetKind::Sts(_) => {
+                let default = prompts.choose(None, None).ok().flatten();
+                (default, default)
+            }
+        }
+    }
+
     fn metric(&self) -> &'static str {
         match self.kind {
             SetKind::Beir(_) => "ndcg@10",
@@ -235,10 +253,12 @@ impl Judged {
 
     fn vectors(&self, set: &SetTexts, profile: &str, progress: &ProgressBar) -> Result<Vectors> {
         let p = self.embedder.profile(Some(profile))?;
+        let (pa, pb) = set.prompts(self.embedder.prompts());
         progress.set_message(format!("embedding {} ({profile})", set.name));
+        let cache = Some(&self.cache);
         Ok((
-            embed_cached(&self.embedder, &set.a, &p, Some(&self.cache), progress)?,
-            embed_cached(&self.embedder, &set.b, &p, Some(&self.cache), progress)?,
+            embed_cached(&self.embedder, &set.a, pa, &p, cache, progress)?,
+            embed_cached(&self.embedder, &set.b, pb, &p, cache, progress)?,
         ))
     }
 }
@@ -448,6 +468,40 @@ mod tests {
         // A score that cannot be judged fails even a zero threshold.
         assert!(!earned(&[(at("z"), f64::NAN, 0.5)], 0.0).2);
         assert!(!earned(&[(at("a"), 0.5, 0.5), (at("z"), 0.5, f64::NAN)], 0.0).2);
+    }
+
+    #[test]
+    fn beir_texts_get_the_collection_prompts_and_sts_texts_the_default_one() {
+        let set = |kind| SetTexts {
+            name: "x".into(),
+            a: Vec::new(),
+            b: Vec::new(),
+            kind,
+        };
+        let beir = set(SetKind::Beir(BeirDataset {
+            dir: PathBuf::from("x"),
+            split: "dev".into(),
+            corpus: Vec::new(),
+            queries: Vec::new(),
+            qrels: Default::default(),
+        }));
+        let sts = set(SetKind::Sts(Vec::new()));
+        let named = |pairs: &[(&str, &str)], default: Option<&str>| Prompts {
+            prompts: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            default_prompt_name: default.map(String::from),
+        };
+        // The e5 family: documents as passages.
+        let e5 = named(&[("query", "query: "), ("passage", "passage: ")], None);
+        assert_eq!(beir.prompts(&e5), (Some("passage: "), Some("query: ")));
+        assert_eq!(sts.prompts(&e5), (None, None));
+        let with_default = named(&[("query", "q: "), ("s", "s: ")], Some("s"));
+        assert_eq!(beir.prompts(&with_default), (Some("s: "), Some("q: ")));
+        assert_eq!(sts.prompts(&with_default), (Some("s: "), Some("s: ")));
+        // No prompts (all-MiniLM-L6-v2, the shipped model): the texts as they are.
+        assert_eq!(beir.prompts(&Prompts::default()), (None, None));
     }
 
     #[test]

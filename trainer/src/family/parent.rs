@@ -84,8 +84,8 @@ impl Parent {
         let mut vectors = HashMap::new();
         for (pname, profile) in &self.profiles {
             progress.set_message(format!("embedding {what} ({pname})"));
-            let va = embed_cached(&self.embedder, a, profile, Some(cache), progress)?;
-            let vb = embed_cached(&self.embedder, b, profile, Some(cache), progress)?;
+            let va = embed_cached(&self.embedder, a, None, profile, Some(cache), progress)?;
+            let vb = embed_cached(&self.embedder, b, None, profile, Some(cache), progress)?;
             vectors.insert(pname.clone(), (va, vb));
         }
         Ok(vectors)
