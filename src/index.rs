@@ -242,7 +242,7 @@ impl Index {
             self.name(),
             path,
             &opts,
-            &Bar(progress),
+            &IndexBar(progress),
         )?)
     }
 
@@ -303,9 +303,9 @@ impl SearchOptions {
 /// An indicatif bar showing an indexing job: the input's lines as its length, the lines done
 /// as its position (a resumed job starts at what earlier runs did), the documents indexed as
 /// its message, and each skipped line printed above it.
-struct Bar<'a>(&'a ProgressBar);
+pub struct IndexBar<'a>(pub &'a ProgressBar);
 
-impl IndexProgress for Bar<'_> {
+impl IndexProgress for IndexBar<'_> {
     fn start(&self, lines: u64, done: u64) {
         self.0.set_length(lines);
         self.0.set_position(done);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 mod index;
 
-pub use index::{Error, Index, IndexConfig, SearchOptions};
+pub use index::{Error, Index, IndexBar, IndexConfig, SearchOptions};
 pub use mrl_core::indexer::IndexSummary;
 pub use mrl_core::store::{Hit, SearchParams};
 pub use mrl_core::{DimPolicy, Document, EmbedSpec, Embeddings, Fields, Policy};

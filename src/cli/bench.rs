@@ -31,10 +31,10 @@ pub(crate) struct BenchEncodeArgs {
 }
 
 pub(crate) fn run(args: BenchEncodeArgs) -> Result<()> {
+    super::common::must_exist(&args.texts, "--texts")?;
     let embedder = Arc::new(load(&args.model)?);
     // The path every caller takes, texts to unit vectors, at the batch size asked for.
     let embeddings = Embeddings::inline(embedder.clone(), Policy::LIBRARY).batch_size(args.batch);
-    super::common::must_exist(&args.texts, "--texts")?;
     let file = std::fs::File::open(&args.texts)
         .with_context(|| format!("opening {}", args.texts.display()))?;
     let mut rows: Vec<(String, String)> = Vec::new();

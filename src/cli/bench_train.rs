@@ -20,10 +20,10 @@ use super::heap::keep_freed_memory;
 #[derive(Args)]
 pub(crate) struct BenchTrainArgs {
     /// The model whose weights start the student; its manifest names the profiles.
-    #[arg(long, default_value = "models/mrl-minilm-elastic")]
+    #[arg(long, default_value_os_t = mrl::find_shipped_model().unwrap_or_else(|looked| looked[0].clone()))]
     model: PathBuf,
     /// BEIR folder whose judged pairs fill the batches.
-    #[arg(long, default_value = "../shared/data/scifact")]
+    #[arg(long, default_value_os_t = super::common::shared_path("data/scifact"))]
     data: PathBuf,
     #[arg(long, default_value = "train")]
     split: String,
@@ -95,6 +95,7 @@ pub(crate) fn run(args: BenchTrainArgs) -> Result<()> {
         .iter()
         .map(|k| Ok((k.trim().to_string(), kernel_set(k)?)))
         .collect::<Result<Vec<_>>>()?;
+    super::common::must_exist(&args.data, "--data")?;
     let mut opts = StepBenchOptions::new(args.model.clone(), args.data.clone());
     opts.split = args.split.clone();
     opts.batch = args.batch;

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::ProgressBar;
-use mrl::{Embeddings, Policy};
-use mrl_core::indexer::{IndexProgress, Skip};
+use mrl::{Embeddings, IndexBar, Policy};
 
 use super::common::{bar, load, DimPolicyArg, ModelArg, QdrantArgs};
 
@@ -131,27 +129,4 @@ pub(crate) fn run(args: IndexArgs) -> Result<()> {
     // One machine-readable line for scripts.
     println!("{}", serde_json::to_string(&s)?);
     Ok(())
-}
-
-/// An indicatif bar showing an indexing job: the input's lines as its length, the lines done
-/// as its position (a resumed job starts at what earlier runs did), the documents indexed as
-/// its message, and each skipped line printed above it. The library's `Index` has the same
-/// adapter privately; the binary cannot reach it.
-pub(crate) struct IndexBar<'a>(pub(crate) &'a ProgressBar);
-
-impl IndexProgress for IndexBar<'_> {
-    fn start(&self, lines: u64, done: u64) {
-        self.0.set_length(lines);
-        self.0.set_position(done);
-    }
-
-    fn advance(&self, lines: u64, indexed: usize) {
-        self.0.set_position(lines);
-        self.0.set_message(format!("{indexed} docs"));
-    }
-
-    fn skipped(&self, skip: &Skip) {
-        self.0
-            .suspend(|| eprintln!("skipped line {}: {}", skip.line, skip.reason));
-    }
 }

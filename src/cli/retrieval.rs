@@ -22,14 +22,14 @@ use mrl_trainer::eval::{evaluate, Metrics};
 use serde::Serialize;
 
 use super::common::{bar, load, profile_list, ModelArg};
-use super::index::IndexBar;
+use mrl::IndexBar;
 
 #[derive(Args)]
 pub struct BenchRetrievalArgs {
     #[command(flatten)]
     model: ModelArg,
     /// A BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
-    #[arg(long, default_value = "../shared/data/scifact")]
+    #[arg(long, default_value_os_t = super::common::shared_path("data/scifact"))]
     dataset: PathBuf,
     #[arg(long, default_value = "test")]
     split: String,
@@ -214,6 +214,7 @@ pub fn run(args: BenchRetrievalArgs) -> Result<()> {
         .transpose()?
         .map(Arc::new);
     let funnels = parse_funnels(&args.funnel)?;
+    super::common::must_exist(&args.dataset, "--dataset")?;
     let data = BeirDataset::load(&args.dataset, &args.split)
         .with_context(|| format!("loading {}", args.dataset.display()))?;
     let corpus_path = std::fs::canonicalize(args.dataset.join("corpus.jsonl"))?;

@@ -176,11 +176,13 @@ pub(crate) struct JudgeArgs {
     /// Another checkpoint judged beside it (e.g. the previous default).
     #[arg(long)]
     previous: Option<PathBuf>,
-    /// BEIR splits to judge on, DIR:SPLIT; repeatable; `none` judges no BEIR split.
-    #[arg(long, value_name = "DIR:SPLIT", default_values = ["../shared/data/scifact:test", "../shared/data/nfcorpus:dev"])]
+    /// BEIR splits to judge on, DIR:SPLIT; repeatable; `none` judges no BEIR split (default:
+    /// under $MRL_SHARED_DIR, else ../shared).
+    #[arg(long, value_name = "DIR:SPLIT", default_values_t = ["data/scifact:test", "data/nfcorpus:dev"]
+        .map(|s| super::common::shared_path(s).display().to_string()))]
     beir: Vec<String>,
     /// STS-B-format files to judge on; repeatable; `none` judges none.
-    #[arg(long, default_values = ["../shared/data/stsbenchmark/sts-dev.csv"])]
+    #[arg(long, default_values_os_t = [super::common::shared_path("data/stsbenchmark/sts-dev.csv")])]
     sts: Vec<PathBuf>,
     /// The alignment rule, PROFILE=SHARE: that profile's queries against `full` documents
     /// must keep SHARE of the symmetric `full` score on every set at every size; repeatable.
@@ -208,17 +210,16 @@ pub(crate) fn judge(args: JudgeArgs) -> Result<()> {
         let (dir, split) = b
             .rsplit_once(':')
             .with_context(|| format!("--beir {b:?}: expected DIR:SPLIT"))?;
+        super::common::must_exist(std::path::Path::new(dir), "--beir")?;
         sets.push(JudgeSet::Beir {
             dir: dir.into(),
             split: split.into(),
         });
     }
-    sets.extend(
-        args.sts
-            .iter()
-            .filter(|p| p.as_os_str() != "none")
-            .map(|p| JudgeSet::Sts { path: p.clone() }),
-    );
+    for p in args.sts.iter().filter(|p| p.as_os_str() != "none") {
+        super::common::must_exist(p, "--sts")?;
+        sets.push(JudgeSet::Sts { path: p.clone() });
+    }
     let mut align = Vec::new();
     for a in &args.align {
         let (p, share) = a
