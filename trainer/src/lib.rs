@@ -41,15 +41,15 @@ pub mod train;
 pub use calibrate::{calibrate, CalibrateOptions};
 pub use error::{Result, TrainerError};
 
+// The shared folder and the crate's folder as the end-to-end tests find them (one rule).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/qdrant.rs"]
+mod shared_folder;
+
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! What the unit tests share: where the crate's files are.
+    //! What the unit tests share: where the crate's files and `../shared` are.
 
-    /// The crate's folder as cargo runs the test (a test binary reused from another checkout
-    /// of the same sources carries that checkout's path), else as it was built.
-    pub(crate) fn manifest_dir() -> std::path::PathBuf {
-        std::env::var("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
-            .into()
-    }
+    pub(crate) use super::shared_folder::{crate_dir as manifest_dir, needs_shared, shared_dir};
 }
