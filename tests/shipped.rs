@@ -207,7 +207,14 @@ fn the_cli_embeds_with_the_shipped_checkpoint_at_any_trained_profile_and_size() 
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("384"));
+    // The error names the real width (not the start-up line, which lists the dims).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("512") && l.contains("384") && !l.contains("profiles")),
+        "{stderr}"
+    );
 }
 
 /// Queries may search another profile's documents only where `mrl.json` declares the two
@@ -602,6 +609,10 @@ fn collections_made_with_512_keep_working() {
             Document::new("market", "The stock market fell sharply on Monday."),
         ]
     };
+    // The same create again is a no-op, as it was.
+    let (spec, created) = collections.create("old", &asked(vec![64, 512])).unwrap();
+    assert!(!created);
+    assert_eq!(spec, old);
     let (legacy, created) = collections
         .open_or_create("old", &CreateRequest::default())
         .unwrap();

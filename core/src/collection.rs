@@ -281,33 +281,21 @@ impl Collection {
                 vectors.len()
             )));
         }
-        let vectors = vectors.into_iter().map(|v| self.padded(v)).collect();
+        let to = self.padded_width();
+        let vectors = vectors.into_iter().map(|v| pad(v, to)).collect();
         self.adapter.store(docs, vectors)
     }
 
-    /// The width raw vectors are zero-padded to before they are cut: `Some(widest stored
-    /// size)` for a collection made when a checkpoint offered sizes past its real width
-    /// (heads whose extra rows were zeros: the shipped default listed 512 on 384), whose stored
-    /// vectors carry those zeros, so it keeps opening, adding and searching as before; `None`
-    /// for every other collection.
+    /// See [`padded_width`].
     fn padded_width(&self) -> Option<usize> {
-        let profile = self
-            .embeddings
-            .profile(Some(&self.spec().profile), "profile")
-            .ok()?;
-        let width = self.embeddings.embedder().model().output_width(&profile);
-        (self.spec().widest() > width).then(|| self.spec().widest())
+        padded_width(&self.embeddings, self.spec())
     }
 
-    /// A raw vector as this collection cuts it: zero-padded to [`padded_width`](Self::padded_width)
-    /// where the collection has one.
-    fn padded(&self, mut v: Vec<f32>) -> Vec<f32> {
-        if let Some(w) = self.padded_width() {
-            if v.len() < w {
-                v.resize(w, 0.0);
-            }
-        }
-        v
+    /// A text query's raw vector as the search cuts it: zero-padded where the collection is
+    /// padded, except on its way into a query map (fitted on unpadded vectors; its output is
+    /// the documents' width).
+    fn query_vector(&self, plan: &SearchPlan, v: Vec<f32>) -> Vec<f32> {
+        pad(v, self.padded_width().filter(|_| plan.mapped.is_none()))
     }
 
     /// Checks, embeds (awaiting the model thread) and stores documents (on the runtime's
@@ -376,7 +364,7 @@ impl Collection {
                     .embeddings
                     .raw(vec![text.clone()], profile.clone(), "query")
                     .await?;
-                Some(self.padded(one(v.pop())?))
+                Some(self.query_vector(&plan, one(v.pop())?))
             }
             None => None,
         };
@@ -395,7 +383,7 @@ impl Collection {
         let full = match &plan.embed {
             Some((text, profile)) => {
                 let (mut v, _) = self.embeddings.raw_blocking(&[text], profile, "query")?;
-                Some(self.padded(one(v.pop())?))
+                Some(self.query_vector(&plan, one(v.pop())?))
             }
             None => None,
         };
@@ -481,7 +469,11 @@ impl Collection {
                 }
                 self.embeddings
                     .check_aligned(&profile_name, &self.spec().profile, "profile")?;
-                if width < dim && self.padded_width().is_none() {
+                // A padded collection's widest size is its documents' width plus zeros: a query
+                // profile as wide as the documents' fills it the same way.
+                let padded = self.padded_width().is_some()
+                    && Some(width) >= real_width(&self.embeddings, self.spec());
+                if width < dim && !padded {
                     return Err(Error::field(
                         "profile",
                         format!("profile {profile_name:?} is {width} wide, below dim {dim}"),
@@ -537,6 +529,33 @@ impl Collection {
 }
 
 /// The one vector of one text.
+/// The real width of `spec`'s documents' profile under today's model; `None` when the model
+/// no longer has the profile.
+pub(crate) fn real_width(embeddings: &Embeddings, spec: &CollectionSpec) -> Option<usize> {
+    let profile = embeddings.profile(Some(&spec.profile), "profile").ok()?;
+    Some(embeddings.embedder().model().output_width(&profile))
+}
+
+/// The width a collection's raw vectors are zero-padded to before they are cut: `Some(widest
+/// stored size)` for a collection made when a checkpoint offered sizes past its real width
+/// (heads whose extra rows were zeros: the shipped default listed 512 on 384), whose stored
+/// vectors carry those zeros, so it keeps opening, adding and searching as before; `None` for
+/// every other collection.
+pub(crate) fn padded_width(embeddings: &Embeddings, spec: &CollectionSpec) -> Option<usize> {
+    let width = real_width(embeddings, spec)?;
+    (spec.widest() > width).then(|| spec.widest())
+}
+
+/// `v` zero-padded to `to` when it is narrower.
+fn pad(mut v: Vec<f32>, to: Option<usize>) -> Vec<f32> {
+    if let Some(w) = to {
+        if v.len() < w {
+            v.resize(w, 0.0);
+        }
+    }
+    v
+}
+
 fn one(v: Option<Vec<f32>>) -> Result<Vec<f32>> {
     v.ok_or_else(|| Error::Internal("one text gave no vector; this is a bug".into()))
 }

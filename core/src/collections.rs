@@ -9,7 +9,7 @@ use mrl_encoder::config::PromptRole;
 use serde_json::Value;
 
 use crate::adapt::Adapter;
-use crate::collection::{blocking, Added, Collection, SearchRequest};
+use crate::collection::{blocking, padded_width, Added, Collection, SearchRequest};
 use crate::documents::{read_documents, read_ids};
 use crate::embeddings::Embeddings;
 use crate::error::{Error, Result};
@@ -100,7 +100,8 @@ impl Collections {
         check_name(name)?;
         let profile_name = req.profile.clone().unwrap_or_else(|| "full".into());
         let profile = self.embeddings.profile(Some(&profile_name), "profile")?;
-        let width = padded.unwrap_or(self.embeddings.embedder().model().output_width(&profile));
+        let real = self.embeddings.embedder().model().output_width(&profile);
+        let width = padded.unwrap_or(real);
         let mut dims = match &req.dims {
             Some(d) => d.clone(),
             None => {
@@ -127,7 +128,11 @@ impl Collections {
                 "dims must be a non-empty array of positive integers",
             ));
         }
-        for &d in dims.iter().filter(|&&d| padded.is_none_or(|w| d > w)) {
+        // A padded collection's sizes past the real width are its zero-padded ones.
+        for &d in dims
+            .iter()
+            .filter(|&&d| !padded.is_some_and(|w| d > real && d <= w))
+        {
             self.embeddings.check_dim(d, &profile, "dims")?;
         }
         let adapt = adapt_option(req.adapt, req.adapt_threshold)?;
@@ -183,7 +188,14 @@ impl Collections {
     /// Errors: as [`spec`](Self::spec); `Store(Conflict)` for another spec under the name;
     /// `Store(Unsupported)` for a layout the store cannot honour.
     pub fn create(&self, name: &str, req: &CreateRequest) -> Result<(CollectionSpec, bool)> {
-        let spec = self.spec(name, req)?;
+        check_name(name)?;
+        // The same create again keeps working on a collection stored wider than today's model.
+        let padded = match self.store.info(name) {
+            Ok(info) => padded_width(&self.embeddings, &info.spec),
+            Err(StoreError::NoSuchCollection(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let spec = self.spec_within(name, req, padded)?;
         let created = self.store.create(name, &spec)?;
         Ok((spec, created))
     }
@@ -287,9 +299,7 @@ impl Collections {
                 }
                 .into());
             }
-            let profile = self.embeddings.profile(Some(&e.profile), "profile")?;
-            let width = self.embeddings.embedder().model().output_width(&profile);
-            padded = (e.widest() > width).then(|| e.widest());
+            padded = padded_width(&self.embeddings, &e);
             req.dims = req.dims.or_else(|| Some(e.dims.clone()));
             req.profile = req.profile.or(Some(e.profile));
             req.distance = req.distance.or(Some(e.distance));

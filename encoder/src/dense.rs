@@ -54,11 +54,11 @@ impl Linear {
         &self.bias
     }
 
-    /// Cuts the trailing output rows past `keep` whose weights and bias are all zero. A head
-    /// fitted wider than its input (`hidden` → 512) can hold no more than `hidden` independent
-    /// values; earlier checkpoints padded the rest with zeros, which are not dims: its real
-    /// width ends at the last row that computes something.
-    pub(crate) fn drop_zero_rows_past(&mut self, keep: usize) {
+    /// The output rows up to the last one that computes something, and at least `keep`. A
+    /// head fitted wider than its input (`hidden` → 512) holds no more than `hidden`
+    /// independent values; earlier checkpoints padded the rest with zero rows, which are not
+    /// dims.
+    pub(crate) fn computed_rows(&self, keep: usize) -> usize {
         let computes = |r: usize| {
             self.bias[r] != 0.0
                 || self.weight[r * self.inputs..(r + 1) * self.inputs]
@@ -69,6 +69,11 @@ impl Linear {
         while rows > keep && !computes(rows - 1) {
             rows -= 1;
         }
+        rows
+    }
+
+    /// Keeps the first `rows` output rows (before quantizing).
+    pub(crate) fn truncate_rows(&mut self, rows: usize) {
         self.weight.truncate(rows * self.inputs);
         self.bias.truncate(rows);
     }

@@ -60,8 +60,13 @@ impl Embedder {
         }
         let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)?;
         let mut model = BertModel::load(&Weights::new(tensors), &config, precision)?;
-        let manifest = Manifest::load(dir, &config, model.output_width(&Profile::full(&config)))?;
-        let has_heads = model.output_width(&Profile::full(&config)) != config.hidden_size
+        let manifest = Manifest::load(
+            dir,
+            &config,
+            model.output_width(&Profile::full(&config)),
+            model.padded_width(),
+        )?;
+        let has_heads = model.has_head()
             || manifest
                 .iter()
                 .flat_map(|m| &m.profiles)

@@ -95,8 +95,15 @@ pub struct Ranking {
 impl Manifest {
     /// Reads `dir/mrl.json` when there is one and checks its profiles against `cfg` and its
     /// nested dims against the model's output width (wider than `cfg`'s hidden size when the
-    /// checkpoint has a Matryoshka head).
-    pub fn load(dir: &Path, cfg: &BertConfig, output_width: usize) -> Result<Option<Self>> {
+    /// checkpoint has a Matryoshka head that computes more): dims up to `padded_width` (the
+    /// heads' rows as stored, zero rows included) are dropped past the output width, wider
+    /// ones refused.
+    pub fn load(
+        dir: &Path,
+        cfg: &BertConfig,
+        output_width: usize,
+        padded_width: usize,
+    ) -> Result<Option<Self>> {
         let path = dir.join(MANIFEST_FILE);
         if !path.exists() {
             return Ok(None);
@@ -120,6 +127,9 @@ impl Manifest {
         }
         if m.nested_dims.contains(&0) {
             return Err(bad("nested dim 0".into()));
+        }
+        if let Some(&d) = m.nested_dims.iter().find(|&&d| d > padded_width) {
+            return Err(bad(format!("nested dim {d} is outside 1..={output_width}")));
         }
         // Checkpoints made before heads were cut to their real width listed 512 on a 384-wide
         // model (zero rows): they still load, offering only the dims they compute.

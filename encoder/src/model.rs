@@ -132,9 +132,7 @@ impl Weights {
                 "{name}.weight has {outputs} outputs, fewer than the hidden width {hidden}"
             ))));
         }
-        let mut head = self.unprefixed().linear(name, hidden, outputs)?;
-        head.drop_zero_rows_past(hidden);
-        Ok(Some(head))
+        self.unprefixed().linear(name, hidden, outputs).map(Some)
     }
 
     /// The same tensors read by their full names: heads and bridges are mrl's own, never
@@ -531,6 +529,8 @@ pub struct BertModel {
     /// has one: the pooled vector is widened through it, so every nested size is a prefix of
     /// the head's output.
     head: Option<Linear>,
+    /// The heads' rows as stored, before their zero rows were cut ([`Self::padded_width`]).
+    padded_width: usize,
     /// Heads of their own for some profiles (`heads.NAME.*` in the weights, bound to a
     /// profile by the manifest): a sub-encoder's pooled vector mapped into the same nested
     /// space as the full profile's. Profiles without one use `head`.
@@ -587,20 +587,46 @@ impl BertModel {
                 Ok(layer)
             })
             .collect::<Result<_>>()?;
+        let mut head = w.head("head", cfg.hidden_size)?;
+        let mut unbound_heads = w.profile_heads(cfg.hidden_size)?;
+        // Every head means the same nested space, so all are cut to one width: the widest any
+        // of them computes (earlier checkpoints padded 384 → 512 with zero rows).
+        let heads = || head.iter().chain(unbound_heads.values());
+        let padded_width = heads()
+            .map(Linear::outputs)
+            .max()
+            .unwrap_or(cfg.hidden_size);
+        if let Some(width) = heads().map(|h| h.computed_rows(cfg.hidden_size)).max() {
+            head.iter_mut()
+                .chain(unbound_heads.values_mut())
+                .for_each(|h| h.truncate_rows(width));
+        }
         Ok(Self {
             config: cfg.clone(),
             embeddings,
             layers,
             relative_bias,
-            head: w.head("head", cfg.hidden_size)?,
+            head,
+            padded_width,
             profile_heads: Vec::new(),
-            unbound_heads: w.profile_heads(cfg.hidden_size)?,
+            unbound_heads,
             bridges: Vec::new(),
             unbound_bridges: w.bridges()?,
             precision,
             pooling: Pooling::Mean,
             workspaces: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The heads' output rows as stored, zero rows included: what a manifest written before
+    /// heads were cut to their real width may list.
+    pub fn padded_width(&self) -> usize {
+        self.padded_width
+    }
+
+    /// Whether the checkpoint has a shared Matryoshka head (`head.weight`).
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Pools token vectors by `pooling` from now on (the folder's pooling module).

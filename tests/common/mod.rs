@@ -70,41 +70,49 @@ pub fn id_and_text(line: &str) -> (String, String) {
 }
 
 /// `python3` with `packages` (pinned, `name==version`) importable: pip installs them once into
-/// the mrl cache (`$MRL_CACHE_DIR`, else `~/.cache/mrl`, folder `python/`), as the model is
-/// fetched with pip, so the test command needs nothing beforehand but python3 with pip.
+/// the mrl cache (`$MRL_CACHE_DIR`, else `~/.cache/mrl`, folder `python/`, one folder per
+/// interpreter version, since wheels carry compiled code), as the model is fetched with pip,
+/// so the test command needs nothing beforehand but python3 with pip. An install goes to a
+/// folder of its own, renamed into place whole, so concurrent test processes never share a
+/// half-written one.
 pub fn python_with(packages: &[&str]) -> std::process::Command {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let tag = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.implementation.cache_tag)"])
+        .output()
+        .expect("running python3 (a prerequisite)");
+    let tag = String::from_utf8_lossy(&tag.stdout).trim().to_string();
     let dir = mrl::fetch::default_cache_dir()
         .join("python")
-        .join(packages.join("+"));
-    let done = dir.join(".installed");
-    {
-        let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-        if !done.is_file() {
-            let out = std::process::Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .args([
-                    "--no-warn-conflicts",
-                    "--no-warn-script-location",
-                    "--upgrade",
-                ])
-                .arg("--target")
-                .arg(&dir)
-                .args(packages)
-                .output()
-                .expect("running python3 -m pip (python3 with pip is a prerequisite)");
-            assert!(
-                out.status.success(),
-                "pip install {packages:?} into {dir:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::fs::write(&done, packages.join("\n")).unwrap();
+        .join(format!("{tag}-{}", packages.join("+")));
+    if !dir.is_dir() {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let staging = dir.with_file_name(format!("{name}.part-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--no-warn-conflicts", "--no-warn-script-location"])
+            .arg("--target")
+            .arg(&staging)
+            .args(packages)
+            .output()
+            .expect("running python3 -m pip (python3 with pip is a prerequisite)");
+        assert!(
+            out.status.success(),
+            "pip install {packages:?} into {staging:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another process may have put its copy in place first; then this one is spare.
+        if std::fs::rename(&staging, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+            assert!(dir.is_dir(), "could not move {staging:?} to {dir:?}");
         }
     }
     let mut path = std::ffi::OsString::from(dir.as_os_str());

@@ -191,6 +191,12 @@ impl EmbeddingCache {
         h.update(self.weights_sha256.as_bytes());
         h.update(profile.to_string().as_bytes());
         h.update(embedder.tokenizer().max_len().to_le_bytes());
+        // Entries are rows of this width: a model whose heads were once read wider (zero rows
+        // since cut) must not read its old rows at the new width.
+        let width = embedder.model().output_width(profile);
+        if width != embedder.model().padded_width() {
+            h.update(format!("width {width}").as_bytes());
+        }
         // Bridges set after loading (the recipe fits them) change a profile's vectors
         // without changing the weights file.
         for b in embedder.model().bridges_of(profile) {
