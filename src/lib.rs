@@ -34,15 +34,20 @@ pub use mrl_encoder::{
 pub const SHIPPED_MODEL: &str = "mrl-minilm-elastic";
 
 /// Where the shipped checkpoint is looked for, in order: the models folder
-/// (`$MRL_MODELS_DIR`, else `./models`), then the checkout this build was made from (its
-/// `models/`), so an installed `mrl` (`cargo install --path .`) finds it from any folder.
+/// (`$MRL_MODELS_DIR`, else `./models`), the checkout cargo runs this from (`cargo run`,
+/// `cargo test`: its run-time `CARGO_MANIFEST_DIR`; a binary reused through a target dir
+/// shared by two checkouts carries the other's path), then the checkout this build was made
+/// from, so an installed `mrl` (`cargo install --path .`) finds it from any folder.
 pub fn shipped_model_candidates() -> Vec<PathBuf> {
+    let checkouts = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(env!("CARGO_MANIFEST_DIR"))]);
     let mut dirs = vec![fetch::default_models_dir().join(SHIPPED_MODEL)];
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(SHIPPED_MODEL);
-    if !dirs.contains(&built_from) {
-        dirs.push(built_from);
+    for dir in checkouts.map(|c| c.join("models").join(SHIPPED_MODEL)) {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
     }
     dirs
 }

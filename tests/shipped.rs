@@ -467,7 +467,7 @@ fn an_installed_mrl_serves_the_shipped_default_from_any_folder_at_real_widths() 
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("a log line naming the model");
     assert!(
-        said.contains(mrl::SHIPPED_MODEL)
+        said.contains(&shipped().display().to_string())
             && said.contains("profiles full, b50, b25")
             && said.contains("dims [64, 128, 256, 384]")
             && said.contains("precision f32"),
