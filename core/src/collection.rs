@@ -471,8 +471,8 @@ impl Collection {
                     .check_aligned(&profile_name, &self.spec().profile, "profile")?;
                 // A padded collection's widest size is its documents' width plus zeros: a query
                 // profile as wide as the documents' fills it the same way.
-                let padded = self.padded_width().is_some()
-                    && Some(width) >= real_width(&self.embeddings, self.spec());
+                let padded = real_width(&self.embeddings, self.spec())
+                    .is_some_and(|real| self.spec().widest() > real && width >= real);
                 if width < dim && !padded {
                     return Err(Error::field(
                         "profile",
@@ -528,7 +528,6 @@ impl Collection {
     }
 }
 
-/// The one vector of one text.
 /// The real width of `spec`'s documents' profile under today's model; `None` when the model
 /// no longer has the profile.
 pub(crate) fn real_width(embeddings: &Embeddings, spec: &CollectionSpec) -> Option<usize> {
@@ -556,6 +555,7 @@ fn pad(mut v: Vec<f32>, to: Option<usize>) -> Vec<f32> {
     v
 }
 
+/// The one vector of one text.
 fn one(v: Option<Vec<f32>>) -> Result<Vec<f32>> {
     v.ok_or_else(|| Error::Internal("one text gave no vector; this is a bug".into()))
 }

@@ -190,11 +190,9 @@ impl Collections {
     pub fn create(&self, name: &str, req: &CreateRequest) -> Result<(CollectionSpec, bool)> {
         check_name(name)?;
         // The same create again keeps working on a collection stored wider than today's model.
-        let padded = match self.store.info(name) {
-            Ok(info) => padded_width(&self.embeddings, &info.spec),
-            Err(StoreError::NoSuchCollection(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let padded = self
+            .existing(name)?
+            .and_then(|e| padded_width(&self.embeddings, &e));
         let spec = self.spec_within(name, req, padded)?;
         let created = self.store.create(name, &spec)?;
         Ok((spec, created))
@@ -268,14 +266,8 @@ impl Collections {
     /// existing collection's spec (another model's vectors included).
     pub fn open_or_create(&self, name: &str, req: &CreateRequest) -> Result<(Collection, bool)> {
         check_name(name)?;
-        let existing = match self.store.info(name) {
-            Ok(info) => Some(info.spec),
-            Err(StoreError::NoSuchCollection(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
         let mut req = req.clone();
-        let mut padded = None;
-        if let Some(e) = existing {
+        if let Some(e) = self.existing(name)? {
             // Said plainly: the spec's JSON would hide it among the fields.
             if e.model != self.embeddings.model_name() {
                 return Err(StoreError::Conflict {
@@ -299,7 +291,6 @@ impl Collections {
                 }
                 .into());
             }
-            padded = padded_width(&self.embeddings, &e);
             req.dims = req.dims.or_else(|| Some(e.dims.clone()));
             req.profile = req.profile.or(Some(e.profile));
             req.distance = req.distance.or(Some(e.distance));
@@ -319,9 +310,17 @@ impl Collections {
                 req.query_prompt = Some(e.prompts.query_prompt.unwrap_or_default());
             }
         }
-        let spec = self.spec_within(name, &req, padded)?;
-        let created = self.store.create(name, &spec)?;
+        let (_, created) = self.create(name, &req)?;
         Ok((self.open(name)?, created))
+    }
+
+    /// The spec of collection `name`, if there is one.
+    fn existing(&self, name: &str) -> Result<Option<CollectionSpec>> {
+        match self.store.info(name) {
+            Ok(info) => Ok(Some(info.spec)),
+            Err(StoreError::NoSuchCollection(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Opens every adaptive collection, so that a re-nest a crash interrupted (or one due)

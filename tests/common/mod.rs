@@ -115,11 +115,11 @@ pub fn python_with(packages: &[&str]) -> std::process::Command {
             assert!(dir.is_dir(), "could not move {staging:?} to {dir:?}");
         }
     }
-    let mut path = std::ffi::OsString::from(dir.as_os_str());
-    if let Some(old) = std::env::var_os("PYTHONPATH") {
-        path.push(":");
-        path.push(old);
-    }
+    let old = std::env::var_os("PYTHONPATH").unwrap_or_default();
+    // An empty entry would put the working folder on the path.
+    let rest = std::env::split_paths(&old).filter(|p| !p.as_os_str().is_empty());
+    let path = std::env::join_paths(std::iter::once(dir).chain(rest))
+        .expect("the cache folder's path holds no path separator");
     let mut cmd = std::process::Command::new("python3");
     cmd.env("PYTHONPATH", path);
     cmd
