@@ -100,6 +100,70 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
     }
 }
 
+/// The full profile is the parent: on the bench texts, each of its vectors mapped back
+/// through the shared head (orthogonal on its first 384 rows, no bias) and the calibration's
+/// channel order has cosine ≥ 0.99999 to all-MiniLM-L6-v2's own, f16 weights and the
+/// children's own layers in the same file notwithstanding.
+#[test]
+fn the_full_profile_is_the_parent_on_the_bench_texts() {
+    let Some(shared) = common::needs(&["bench/texts.jsonl"]) else {
+        return;
+    };
+    let texts: Vec<String> = std::fs::read_to_string(shared.join("bench/texts.jsonl"))
+        .unwrap()
+        .lines()
+        .step_by(10)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let model = Arc::new(Embedder::load(shipped()).unwrap());
+    let ours = embed(&model, &texts, &EmbedSpec::default()).unwrap();
+    let base = embed(common::embedder(), &texts, &EmbedSpec::default()).unwrap();
+    let weights = candle_core::safetensors::load(
+        shipped().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        weights[name]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (head, bias) = (f32s("head.weight"), f32s("head.bias"));
+    assert!(bias.iter().all(|b| *b == 0.0));
+    let order = &model
+        .manifest()
+        .unwrap()
+        .ranking
+        .as_ref()
+        .unwrap()
+        .hidden_order;
+    let h = order.len();
+    let mut worst = 1f64;
+    for (v, b) in ours.iter().zip(&base) {
+        // v = W p: p = Wᵀ v, and channel i of p is the parent's channel order[i].
+        let mut restored = vec![0f32; h];
+        for (i, &o) in order.iter().enumerate() {
+            restored[o] = (0..h).map(|r| head[r * h + i] * v[r]).sum();
+        }
+        worst = worst.min(common::cosine(&restored, b));
+    }
+    assert!(
+        worst >= 0.99999,
+        "lowest cosine {worst} over {} texts",
+        texts.len()
+    );
+}
+
 /// The shipped head keeps the full width exact: its first 384 rows are an orthogonal map of
 /// the parent's output, and the parent is the base model with its channels permuted, so
 /// full-width cosines are the base model's (to f16 rounding of the weights).

@@ -89,6 +89,9 @@ impl Embedder {
             if let Some(bridges) = &p.bridges {
                 model.bind_profile_bridges(bridges, &p.profile)?;
             }
+            if let Some(own) = &p.own_layers {
+                model.bind_profile_layers(own, &p.profile)?;
+            }
         }
         Ok(Self {
             dir: dir.to_path_buf(),

@@ -22,6 +22,7 @@ pub mod profile;
 pub mod rotation;
 pub mod text;
 pub mod tokenize;
+mod weights;
 
 pub use config::BertConfig;
 pub use embedder::{Embedder, DEFAULT_BATCH_SIZE};

@@ -58,6 +58,11 @@ pub struct NamedProfile {
     /// [`Bridge`](crate::model::Bridge)); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridges: Option<String>,
+    /// The layers the profile owns, `own_layers.{own_layers}.*` in the weights (low-rank deltas and
+    /// norms trained for it over the parent's; see `BertModel::bind_profile_layers`);
+    /// absent: it runs the parent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_layers: Option<String>,
     /// Document profiles this profile's query vectors may be searched against (besides its
     /// own): the checkpoint was fitted or measured for that asymmetric use. Searching another
     /// profile's documents is refused ([`Manifest::check_aligned`]).

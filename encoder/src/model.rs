@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::arch::{LayerNames, RelativeBias};
@@ -23,6 +23,7 @@ use crate::error::{EncoderError, Result};
 use crate::kernels::{self, MatRef};
 use crate::pooling::Pooling;
 use crate::profile::Profile;
+pub(crate) use crate::weights::Weights;
 
 /// The arithmetic of the encoder's dense layers (attention scores, softmax, LayerNorm, GELU
 /// and the Matryoshka head stay f32 either way). Written `f32` / `int8`.
@@ -106,124 +107,6 @@ pub struct Bridge {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
-
-/// Named tensors of a checkpoint, with the optional `bert.` (`mpnet.`) prefix some exports
-/// carry.
-pub(crate) struct Weights {
-    tensors: HashMap<String, Tensor>,
-    prefix: &'static str,
-}
-
-impl Weights {
-    pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
-        let prefix = crate::arch::tensor_prefix(|name| tensors.contains_key(name));
-        Self { tensors, prefix }
-    }
-
-    /// The Matryoshka head named `name` (`head`, or a profile's own such as `heads.b50`), if
-    /// the checkpoint has one: `{name}.weight` is `outputs × hidden`.
-    fn head(&self, name: &str, hidden: usize) -> Result<Option<Linear>> {
-        let Some(t) = self.tensors.get(&format!("{name}.weight")) else {
-            return Ok(None);
-        };
-        let outputs = t.dims().first().copied().unwrap_or(0);
-        if outputs < hidden {
-            return Err(EncoderError::Tensor(candle_core::Error::Msg(format!(
-                "{name}.weight has {outputs} outputs, fewer than the hidden width {hidden}"
-            ))));
-        }
-        self.unprefixed().linear(name, hidden, outputs).map(Some)
-    }
-
-    /// The same tensors read by their full names: heads and bridges are mrl's own, never
-    /// under an export's `bert.` prefix.
-    fn unprefixed(&self) -> Weights {
-        Weights {
-            tensors: self.tensors.clone(),
-            prefix: "",
-        }
-    }
-
-    /// Every profile head the checkpoint holds (`heads.NAME.weight`), by `NAME`.
-    fn profile_heads(&self, hidden: usize) -> Result<HashMap<String, Linear>> {
-        let mut out = HashMap::new();
-        for key in self.tensors.keys() {
-            let Some(name) = key
-                .strip_prefix("heads.")
-                .and_then(|k| k.strip_suffix(".weight"))
-            else {
-                continue;
-            };
-            if let Some(h) = self.head(&format!("heads.{name}"), hidden)? {
-                out.insert(name.to_string(), h);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Every layer bridge the checkpoint holds (`bridges.NAME.LAYER.weight`, `hidden ×
-    /// hidden`), by `NAME`, each list in layer order.
-    fn bridges(&self) -> Result<HashMap<String, Vec<Bridge>>> {
-        let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
-        let unprefixed = self.unprefixed();
-        let mut out: HashMap<String, Vec<Bridge>> = HashMap::new();
-        for (key, t) in &self.tensors {
-            let Some((name, layer)) = key
-                .strip_prefix("bridges.")
-                .and_then(|k| k.strip_suffix(".weight"))
-                .and_then(|k| k.rsplit_once('.'))
-            else {
-                continue;
-            };
-            let layer: usize = layer.parse().map_err(|_| {
-                bad(format!(
-                    "{key}: the part before .weight is not a layer index"
-                ))
-            })?;
-            let (rows, cols) = t.dims2()?;
-            if rows != cols {
-                return Err(bad(format!("{key} is {rows} × {cols}; a bridge is square")));
-            }
-            let base = format!("bridges.{name}.{layer}");
-            let bridge = Bridge {
-                after: layer,
-                weight: unprefixed.get(&format!("{base}.weight"), &[rows, cols])?,
-                bias: unprefixed.get(&format!("{base}.bias"), &[rows])?,
-            };
-            out.entry(name.to_string()).or_default().push(bridge);
-        }
-        for list in out.values_mut() {
-            list.sort_by_key(|b| b.after);
-        }
-        Ok(out)
-    }
-
-    /// The dense layer `{name}.weight` (`outputs × inputs`) and `{name}.bias`.
-    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear> {
-        Ok(Linear::new(
-            self.get(&format!("{name}.weight"), &[outputs, inputs])?,
-            self.get(&format!("{name}.bias"), &[outputs])?,
-            inputs,
-        ))
-    }
-
-    /// The tensor as row-major f32, after checking its shape.
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let key = format!("{}{name}", self.prefix);
-        let bad = |msg: String| EncoderError::Tensor(candle_core::Error::Msg(msg));
-        let t = self
-            .tensors
-            .get(&key)
-            .ok_or_else(|| bad(format!("missing tensor {key} in model.safetensors")))?;
-        if t.dims() != shape {
-            return Err(bad(format!(
-                "tensor {key} has shape {:?}, expected {shape:?}",
-                t.dims()
-            )));
-        }
-        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-}
 
 /// LayerNorm whose affine parameters are cut to the hidden width in use.
 #[derive(Debug, Clone)]
@@ -544,6 +427,11 @@ pub struct BertModel {
     bridges: Vec<(Profile, Vec<(usize, Linear)>)>,
     /// Bridges loaded but not yet bound, by name.
     unbound_bridges: HashMap<String, Vec<Bridge>>,
+    /// Layers some profiles own (trained for them; see [`Weights::own_layers`]): profile
+    /// `p` runs its own layer `l` in place of the parent's. The full profile never has one.
+    own_layers: Vec<(Profile, Vec<(usize, Layer)>)>,
+    /// Own layers loaded but not yet bound, by name.
+    unbound_layers: HashMap<String, Vec<(usize, Layer)>>,
     /// The dense layers' arithmetic.
     precision: Precision,
     /// How each text's token vectors become one (the folder's pooling module; mean unless set).
@@ -587,6 +475,19 @@ impl BertModel {
                 Ok(layer)
             })
             .collect::<Result<_>>()?;
+        let mut unbound_layers = HashMap::new();
+        for (name, by_layer) in w.own_layers()? {
+            let mut list = Vec::with_capacity(by_layer.len());
+            for (l, lw) in by_layer {
+                let mut layer = Layer::load(&lw, l, cfg, &names)?;
+                if precision == Precision::Int8 {
+                    layer.quantize();
+                }
+                list.push((l, layer));
+            }
+            list.sort_by_key(|(l, _)| *l);
+            unbound_layers.insert(name, list);
+        }
         let mut head = w.head("head", cfg.hidden_size)?;
         let mut unbound_heads = w.profile_heads(cfg.hidden_size)?;
         // Every head means the same nested space, so all are cut to one width: the widest any
@@ -612,6 +513,8 @@ impl BertModel {
             unbound_heads,
             bridges: Vec::new(),
             unbound_bridges: w.bridges()?,
+            own_layers: Vec::new(),
+            unbound_layers,
             precision,
             pooling: Pooling::Mean,
             workspaces: Mutex::new(Vec::new()),
@@ -647,6 +550,10 @@ impl BertModel {
         self.layers.iter_mut().for_each(Layer::quantize);
         for (_, list) in &mut self.bridges {
             list.iter_mut().for_each(|(_, b)| b.quantize());
+        }
+        let own = self.own_layers.iter_mut().map(|(_, l)| l);
+        for list in own.chain(self.unbound_layers.values_mut()) {
+            list.iter_mut().for_each(|(_, l)| l.quantize());
         }
         self.precision = Precision::Int8;
     }
@@ -765,6 +672,52 @@ impl BertModel {
             self.bridges.push((profile.clone(), linears));
         }
         Ok(())
+    }
+
+    /// Binds the own layers `own_layers.{name}.*` to `profile` (from the manifest's `own_layers` of a
+    /// named profile): it runs them in place of the parent's.
+    ///
+    /// Errors: the weights have no such layers, the profile is the full one, or one of them
+    /// is a layer the profile does not run.
+    pub fn bind_profile_layers(&mut self, name: &str, profile: &Profile) -> Result<()> {
+        let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
+        let layers = self
+            .unbound_layers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(format!("the weights have no own_layers.{name}.*")))?;
+        if profile.is_full(&self.config) {
+            return Err(bad(format!(
+                "own_layers.{name}: the full profile is the parent and owns no layer"
+            )));
+        }
+        if let Some((l, _)) = layers.iter().find(|(l, _)| !profile.layers.contains(l)) {
+            return Err(bad(format!(
+                "own_layers.{name} has layer {l}, which a profile running layers {:?} never runs",
+                profile.layers
+            )));
+        }
+        self.own_layers.retain(|(p, _)| p != profile);
+        self.own_layers.push((profile.clone(), layers));
+        Ok(())
+    }
+
+    /// The parent layers `profile` runs a layer of its own for, ascending.
+    pub fn own_layers_of(&self, profile: &Profile) -> Vec<usize> {
+        self.own_layers
+            .iter()
+            .filter(|(p, _)| p == profile)
+            .flat_map(|(_, list)| list.iter().map(|(l, _)| *l))
+            .collect()
+    }
+
+    /// The layer `profile` runs as parent layer `l`: its own, else the parent's.
+    fn layer_for(&self, profile: &Profile, l: usize) -> &Layer {
+        self.own_layers
+            .iter()
+            .find(|(p, _)| p == profile)
+            .and_then(|(_, list)| list.iter().find(|(i, _)| *i == l))
+            .map_or(&self.layers[l], |(_, layer)| layer)
     }
 
     /// The bridges `profile` runs, in layer order (empty: none). An int8 model's are
@@ -887,7 +840,8 @@ impl BertModel {
         self.embeddings.forward(&mut ws, seqs, hidden, obs);
         for &l in &profile.layers {
             let bias = self.relative_bias.as_ref();
-            self.layers[l].forward(&mut ws, &spans, l, profile, bias, obs);
+            self.layer_for(profile, l)
+                .forward(&mut ws, &spans, l, profile, bias, obs);
             if let Some(bridge) = self.bridge_for(profile, l) {
                 let tokens = ws.tokens;
                 ws.tmp.resize(tokens * hidden, 0.0);

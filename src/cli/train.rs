@@ -48,6 +48,7 @@ pub(crate) fn train(config: &std::path::Path) -> Result<()> {
     match table.get("recipe").and_then(|v| v.as_str()) {
         Some("heads") => return train_heads(config),
         Some("distill") => return train_distill(config),
+        Some("children") => return train_children(config),
         _ => {}
     }
     super::heap::keep_freed_memory();
@@ -104,6 +105,25 @@ fn train_heads(config: &std::path::Path) -> Result<()> {
                 g.guard, g.profile, g.dim, g.spearman, g.rotation_spearman, g.plain_spearman
             );
         }
+    }
+    Ok(())
+}
+
+fn train_children(config: &std::path::Path) -> Result<()> {
+    let cfg = mrl_trainer::children::ChildrenConfig::load(config)?;
+    let progress = bar("children", cfg.steps as u64);
+    let summary = mrl_trainer::children::fit_children(&cfg, &progress)?;
+    progress.finish_and_clear();
+    eprintln!(
+        "trained {} steps ({} resumed) on {} texts in {:.0}s; checkpoint in {}",
+        summary.steps,
+        summary.resumed_at,
+        summary.texts,
+        summary.seconds,
+        cfg.out.join("model").display()
+    );
+    for (name, own, check) in &summary.children {
+        println!("{name}: {own} own parameters; held-out check {check}");
     }
     Ok(())
 }

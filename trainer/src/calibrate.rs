@@ -227,6 +227,7 @@ pub(crate) fn named(
         head: None,
         aligned_with: Vec::new(),
         bridges: None,
+        own_layers: None,
     }
 }
 

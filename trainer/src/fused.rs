@@ -62,7 +62,12 @@ fn rows_of(shape: &Shape, width: usize, op: &str) -> Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // Linear
 
-struct Linear;
+struct Linear {
+    /// Whether the backward pass computes the weight's gradient: a frozen weight (the
+    /// parent's, under a child's own low-rank delta) skips that product, a third of the
+    /// layer's backward FLOPs.
+    weight_grad: bool,
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -124,7 +129,7 @@ impl CustomOp3 for Linear {
                     let (live_out, live_in) = (live_columns(g, out), live_columns(xv, inp));
                     let g_mat = MatRef::rows(g, rows, live_out, out);
                     let mut dx = vec![0f32; rows * inp];
-                    let mut dw = vec![0f32; out * inp];
+                    let mut dw = vec![0f32; if self.weight_grad { out * inp } else { 0 }];
                     if live_out > 0 {
                         kernels::matmul(
                             &mut dx,
@@ -136,7 +141,7 @@ impl CustomOp3 for Linear {
                             threads(),
                         );
                     }
-                    if live_out > 0 && live_in > 0 {
+                    if self.weight_grad && live_out > 0 && live_in > 0 {
                         kernels::matmul(
                             &mut dw,
                             inp,
@@ -151,9 +156,13 @@ impl CustomOp3 for Linear {
                 })
             })
         })?;
+        let dw = match self.weight_grad {
+            true => Some(tensor(dw, w.shape(), w)?),
+            false => None,
+        };
         Ok((
             Some(tensor(dx, x.shape(), x)?),
-            Some(tensor(dw, w.shape(), w)?),
+            dw,
             Some(Tensor::from_vec(db, out, w.device())?),
         ))
     }
@@ -208,7 +217,19 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3_arc(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        Arc::new(Box::new(Linear)),
+        Arc::new(Box::new(Linear { weight_grad: true })),
+    )
+}
+
+/// [`linear`] with a frozen `weight`: the backward pass gives `x` and `bias` their
+/// gradients and skips the weight's.
+///
+/// Errors: as [`linear`].
+pub fn linear_frozen(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_arc(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        Arc::new(Box::new(Linear { weight_grad: false })),
     )
 }
 

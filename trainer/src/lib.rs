@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod bridge;
 pub mod calibrate;
+pub mod children;
 pub mod curriculum;
 pub mod data;
 pub mod dev;

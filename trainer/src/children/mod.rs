@@ -1,0 +1,657 @@
+//! The children recipe (`recipe = "children"` in `mrl train --config FILE`): a family's
+//! sub-encoders learn end to end from their frozen parent on generic text, so the layers a
+//! child keeps learn to do the work of the ones it skips.
+//!
+//! Invariants:
+//! - The parent's tensors never change: a child trains only what it alone runs (low-rank
+//!   deltas on its layers' dense weights, its own biases and LayerNorms, its bridges and its
+//!   head; `student`), so `full` stays exactly the parent.
+//! - Label-free and zero-shot: the teacher is the full profile's own vector (at every nested
+//!   prefix) and the pairs are generic title → body pairs; a path naming a dev set is refused
+//!   (`distill::check_zero_shot`).
+//! - Resumable: the state (variables, AdamW moments, step) is written every
+//!   `checkpoint_every` steps, and a step's batch is a function of the seed and the step, so
+//!   a killed run resumes on the same trajectory; the teacher's vectors are cached once.
+//!
+//! Loss per child and nested dim `m` (weights `dim_weights`), on a batch of passages and
+//! pairs, with `S` the child's and `T` the full profile's vectors cut to `m`, the sum of
+//! `cosine · (1 − cos(S, T))`, `kl · KL(softmax(TTᵀ/τ) ‖ softmax(SSᵀ/τ))` (its own index),
+//! `cross · KL(softmax(TTᵀ/τ) ‖ softmax(STᵀ/τ))` (its queries against full documents) and
+//! `info_nce · ½ (InfoNCE(S_q, S_p) + InfoNCE(S_q, T_p))` on the pairs (van den Oord et al.,
+//! 2018; per nested dim as Matryoshka representation learning, Kusupati et al., 2022).
+//! Sequences run up to `short_tokens` first, then up to the model's maximum (the length
+//! curriculum of Nemotron Elastic).
+
+mod student;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use mrl_encoder::{Embedder, Profile};
+
+use crate::distill::check_zero_shot;
+use crate::family::held;
+use crate::fused::Spans;
+use crate::loss::{info_nce, log_softmax, normalize_rows};
+use crate::metrics::MetricsLog;
+use crate::optim::{clip_factor, grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW};
+use crate::router::Rng;
+use crate::{Result, TrainerError};
+
+pub use student::{ChildStudent, OwnSettings};
+
+/// The recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildrenConfig {
+    /// Always `"children"`.
+    pub recipe: String,
+    /// The family to start from (its sub-encoders' bridges and heads are the start).
+    pub parent: PathBuf,
+    /// The run folder: `teacher/`, `state/`, `metrics.jsonl`, `model/`.
+    pub out: PathBuf,
+    pub seed: u64,
+    /// The children that train, by name.
+    pub profiles: Vec<String>,
+    /// Nested sizes the losses see, with one weight each.
+    pub nested_dims: Vec<usize>,
+    pub dim_weights: Vec<f64>,
+    /// Unlabeled passages (JSONL texts), at most `passage_limit` of them drawn evenly.
+    pub passages: PathBuf,
+    pub passage_limit: usize,
+    /// Title → body pairs (JSONL `{query, positive}`).
+    pub pairs: PathBuf,
+    /// Every `holdout`-th pair (by a seeded hash of its query) is kept out for the checks.
+    pub holdout: usize,
+    /// Rank of the low-rank deltas.
+    pub rank: usize,
+    #[serde(default)]
+    pub train_first_layer: bool,
+    pub steps: usize,
+    /// Passages per step.
+    pub batch_passages: usize,
+    /// Pairs per step (two texts each).
+    pub batch_pairs: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip: f64,
+    /// Tokens per text in the first stage.
+    pub short_tokens: usize,
+    /// The share of the steps run at `short_tokens`; the rest run at the model's maximum.
+    pub short_share: f64,
+    pub temperature: f64,
+    pub cosine: f64,
+    pub kl: f64,
+    pub cross: f64,
+    pub info_nce: f64,
+    pub checkpoint_every: usize,
+    pub eval_every: usize,
+    /// Held-out pairs a check reads.
+    pub checks: usize,
+}
+
+impl ChildrenConfig {
+    /// Reads and checks a recipe file.
+    ///
+    /// Errors: `Io`, `Invalid` (not TOML of this shape, or `validate`'s).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+        let cfg: Self = toml::from_str(&text)
+            .map_err(|e| TrainerError::Invalid(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(TrainerError::Invalid(m.to_string()));
+        if self.recipe != "children" {
+            return bad("recipe must be \"children\"");
+        }
+        if self.nested_dims.is_empty() || self.nested_dims.len() != self.dim_weights.len() {
+            return bad("one dim weight per nested dim");
+        }
+        if self.profiles.is_empty() || self.steps == 0 || self.batch_pairs < 2 {
+            return bad("children, steps and at least two pairs per step are needed");
+        }
+        if !(0.0..=1.0).contains(&self.short_share) || self.rank == 0 || self.holdout < 2 {
+            return bad("short_share in [0, 1], rank ≥ 1, holdout ≥ 2");
+        }
+        check_zero_shot(&self.passages)?;
+        check_zero_shot(&self.pairs)
+    }
+
+    fn short_steps(&self) -> usize {
+        (self.steps as f64 * self.short_share).round() as usize
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildrenSummary {
+    pub seconds: f64,
+    pub steps: usize,
+    pub resumed_at: usize,
+    pub texts: usize,
+    /// Per child: its own parameters, and the last check.
+    pub children: Vec<(String, usize, serde_json::Value)>,
+}
+
+/// The training texts: passages, then the pairs' queries, then their positives (as token
+/// ids at the model's maximum), and the held-out pairs.
+struct Texts {
+    tokens: Vec<Vec<u32>>,
+    passages: usize,
+    pairs: usize,
+    held: Vec<(Vec<u32>, Vec<u32>)>,
+}
+
+fn load_texts(cfg: &ChildrenConfig, embedder: &Embedder) -> Result<Texts> {
+    let passages =
+        crate::data::sample_texts(std::slice::from_ref(&cfg.passages), cfg.passage_limit)?;
+    let pairs = crate::data::jsonl_pairs(&cfg.pairs)?;
+    let (held_pairs, train): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|p| held(&p.query, cfg.seed, cfg.holdout));
+    let tok = embedder.tokenizer();
+    let mut texts: Vec<String> = passages;
+    let n_passages = texts.len();
+    texts.extend(train.iter().map(|p| p.query.clone()));
+    texts.extend(train.iter().map(|p| p.positive.clone()));
+    let tokens = tok.encode(&texts)?;
+    let held: Vec<(Vec<u32>, Vec<u32>)> = held_pairs
+        .iter()
+        .take(cfg.checks)
+        .map(|p| {
+            let t = tok.encode(&[p.query.as_str(), p.positive.as_str()])?;
+            Ok((t[0].clone(), t[1].clone()))
+        })
+        .collect::<Result<_>>()?;
+    if train.len() < cfg.batch_pairs || held.len() < 20 {
+        return Err(TrainerError::Invalid(format!(
+            "{} training and {} held-out pairs: too few",
+            train.len(),
+            held.len()
+        )));
+    }
+    Ok(Texts {
+        tokens,
+        passages: n_passages,
+        pairs: train.len(),
+        held,
+    })
+}
+
+/// `ids` cut to `max` tokens, its last (the separator) kept last.
+fn truncate(ids: &[u32], max: usize) -> Vec<u32> {
+    if ids.len() <= max || max < 2 {
+        return ids.to_vec();
+    }
+    let mut out = ids[..max - 1].to_vec();
+    out.push(ids[ids.len() - 1]);
+    out
+}
+
+/// The full profile's vectors of `seqs`, appended chunk by chunk to `path` (keyed by the
+/// weights and the token ids), so a killed run resumes and a second costs nothing.
+fn teacher(
+    embedder: &Embedder,
+    seqs: &[Vec<u32>],
+    dir: &Path,
+    weights: &str,
+    progress: &ProgressBar,
+) -> Result<Vec<Vec<f32>>> {
+    const CHUNK: usize = 512;
+    let full = Profile::full(embedder.config());
+    let width = embedder.model().output_width(&full);
+    let mut h = Sha256::new();
+    h.update(weights.as_bytes());
+    for s in seqs {
+        h.update((s.len() as u64).to_le_bytes());
+        s.iter().for_each(|t| h.update(t.to_le_bytes()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let path = dir.join(format!("{:x}.f32", h.finalize()));
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(&path) {
+        f.read_to_end(&mut bytes)
+            .map_err(|e| TrainerError::io(&path, e))?;
+    }
+    let mut out: Vec<Vec<f32>> = bytes
+        .chunks_exact(width * 4)
+        .take(seqs.len())
+        .map(|r| {
+            r.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| TrainerError::io(&path, e))?;
+    file.set_len((out.len() * width * 4) as u64)
+        .map_err(|e| TrainerError::io(&path, e))?;
+    progress.set_length(seqs.len() as u64);
+    progress.set_position(out.len() as u64);
+    while out.len() < seqs.len() {
+        let chunk = &seqs[out.len()..(out.len() + CHUNK).min(seqs.len())];
+        let vectors = embedder.embed_tokens(chunk, &full, mrl_encoder::DEFAULT_BATCH_SIZE)?;
+        let raw: Vec<u8> = vectors
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        file.write_all(&raw)
+            .map_err(|e| TrainerError::io(&path, e))?;
+        progress.inc(vectors.len() as u64);
+        out.extend(vectors);
+    }
+    Ok(out)
+}
+
+/// The packed batch of `seqs`: ids, positions `[N]`, spans, pooling matrix `[B, N]`.
+fn packed(seqs: &[Vec<u32>]) -> Result<(Tensor, Tensor, Arc<Spans>, Tensor)> {
+    match crate::student::Batch::new(seqs, crate::student::Kernels::Fused, &Device::Cpu)? {
+        crate::student::Batch::Packed {
+            ids,
+            positions,
+            spans,
+            pool,
+        } => Ok((ids, positions, spans, pool)),
+        crate::student::Batch::Padded { .. } => Err(TrainerError::Invalid(
+            "a fused batch came back padded".into(),
+        )),
+    }
+}
+
+/// `KL(softmax(teacher) ‖ softmax(student))` of logits, averaged over rows.
+fn kl_rows(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
+    let log_t = log_softmax(&teacher.detach())?;
+    let log_s = log_softmax(student)?;
+    Ok((log_t.exp()? * (log_t - log_s)?)?
+        .sum(D::Minus1)?
+        .mean_all()?)
+}
+
+/// One child's loss on a batch: `s`, `t` `[B, width]` (rows: passages, then `pairs`
+/// queries, then their positives).
+fn child_loss(cfg: &ChildrenConfig, s: &Tensor, t: &Tensor, pairs: usize) -> Result<Tensor> {
+    let b = s.dims2()?.0;
+    let q0 = b - 2 * pairs;
+    let total: f64 = cfg.dim_weights.iter().sum();
+    let tau = cfg.temperature;
+    let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+    for (&m, &w) in cfg.nested_dims.iter().zip(&cfg.dim_weights) {
+        let sm = normalize_rows(&s.narrow(1, 0, m)?)?;
+        let tm = normalize_rows(&t.narrow(1, 0, m)?.detach())?;
+        let cos = (1.0 - (&sm * &tm)?.sum(1)?.mean_all()?)?;
+        let tt = (tm.matmul(&tm.t()?)? / tau)?;
+        let kl = kl_rows(&tt, &(sm.matmul(&sm.t()?)? / tau)?)?;
+        let cross = kl_rows(&tt, &(sm.matmul(&tm.t()?)? / tau)?)?;
+        let q = sm.narrow(0, q0, pairs)?;
+        let nce = ((info_nce(&q, &sm.narrow(0, q0 + pairs, pairs)?, tau)?
+            + info_nce(&q, &tm.narrow(0, q0 + pairs, pairs)?, tau)?)?
+            * 0.5)?;
+        let term =
+            ((cos * cfg.cosine)? + (kl * cfg.kl)? + (cross * cfg.cross)? + (nce * cfg.info_nce)?)?;
+        loss = (loss + (term * (w / total))?)?;
+    }
+    Ok(loss)
+}
+
+/// The text indices of step `step`: passages and pairs each drawn from a seeded shuffle per
+/// epoch, so the batch is a function of the seed and the step alone.
+fn batch_of(cfg: &ChildrenConfig, texts: &Texts, step: usize) -> Vec<usize> {
+    let pick = |n: usize, per: usize, salt: u64| -> Vec<usize> {
+        if n == 0 || per == 0 {
+            return Vec::new();
+        }
+        let per_epoch = (n / per).max(1);
+        let (epoch, k) = (step / per_epoch, step % per_epoch);
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = Rng::new(cfg.seed ^ salt ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
+        for i in (1..n).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        order[k * per % n..]
+            .iter()
+            .chain(&order)
+            .take(per)
+            .copied()
+            .collect()
+    };
+    let mut out: Vec<usize> = pick(texts.passages, cfg.batch_passages, 1);
+    let pairs = pick(texts.pairs, cfg.batch_pairs, 2);
+    out.extend(pairs.iter().map(|&p| texts.passages + p));
+    out.extend(pairs.iter().map(|&p| texts.passages + texts.pairs + p));
+    out
+}
+
+/// Held-out checks of one child: for each nested dim, recall@1 of its queries against the
+/// full profile's positives and against its own, and its mean cosine to the full vectors.
+fn check(
+    child: &ChildStudent,
+    texts: &Texts,
+    held_teacher: &[Vec<f32>],
+    dims: &[usize],
+) -> Result<serde_json::Value> {
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    let seqs: Vec<Vec<u32>> = texts
+        .held
+        .iter()
+        .map(|(q, _)| q.clone())
+        .chain(texts.held.iter().map(|(_, p)| p.clone()))
+        .collect();
+    for chunk in seqs.chunks(64) {
+        let (ids, pos, spans, pool) = packed(chunk)?;
+        rows.extend(child.forward(&ids, &pos, &spans, &pool)?.to_vec2::<f32>()?);
+    }
+    let n = texts.held.len();
+    let s = Tensor::new(rows, &Device::Cpu)?;
+    let t = Tensor::new(held_teacher.to_vec(), &Device::Cpu)?;
+    let mut out = serde_json::Map::new();
+    for &m in dims {
+        let sm = normalize_rows(&s.narrow(1, 0, m)?)?;
+        let tm = normalize_rows(&t.narrow(1, 0, m)?)?;
+        let q = sm.narrow(0, 0, n)?;
+        let recall = |docs: &Tensor| -> Result<f64> {
+            let best: Vec<u32> = q.matmul(&docs.t()?)?.argmax(D::Minus1)?.to_vec1()?;
+            Ok(best
+                .iter()
+                .enumerate()
+                .filter(|(i, &b)| *i == b as usize)
+                .count() as f64
+                / n as f64)
+        };
+        let cos: f32 = (&sm * &tm)?.sum(1)?.mean_all()?.to_scalar()?;
+        out.insert(
+            m.to_string(),
+            serde_json::json!({
+                "recall_at_1_vs_full": recall(&tm.narrow(0, n, n)?)?,
+                "recall_at_1_own": recall(&sm.narrow(0, n, n)?)?,
+                "cosine_to_full": cos,
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+/// Runs the recipe: the teacher's vectors (cached), then `steps` AdamW steps of every child
+/// on the same batches, a check every `eval_every`, state every `checkpoint_every`; writes
+/// `out/model`, the parent's folder with the children's own tensors and `own_layers` in
+/// `mrl.json`. Alignment is never declared here: `mrl judge` earns it.
+///
+/// Errors: the recipe's, the data's, the encoder's and I/O errors.
+pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<ChildrenSummary> {
+    let start = Instant::now();
+    cfg.validate()?;
+    let embedder = Embedder::load(&cfg.parent)?;
+    let manifest = embedder
+        .manifest()
+        .cloned()
+        .ok_or_else(|| TrainerError::Invalid(format!("{}: no mrl.json", cfg.parent.display())))?;
+    let bert = embedder.config().clone();
+    let width = embedder.model().output_width(&Profile::full(&bert));
+    if let Some(&m) = cfg.nested_dims.iter().find(|&&m| m > width) {
+        return Err(TrainerError::Invalid(format!(
+            "nested dim {m} past the width {width}"
+        )));
+    }
+    progress.set_message("reading texts");
+    let texts = load_texts(cfg, &embedder)?;
+    let weights_path = cfg.parent.join("model.safetensors");
+    let weights = mrl_encoder::fetch::sha256_file(&weights_path)?;
+    let max = embedder.tokenizer().max_len();
+    let short: Vec<Vec<u32>> = texts
+        .tokens
+        .iter()
+        .map(|t| truncate(t, cfg.short_tokens))
+        .collect();
+    let teacher_dir = cfg.out.join("teacher");
+    progress.set_message("teacher: short texts");
+    let t_short = teacher(&embedder, &short, &teacher_dir, &weights, progress)?;
+    let long_ids: Vec<usize> = (0..texts.tokens.len())
+        .filter(|&i| texts.tokens[i].len() > cfg.short_tokens)
+        .collect();
+    progress.set_message("teacher: long texts");
+    let long_seqs: Vec<Vec<u32>> = long_ids.iter().map(|&i| texts.tokens[i].clone()).collect();
+    let long_rows = teacher(&embedder, &long_seqs, &teacher_dir, &weights, progress)?;
+    let mut t_long = t_short.clone();
+    for (&i, row) in long_ids.iter().zip(long_rows) {
+        t_long[i] = row;
+    }
+    let held_seqs: Vec<Vec<u32>> = texts
+        .held
+        .iter()
+        .map(|(q, _)| q.clone())
+        .chain(texts.held.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let held_teacher = teacher(&embedder, &held_seqs, &teacher_dir, &weights, progress)?;
+
+    let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+    let mut rng = Rng::new(cfg.seed);
+    let own = OwnSettings {
+        rank: cfg.rank,
+        train_first_layer: cfg.train_first_layer,
+    };
+    let mut children = Vec::new();
+    for name in &cfg.profiles {
+        let p = manifest
+            .profile(name)
+            .ok_or_else(|| TrainerError::Invalid(format!("the parent has no profile {name:?}")))?;
+        let head_name = format!("heads.{}", p.head.as_deref().unwrap_or(name));
+        let head_w = tensors
+            .get(&format!("{head_name}.weight"))
+            .or_else(|| tensors.get("head.weight"))
+            .ok_or_else(|| TrainerError::Invalid(format!("{name}: no head")))?
+            .to_dtype(DType::F32)?;
+        let head_b = tensors
+            .get(&format!("{head_name}.bias"))
+            .or_else(|| tensors.get("head.bias"))
+            .ok_or_else(|| TrainerError::Invalid(format!("{name}: no head bias")))?
+            .to_dtype(DType::F32)?;
+        let bridges = embedder.model().bridges_of(&p.profile);
+        children.push(ChildStudent::new(
+            name,
+            &p.profile,
+            &bert,
+            &tensors,
+            &bridges,
+            (head_w, head_b),
+            own,
+            &mut rng,
+        )?);
+    }
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| TrainerError::io(&cfg.out, e))?;
+    let state_dir = cfg.out.join("state");
+    std::fs::create_dir_all(&state_dir).map_err(|e| TrainerError::io(&state_dir, e))?;
+    let key = {
+        let mut h = Sha256::new();
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        h.update(serde_json::to_vec(cfg).map_err(|e| TrainerError::Invalid(e.to_string()))?);
+        h.update(weights.as_bytes());
+        format!("{:x}", h.finalize())
+    };
+    let mut opts: Vec<AdamW> = children
+        .iter()
+        .map(|_| AdamW::new(cfg.weight_decay))
+        .collect();
+    let step_file = state_dir.join("step.json");
+    let mut resumed_at = 0;
+    if let Ok(text) = std::fs::read_to_string(&step_file) {
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["key"] == key {
+            resumed_at = v["step"].as_u64().unwrap_or(0) as usize;
+            for (c, o) in children.iter().zip(&mut opts) {
+                load_checkpoint(
+                    &state_dir.join(format!("{}.safetensors", c.name)),
+                    c.params(),
+                    o,
+                )?;
+            }
+        }
+    }
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"), |v| {
+        v["step"]
+            .as_u64()
+            .is_some_and(|s| (s as usize) < resumed_at)
+            && resumed_at > 0
+    })?;
+    let save = |step: usize, children: &[ChildStudent], opts: &[AdamW]| -> Result<()> {
+        for (c, o) in children.iter().zip(opts) {
+            save_checkpoint(
+                &state_dir.join(format!("{}.safetensors", c.name)),
+                c.params(),
+                o,
+            )?;
+        }
+        let tmp = step_file.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::json!({"key": key, "step": step}).to_string(),
+        )
+        .map_err(|e| TrainerError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &step_file).map_err(|e| TrainerError::io(&step_file, e))
+    };
+
+    progress.set_message("training");
+    progress.set_length(cfg.steps as u64);
+    progress.set_position(resumed_at as u64);
+    let mut last_checks = vec![serde_json::Value::Null; children.len()];
+    if resumed_at == 0 {
+        // Where the children start: the family the recipe reads.
+        let mut line = serde_json::json!({"step": 0, "start": true});
+        for c in &children {
+            line[format!("{}_check", c.name)] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+        }
+        log.write(&line)?;
+    }
+    for step in resumed_at..cfg.steps {
+        let step_start = Instant::now();
+        let short_stage = step < cfg.short_steps();
+        let idx = batch_of(cfg, &texts, step);
+        let seqs: Vec<Vec<u32>> = idx
+            .iter()
+            .map(|&i| match short_stage {
+                true => short[i].clone(),
+                false => texts.tokens[i].clone(),
+            })
+            .collect();
+        let rows: Vec<Vec<f32>> = idx
+            .iter()
+            .map(|&i| match short_stage {
+                true => t_short[i].clone(),
+                false => t_long[i].clone(),
+            })
+            .collect();
+        let t = Tensor::new(rows, &Device::Cpu)?;
+        let (ids, pos, spans, pool) = packed(&seqs)?;
+        let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
+        let mut line = serde_json::json!({"step": step, "lr": lr, "tokens": if short_stage { cfg.short_tokens } else { max }});
+        for (c, o) in children.iter().zip(&mut opts) {
+            let s = c.forward(&ids, &pos, &spans, &pool)?;
+            let loss = child_loss(cfg, &s, &t, cfg.batch_pairs)?;
+            let grads = loss.backward()?;
+            let norm = grad_norm(c.params(), &grads)?;
+            o.update(c.params(), &grads, lr, clip_factor(norm, cfg.clip))?;
+            line[&c.name] = serde_json::json!({
+                "loss": loss.to_scalar::<f32>()?,
+                "grad_norm": norm,
+            });
+        }
+        let done = step + 1;
+        if done % cfg.eval_every == 0 || done == cfg.steps {
+            for (k, c) in children.iter().enumerate() {
+                last_checks[k] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+                line[format!("{}_check", c.name)] = last_checks[k].clone();
+            }
+        }
+        line["seconds"] = serde_json::json!(step_start.elapsed().as_secs_f64());
+        log.write(&line)?;
+        if done % cfg.checkpoint_every == 0 || done == cfg.steps {
+            save(done, &children, &opts)?;
+        }
+        progress.set_position(done as u64);
+    }
+    if last_checks.iter().any(serde_json::Value::is_null) {
+        for (k, c) in children.iter().enumerate() {
+            last_checks[k] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+        }
+    }
+    progress.set_message("writing the checkpoint");
+    write_model(cfg, &manifest, tensors, &children, &last_checks)?;
+    Ok(ChildrenSummary {
+        seconds: start.elapsed().as_secs_f64(),
+        steps: cfg.steps,
+        resumed_at,
+        texts: texts.tokens.len(),
+        children: children
+            .iter()
+            .zip(last_checks)
+            .map(|(c, v)| (c.name.clone(), c.own_params(), v))
+            .collect(),
+    })
+}
+
+/// `out/model`: the parent's folder with the children's tensors in its weights and
+/// `own_layers` set on their profiles in `mrl.json`; alignments are dropped (the judge earns
+/// them again).
+fn write_model(
+    cfg: &ChildrenConfig,
+    manifest: &mrl_encoder::manifest::Manifest,
+    mut tensors: HashMap<String, Tensor>,
+    children: &[ChildStudent],
+    checks: &[serde_json::Value],
+) -> Result<()> {
+    // The children's tensors are stored as the parent's are (f16 in the shipped default).
+    let dtype = tensors
+        .get("embeddings.word_embeddings.weight")
+        .map_or(DType::F32, Tensor::dtype);
+    for c in children {
+        for (name, t) in c.export()? {
+            tensors.insert(name, t.to_dtype(dtype)?);
+        }
+    }
+    let mut out = manifest.clone();
+    for p in &mut out.profiles {
+        p.aligned_with.clear();
+        if let Some(c) = children.iter().find(|c| c.name == p.name) {
+            p.own_layers = Some(c.name.clone());
+        }
+    }
+    out.provenance = serde_json::json!({
+        "trained_from": cfg.parent,
+        "method": "children distilled end to end from the frozen parent on generic text: low-rank deltas, own biases and LayerNorms on the layers each child runs, its bridges and head (trainer/src/children)",
+        "recipe": cfg,
+        "held_out": children.iter().zip(checks).map(|(c, v)| (c.name.clone(), v.clone())).collect::<HashMap<_, _>>(),
+        "own_params": children.iter().map(|c| (c.name.clone(), c.own_params())).collect::<HashMap<_, _>>(),
+        "parent_provenance": manifest.provenance,
+    });
+    let model_dir = cfg.out.join("model");
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir).map_err(|e| TrainerError::io(&model_dir, e))?;
+    }
+    crate::calibrate::write_checkpoint(&cfg.parent, &model_dir, &tensors, &out)?;
+    // What the parent's folder said about its own making and judging is not this model's.
+    // (The recipe is in `mrl.json`'s provenance.)
+    for stale in ["judge.json", "training-log.jsonl", "recipe.toml"] {
+        let path = model_dir.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| TrainerError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
