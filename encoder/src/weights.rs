@@ -135,8 +135,10 @@ const OWN_PARTS: [&str; 4] = ["lora_a", "lora_b", "weight", "bias"];
 impl Weights {
     /// The layers profiles own, by profile name and parent layer index: each a copy of the
     /// parent's layer tensors with the profile's changes applied. In the checkpoint they are
-    /// `own_layers.NAME.X.lora_a` (`r × in`) with `own_layers.NAME.X.lora_b` (`out × r`), a low-rank
-    /// delta added to the parent's `X.weight` (`W + B·A`, as LoRA merges; Hu et al., 2021),
+    /// `own_layers.NAME.X.lora_a` (`r × in`) with `own_layers.NAME.X.lora_b` (`out × r`), a
+    /// low-rank delta added to the parent's `X.weight` (`W + B·A`, as LoRA merges; Hu et al.,
+    /// 2021) or, narrower, to its leading `out × in` block (a child's prefix of heads or FFN
+    /// neurons),
     /// and `own_layers.NAME.X.weight` / `.bias`, which replace the parent's (a norm's scale, a
     /// bias). `X` is a parent tensor name inside `encoder.layer.L.`; the parent's own tensors
     /// are never changed, so the full profile stays the parent.
@@ -197,13 +199,18 @@ impl Weights {
                         .get(&wkey)
                         .ok_or_else(|| bad(format!("{key}: the parent has no {wkey}")))?;
                     let delta = b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)?;
-                    if delta.dims() != parent.dims() {
+                    // A narrowed child's delta covers the block of its prefix of heads or
+                    // neurons: the rest of the weight is the parent's (it never runs it).
+                    let ((o, n), (out, inp)) = (delta.dims2()?, parent.dims2()?);
+                    if o > out || n > inp {
                         return Err(bad(format!(
-                            "{key}: B·A is {:?}, {wkey} {:?}",
-                            delta.dims(),
-                            parent.dims()
+                            "{key}: B·A is {o} × {n}, wider than {wkey}'s {out} × {inp}"
                         )));
                     }
+                    let delta =
+                        delta
+                            .pad_with_zeros(0, 0, out - o)?
+                            .pad_with_zeros(1, 0, inp - n)?;
                     let merged = (parent.to_dtype(DType::F32)? + delta)?;
                     w.tensors.insert(wkey, merged);
                 }

@@ -42,7 +42,9 @@ use crate::family::held;
 use crate::fused::Spans;
 use crate::loss::{info_nce, log_softmax, normalize_rows};
 use crate::metrics::MetricsLog;
-use crate::optim::{clip_factor, grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW};
+use crate::optim::{
+    clip_factor, grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW, Params,
+};
 use crate::router::Rng;
 use crate::{Result, TrainerError};
 
@@ -80,7 +82,12 @@ pub struct ChildrenConfig {
     pub batch_passages: usize,
     /// Pairs per step (two texts each).
     pub batch_pairs: usize,
+    /// Peak learning rate of the low-rank deltas (warmup, then cosine to 0).
     pub lr: f64,
+    /// Peak learning rate of everything else a child owns (head, bridges, norms, biases),
+    /// which starts fitted: an AdamW step moves every weight by about the rate, so a rate
+    /// fit for a delta starting at zero scatters a fitted 384 × 384 map.
+    pub lr_own: f64,
     pub warmup: usize,
     #[serde(default)]
     pub weight_decay: f64,
@@ -485,22 +492,25 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         h.update(weights.as_bytes());
         format!("{:x}", h.finalize())
     };
-    let mut opts: Vec<AdamW> = children
+    // Per child, one AdamW per parameter group (its deltas; everything else it owns), each
+    // with its own rate.
+    let mut opts: Vec<[AdamW; 2]> = children
         .iter()
-        .map(|_| AdamW::new(cfg.weight_decay))
+        .map(|_| [AdamW::new(cfg.weight_decay), AdamW::new(cfg.weight_decay)])
         .collect();
+    let groups: Vec<[Params; 2]> = children.iter().map(ChildStudent::groups).collect();
+    let state_file =
+        |c: &ChildStudent, g: usize| state_dir.join(format!("{}.{g}.safetensors", c.name));
     let step_file = state_dir.join("step.json");
     let mut resumed_at = 0;
     if let Ok(text) = std::fs::read_to_string(&step_file) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if v["key"] == key {
             resumed_at = v["step"].as_u64().unwrap_or(0) as usize;
-            for (c, o) in children.iter().zip(&mut opts) {
-                load_checkpoint(
-                    &state_dir.join(format!("{}.safetensors", c.name)),
-                    c.params(),
-                    o,
-                )?;
+            for ((c, o), g) in children.iter().zip(&mut opts).zip(&groups) {
+                for k in 0..2 {
+                    load_checkpoint(&state_file(c, k), &g[k], &mut o[k])?;
+                }
             }
         }
     }
@@ -510,13 +520,11 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
             .is_some_and(|s| (s as usize) < resumed_at)
             && resumed_at > 0
     })?;
-    let save = |step: usize, children: &[ChildStudent], opts: &[AdamW]| -> Result<()> {
-        for (c, o) in children.iter().zip(opts) {
-            save_checkpoint(
-                &state_dir.join(format!("{}.safetensors", c.name)),
-                c.params(),
-                o,
-            )?;
+    let save = |step: usize, children: &[ChildStudent], opts: &[[AdamW; 2]]| -> Result<()> {
+        for ((c, o), g) in children.iter().zip(opts).zip(&groups) {
+            for k in 0..2 {
+                save_checkpoint(&state_file(c, k), &g[k], &o[k])?;
+            }
         }
         let tmp = step_file.with_extension("tmp");
         std::fs::write(
@@ -561,12 +569,15 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         let (ids, pos, spans, pool) = packed(&seqs)?;
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
         let mut line = serde_json::json!({"step": step, "lr": lr, "tokens": if short_stage { cfg.short_tokens } else { max }});
-        for (c, o) in children.iter().zip(&mut opts) {
+        let lr_own = lr * cfg.lr_own / cfg.lr;
+        for ((c, o), g) in children.iter().zip(&mut opts).zip(&groups) {
             let s = c.forward(&ids, &pos, &spans, &pool)?;
             let loss = child_loss(cfg, &s, &t, cfg.batch_pairs)?;
             let grads = loss.backward()?;
             let norm = grad_norm(c.params(), &grads)?;
-            o.update(c.params(), &grads, lr, clip_factor(norm, cfg.clip))?;
+            let clip = clip_factor(norm, cfg.clip);
+            o[0].update(&g[0], &grads, lr, clip)?;
+            o[1].update(&g[1], &grads, lr_own, clip)?;
             line[&c.name] = serde_json::json!({
                 "loss": loss.to_scalar::<f32>()?,
                 "grad_norm": norm,

@@ -41,8 +41,8 @@ struct Dense {
     weight: Tensor,
     bias: Tensor,
     delta: Option<(Tensor, Tensor)>,
-    /// The parent's full `(out, in)`: exported deltas and biases are padded back to it.
-    parent_shape: (usize, usize),
+    /// The parent's outputs: an exported bias is padded back to them.
+    parent_outputs: usize,
 }
 
 impl Dense {
@@ -154,7 +154,7 @@ impl ChildStudent {
                 let pname = format!("{base}.{part}");
                 let w = get(tensors, &format!("{pname}.weight"))?;
                 let b = get(tensors, &format!("{pname}.bias"))?;
-                let (out, inp) = w.dims2()?;
+                let out = w.dims2()?.0;
                 let narrow = if part.starts_with("attention") {
                     attn
                 } else {
@@ -191,7 +191,7 @@ impl ChildStudent {
                     weight: w.contiguous()?,
                     bias,
                     delta,
-                    parent_shape: (out, inp),
+                    parent_outputs: out,
                 });
             }
             let mut norms = Vec::new();
@@ -262,6 +262,17 @@ impl ChildStudent {
         &self.params
     }
 
+    /// The variables in two groups: the low-rank deltas, and everything else (which starts
+    /// fitted), each sorted by name.
+    pub fn groups(&self) -> [Params; 2] {
+        let (deltas, rest) = self
+            .params
+            .iter()
+            .cloned()
+            .partition(|(n, _)| n.ends_with(".lora_a") || n.ends_with(".lora_b"));
+        [deltas, rest]
+    }
+
     /// Parameters the child owns (its variables' elements).
     pub fn own_params(&self) -> usize {
         self.params.iter().map(|(_, v)| v.elem_count()).sum()
@@ -302,23 +313,20 @@ impl ChildStudent {
     }
 
     /// The tensors the child adds to (or replaces in) the checkpoint: its own layers'
-    /// deltas (`B` scaled by nothing: the delta is `B·A`), biases and norms padded back to
-    /// the parent's shapes, its bridges and its head.
+    /// deltas (the delta is `B·A`, over the child's slice of the weight), biases and norms
+    /// at the parent's shapes, its bridges and its head.
     pub fn export(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         let own = |pname: &str| format!("own_layers.{}.{pname}", self.name);
         for layer in self.layers.iter().filter(|l| l.trained) {
             for (d, (_, rows)) in layer.dense.iter().zip(DENSE) {
-                let (out_full, in_full) = d.parent_shape;
-                let (o, n) = d.weight.dims2()?;
+                let out_full = d.parent_outputs;
+                let o = d.weight.dims2()?.0;
                 if let Some((a, b)) = &d.delta {
-                    let (a, b) = (a.detach(), b.detach());
-                    let (a, b) = match rows {
-                        true => (a, b.pad_with_zeros(0, 0, out_full - o)?),
-                        false => (a.pad_with_zeros(1, 0, in_full - n)?, b),
-                    };
-                    out.push((format!("{}.lora_a", own(&d.name)), a));
-                    out.push((format!("{}.lora_b", own(&d.name)), b));
+                    // Unpadded: the encoder adds a narrowed `B·A` to the weight's leading
+                    // block.
+                    out.push((format!("{}.lora_a", own(&d.name)), a.detach()));
+                    out.push((format!("{}.lora_b", own(&d.name)), b.detach()));
                 }
                 let bias = d.bias.detach();
                 let bias = match rows {
