@@ -9,6 +9,10 @@ use crate::config::{read_json, BertConfig};
 use crate::error::{EncoderError, Result};
 use crate::profile::Profile;
 
+/// The newest manifest format: 2 adds profiles' `own_layers`, which a build reading only 1
+/// would skip, running a child's head and bridges over the parent's layers.
+pub const FORMAT: u32 = 2;
+
 /// The file an elastic checkpoint adds beside `config.json`.
 pub const MANIFEST_FILE: &str = "mrl.json";
 
@@ -118,9 +122,9 @@ impl Manifest {
             path: path.clone(),
             reason,
         };
-        if m.format != 1 {
+        if !(1..=FORMAT).contains(&m.format) {
             return Err(bad(format!(
-                "manifest format {} (this build reads 1)",
+                "manifest format {} (this build reads 1 to {FORMAT})",
                 m.format
             )));
         }

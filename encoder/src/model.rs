@@ -441,7 +441,8 @@ pub struct BertModel {
 
 impl BertModel {
     /// The model in `w` with its dense layers at `precision`; in int8 each layer is
-    /// quantized as soon as it is read, so the f32 copies of all layers never coexist.
+    /// quantized as soon as it is read, so the f32 copies of all layers never coexist (the
+    /// merged f32 weights of profiles' own layers are held together briefly before theirs).
     pub(crate) fn load(w: &Weights, cfg: &BertConfig, precision: Precision) -> Result<Self> {
         // The word table first: converting it to f32 briefly takes twice its size, best
         // while nothing else is held.
@@ -544,7 +545,7 @@ impl BertModel {
 
     /// Runs every layer's dense layers (QKV, attention output, FFN up and down) in int8 from
     /// now on: their weights are quantized once and their f32 copies dropped, so the change
-    /// is one-way, and bound layer bridges go with them. The embeddings and the Matryoshka
+    /// is one-way, and layer bridges and profiles' own layers go with them. The embeddings and the Matryoshka
     /// heads stay f32.
     pub fn quantize_int8(&mut self) {
         self.layers.iter_mut().for_each(Layer::quantize);
@@ -677,20 +678,21 @@ impl BertModel {
     /// Binds the own layers `own_layers.{name}.*` to `profile` (from the manifest's `own_layers` of a
     /// named profile): it runs them in place of the parent's.
     ///
-    /// Errors: the weights have no such layers, the profile is the full one, or one of them
-    /// is a layer the profile does not run.
+    /// Errors: the weights have no such layers (or they are bound to a profile already), the
+    /// profile is the full one, or one of them is a layer the profile does not run.
     pub fn bind_profile_layers(&mut self, name: &str, profile: &Profile) -> Result<()> {
         let bad = |m: String| EncoderError::Tensor(candle_core::Error::Msg(m));
-        let layers = self
-            .unbound_layers
-            .get(name)
-            .cloned()
-            .ok_or_else(|| bad(format!("the weights have no own_layers.{name}.*")))?;
         if profile.is_full(&self.config) {
             return Err(bad(format!(
                 "own_layers.{name}: the full profile is the parent and owns no layer"
             )));
         }
+        // Moved, not copied: a layer of its own is a whole layer's weights.
+        let layers = self.unbound_layers.remove(name).ok_or_else(|| {
+            bad(format!(
+                "the weights have no own_layers.{name}.* (or they are bound already)"
+            ))
+        })?;
         if let Some((l, _)) = layers.iter().find(|(l, _)| !profile.layers.contains(l)) {
             return Err(bad(format!(
                 "own_layers.{name} has layer {l}, which a profile running layers {:?} never runs",

@@ -14,11 +14,12 @@ use crate::model::Bridge;
 /// Named tensors of a checkpoint, with the optional `bert.` (`mpnet.`) prefix some exports
 /// carry.
 pub(crate) struct Weights {
-    pub(crate) tensors: HashMap<String, Tensor>,
-    pub(crate) prefix: &'static str,
+    tensors: HashMap<String, Tensor>,
+    prefix: &'static str,
 }
 
 impl Weights {
+    /// The checkpoint's tensors by name, its prefix (if any) found from the names.
     pub(crate) fn new(tensors: HashMap<String, Tensor>) -> Self {
         let prefix = crate::arch::tensor_prefix(|name| tensors.contains_key(name));
         Self { tensors, prefix }
@@ -190,7 +191,10 @@ impl Weights {
             };
             let parent_key = |p: &str| format!("{}{target}.{p}", self.prefix);
             match part {
-                "lora_b" => {}
+                // Merged with its `lora_a` (sorted before it); alone it is an error.
+                "lora_b" => {
+                    own("lora_a")?;
+                }
                 "lora_a" => {
                     let (a, b) = (own("lora_a")?, own("lora_b")?);
                     let wkey = parent_key("weight");

@@ -231,7 +231,6 @@ pub fn embed_cached(
     cache: Option<&EmbeddingCache>,
     progress: &ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
-    const CHUNK: usize = 512;
     // The key hashes the texts as the model reads them, so a prompt keys its own entries and
     // those embedded without one keep theirs.
     let prompted: Vec<String>;
@@ -244,36 +243,59 @@ pub fn embed_cached(
     };
     let width = embedder.model().output_width(profile);
     let tokenizer = embedder.tokenizer();
-    let mut out: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    let path = match cache {
+        Some(cache) => {
+            let dir = &cache.dir;
+            std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+            Some(cache.path(embedder, texts, profile))
+        }
+        None => None,
+    };
+    cached_rows(path.as_deref(), width, texts.len(), progress, |range| {
+        let tokens = tokenizer.encode(&texts[range])?;
+        Ok(embedder.embed_tokens(&tokens, profile, mrl_encoder::DEFAULT_BATCH_SIZE)?)
+    })
+}
+
+/// `n` rows of `width` floats, computed `compute(range)` a chunk of 512 at a time and, with a
+/// `path`, appended to that file as each chunk finishes: a killed run resumes after the last
+/// whole row (a torn tail is cut off) and a finished one costs a read. The key (the file's
+/// name) is the caller's: it must change whenever the rows would.
+///
+/// Errors: `Io` reading or writing `path`, or `compute`'s.
+pub(crate) fn cached_rows(
+    path: Option<&Path>,
+    width: usize,
+    n: usize,
+    progress: &ProgressBar,
+    mut compute: impl FnMut(std::ops::Range<usize>) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    const CHUNK: usize = 512;
+    let mut out: Vec<Vec<f32>> = Vec::with_capacity(n);
     let mut file = None;
-    if let Some(cache) = cache {
-        let dir = &cache.dir;
-        std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-        let path = cache.path(embedder, texts, profile);
-        out = read_cached(&path, width, texts.len())?;
+    if let Some(path) = path {
+        out = read_cached(path, width, n)?;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .map_err(|e| TrainerError::io(&path, e))?;
+            .open(path)
+            .map_err(|e| TrainerError::io(path, e))?;
         // Drop a torn tail left by a crash mid-write.
         f.set_len((out.len() * width * 4) as u64)
-            .map_err(|e| TrainerError::io(&path, e))?;
+            .map_err(|e| TrainerError::io(path, e))?;
         file = Some((f, path));
     }
-    progress.set_length(texts.len() as u64);
+    progress.set_length(n as u64);
     progress.set_position(out.len() as u64);
-    while out.len() < texts.len() {
-        let chunk = &texts[out.len()..(out.len() + CHUNK).min(texts.len())];
-        let tokens = tokenizer.encode(chunk)?;
-        let vectors = embedder.embed_tokens(&tokens, profile, mrl_encoder::DEFAULT_BATCH_SIZE)?;
+    while out.len() < n {
+        let vectors = compute(out.len()..(out.len() + CHUNK).min(n))?;
         if let Some((f, path)) = file.as_mut() {
             let bytes: Vec<u8> = vectors
                 .iter()
                 .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
                 .collect();
             f.write_all(&bytes)
-                .map_err(|e| TrainerError::io(&*path, e))?;
+                .map_err(|e| TrainerError::io(*path, e))?;
         }
         progress.inc(vectors.len() as u64);
         out.extend(vectors);

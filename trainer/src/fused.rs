@@ -64,7 +64,7 @@ fn rows_of(shape: &Shape, width: usize, op: &str) -> Result<usize> {
 
 struct Linear {
     /// Whether the backward pass computes the weight's gradient: a frozen weight (the
-    /// parent's, under a child's own low-rank delta) skips that product, a third of the
+    /// parent's, under a child's own low-rank delta) skips that product, half of the dense
     /// layer's backward FLOPs.
     weight_grad: bool,
 }
@@ -830,6 +830,30 @@ mod tests {
             |t| linear(&t[0], &t[1], &t[2]).unwrap(),
             |t| candle_linear(&t[0], &t[1], &t[2]),
         );
+    }
+
+    /// The frozen-weight dense layer computes what `linear` does and gives `x` and the bias
+    /// the same gradients, the weight none.
+    #[test]
+    fn a_frozen_linear_gives_every_gradient_but_the_weights() {
+        let x = Var::from_tensor(&random(&[3, 5, 12], 1, 1.0)).unwrap();
+        let w = Var::from_tensor(&random(&[7, 12], 2, 0.5)).unwrap();
+        let b = Var::from_tensor(&random(&[7], 3, 0.5)).unwrap();
+        let r = random(&[3, 5, 7], 4, 1.0);
+        let run = |f: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| {
+            let y = f(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (flat(&y), grads)
+        };
+        let ((y, g), (y_frozen, g_frozen)) = (run(linear), run(linear_frozen));
+        assert_eq!(y, y_frozen);
+        for v in [&x, &b] {
+            let (a, c) = (flat(g.get(v).unwrap()), flat(g_frozen.get(v).unwrap()));
+            assert_eq!(a, c);
+            assert!(a.iter().any(|v| *v != 0.0));
+        }
+        assert!(g.get(&w).is_some());
+        assert!(g_frozen.get(&w).is_none());
     }
 
     /// A gated step's hard mask: the first `keep` of `len` entries 1, a zero suffix after.

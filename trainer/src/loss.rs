@@ -96,8 +96,14 @@ pub fn similarity_distillation(
         let n = normalize_rows(x)?;
         n.matmul(&n.t()?)? / temperature
     };
-    let log_t = log_softmax(&sims(&teacher.detach())?)?;
-    let log_s = log_softmax(&sims(student)?)?;
+    kl_rows(&sims(teacher)?, &sims(student)?)
+}
+
+/// `KL(softmax(teacher) ‖ softmax(student))` of two `[n, m]` matrices of logits, row by row,
+/// averaged over rows; the teacher is detached.
+pub fn kl_rows(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
+    let log_t = log_softmax(&teacher.detach())?;
+    let log_s = log_softmax(student)?;
     let kl = (log_t.exp()? * (log_t - log_s)?)?.sum(D::Minus1)?;
     kl.mean_all()
 }

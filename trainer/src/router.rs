@@ -42,6 +42,13 @@ impl Rng {
     pub fn gumbel(&mut self) -> f64 {
         -(-self.uniform().ln()).ln()
     }
+
+    /// A standard normal draw (Box–Muller, the cosine branch).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-12);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
 }
 
 /// Temperature and logit scale at a point of training: the temperature falls 1.0 → 0.05 and

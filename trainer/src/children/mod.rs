@@ -25,7 +25,6 @@
 mod student;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,7 +39,7 @@ use mrl_encoder::{Embedder, Profile};
 use crate::distill::check_zero_shot;
 use crate::family::held;
 use crate::fused::Spans;
-use crate::loss::{info_nce, log_softmax, normalize_rows};
+use crate::loss::{info_nce, kl_rows, normalize_rows};
 use crate::metrics::MetricsLog;
 use crate::optim::{
     clip_factor, grad_norm, load_checkpoint, lr_at, save_checkpoint, AdamW, Params,
@@ -60,11 +59,13 @@ pub struct ChildrenConfig {
     pub parent: PathBuf,
     /// The run folder: `teacher/`, `state/`, `metrics.jsonl`, `model/`.
     pub out: PathBuf,
+    /// Seeds the deltas' start, the held-out split and every batch.
     pub seed: u64,
     /// The children that train, by name.
     pub profiles: Vec<String>,
     /// Nested sizes the losses see, with one weight each.
     pub nested_dims: Vec<usize>,
+    /// One weight per nested dim (normalised to sum 1).
     pub dim_weights: Vec<f64>,
     /// Unlabeled passages (JSONL texts), at most `passage_limit` of them drawn evenly.
     pub passages: PathBuf,
@@ -75,8 +76,11 @@ pub struct ChildrenConfig {
     pub holdout: usize,
     /// Rank of the low-rank deltas.
     pub rank: usize,
+    /// Whether the first layer a child runs gets its own delta, norms and biases too (see
+    /// `OwnSettings`).
     #[serde(default)]
     pub train_first_layer: bool,
+    /// AdamW steps, each on every child.
     pub steps: usize,
     /// Passages per step.
     pub batch_passages: usize,
@@ -88,7 +92,9 @@ pub struct ChildrenConfig {
     /// which starts fitted: an AdamW step moves every weight by about the rate, so a rate
     /// fit for a delta starting at zero scatters a fitted 384 × 384 map.
     pub lr_own: f64,
+    /// Linear warmup steps of both rates.
     pub warmup: usize,
+    /// Decoupled weight decay of the deltas (the rest has none).
     #[serde(default)]
     pub weight_decay: f64,
     /// Global gradient-norm clip.
@@ -97,12 +103,19 @@ pub struct ChildrenConfig {
     pub short_tokens: usize,
     /// The share of the steps run at `short_tokens`; the rest run at the model's maximum.
     pub short_share: f64,
+    /// τ of the similarity distributions and of InfoNCE.
     pub temperature: f64,
+    /// Weight of `1 − cos` to the full profile's vector.
     pub cosine: f64,
+    /// Weight of the KL term on the child's own in-batch similarities.
     pub kl: f64,
+    /// Weight of the KL term on its similarities to the full profile's vectors.
     pub cross: f64,
+    /// Weight of InfoNCE on the pairs.
     pub info_nce: f64,
+    /// State written every this many steps (and at the end).
     pub checkpoint_every: usize,
+    /// A held-out check every this many steps (and at the start and the end).
     pub eval_every: usize,
     /// Held-out pairs a check reads.
     pub checks: usize,
@@ -134,6 +147,15 @@ impl ChildrenConfig {
         if !(0.0..=1.0).contains(&self.short_share) || self.rank == 0 || self.holdout < 2 {
             return bad("short_share in [0, 1], rank ≥ 1, holdout ≥ 2");
         }
+        if self.eval_every == 0 || self.checkpoint_every == 0 || self.checks < 20 {
+            return bad("eval_every and checkpoint_every ≥ 1, checks ≥ 20");
+        }
+        if !(self.lr > 0.0 && self.lr_own >= 0.0 && self.temperature > 0.0) {
+            return bad("lr > 0, lr_own ≥ 0, temperature > 0");
+        }
+        if self.nested_dims.contains(&0) || self.dim_weights.iter().sum::<f64>() <= 0.0 {
+            return bad("nested dims ≥ 1 and dim weights summing above 0");
+        }
         check_zero_shot(&self.passages)?;
         check_zero_shot(&self.pairs)
     }
@@ -146,9 +168,13 @@ impl ChildrenConfig {
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChildrenSummary {
+    /// Wall-clock of this invocation.
     pub seconds: f64,
+    /// The recipe's steps.
     pub steps: usize,
+    /// The step this invocation resumed at (0: a fresh run).
     pub resumed_at: usize,
+    /// Distinct training texts.
     pub texts: usize,
     /// Per child: its own parameters, and the last check.
     pub children: Vec<(String, usize, serde_json::Value)>,
@@ -199,18 +225,9 @@ fn load_texts(cfg: &ChildrenConfig, embedder: &Embedder) -> Result<Texts> {
     })
 }
 
-/// `ids` cut to `max` tokens, its last (the separator) kept last.
-fn truncate(ids: &[u32], max: usize) -> Vec<u32> {
-    if ids.len() <= max || max < 2 {
-        return ids.to_vec();
-    }
-    let mut out = ids[..max - 1].to_vec();
-    out.push(ids[ids.len() - 1]);
-    out
-}
-
-/// The full profile's vectors of `seqs`, appended chunk by chunk to `path` (keyed by the
-/// weights and the token ids), so a killed run resumes and a second costs nothing.
+/// The full profile's vectors of `seqs` (`eval::cached_rows` under `dir`, keyed by the
+/// weights' hash, the profile and the token ids), so a killed run resumes and a second costs
+/// nothing.
 fn teacher(
     embedder: &Embedder,
     seqs: &[Vec<u32>],
@@ -218,7 +235,6 @@ fn teacher(
     weights: &str,
     progress: &ProgressBar,
 ) -> Result<Vec<Vec<f32>>> {
-    const CHUNK: usize = 512;
     let full = Profile::full(embedder.config());
     let width = embedder.model().output_width(&full);
     let mut h = Sha256::new();
@@ -229,43 +245,9 @@ fn teacher(
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let path = dir.join(format!("{:x}.f32", h.finalize()));
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(&path) {
-        f.read_to_end(&mut bytes)
-            .map_err(|e| TrainerError::io(&path, e))?;
-    }
-    let mut out: Vec<Vec<f32>> = bytes
-        .chunks_exact(width * 4)
-        .take(seqs.len())
-        .map(|r| {
-            r.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
-        .collect();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|e| TrainerError::io(&path, e))?;
-    file.set_len((out.len() * width * 4) as u64)
-        .map_err(|e| TrainerError::io(&path, e))?;
-    progress.set_length(seqs.len() as u64);
-    progress.set_position(out.len() as u64);
-    while out.len() < seqs.len() {
-        let chunk = &seqs[out.len()..(out.len() + CHUNK).min(seqs.len())];
-        let vectors = embedder.embed_tokens(chunk, &full, mrl_encoder::DEFAULT_BATCH_SIZE)?;
-        let raw: Vec<u8> = vectors
-            .iter()
-            .flatten()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        file.write_all(&raw)
-            .map_err(|e| TrainerError::io(&path, e))?;
-        progress.inc(vectors.len() as u64);
-        out.extend(vectors);
-    }
-    Ok(out)
+    crate::eval::cached_rows(Some(&path), width, seqs.len(), progress, |range| {
+        Ok(embedder.embed_tokens(&seqs[range], &full, mrl_encoder::DEFAULT_BATCH_SIZE)?)
+    })
 }
 
 /// The packed batch of `seqs`: ids, positions `[N]`, spans, pooling matrix `[B, N]`.
@@ -281,15 +263,6 @@ fn packed(seqs: &[Vec<u32>]) -> Result<(Tensor, Tensor, Arc<Spans>, Tensor)> {
             "a fused batch came back padded".into(),
         )),
     }
-}
-
-/// `KL(softmax(teacher) ‖ softmax(student))` of logits, averaged over rows.
-fn kl_rows(teacher: &Tensor, student: &Tensor) -> Result<Tensor> {
-    let log_t = log_softmax(&teacher.detach())?;
-    let log_s = log_softmax(student)?;
-    Ok((log_t.exp()? * (log_t - log_s)?)?
-        .sum(D::Minus1)?
-        .mean_all()?)
 }
 
 /// One child's loss on a batch: `s`, `t` `[B, width]` (rows: passages, then `pairs`
@@ -421,11 +394,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     let weights_path = cfg.parent.join("model.safetensors");
     let weights = mrl_encoder::fetch::sha256_file(&weights_path)?;
     let max = embedder.tokenizer().max_len();
-    let short: Vec<Vec<u32>> = texts
-        .tokens
-        .iter()
-        .map(|t| truncate(t, cfg.short_tokens))
-        .collect();
+    let short = crate::calibrate::cut(texts.tokens.clone(), cfg.short_tokens);
     let teacher_dir = cfg.out.join("teacher");
     progress.set_message("teacher: short texts");
     let t_short = teacher(&embedder, &short, &teacher_dir, &weights, progress)?;
@@ -458,6 +427,12 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         let p = manifest
             .profile(name)
             .ok_or_else(|| TrainerError::Invalid(format!("the parent has no profile {name:?}")))?;
+        if p.own_layers.is_some() {
+            return Err(TrainerError::Invalid(format!(
+                "{name} owns layers in {} already: train from the family it was made from",
+                cfg.parent.display()
+            )));
+        }
         let head_name = format!("heads.{}", p.head.as_deref().unwrap_or(name));
         let head_w = tensors
             .get(&format!("{head_name}.weight"))
@@ -492,24 +467,51 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         h.update(weights.as_bytes());
         format!("{:x}", h.finalize())
     };
+    // What the batches index and what the children are: a changed file or profile at the
+    // same path must not resume onto other texts.
+    let data = {
+        let mut h = Sha256::new();
+        for t in texts
+            .tokens
+            .iter()
+            .chain(texts.held.iter().flat_map(|(q, p)| [q, p]))
+        {
+            h.update((t.len() as u64).to_le_bytes());
+            t.iter().for_each(|id| h.update(id.to_le_bytes()));
+        }
+        for c in &children {
+            h.update(format!("{}={};", c.name, c.profile).as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    };
     // Per child, one AdamW per parameter group (its deltas; everything else it owns), each
     // with its own rate.
     let mut opts: Vec<[AdamW; 2]> = children
         .iter()
-        .map(|_| [AdamW::new(cfg.weight_decay), AdamW::new(cfg.weight_decay)])
+        // Decay pulls toward 0: right for a delta, wrong for a fitted head or a norm's scale.
+        .map(|_| [AdamW::new(cfg.weight_decay), AdamW::new(0.0)])
         .collect();
     let groups: Vec<[Params; 2]> = children.iter().map(ChildStudent::groups).collect();
-    let state_file =
-        |c: &ChildStudent, g: usize| state_dir.join(format!("{}.{g}.safetensors", c.name));
+    // The state of step N: `NAME.GROUP.N.safetensors` per child and group, named by
+    // `step.json`, which is renamed into place only after all of them are written; files of
+    // other steps are removed after that. A kill at any point leaves one whole state.
+    let state_file = |c: &ChildStudent, g: usize, step: Option<usize>| match step {
+        Some(n) => state_dir.join(format!("{}.{g}.{n}.safetensors", c.name)),
+        // A state written before files were stamped with their step.
+        None => state_dir.join(format!("{}.{g}.safetensors", c.name)),
+    };
     let step_file = state_dir.join("step.json");
     let mut resumed_at = 0;
     if let Ok(text) = std::fs::read_to_string(&step_file) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if v["key"] == key {
+        // A state from before `data` was recorded resumes on the recipe and weights alone.
+        let same_data = v.get("data").is_none_or(|d| *d == data);
+        if v["key"] == key && same_data {
             resumed_at = v["step"].as_u64().unwrap_or(0) as usize;
+            let stamped = v.get("data").is_some().then_some(resumed_at);
             for ((c, o), g) in children.iter().zip(&mut opts).zip(&groups) {
                 for k in 0..2 {
-                    load_checkpoint(&state_file(c, k), &g[k], &mut o[k])?;
+                    load_checkpoint(&state_file(c, k, stamped), &g[k], &mut o[k])?;
                 }
             }
         }
@@ -523,16 +525,28 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     let save = |step: usize, children: &[ChildStudent], opts: &[[AdamW; 2]]| -> Result<()> {
         for ((c, o), g) in children.iter().zip(opts).zip(&groups) {
             for k in 0..2 {
-                save_checkpoint(&state_file(c, k), &g[k], &o[k])?;
+                save_checkpoint(&state_file(c, k, Some(step)), &g[k], &o[k])?;
             }
         }
         let tmp = step_file.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::json!({"key": key, "step": step}).to_string(),
-        )
-        .map_err(|e| TrainerError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &step_file).map_err(|e| TrainerError::io(&step_file, e))
+        let line = serde_json::json!({"key": key, "data": data, "step": step});
+        std::fs::write(&tmp, line.to_string()).map_err(|e| TrainerError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &step_file).map_err(|e| TrainerError::io(&step_file, e))?;
+        let keep: Vec<PathBuf> = children
+            .iter()
+            .flat_map(|c| (0..2).map(move |k| (c, k)))
+            .map(|(c, k)| state_file(c, k, Some(step)))
+            .collect();
+        let entries = std::fs::read_dir(&state_dir).map_err(|e| TrainerError::io(&state_dir, e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale =
+                path.extension().is_some_and(|e| e == "safetensors") && !keep.contains(&path);
+            if stale {
+                std::fs::remove_file(&path).map_err(|e| TrainerError::io(&path, e))?;
+            }
+        }
+        Ok(())
     };
 
     progress.set_message("training");
@@ -569,7 +583,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         let (ids, pos, spans, pool) = packed(&seqs)?;
         let lr = lr_at(step, cfg.warmup, cfg.steps, cfg.lr);
         let mut line = serde_json::json!({"step": step, "lr": lr, "tokens": if short_stage { cfg.short_tokens } else { max }});
-        let lr_own = lr * cfg.lr_own / cfg.lr;
+        let lr_own = lr_at(step, cfg.warmup, cfg.steps, cfg.lr_own);
         for ((c, o), g) in children.iter().zip(&mut opts).zip(&groups) {
             let s = c.forward(&ids, &pos, &spans, &pool)?;
             let loss = child_loss(cfg, &s, &t, cfg.batch_pairs)?;
@@ -637,10 +651,16 @@ fn write_model(
         }
     }
     let mut out = manifest.clone();
+    out.format = mrl_encoder::manifest::FORMAT;
     for p in &mut out.profiles {
         p.aligned_with.clear();
         if let Some(c) = children.iter().find(|c| c.name == p.name) {
+            // The trained tensors are named after the child (`ChildStudent::export`).
             p.own_layers = Some(c.name.clone());
+            p.head = Some(c.name.clone());
+            p.bridges = c.has_bridges().then(|| c.name.clone());
+            // Measured on the calibration's vectors, which training changed.
+            p.fidelity = None;
         }
     }
     out.provenance = serde_json::json!({
@@ -665,4 +685,89 @@ fn write_model(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe() -> (PathBuf, String) {
+        let path = crate::test_support::manifest_dir().join("../configs/minilm-children.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    fn load_text(text: &str) -> Result<ChildrenConfig> {
+        let tmp = std::env::temp_dir().join(format!(
+            "mrl-children-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&tmp, text).unwrap();
+        let out = ChildrenConfig::load(&tmp);
+        std::fs::remove_file(&tmp).unwrap();
+        out
+    }
+
+    /// The shipped recipe reads generic text only; naming a dev set, or settings that would
+    /// divide by zero, is refused before anything runs.
+    #[test]
+    fn the_shipped_recipe_loads_and_bad_ones_are_refused() {
+        let (path, text) = recipe();
+        let cfg = ChildrenConfig::load(&path).unwrap();
+        assert!(cfg.passages.to_string_lossy().contains("generic"));
+        assert!(cfg.pairs.to_string_lossy().contains("generic"));
+        let scifact = text.replace(
+            "../shared/data/generic/pairs.jsonl",
+            "../shared/data/scifact/queries.jsonl",
+        );
+        let err = load_text(&scifact).unwrap_err().to_string();
+        assert!(err.contains("scifact"), "{err}");
+        for (from, to) in [
+            ("eval_every = 150", "eval_every = 0"),
+            ("checkpoint_every = 20", "checkpoint_every = 0"),
+            ("temperature = 0.05", "temperature = 0.0"),
+            ("lr = 5e-4", "lr = 0.0"),
+            ("rank = 32", "rank = 0"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let err = load_text(&text.replace(from, to)).unwrap_err();
+            assert!(matches!(err, TrainerError::Invalid(_)), "{to}: {err}");
+        }
+    }
+
+    /// A step's batch depends on the seed and the step alone (what resuming relies on), mixes
+    /// passages and pairs as configured, and walks through every passage within an epoch.
+    #[test]
+    fn a_steps_batch_is_a_function_of_the_seed_and_the_step() {
+        let (path, _) = recipe();
+        let cfg = ChildrenConfig::load(&path).unwrap();
+        let texts = Texts {
+            tokens: vec![vec![1]; 500 + 2 * 100],
+            passages: 500,
+            pairs: 100,
+            held: Vec::new(),
+        };
+        let a = batch_of(&cfg, &texts, 7);
+        assert_eq!(a, batch_of(&cfg, &texts, 7));
+        assert_ne!(a, batch_of(&cfg, &texts, 8));
+        assert_eq!(a.len(), cfg.batch_passages + 2 * cfg.batch_pairs);
+        let (passages, rest) = a.split_at(cfg.batch_passages);
+        assert!(passages.iter().all(|&i| i < 500));
+        let (queries, positives) = rest.split_at(cfg.batch_pairs);
+        for (q, p) in queries.iter().zip(positives) {
+            assert_eq!(p - q, 100, "a query and its positive");
+        }
+        let per_epoch = 500 / cfg.batch_passages;
+        let mut seen: Vec<usize> = (0..per_epoch)
+            .flat_map(|s| batch_of(&cfg, &texts, s)[..cfg.batch_passages].to_vec())
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            per_epoch * cfg.batch_passages,
+            "no passage twice in an epoch"
+        );
+    }
 }

@@ -79,14 +79,17 @@ struct ChildLayer {
 pub struct OwnSettings {
     /// Rank of the low-rank deltas.
     pub rank: usize,
-    /// Whether the first layer the child runs trains too. Off, its output is computed once
-    /// without a graph (a bridge after it still learns), which saves its backward pass.
+    /// Whether the first layer the child runs trains too. Off, it runs every step with the
+    /// parent's weights and off the graph (a bridge after it still learns), which saves its
+    /// backward pass.
     pub train_first_layer: bool,
 }
 
 /// One child under training.
 pub struct ChildStudent {
+    /// The profile's name in `mrl.json`; its exported tensors are named after it.
     pub name: String,
+    /// The layers and widths it runs (the calibration's choice).
     pub profile: Profile,
     cfg: BertConfig,
     word: Tensor,
@@ -97,8 +100,6 @@ pub struct ChildStudent {
     /// After parent layer `.0`: `x·Wᵀ + b`.
     bridges: Vec<(usize, Tensor, Tensor)>,
     head: (Tensor, Tensor),
-    /// The head's rows as stored (zero rows past the real width are kept on export).
-    head_rows: usize,
     /// The variables, by the name they are exported under.
     params: Params,
 }
@@ -130,6 +131,13 @@ impl ChildStudent {
         rng: &mut Rng,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
+        // The tensor names below are BERT's; MPNet's differ (and it has no token types).
+        if cfg.architecture() != Some(mrl_encoder::config::Architecture::Bert) {
+            return Err(TrainerError::Invalid(format!(
+                "{name}: the children recipe trains BERT parents; this one is {:?}",
+                cfg.model_type
+            )));
+        }
         if profile.hidden != h {
             return Err(TrainerError::Invalid(format!(
                 "{name} is {} wide; children here keep the parent's width {h}",
@@ -172,7 +180,7 @@ impl ChildStudent {
                         // A ~ N(0, 1/in), B = 0: the delta starts at zero.
                         let std = 1.0 / (n as f64).sqrt();
                         let a: Vec<f32> = (0..own.rank * n)
-                            .map(|_| (gaussian(rng) * std) as f32)
+                            .map(|_| (rng.normal() * std) as f32)
                             .collect();
                         let a = var(
                             format!("{own_key}.lora_a"),
@@ -232,7 +240,6 @@ impl ChildStudent {
                 var(format!("bridges.{name}.{}.bias", b.after), bias)?,
             ));
         }
-        let head_rows = head.0.dims2()?.0;
         let head = (
             var(format!("heads.{name}.weight"), head.0)?,
             var(format!("heads.{name}.bias"), head.1)?,
@@ -252,9 +259,13 @@ impl ChildStudent {
             layers,
             bridges: own_bridges,
             head,
-            head_rows,
             params,
         })
+    }
+
+    /// Whether the child runs layer bridges.
+    pub fn has_bridges(&self) -> bool {
+        !self.bridges.is_empty()
     }
 
     /// The child's variables, sorted by name.
@@ -347,16 +358,8 @@ impl ChildStudent {
         }
         out.push((format!("heads.{}.weight", self.name), self.head.0.detach()));
         out.push((format!("heads.{}.bias", self.name), self.head.1.detach()));
-        debug_assert!(self.head_rows > 0);
         Ok(out)
     }
-}
-
-/// A standard normal draw (Box–Muller) from the seeded generator.
-fn gaussian(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(1e-12);
-    let u2 = rng.uniform();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 #[cfg(test)]
@@ -367,16 +370,23 @@ mod tests {
 
     fn random(shape: (usize, usize), rng: &mut Rng, scale: f64) -> Tensor {
         let v: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| (gaussian(rng) * scale) as f32)
+            .map(|_| (rng.normal() * scale) as f32)
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     /// A child moved off its start, exported and loaded by the inference encoder, computes
-    /// what it computed in training (narrowed heads and FFN, a frozen first layer, a bridge,
-    /// its own head); the parent's profile computes exactly what the parent alone does.
+    /// what it computed in training (narrowed heads and FFN, a first layer frozen or trained,
+    /// a bridge, its own head); the parent's profile computes exactly what the parent alone
+    /// does; a delta without its other factor is refused at load.
     #[test]
     fn an_exported_child_runs_in_the_encoder_as_it_trained() {
+        for train_first_layer in [false, true] {
+            exported_child_runs_as_trained(train_first_layer);
+        }
+    }
+
+    fn exported_child_runs_as_trained(train_first_layer: bool) {
         let cfg = tiny_config();
         let h = cfg.hidden_size;
         let tensors = tiny_tensors(&cfg, 3);
@@ -402,7 +412,7 @@ mod tests {
         );
         let own = OwnSettings {
             rank: 3,
-            train_first_layer: false,
+            train_first_layer,
         };
         let child = ChildStudent::new(
             "kid",
@@ -438,11 +448,16 @@ mod tests {
 
         let mut all = tensors.clone();
         all.extend(child.export().unwrap());
-        let mut model = BertModel::from_tensors(all, &cfg).unwrap();
+        let mut model = BertModel::from_tensors(all.clone(), &cfg).unwrap();
         model.bind_profile_layers("kid", &profile).unwrap();
         model.bind_profile_bridges("kid", &profile).unwrap();
         model.bind_profile_head("kid", &profile).unwrap();
-        assert_eq!(model.own_layers_of(&profile), vec![2, 3]);
+        let owned = if train_first_layer {
+            vec![0, 2, 3]
+        } else {
+            vec![2, 3]
+        };
+        assert_eq!(model.own_layers_of(&profile), owned);
         let rows: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let got = model.forward(&rows, &profile).unwrap();
         for (g, w) in got.iter().zip(&want) {
@@ -458,5 +473,16 @@ mod tests {
         );
         // The full profile owns no layer.
         assert!(model.bind_profile_layers("kid", &full).is_err());
+        // Half a delta is refused, whichever half is missing.
+        for part in ["lora_a", "lora_b"] {
+            let mut broken = all.clone();
+            broken.remove(&format!(
+                "own_layers.kid.encoder.layer.2.attention.self.query.{part}"
+            ));
+            let err = BertModel::from_tensors(broken, &cfg)
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains("without own_layers.kid"), "{err}");
+        }
     }
 }

@@ -250,6 +250,11 @@ impl Parent {
             let mut p = crate::calibrate::named(pname.clone(), profile, bert, None);
             p.fidelity = self.manifest.profile(pname).and_then(|q| q.fidelity);
             p.head = Some(pname.clone());
+            // Its own layers stay in the weights and are what the head was fitted through.
+            p.own_layers = self
+                .manifest
+                .profile(pname)
+                .and_then(|q| q.own_layers.clone());
             let list = self.embedder.model().bridges_of(&p.profile);
             if !list.is_empty() {
                 p.params += list.len() * (hidden * hidden + hidden);
