@@ -100,9 +100,15 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
                 "{}: {after:?}",
                 p.name
             );
+            // Each trained its own layers (trainer/src/children): every layer it runs is its
+            // own, merged from `own_layers.NAME.*` at load.
+            assert_eq!(p.own_layers.as_deref(), Some(p.name.as_str()));
+            assert_eq!(&e.model().own_layers_of(&p.profile), layers, "{}", p.name);
         } else {
             assert_eq!(p.bridges, None);
             assert!(e.model().bridges_of(&p.profile).is_empty());
+            assert_eq!(p.own_layers, None);
+            assert!(e.model().own_layers_of(&p.profile).is_empty());
         }
     }
 }
@@ -110,7 +116,7 @@ fn the_shipped_checkpoint_is_small_f16_and_lists_its_family() {
 /// The full profile is the parent: on the bench texts, each of its vectors mapped back
 /// through the shared head (orthogonal on its first 384 rows, no bias) and the calibration's
 /// channel order has cosine ≥ 0.99999 to all-MiniLM-L6-v2's own, f16 weights and the
-/// children's own layers in the same file notwithstanding.
+/// children's own layers in the same file (asserted in the test above) notwithstanding.
 #[test]
 fn the_full_profile_is_the_parent_on_the_bench_texts() {
     let Some(shared) = common::needs(&["bench/texts.jsonl"]) else {
