@@ -37,6 +37,7 @@ use sha2::{Digest, Sha256};
 use mrl_encoder::{Embedder, Profile};
 
 use crate::distill::check_zero_shot;
+use crate::eval::{nearest_neighbours, neighbour_recall};
 use crate::family::held;
 use crate::fused::Spans;
 use crate::loss::{info_nce, kl_rows, normalize_rows};
@@ -319,8 +320,12 @@ fn batch_of(cfg: &ChildrenConfig, texts: &Texts, step: usize) -> Vec<usize> {
     out
 }
 
-/// Held-out checks of one child: for each nested dim, recall@1 of its queries against the
-/// full profile's positives and against its own, and its mean cosine to the full vectors.
+/// Held-out checks of one child, at each nested dim: recall@1 of its pair queries against
+/// the full profile's positives and against its own (easy: generic headlines find their lead),
+/// its mean cosine to the full vectors, and neighbour recall@10 over all held-out texts
+/// (queries and positives) against the full profile's 10 nearest at full width, of its own
+/// vectors and of its vectors searched among the full profile's: what an index of its own, or
+/// of `full` documents, would return.
 fn check(
     child: &ChildStudent,
     texts: &Texts,
@@ -339,10 +344,16 @@ fn check(
         rows.extend(child.forward(&ids, &pos, &spans, &pool)?.to_vec2::<f32>()?);
     }
     let n = texts.held.len();
+    let truth = nearest_neighbours(
+        &normalize_rows(&Tensor::new(held_teacher.to_vec(), &Device::Cpu)?)?,
+        10,
+    )?;
+    let own = neighbour_recall(&rows, &rows, &truth, dims)?;
+    let vs_full = neighbour_recall(&rows, held_teacher, &truth, dims)?;
     let s = Tensor::new(rows, &Device::Cpu)?;
     let t = Tensor::new(held_teacher.to_vec(), &Device::Cpu)?;
     let mut out = serde_json::Map::new();
-    for &m in dims {
+    for (k, &m) in dims.iter().enumerate() {
         let sm = normalize_rows(&s.narrow(1, 0, m)?)?;
         let tm = normalize_rows(&t.narrow(1, 0, m)?)?;
         let q = sm.narrow(0, 0, n)?;
@@ -362,6 +373,8 @@ fn check(
                 "recall_at_1_vs_full": recall(&tm.narrow(0, n, n)?)?,
                 "recall_at_1_own": recall(&sm.narrow(0, n, n)?)?,
                 "cosine_to_full": cos,
+                "neighbour_recall_at_10_own": own[k],
+                "neighbour_recall_at_10_vs_full": vs_full[k],
             }),
         );
     }
