@@ -182,12 +182,12 @@ pub struct ChildrenSummary {
 }
 
 /// The training texts: passages, then the pairs' queries, then their positives (as token
-/// ids at the model's maximum), and the held-out pairs.
+/// ids at the model's maximum), and the held-out pairs' queries then their positives.
 struct Texts {
     tokens: Vec<Vec<u32>>,
     passages: usize,
     pairs: usize,
-    held: Vec<(Vec<u32>, Vec<u32>)>,
+    held: Vec<Vec<u32>>,
 }
 
 fn load_texts(cfg: &ChildrenConfig, embedder: &Embedder) -> Result<Texts> {
@@ -203,21 +203,20 @@ fn load_texts(cfg: &ChildrenConfig, embedder: &Embedder) -> Result<Texts> {
     texts.extend(train.iter().map(|p| p.query.clone()));
     texts.extend(train.iter().map(|p| p.positive.clone()));
     let tokens = tok.encode(&texts)?;
-    let held: Vec<(Vec<u32>, Vec<u32>)> = held_pairs
-        .iter()
-        .take(cfg.checks)
-        .map(|p| {
-            let t = tok.encode(&[p.query.as_str(), p.positive.as_str()])?;
-            Ok((t[0].clone(), t[1].clone()))
-        })
-        .collect::<Result<_>>()?;
-    if train.len() < cfg.batch_pairs || held.len() < 20 {
+    let held_pairs = &held_pairs[..cfg.checks.min(held_pairs.len())];
+    if train.len() < cfg.batch_pairs || held_pairs.len() < 20 {
         return Err(TrainerError::Invalid(format!(
             "{} training and {} held-out pairs: too few",
             train.len(),
-            held.len()
+            held_pairs.len()
         )));
     }
+    let held_texts: Vec<&str> = held_pairs
+        .iter()
+        .map(|p| p.query.as_str())
+        .chain(held_pairs.iter().map(|p| p.positive.as_str()))
+        .collect();
+    let held = tok.encode(&held_texts)?;
     Ok(Texts {
         tokens,
         passages: n_passages,
@@ -240,15 +239,20 @@ fn teacher(
     let width = embedder.model().output_width(&full);
     let mut h = Sha256::new();
     h.update(weights.as_bytes());
-    for s in seqs {
-        h.update((s.len() as u64).to_le_bytes());
-        s.iter().for_each(|t| h.update(t.to_le_bytes()));
-    }
+    hash_seqs(&mut h, seqs);
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let path = dir.join(format!("{:x}.f32", h.finalize()));
     crate::eval::cached_rows(Some(&path), width, seqs.len(), progress, |range| {
         Ok(embedder.embed_tokens(&seqs[range], &full, mrl_encoder::DEFAULT_BATCH_SIZE)?)
     })
+}
+
+/// Feeds token sequences to `h`, each with its length, so no two lists hash alike.
+fn hash_seqs<'a>(h: &mut Sha256, seqs: impl IntoIterator<Item = &'a Vec<u32>>) {
+    for s in seqs {
+        h.update((s.len() as u64).to_le_bytes());
+        s.iter().for_each(|t| h.update(t.to_le_bytes()));
+    }
 }
 
 /// The packed batch of `seqs`: ids, positions `[N]`, spans, pooling matrix `[B, N]`.
@@ -320,38 +324,32 @@ fn batch_of(cfg: &ChildrenConfig, texts: &Texts, step: usize) -> Vec<usize> {
     out
 }
 
+/// The held-out pairs as a check reads them, built once: their queries then their
+/// positives, the full profile's vectors of those, and each text's 10 nearest among them by
+/// the full profile at full width.
+struct Held {
+    seqs: Vec<Vec<u32>>,
+    teacher: Vec<Vec<f32>>,
+    truth: Vec<Vec<usize>>,
+}
+
 /// Held-out checks of one child, at each nested dim: recall@1 of its pair queries against
 /// the full profile's positives and against its own (easy: generic headlines find their lead),
 /// its mean cosine to the full vectors, and neighbour recall@10 over all held-out texts
 /// (queries and positives) against the full profile's 10 nearest at full width, of its own
 /// vectors and of its vectors searched among the full profile's: what an index of its own, or
 /// of `full` documents, would return.
-fn check(
-    child: &ChildStudent,
-    texts: &Texts,
-    held_teacher: &[Vec<f32>],
-    dims: &[usize],
-) -> Result<serde_json::Value> {
+fn check(child: &ChildStudent, held: &Held, dims: &[usize]) -> Result<serde_json::Value> {
     let mut rows: Vec<Vec<f32>> = Vec::new();
-    let seqs: Vec<Vec<u32>> = texts
-        .held
-        .iter()
-        .map(|(q, _)| q.clone())
-        .chain(texts.held.iter().map(|(_, p)| p.clone()))
-        .collect();
-    for chunk in seqs.chunks(64) {
+    for chunk in held.seqs.chunks(64) {
         let (ids, pos, spans, pool) = packed(chunk)?;
         rows.extend(child.forward(&ids, &pos, &spans, &pool)?.to_vec2::<f32>()?);
     }
-    let n = texts.held.len();
-    let truth = nearest_neighbours(
-        &normalize_rows(&Tensor::new(held_teacher.to_vec(), &Device::Cpu)?)?,
-        10,
-    )?;
-    let own = neighbour_recall(&rows, &rows, &truth, dims)?;
-    let vs_full = neighbour_recall(&rows, held_teacher, &truth, dims)?;
+    let n = held.seqs.len() / 2;
+    let own = neighbour_recall(&rows, &rows, &held.truth, dims)?;
+    let vs_full = neighbour_recall(&rows, &held.teacher, &held.truth, dims)?;
     let s = Tensor::new(rows, &Device::Cpu)?;
-    let t = Tensor::new(held_teacher.to_vec(), &Device::Cpu)?;
+    let t = Tensor::new(held.teacher.clone(), &Device::Cpu)?;
     let mut out = serde_json::Map::new();
     for (k, &m) in dims.iter().enumerate() {
         let sm = normalize_rows(&s.narrow(1, 0, m)?)?;
@@ -403,7 +401,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         )));
     }
     progress.set_message("reading texts");
-    let texts = load_texts(cfg, &embedder)?;
+    let mut texts = load_texts(cfg, &embedder)?;
     let weights_path = cfg.parent.join("model.safetensors");
     let weights = mrl_encoder::fetch::sha256_file(&weights_path)?;
     let max = embedder.tokenizer().max_len();
@@ -421,13 +419,17 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     for (&i, row) in long_ids.iter().zip(long_rows) {
         t_long[i] = row;
     }
-    let held_seqs: Vec<Vec<u32>> = texts
-        .held
-        .iter()
-        .map(|(q, _)| q.clone())
-        .chain(texts.held.iter().map(|(_, p)| p.clone()))
-        .collect();
-    let held_teacher = teacher(&embedder, &held_seqs, &teacher_dir, &weights, progress)?;
+    let seqs = std::mem::take(&mut texts.held);
+    let held_teacher = teacher(&embedder, &seqs, &teacher_dir, &weights, progress)?;
+    let truth = nearest_neighbours(
+        &normalize_rows(&Tensor::new(held_teacher.clone(), &Device::Cpu)?)?,
+        10,
+    )?;
+    let held = Held {
+        seqs,
+        teacher: held_teacher,
+        truth,
+    };
 
     let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
     let mut rng = Rng::new(cfg.seed);
@@ -446,17 +448,16 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
                 cfg.parent.display()
             )));
         }
+        // Its own head, else the shared one (a profile without its own runs that).
         let head_name = format!("heads.{}", p.head.as_deref().unwrap_or(name));
-        let head_w = tensors
-            .get(&format!("{head_name}.weight"))
-            .or_else(|| tensors.get("head.weight"))
-            .ok_or_else(|| TrainerError::Invalid(format!("{name}: no head")))?
-            .to_dtype(DType::F32)?;
-        let head_b = tensors
-            .get(&format!("{head_name}.bias"))
-            .or_else(|| tensors.get("head.bias"))
-            .ok_or_else(|| TrainerError::Invalid(format!("{name}: no head bias")))?
-            .to_dtype(DType::F32)?;
+        let head = |part: &str| -> Result<Tensor> {
+            Ok(tensors
+                .get(&format!("{head_name}.{part}"))
+                .or_else(|| tensors.get(&format!("head.{part}")))
+                .ok_or_else(|| TrainerError::Invalid(format!("{name}: no head {part}")))?
+                .to_dtype(DType::F32)?)
+        };
+        let (head_w, head_b) = (head("weight")?, head("bias")?);
         let bridges = embedder.model().bridges_of(&p.profile);
         children.push(ChildStudent::new(
             name,
@@ -484,14 +485,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     // same path must not resume onto other texts.
     let data = {
         let mut h = Sha256::new();
-        for t in texts
-            .tokens
-            .iter()
-            .chain(texts.held.iter().flat_map(|(q, p)| [q, p]))
-        {
-            h.update((t.len() as u64).to_le_bytes());
-            t.iter().for_each(|id| h.update(id.to_le_bytes()));
-        }
+        hash_seqs(&mut h, texts.tokens.iter().chain(&held.seqs));
         for c in &children {
             h.update(format!("{}={};", c.name, c.profile).as_bytes());
         }
@@ -508,23 +502,18 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     // The state of step N: `NAME.GROUP.N.safetensors` per child and group, named by
     // `step.json`, which is renamed into place only after all of them are written; files of
     // other steps are removed after that. A kill at any point leaves one whole state.
-    let state_file = |c: &ChildStudent, g: usize, step: Option<usize>| match step {
-        Some(n) => state_dir.join(format!("{}.{g}.{n}.safetensors", c.name)),
-        // A state written before files were stamped with their step.
-        None => state_dir.join(format!("{}.{g}.safetensors", c.name)),
+    let state_file = |c: &ChildStudent, g: usize, step: usize| {
+        state_dir.join(format!("{}.{g}.{step}.safetensors", c.name))
     };
     let step_file = state_dir.join("step.json");
     let mut resumed_at = 0;
     if let Ok(text) = std::fs::read_to_string(&step_file) {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        // A state from before `data` was recorded resumes on the recipe and weights alone.
-        let same_data = v.get("data").is_none_or(|d| *d == data);
-        if v["key"] == key && same_data {
+        if v["key"] == key && v["data"] == data {
             resumed_at = v["step"].as_u64().unwrap_or(0) as usize;
-            let stamped = v.get("data").is_some().then_some(resumed_at);
             for ((c, o), g) in children.iter().zip(&mut opts).zip(&groups) {
                 for k in 0..2 {
-                    load_checkpoint(&state_file(c, k, stamped), &g[k], &mut o[k])?;
+                    load_checkpoint(&state_file(c, k, resumed_at), &g[k], &mut o[k])?;
                 }
             }
         }
@@ -538,7 +527,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     let save = |step: usize, children: &[ChildStudent], opts: &[[AdamW; 2]]| -> Result<()> {
         for ((c, o), g) in children.iter().zip(opts).zip(&groups) {
             for k in 0..2 {
-                save_checkpoint(&state_file(c, k, Some(step)), &g[k], &o[k])?;
+                save_checkpoint(&state_file(c, k, step), &g[k], &o[k])?;
             }
         }
         let tmp = step_file.with_extension("tmp");
@@ -548,7 +537,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         let keep: Vec<PathBuf> = children
             .iter()
             .flat_map(|c| (0..2).map(move |k| (c, k)))
-            .map(|(c, k)| state_file(c, k, Some(step)))
+            .map(|(c, k)| state_file(c, k, step))
             .collect();
         let entries = std::fs::read_dir(&state_dir).map_err(|e| TrainerError::io(&state_dir, e))?;
         for entry in entries.flatten() {
@@ -570,7 +559,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         // Where the children start: the family the recipe reads.
         let mut line = serde_json::json!({"step": 0, "start": true});
         for c in &children {
-            line[format!("{}_check", c.name)] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+            line[format!("{}_check", c.name)] = check(c, &held, &cfg.nested_dims)?;
         }
         log.write(&line)?;
     }
@@ -613,7 +602,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
         let done = step + 1;
         if done % cfg.eval_every == 0 || done == cfg.steps {
             for (k, c) in children.iter().enumerate() {
-                last_checks[k] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+                last_checks[k] = check(c, &held, &cfg.nested_dims)?;
                 line[format!("{}_check", c.name)] = last_checks[k].clone();
             }
         }
@@ -626,7 +615,7 @@ pub fn fit_children(cfg: &ChildrenConfig, progress: &ProgressBar) -> Result<Chil
     }
     if last_checks.iter().any(serde_json::Value::is_null) {
         for (k, c) in children.iter().enumerate() {
-            last_checks[k] = check(c, &texts, &held_teacher, &cfg.nested_dims)?;
+            last_checks[k] = check(c, &held, &cfg.nested_dims)?;
         }
     }
     progress.set_message("writing the checkpoint");
@@ -655,8 +644,9 @@ fn write_model(
     checks: &[serde_json::Value],
 ) -> Result<()> {
     // The children's tensors are stored as the parent's are (f16 in the shipped default).
+    let prefix = mrl_encoder::arch::tensor_prefix(|n| tensors.contains_key(n));
     let dtype = tensors
-        .get("embeddings.word_embeddings.weight")
+        .get(&format!("{prefix}embeddings.word_embeddings.weight"))
         .map_or(DType::F32, Tensor::dtype);
     for c in children {
         for (name, t) in c.export()? {

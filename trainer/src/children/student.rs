@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
+use mrl_encoder::arch::tensor_prefix;
 use mrl_encoder::model::Bridge;
 use mrl_encoder::{BertConfig, Profile};
 
@@ -104,12 +105,13 @@ pub struct ChildStudent {
     params: Params,
 }
 
-/// A frozen parent tensor by its (unprefixed) name.
+/// A frozen parent tensor by its name under the checkpoint's prefix (`arch::tensor_prefix`),
+/// as f32.
 fn get(tensors: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    let prefix = tensor_prefix(|n| tensors.contains_key(n));
     tensors
-        .get(name)
-        .or_else(|| tensors.get(&format!("bert.{name}")))
-        .ok_or_else(|| TrainerError::Invalid(format!("the parent has no tensor {name}")))?
+        .get(&format!("{prefix}{name}"))
+        .ok_or_else(|| TrainerError::Invalid(format!("the parent has no tensor {prefix}{name}")))?
         .to_dtype(DType::F32)
         .map_err(Into::into)
 }
